@@ -1,0 +1,159 @@
+// extern "C" glue between the nginx shim and the C++ core. Each entry point
+// is noexcept; the core's reader side does not throw, and the few calls that
+// could (allocation in apikey_table_new) are wrapped.
+
+#include "apikey_glue.h"
+
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "key_format.h"
+#include "key_hash.h"
+#include "key_table.h"
+#include "uuid.h"
+
+struct apikey_table_s {
+    // Replaced only by a successful attach, so a worker keeps serving from
+    // the last good table while apikeyd is down or mid-swap.
+    std::unique_ptr<apikey::KeyTableReader> reader;
+};
+
+namespace {
+
+const char* const kResultNames[] = {
+    "ok",      "missing", "malformed", "unknown",
+    "expired", "revoked", "forbidden", "unavailable",
+};
+
+void copy_error(const std::string& what, char* err, size_t err_len) noexcept {
+    if (err == nullptr || err_len == 0) {
+        return;
+    }
+    size_t n = what.size() < err_len - 1 ? what.size() : err_len - 1;
+    std::memcpy(err, what.data(), n);
+    err[n] = '\0';
+}
+
+void fill_verdict(const apikey::KeyInfo& info,
+                  apikey_verdict_t* verdict) noexcept {
+    std::memcpy(verdict->key_id, info.key_id.data(), 16);
+    std::memcpy(verdict->org_id, info.org_id.data(), 16);
+    verdict->scope_count =
+        info.scope_count <= APIKEY_MAX_SCOPES ? info.scope_count : 0;
+    std::memcpy(verdict->scope_hashes, info.scope_hashes,
+                sizeof(verdict->scope_hashes));
+    verdict->name_len =
+        info.name_len <= APIKEY_MAX_NAME_LEN ? info.name_len : 0;
+    std::memcpy(verdict->name, info.name, verdict->name_len);
+}
+
+}  // namespace
+
+static_assert(APIKEY_MAX_SCOPES == apikey::kMaxScopes);
+static_assert(APIKEY_MAX_NAME_LEN == apikey::kMaxNameLen);
+static_assert(APIKEY_UUID_TEXT_LEN == apikey::kUuidTextLen);
+
+extern "C" {
+
+apikey_table_t* apikey_table_new(void) {
+    return new (std::nothrow) apikey_table_s();
+}
+
+void apikey_table_free(apikey_table_t* table) { delete table; }
+
+int apikey_table_attach(apikey_table_t* table, const char* path, char* err,
+                        size_t err_len) {
+    try {
+        auto fresh = std::make_unique<apikey::KeyTableReader>();
+        std::string why;
+        apikey::SegmentStatus s = fresh->attach(path, &why);
+        if (s != apikey::SegmentStatus::kOk) {
+            copy_error(why, err, err_len);
+            return static_cast<int>(s);
+        }
+        table->reader = std::move(fresh);
+        return 0;
+    } catch (...) {
+        copy_error("out of memory", err, err_len);
+        return -1;
+    }
+}
+
+int apikey_table_needs_attach(const apikey_table_t* table) {
+    return table->reader == nullptr || table->reader->superseded();
+}
+
+int apikey_table_ready(const apikey_table_t* table) {
+    return table->reader != nullptr && table->reader->ready();
+}
+
+apikey_result_e apikey_verify(const apikey_table_t* table,
+                              const unsigned char* key, size_t len,
+                              int64_t now_us, apikey_verdict_t* verdict) {
+    std::string_view text(reinterpret_cast<const char*>(key), len);
+
+    if (!apikey::key_is_well_formed(text)) {
+        return verdict->result = APIKEY_MALFORMED;
+    }
+    if (table == nullptr || !apikey_table_ready(table)) {
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+
+    apikey::KeyHash hash;
+    apikey::KeyInfo info;
+    if (!apikey::sha256_key(text, &hash)) {
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+    if (!table->reader->lookup(hash, &info)) {
+        return verdict->result = APIKEY_UNKNOWN;
+    }
+
+    fill_verdict(info, verdict);
+
+    if (info.revoked_at_us != 0 && info.revoked_at_us <= now_us) {
+        return verdict->result = APIKEY_REVOKED;
+    }
+    if (info.expires_at_us != 0 && info.expires_at_us <= now_us) {
+        return verdict->result = APIKEY_EXPIRED;
+    }
+    return verdict->result = APIKEY_OK;
+}
+
+uint64_t apikey_scope_hash(const unsigned char* scope, size_t len) {
+    return apikey::scope_hash(
+        std::string_view(reinterpret_cast<const char*>(scope), len));
+}
+
+int apikey_verdict_has_scopes(const apikey_verdict_t* verdict,
+                              const uint64_t* required, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        bool found = false;
+        for (unsigned j = 0; j < verdict->scope_count; j++) {
+            if (verdict->scope_hashes[j] == required[i]) {
+                found = true;
+                break;
+            }
+        }
+        if (!found) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+void apikey_uuid_format(const unsigned char id[16], unsigned char* out) {
+    apikey::Uuid uuid;
+    std::memcpy(uuid.data(), id, 16);
+    apikey::uuid_format(uuid, reinterpret_cast<char*>(out));
+}
+
+const char* apikey_result_name(apikey_result_e result) {
+    unsigned i = static_cast<unsigned>(result);
+    return i < sizeof(kResultNames) / sizeof(kResultNames[0])
+               ? kResultNames[i]
+               : "unknown";
+}
+
+}  // extern "C"

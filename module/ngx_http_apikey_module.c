@@ -1,0 +1,1072 @@
+
+/*
+ * ngx_http_apikey_module: API-key authentication against a shared-memory key
+ * table published by apikeyd, and per-request usage capture.
+ *
+ * The shim only translates between nginx and the C++ core (apikey_glue.h):
+ * it finds the key in the request, asks the core for a verdict, and answers
+ * 401/403/503 or lets the request through.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "apikey_glue.h"
+
+
+#define NGX_HTTP_APIKEY_DEFAULT_USAGE_SIZE  (64 * 1024 * 1024)
+#define NGX_HTTP_APIKEY_MIN_USAGE_SIZE      (1024 * 1024)
+#define NGX_HTTP_APIKEY_ATTACH_INTERVAL     1000  /* ms between retries */
+
+
+typedef struct {
+    ngx_str_t                  keys_path;
+    ngx_str_t                  usage_path;
+    size_t                     usage_size;
+} ngx_http_apikey_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                 enable;
+    ngx_flag_t                 capture;
+    ngx_flag_t                 hide_key;
+    ngx_str_t                  header;
+    ngx_array_t               *scopes;       /* of uint64_t scope hashes */
+    ngx_http_complex_value_t  *endpoint;
+} ngx_http_apikey_loc_conf_t;
+
+
+typedef struct {
+    apikey_verdict_t           verdict;
+    ngx_table_elt_t           *key_header;   /* where the key came from */
+    unsigned                   checked:1;    /* access phase decided */
+} ngx_http_apikey_ctx_t;
+
+
+typedef struct {
+    apikey_table_t            *table;
+    ngx_msec_t                 last_attach;
+    unsigned                   attach_tried:1;
+} ngx_http_apikey_worker_t;
+
+
+static ngx_int_t ngx_http_apikey_handler(ngx_http_request_t *r);
+static ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(ngx_http_request_t *r);
+static ngx_http_apikey_ctx_t *ngx_http_apikey_get_ctx(ngx_http_request_t *r);
+static void ngx_http_apikey_cleanup(void *data);
+static ngx_int_t ngx_http_apikey_find_key(ngx_http_request_t *r,
+    ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
+    ngx_table_elt_t **from);
+static ngx_int_t ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key);
+static ngx_int_t ngx_http_apikey_hide(ngx_http_request_t *r,
+    ngx_table_elt_t *h);
+static ngx_int_t ngx_http_apikey_reject(ngx_http_request_t *r,
+    ngx_http_apikey_ctx_t *ctx);
+static void ngx_http_apikey_refresh_table(ngx_log_t *log);
+
+static ngx_int_t ngx_http_apikey_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_apikey_uuid_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_apikey_name_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_apikey_result_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+static void *ngx_http_apikey_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_apikey_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_apikey_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_apikey_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_apikey_keys(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_apikey_usage(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_apikey_header(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_apikey_scope(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_apikey_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_apikey_init_process(ngx_cycle_t *cycle);
+static void ngx_http_apikey_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_apikey_commands[] = {
+
+    { ngx_string("apikey"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_apikey_loc_conf_t, enable),
+      NULL },
+
+    { ngx_string("apikey_keys"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_apikey_keys,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("apikey_usage"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_apikey_usage,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("apikey_header"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_apikey_header,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_apikey_loc_conf_t, header),
+      NULL },
+
+    { ngx_string("apikey_scope"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_apikey_scope,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("apikey_endpoint"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_apikey_loc_conf_t, endpoint),
+      NULL },
+
+    { ngx_string("apikey_hide_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_apikey_loc_conf_t, hide_key),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_apikey_module_ctx = {
+    ngx_http_apikey_add_variables,        /* preconfiguration */
+    ngx_http_apikey_init,                 /* postconfiguration */
+
+    ngx_http_apikey_create_main_conf,     /* create main configuration */
+    ngx_http_apikey_init_main_conf,       /* init main configuration */
+
+    NULL,                                 /* create server configuration */
+    NULL,                                 /* merge server configuration */
+
+    ngx_http_apikey_create_loc_conf,      /* create location configuration */
+    ngx_http_apikey_merge_loc_conf        /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_apikey_module = {
+    NGX_MODULE_V1,
+    &ngx_http_apikey_module_ctx,          /* module context */
+    ngx_http_apikey_commands,             /* module directives */
+    NGX_HTTP_MODULE,                      /* module type */
+    NULL,                                 /* init master */
+    NULL,                                 /* init module */
+    ngx_http_apikey_init_process,         /* init process */
+    NULL,                                 /* init thread */
+    NULL,                                 /* exit thread */
+    ngx_http_apikey_exit_process,         /* exit process */
+    NULL,                                 /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_variable_t  ngx_http_apikey_vars[] = {
+
+    { ngx_string("apikey_id"), NULL, ngx_http_apikey_uuid_variable,
+      offsetof(apikey_verdict_t, key_id), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("apikey_org"), NULL, ngx_http_apikey_uuid_variable,
+      offsetof(apikey_verdict_t, org_id), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("apikey_name"), NULL, ngx_http_apikey_name_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("apikey_result"), NULL, ngx_http_apikey_result_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+static ngx_str_t  ngx_http_apikey_challenge = ngx_string("ApiKey");
+
+/* Per worker process: the mapped key table. */
+static ngx_http_apikey_worker_t  ngx_http_apikey_worker;
+
+
+static ngx_int_t
+ngx_http_apikey_handler(ngx_http_request_t *r)
+{
+    ngx_http_apikey_ctx_t       *ctx;
+    ngx_http_apikey_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
+
+    if (!alcf->enable) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_apikey_lookup(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->verdict.result == APIKEY_OK
+        && alcf->scopes != NULL
+        && !apikey_verdict_has_scopes(&ctx->verdict, alcf->scopes->elts,
+                                      alcf->scopes->nelts))
+    {
+        ctx->verdict.result = APIKEY_FORBIDDEN;
+    }
+
+    ctx->checked = 1;
+
+    if (ctx->verdict.result != APIKEY_OK) {
+        return ngx_http_apikey_reject(r, ctx);
+    }
+
+    if (alcf->hide_key && ctx->key_header != NULL) {
+        if (ngx_http_apikey_hide(r, ctx->key_header) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        ctx->key_header = NULL;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_reject(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
+{
+    u_char            id[APIKEY_UUID_TEXT_LEN];
+    ngx_table_elt_t  *h;
+
+    if (ctx->verdict.result == APIKEY_UNAVAILABLE) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apikey: no key table is readable, "
+                      "rejecting request with 503");
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (ctx->verdict.result == APIKEY_FORBIDDEN) {
+        apikey_uuid_format(ctx->verdict.key_id, id);
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apikey: key %*s lacks a required scope",
+                      (size_t) APIKEY_UUID_TEXT_LEN, id);
+        return NGX_HTTP_FORBIDDEN;
+    }
+
+    if (ctx->verdict.result == APIKEY_EXPIRED
+        || ctx->verdict.result == APIKEY_REVOKED)
+    {
+        apikey_uuid_format(ctx->verdict.key_id, id);
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apikey: key %*s is %s",
+                      (size_t) APIKEY_UUID_TEXT_LEN, id,
+                      apikey_result_name(ctx->verdict.result));
+
+    } else {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apikey: request rejected, key %s",
+                      apikey_result_name(ctx->verdict.result));
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "WWW-Authenticate");
+    h->value = ngx_http_apikey_challenge;
+    r->headers_out.www_authenticate = h;
+
+    return NGX_HTTP_UNAUTHORIZED;
+}
+
+
+/*
+ * The verdict for this request, computed once: by the first variable that
+ * needs it (possibly in an earlier phase, e.g. limit_req) or by the access
+ * handler.
+ */
+
+static ngx_http_apikey_ctx_t *
+ngx_http_apikey_lookup(ngx_http_request_t *r)
+{
+    ngx_str_t                    key;
+    ngx_time_t                  *tp;
+    ngx_http_apikey_ctx_t       *ctx;
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_apikey_loc_conf_t  *alcf;
+
+    ctx = ngx_http_apikey_get_ctx(r);
+    if (ctx != NULL) {
+        return ctx;
+    }
+
+    /* the cleanup keeps the ctx findable across internal redirects */
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_apikey_ctx_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    ctx = cln->data;
+    ngx_memzero(ctx, sizeof(ngx_http_apikey_ctx_t));
+    cln->handler = ngx_http_apikey_cleanup;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_apikey_module);
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
+
+    ctx->verdict.result = ngx_http_apikey_find_key(r, alcf, &key,
+                                                   &ctx->key_header);
+    if (ctx->verdict.result != APIKEY_OK) {
+        return ctx;
+    }
+
+    if (ngx_http_apikey_worker.table != NULL
+        && apikey_table_needs_attach(ngx_http_apikey_worker.table))
+    {
+        ngx_http_apikey_refresh_table(r->connection->log);
+    }
+
+    tp = ngx_timeofday();
+
+    apikey_verify(ngx_http_apikey_worker.table, key.data, key.len,
+                  (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000,
+                  &ctx->verdict);
+
+    return ctx;
+}
+
+
+static ngx_http_apikey_ctx_t *
+ngx_http_apikey_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t     *cln;
+    ngx_http_apikey_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_apikey_module);
+
+    if (ctx || !r->internal) {
+        return ctx;
+    }
+
+    /* an internal redirect cleared the module ctx: find it again */
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_apikey_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_apikey_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_apikey_cleanup(void *data)
+{
+    /* nothing to free: the handler only marks the ctx's cleanup entry */
+}
+
+
+/*
+ * Finds the key in the configured header or in "Authorization: Bearer".
+ * Returns APIKEY_OK with the key, APIKEY_MISSING, or APIKEY_MALFORMED when
+ * the request carries more than one different key.
+ */
+
+static ngx_int_t
+ngx_http_apikey_find_key(ngx_http_request_t *r,
+    ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key, ngx_table_elt_t **from)
+{
+    ngx_str_t          bearer;
+    ngx_uint_t         i, found;
+    ngx_list_part_t   *part;
+    ngx_table_elt_t   *h;
+
+    found = 0;
+    *from = NULL;
+    ngx_str_null(key);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len != alcf->header.len
+            || ngx_strncasecmp(h[i].key.data, alcf->header.data,
+                               alcf->header.len) != 0)
+        {
+            continue;
+        }
+
+        if (found++) {
+            return APIKEY_MALFORMED;
+        }
+
+        *key = h[i].value;
+        *from = &h[i];
+    }
+
+    if (r->headers_in.authorization != NULL
+        && ngx_http_apikey_bearer(r->headers_in.authorization, &bearer)
+           == NGX_OK)
+    {
+        if (found
+            && (bearer.len != key->len
+                || ngx_memcmp(bearer.data, key->data, key->len) != 0))
+        {
+            return APIKEY_MALFORMED;
+        }
+
+        if (!found) {
+            *key = bearer;
+            *from = r->headers_in.authorization;
+            found = 1;
+        }
+    }
+
+    if (!found || key->len == 0) {
+        return APIKEY_MISSING;
+    }
+
+    return APIKEY_OK;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key)
+{
+    u_char  *p, *last;
+
+    p = h->value.data;
+    last = p + h->value.len;
+
+    if (h->value.len < sizeof("Bearer ") - 1
+        || ngx_strncasecmp(p, (u_char *) "Bearer", sizeof("Bearer") - 1)
+           != 0
+        || (p[6] != ' ' && p[6] != '\t'))
+    {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof("Bearer") - 1;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
+        last--;
+    }
+
+    key->data = p;
+    key->len = last - p;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Removes the key header from the request headers that upstreams see.
+ * Elements cannot be unlinked in place (other pointers, such as
+ * r->headers_in.host, point into the list), so the list is rebuilt
+ * without it; the old elements stay valid in the request pool.
+ */
+
+static ngx_int_t
+ngx_http_apikey_hide(ngx_http_request_t *r, ngx_table_elt_t *hidden)
+{
+    ngx_uint_t        i, n;
+    ngx_list_t        headers;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *copy;
+
+    n = 0;
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
+        n += part->nelts;
+    }
+
+    if (ngx_list_init(&headers, r->pool, n ? n : 1, sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (&h[i] == hidden) {
+            continue;
+        }
+
+        copy = ngx_list_push(&headers);
+        if (copy == NULL) {
+            return NGX_ERROR;
+        }
+
+        *copy = h[i];
+    }
+
+    r->headers_in.headers = headers;
+
+    if (r->headers_in.authorization == hidden) {
+        r->headers_in.authorization = NULL;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * (Re)maps the key table: at the first request, when apikeyd replaced the
+ * file, or while none is readable -- at most once a second, so a missing
+ * daemon costs no syscalls per request.
+ */
+
+static void
+ngx_http_apikey_refresh_table(ngx_log_t *log)
+{
+    u_char                       err[256];
+    ngx_http_apikey_main_conf_t  *amcf;
+
+    if (ngx_http_apikey_worker.table == NULL) {
+        return;
+    }
+
+    if (ngx_http_apikey_worker.attach_tried
+        && ngx_current_msec - ngx_http_apikey_worker.last_attach
+           < NGX_HTTP_APIKEY_ATTACH_INTERVAL)
+    {
+        return;
+    }
+
+    ngx_http_apikey_worker.attach_tried = 1;
+    ngx_http_apikey_worker.last_attach = ngx_current_msec;
+
+    amcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_apikey_module);
+
+    if (amcf == NULL || amcf->keys_path.len == 0) {
+        return;
+    }
+
+    if (apikey_table_attach(ngx_http_apikey_worker.table,
+                            (char *) amcf->keys_path.data, (char *) err,
+                            sizeof(err))
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "apikey: key table \"%V\" not readable: %s",
+                      &amcf->keys_path, err);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                  "apikey: key table \"%V\" mapped", &amcf->keys_path);
+}
+
+
+static ngx_int_t
+ngx_http_apikey_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_apikey_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_uuid_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char                 *p;
+    ngx_http_apikey_ctx_t  *ctx;
+
+    ctx = ngx_http_apikey_lookup(r);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ctx->verdict.result == APIKEY_MISSING
+        || ctx->verdict.result == APIKEY_MALFORMED
+        || ctx->verdict.result == APIKEY_UNKNOWN
+        || ctx->verdict.result == APIKEY_UNAVAILABLE)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, APIKEY_UUID_TEXT_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    apikey_uuid_format((u_char *) &ctx->verdict + data, p);
+
+    v->len = APIKEY_UUID_TEXT_LEN;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = p;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_name_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_apikey_ctx_t  *ctx;
+
+    ctx = ngx_http_apikey_lookup(r);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ctx->verdict.name_len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = ctx->verdict.name_len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = (u_char *) ctx->verdict.name;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_result_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    const char             *name;
+    ngx_http_apikey_ctx_t  *ctx;
+
+    ctx = ngx_http_apikey_lookup(r);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    name = apikey_result_name(ctx->verdict.result);
+
+    v->len = ngx_strlen(name);
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = (u_char *) name;
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_apikey_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_apikey_main_conf_t  *amcf;
+
+    amcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_apikey_main_conf_t));
+    if (amcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     amcf->keys_path = { 0, NULL };
+     *     amcf->usage_path = { 0, NULL };
+     */
+
+    amcf->usage_size = NGX_CONF_UNSET_SIZE;
+
+    return amcf;
+}
+
+
+static char *
+ngx_http_apikey_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_apikey_main_conf_t  *amcf = conf;
+
+    ngx_conf_init_size_value(amcf->usage_size,
+                             NGX_HTTP_APIKEY_DEFAULT_USAGE_SIZE);
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_apikey_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_apikey_loc_conf_t  *alcf;
+
+    alcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_apikey_loc_conf_t));
+    if (alcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     alcf->header = { 0, NULL };
+     *     alcf->scopes = NULL;
+     *     alcf->endpoint = NULL;
+     */
+
+    alcf->enable = NGX_CONF_UNSET;
+    alcf->capture = NGX_CONF_UNSET;
+    alcf->hide_key = NGX_CONF_UNSET;
+
+    return alcf;
+}
+
+
+static char *
+ngx_http_apikey_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_apikey_loc_conf_t  *prev = parent;
+    ngx_http_apikey_loc_conf_t  *conf = child;
+
+    ngx_http_apikey_main_conf_t  *amcf;
+
+    ngx_conf_merge_value(conf->enable, prev->enable, 0);
+    ngx_conf_merge_value(conf->capture, prev->capture, 1);
+    ngx_conf_merge_value(conf->hide_key, prev->hide_key, 1);
+    ngx_conf_merge_str_value(conf->header, prev->header, "X-API-Key");
+
+    if (conf->enable) {
+        amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_apikey_module);
+
+        if (amcf->keys_path.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"apikey on\" requires \"apikey_keys\" "
+                               "in the http block");
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_apikey_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_apikey_main_conf_t  *amcf = conf;
+
+    ngx_str_t  *value;
+
+    if (amcf->keys_path.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid apikey_keys path \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    amcf->keys_path = value[1];
+
+    /* a NUL-terminated absolute path, as the core's open() wants */
+
+    if (ngx_conf_full_name(cf->cycle, &amcf->keys_path, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * apikey_usage PATH [size=64m];   (http)
+ * apikey_usage off;               (http, server, location)
+ */
+
+static char *
+ngx_http_apikey_usage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_apikey_loc_conf_t  *alcf = conf;
+
+    ssize_t                       size;
+    ngx_str_t                    *value, s;
+    ngx_http_apikey_main_conf_t  *amcf;
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        if (alcf->capture != NGX_CONF_UNSET) {
+            return "is duplicate";
+        }
+
+        alcf->capture = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (cf->cmd_type != NGX_HTTP_MAIN_CONF) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid apikey_usage value \"%V\": only "
+                           "\"off\" is allowed here; the segment path is "
+                           "set in the http block", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_apikey_module);
+
+    if (amcf->usage_path.data) {
+        return "is duplicate";
+    }
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid apikey_usage path \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    amcf->usage_path = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &amcf->usage_path, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value[2].data, "size=", 5) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid apikey_usage parameter \"%V\"",
+                           &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    s.len = value[2].len - 5;
+    s.data = value[2].data + 5;
+
+    size = ngx_parse_size(&s);
+
+    if (size == NGX_ERROR || size < NGX_HTTP_APIKEY_MIN_USAGE_SIZE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid apikey_usage size \"%V\": at least 1m",
+                           &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    amcf->usage_size = size;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_apikey_header(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_apikey_loc_conf_t  *alcf = conf;
+
+    u_char     *p;
+    ngx_str_t  *value;
+
+    if (alcf->header.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    /* an HTTP token: what a request header name can be */
+
+    for (p = value[1].data; p < value[1].data + value[1].len; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
+        {
+            break;
+        }
+    }
+
+    if (value[1].len == 0 || p != value[1].data + value[1].len
+        || (value[1].len == sizeof("Authorization") - 1
+            && ngx_strncasecmp(value[1].data, (u_char *) "Authorization",
+                               value[1].len) == 0))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid apikey_header name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    alcf->header = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_apikey_scope(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_apikey_loc_conf_t  *alcf = conf;
+
+    u_char      *p, c;
+    uint64_t    *hash;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (alcf->scopes != NULL) {
+        return "is duplicate";
+    }
+
+    if (cf->args->nelts - 1 > APIKEY_MAX_SCOPES) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many scopes in apikey_scope: at most %d",
+                           APIKEY_MAX_SCOPES);
+        return NGX_CONF_ERROR;
+    }
+
+    alcf->scopes = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                    sizeof(uint64_t));
+    if (alcf->scopes == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        /* the syntax apikeyctl accepts: [a-z0-9][a-z0-9:._-]{0,63} */
+
+        for (p = value[i].data; p < value[i].data + value[i].len; p++) {
+            c = *p;
+
+            if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+                continue;
+            }
+
+            if (p > value[i].data
+                && (c == ':' || c == '.' || c == '_' || c == '-'))
+            {
+                continue;
+            }
+
+            break;
+        }
+
+        if (value[i].len == 0 || value[i].len > 64
+            || p != value[i].data + value[i].len)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid apikey_scope scope \"%V\"",
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        hash = ngx_array_push(alcf->scopes);
+        if (hash == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *hash = apikey_scope_hash(value[i].data, value[i].len);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_apikey_handler;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_apikey_main_conf_t  *amcf;
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_apikey_module);
+
+    if (amcf == NULL || amcf->keys_path.len == 0) {
+        return NGX_OK;
+    }
+
+    ngx_http_apikey_worker.table = apikey_table_new();
+    if (ngx_http_apikey_worker.table == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* a missing table is not fatal: requests get 503 until apikeyd runs */
+
+    ngx_http_apikey_refresh_table(cycle->log);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_apikey_exit_process(ngx_cycle_t *cycle)
+{
+    apikey_table_free(ngx_http_apikey_worker.table);
+    ngx_http_apikey_worker.table = NULL;
+}

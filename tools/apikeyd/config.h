@@ -1,0 +1,45 @@
+// apikeyd's configuration: command-line flags, optionally mirrored by a
+// config file of `name = value` lines (flag names without the dashes).
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace apikey {
+
+struct DaemonConfig {
+    std::string db;  // libpq conninfo or URI; "" = PG* environment
+    std::string node;
+    std::string keys_path = "/dev/shm/apikey_keys";
+    std::string usage_path = "/dev/shm/apikey_usage";
+    std::string listen_host = "127.0.0.1";
+    int listen_port = 8089;
+    std::string spool_dir = "/var/spool/apikeyd";
+    bool raw_events = true;
+    int retention_months = 13;
+    int key_resync_seconds = 60;
+    // Revoked or expired keys stay in the key table this long, so nginx can
+    // say "revoked"/"expired" (and record usage) rather than "unknown".
+    int keep_dead_keys_days = 30;
+    std::string config_file;
+};
+
+// A bad flag or value; what() is the message for the user.
+class UsageError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// Parses argv (without argv[0]). A `--config FILE` is read first, then the
+// flags override it. Returns false if --help was asked for.
+bool parse_daemon_args(const std::vector<std::string>& args,
+                       DaemonConfig* config);
+
+// Applies the `name = value` lines of a config file's text.
+void apply_config_text(const std::string& text, const std::string& origin,
+                       DaemonConfig* config);
+
+const char* daemon_usage();
+
+}  // namespace apikey

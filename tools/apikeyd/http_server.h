@@ -1,0 +1,40 @@
+// apikeyd's HTTP side (cpp-httplib): /healthz now; /metrics, the analytics
+// API and the dashboard are added as routes here.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "config.h"
+#include "key_publisher.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace apikey {
+
+struct DaemonState {
+    const DaemonConfig* config = nullptr;
+    KeyPublisherStats* keys = nullptr;
+};
+
+class HttpServer {
+public:
+    explicit HttpServer(const DaemonState& state);
+    ~HttpServer();
+
+    // Binds --listen; throws std::runtime_error with a clear reason.
+    void bind();
+    // Serves until stop() (blocking).
+    void serve();
+    void stop();
+
+private:
+    void add_routes();
+
+    DaemonState state_;
+    std::unique_ptr<httplib::Server> server_;
+};
+
+}  // namespace apikey

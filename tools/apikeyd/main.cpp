@@ -1,0 +1,72 @@
+// apikeyd: publishes the key table, drains usage into PostgreSQL, serves the
+// analytics API. See `apikeyd --help` and docs/operations.md.
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "config.h"
+#include "http_server.h"
+#include "key_publisher.h"
+#include "log.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void on_signal(int) { g_stop = true; }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    using namespace apikey;
+
+    DaemonConfig config;
+    try {
+        if (!parse_daemon_args({argv + 1, argv + argc}, &config)) {
+            std::fputs(daemon_usage(), stdout);
+            return 0;
+        }
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "apikeyd: %s\n", e.what());
+        return 2;
+    }
+
+    std::signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+
+    KeyPublisherStats key_stats;
+    DaemonState state{&config, &key_stats};
+
+    HttpServer http(state);
+    try {
+        http.bind();
+    } catch (const std::exception& e) {
+        log_error(std::string("apikeyd: ") + e.what());
+        return 1;
+    }
+
+    log_info("apikeyd starting: node " + config.node + ", keys " +
+             config.keys_path + ", listening on " + config.listen_host + ":" +
+             std::to_string(config.listen_port));
+
+    KeyPublisher publisher(config, &key_stats);
+    std::thread keys_thread([&] { publisher.run(g_stop); });
+    std::thread http_thread([&] { http.serve(); });
+
+    while (!g_stop.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+
+    log_info("apikeyd stopping");
+    http.stop();
+    http_thread.join();
+    keys_thread.join();
+    log_info("apikeyd stopped");
+    return 0;
+}

@@ -1,0 +1,158 @@
+#include "pg.h"
+
+#include <utility>
+
+namespace apikey::pg {
+namespace {
+
+std::string trim(const char* text) {
+    std::string s = text ? text : "";
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ' ||
+                          s.back() == '\t' || s.back() == '\r')) {
+        s.pop_back();
+    }
+    return s;
+}
+
+// The primary message only: DETAIL and CONTEXT can carry row values.
+[[noreturn]] void throw_result_error(PGconn* conn, const PGresult* res) {
+    std::string message;
+    std::string sqlstate;
+    if (res != nullptr) {
+        if (const char* primary =
+                PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)) {
+            message = primary;
+        }
+        if (const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE)) {
+            sqlstate = state;
+        }
+        if (message.empty()) message = trim(PQresultErrorMessage(res));
+    }
+    // No result or no message: the connection itself failed.
+    if (message.empty()) message = trim(PQerrorMessage(conn));
+    if (message.empty() && res != nullptr) {
+        message = std::string("unexpected result ") +
+                  PQresStatus(PQresultStatus(res));
+    }
+    if (message.empty()) message = "unknown libpq error";
+    throw Error(message, sqlstate);
+}
+
+void dispatch_notice(void* arg, const char* message) {
+    auto* handler = static_cast<NoticeHandler*>(arg);
+    if (handler != nullptr && *handler) (*handler)(trim(message));
+}
+
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+}  // namespace
+
+std::string Result::get(int row, int col) const {
+    if (is_null(row, col)) return {};
+    return std::string(raw(row, col),
+                       static_cast<std::size_t>(length(row, col)));
+}
+
+std::optional<std::string> Result::get_optional(int row, int col) const {
+    if (is_null(row, col)) return std::nullopt;
+    return get(row, col);
+}
+
+std::string bytea_param(const void* data, std::size_t size) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    const auto* bytes = static_cast<const unsigned char*>(data);
+    std::string out = "\\x";
+    out.reserve(2 + size * 2);
+    for (std::size_t i = 0; i < size; ++i) {
+        out.push_back(kHex[bytes[i] >> 4]);
+        out.push_back(kHex[bytes[i] & 0x0f]);
+    }
+    return out;
+}
+
+std::string bytea_from_text(std::string_view text) {
+    if (text.size() < 2 || text[0] != '\\' || text[1] != 'x' ||
+        text.size() % 2 != 0) {
+        throw Error("bytea value is not in hex format");
+    }
+    std::string out;
+    out.reserve((text.size() - 2) / 2);
+    for (std::size_t i = 2; i < text.size(); i += 2) {
+        int hi = hex_value(text[i]);
+        int lo = hex_value(text[i + 1]);
+        if (hi < 0 || lo < 0) throw Error("bytea value is not in hex format");
+        out.push_back(static_cast<char>(hi << 4 | lo));
+    }
+    return out;
+}
+
+std::string text_array_param(const std::vector<std::string>& items) {
+    std::string out = "{";
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (i > 0) out.push_back(',');
+        out.push_back('"');
+        for (char c : items[i]) {
+            if (c == '"' || c == '\\') out.push_back('\\');
+            out.push_back(c);
+        }
+        out.push_back('"');
+    }
+    out.push_back('}');
+    return out;
+}
+
+Connection::Connection(const std::string& conninfo,
+                       const std::string& application_name)
+    : notice_(std::make_unique<NoticeHandler>()), conn_(nullptr, &PQfinish) {
+    // expand_dbname lets "dbname" carry a full conninfo string or URI; an
+    // empty value falls back to PGDATABASE and the rest of the environment.
+    const char* keywords[] = {"dbname", "fallback_application_name", nullptr};
+    const char* values[] = {
+        conninfo.c_str(),
+        application_name.empty() ? nullptr : application_name.c_str(), nullptr};
+    conn_.reset(PQconnectdbParams(keywords, values, 1));
+    if (!conn_) throw Error("out of memory allocating a libpq connection");
+    if (PQstatus(conn_.get()) != CONNECTION_OK) {
+        std::string message = trim(PQerrorMessage(conn_.get()));
+        if (message.empty()) message = "could not connect to the database";
+        throw Error(message);
+    }
+    PQsetNoticeProcessor(conn_.get(), &dispatch_notice, notice_.get());
+}
+
+void Connection::set_notice_handler(NoticeHandler handler) {
+    *notice_ = std::move(handler);
+}
+
+Result Connection::exec(const std::string& sql,
+                        const std::vector<Param>& params) {
+    std::vector<const char*> values;
+    values.reserve(params.size());
+    for (const Param& p : params) values.push_back(p ? p->c_str() : nullptr);
+    Result res(PQexecParams(conn_.get(), sql.c_str(),
+                            static_cast<int>(values.size()), nullptr,
+                            values.data(), nullptr, nullptr, 0));
+    ExecStatusType status = PQresultStatus(res.get());
+    if (res.get() == nullptr ||
+        (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)) {
+        throw_result_error(conn_.get(), res.get());
+    }
+    return res;
+}
+
+void Connection::exec_script(const std::string& sql) {
+    Result res(PQexec(conn_.get(), sql.c_str()));
+    ExecStatusType status = PQresultStatus(res.get());
+    if (res.get() == nullptr ||
+        (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK &&
+         status != PGRES_EMPTY_QUERY)) {
+        throw_result_error(conn_.get(), res.get());
+    }
+}
+
+}  // namespace apikey::pg

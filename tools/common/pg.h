@@ -1,0 +1,121 @@
+// Thin RAII wrappers over libpq. Parameters are always bound ($1, $2 ...),
+// never spliced into SQL text.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace apikey::pg {
+
+// A libpq failure. what() is the server's primary message (or libpq's, for
+// connection failures), without DETAIL, which can echo row values. Messages
+// such as "invalid input syntax for type uuid" do quote the offending text,
+// so callers validate secrets-free input before binding it.
+class Error : public std::runtime_error {
+public:
+    Error(const std::string& what, std::string sqlstate = {})
+        : std::runtime_error(what), sqlstate_(std::move(sqlstate)) {}
+    const std::string& sqlstate() const noexcept { return sqlstate_; }
+
+private:
+    std::string sqlstate_;
+};
+
+class Result {
+public:
+    explicit Result(PGresult* res) : res_(res, &PQclear) {}
+    int rows() const { return PQntuples(res_.get()); }
+    int columns() const { return PQnfields(res_.get()); }
+    bool is_null(int row, int col) const {
+        return PQgetisnull(res_.get(), row, col) != 0;
+    }
+    // Text value (or bytes for binary results); "" for NULL.
+    std::string get(int row, int col) const;
+    std::optional<std::string> get_optional(int row, int col) const;
+    const char* raw(int row, int col) const {
+        return PQgetvalue(res_.get(), row, col);
+    }
+    int length(int row, int col) const {
+        return PQgetlength(res_.get(), row, col);
+    }
+    PGresult* get() const { return res_.get(); }
+
+private:
+    std::unique_ptr<PGresult, decltype(&PQclear)> res_;
+};
+
+// A bound parameter: text, or NULL when empty optional.
+using Param = std::optional<std::string>;
+
+// bytea as a text parameter: "\x" followed by lowercase hex.
+std::string bytea_param(const void* data, std::size_t size);
+// Decodes a bytea column returned in text format ("\x..." hex output).
+// Throws pg::Error on malformed input.
+std::string bytea_from_text(std::string_view text);
+// A text[] parameter ("{"a","b"}"); every element quoted and escaped, so
+// an element spelled "NULL" stays a string.
+std::string text_array_param(const std::vector<std::string>& items);
+
+// Receives server notices (e.g. "relation ... already exists, skipping").
+using NoticeHandler = std::function<void(const std::string& message)>;
+
+class Connection {
+public:
+    // conninfo: a libpq conninfo string or URI; "" uses the PG* environment.
+    // application_name is used unless conninfo or PGAPPNAME sets one.
+    // Throws pg::Error with libpq's message (trimmed) on failure. Notices are
+    // discarded until set_notice_handler() says otherwise, so nothing reaches
+    // stderr behind the caller's back.
+    explicit Connection(const std::string& conninfo,
+                        const std::string& application_name = {});
+    Connection(Connection&&) noexcept = default;
+    Connection& operator=(Connection&&) noexcept = default;
+
+    void set_notice_handler(NoticeHandler handler);
+
+    // Runs one statement with bound text parameters; throws pg::Error unless
+    // it returns PGRES_COMMAND_OK or PGRES_TUPLES_OK.
+    Result exec(const std::string& sql, const std::vector<Param>& params = {});
+    // Runs a multi-statement script without parameters (migrations). Inside
+    // an open transaction it joins that transaction; otherwise the whole
+    // script runs as one implicit transaction.
+    void exec_script(const std::string& sql);
+
+    PGconn* get() const { return conn_.get(); }
+    bool ok() const { return PQstatus(conn_.get()) == CONNECTION_OK; }
+
+private:
+    // Heap-allocated so libpq's callback pointer survives moves.
+    std::unique_ptr<NoticeHandler> notice_;
+    std::unique_ptr<PGconn, decltype(&PQfinish)> conn_;
+};
+
+// Runs fn inside BEGIN/COMMIT; ROLLBACK and rethrow on any exception.
+template <typename Fn>
+auto in_transaction(Connection& conn, Fn&& fn) {
+    conn.exec("BEGIN");
+    try {
+        if constexpr (std::is_void_v<decltype(fn())>) {
+            fn();
+            conn.exec("COMMIT");
+        } else {
+            auto result = fn();
+            conn.exec("COMMIT");
+            return result;
+        }
+    } catch (...) {
+        PQclear(PQexec(conn.get(), "ROLLBACK"));
+        throw;
+    }
+}
+
+}  // namespace apikey::pg
