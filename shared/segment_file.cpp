@@ -1,0 +1,176 @@
+#include "segment_file.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace apikey {
+
+namespace {
+
+// Error text is best effort: running out of memory while describing an
+// error must not turn into an exception in a noexcept caller.
+void set_error(std::string* error, const char* what, const char* path,
+               int err) noexcept {
+    if (error == nullptr) {
+        return;
+    }
+    try {
+        *error = what;
+        *error += "(\"";
+        *error += path;
+        *error += "\") failed: ";
+        *error += std::strerror(err);
+    } catch (...) {
+    }
+}
+
+void set_error(std::string* error, const char* path,
+               const char* message) noexcept {
+    if (error == nullptr) {
+        return;
+    }
+    try {
+        *error = "\"";
+        *error += path;
+        *error += "\": ";
+        *error += message;
+    } catch (...) {
+    }
+}
+
+// Maps fd and closes it either way (the mapping keeps the file alive).
+SegmentStatus map_and_close(int fd, const char* path, std::size_t size,
+                            bool writable, void** data,
+                            std::string* error) noexcept {
+    const int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
+    void* p = mmap(nullptr, size, prot, MAP_SHARED, fd, 0);
+    const int err = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+        set_error(error, "mmap", path, err);
+        return SegmentStatus::kIoError;
+    }
+    *data = p;
+    return SegmentStatus::kOk;
+}
+
+}  // namespace
+
+const char* segment_status_name(SegmentStatus s) noexcept {
+    switch (s) {
+    case SegmentStatus::kOk:
+        return "ok";
+    case SegmentStatus::kMissing:
+        return "missing";
+    case SegmentStatus::kIoError:
+        return "I/O error";
+    case SegmentStatus::kBadMagic:
+        return "bad magic";
+    case SegmentStatus::kBadVersion:
+        return "unsupported layout version";
+    case SegmentStatus::kBadSize:
+        return "bad size";
+    }
+    return "unknown";
+}
+
+MappedFile::~MappedFile() { reset(); }
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : data_(other.data_), size_(other.size_) {
+    other.data_ = nullptr;
+    other.size_ = 0;
+}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+    if (this != &other) {
+        reset();
+        data_ = other.data_;
+        size_ = other.size_;
+        other.data_ = nullptr;
+        other.size_ = 0;
+    }
+    return *this;
+}
+
+void MappedFile::reset() noexcept {
+    if (data_ != nullptr) {
+        munmap(data_, size_);
+        data_ = nullptr;
+        size_ = 0;
+    }
+}
+
+SegmentStatus MappedFile::open(const char* path, bool writable,
+                               std::string* error) noexcept {
+    reset();
+    const int fd = ::open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        set_error(error, "open", path, err);
+        return err == ENOENT ? SegmentStatus::kMissing
+                             : SegmentStatus::kIoError;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        const int err = errno;
+        close(fd);
+        set_error(error, "fstat", path, err);
+        return SegmentStatus::kIoError;
+    }
+    if (st.st_size <= 0) {
+        close(fd);
+        set_error(error, path, "file is empty");
+        return SegmentStatus::kBadSize;
+    }
+    const auto size = static_cast<std::size_t>(st.st_size);
+    const SegmentStatus status =
+        map_and_close(fd, path, size, writable, &data_, error);
+    if (status == SegmentStatus::kOk) {
+        size_ = size;
+    }
+    return status;
+}
+
+SegmentStatus MappedFile::create(const char* path, std::size_t size,
+                                 unsigned mode, std::string* error) noexcept {
+    reset();
+    if (size == 0) {
+        set_error(error, path, "cannot create an empty segment");
+        return SegmentStatus::kBadSize;
+    }
+    const int fd = ::open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+                          static_cast<mode_t>(mode));
+    if (fd < 0) {
+        const int err = errno;
+        set_error(error, "open", path, err);
+        return SegmentStatus::kIoError;
+    }
+    // open()'s mode is filtered through the umask; readers running as
+    // another user depend on the exact mode.
+    if (fchmod(fd, static_cast<mode_t>(mode)) != 0) {
+        const int err = errno;
+        close(fd);
+        set_error(error, "fchmod", path, err);
+        return SegmentStatus::kIoError;
+    }
+    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+        const int err = errno;
+        close(fd);
+        set_error(error, "ftruncate", path, err);
+        return SegmentStatus::kIoError;
+    }
+    const SegmentStatus status =
+        map_and_close(fd, path, size, true, &data_, error);
+    if (status == SegmentStatus::kOk) {
+        size_ = size;
+    }
+    return status;
+}
+
+}  // namespace apikey

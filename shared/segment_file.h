@@ -1,0 +1,48 @@
+// A shared file mapped into memory: the base of the key-table and usage-ring
+// segments. RAII; move-only; no exceptions.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace apikey {
+
+enum class SegmentStatus {
+    kOk = 0,
+    kMissing,        // no file at the path (yet)
+    kIoError,        // open/stat/mmap failed for another reason
+    kBadMagic,       // not one of our segments
+    kBadVersion,     // our segment, another layout version
+    kBadSize,        // header and file size disagree
+};
+
+const char* segment_status_name(SegmentStatus s) noexcept;
+
+class MappedFile {
+public:
+    MappedFile() = default;
+    ~MappedFile();
+    MappedFile(MappedFile&& other) noexcept;
+    MappedFile& operator=(MappedFile&& other) noexcept;
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+
+    // Maps an existing file; `writable` selects PROT_READ|PROT_WRITE and
+    // O_RDWR. On failure returns the status and sets *error (errno text).
+    SegmentStatus open(const char* path, bool writable,
+                       std::string* error) noexcept;
+    // Creates (or truncates) `path` with `mode`, sizes it to `size` bytes
+    // (zero-filled) and maps it read-write.
+    SegmentStatus create(const char* path, std::size_t size, unsigned mode,
+                         std::string* error) noexcept;
+    void reset() noexcept;
+
+    void* data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    void* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+}  // namespace apikey

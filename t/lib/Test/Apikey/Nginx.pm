@@ -1,0 +1,192 @@
+package Test::Apikey::Nginx;
+
+# Writes nginx.conf into the per-file server root, starts, reloads and stops
+# nginx (daemon, master + workers), and gives access to its error.log.
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use Exporter qw(import);
+use Time::HiRes qw(sleep time);
+
+use Test::Apikey::Util qw(
+    build_path servroot servroot_path is_root run_cmd process_alive
+    stop_process wait_until slurp spew on_cleanup
+);
+
+our @EXPORT_OK = qw(
+    nginx_binary nginx_version module_path nginx_conf_text write_nginx_conf
+    start_nginx stop_nginx reload_nginx nginx_pid nginx_test_config
+    nginx_error_log error_log_path truncate_error_log workers log_level
+);
+
+my $PID;
+my $WORKERS   = 1;
+my $LOG_LEVEL = 'debug';
+
+sub workers   { $WORKERS   = shift if @_; return $WORKERS }
+sub log_level { $LOG_LEVEL = shift if @_; return $LOG_LEVEL }
+sub nginx_pid { return $PID }
+
+sub nginx_binary { return $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx' }
+
+sub nginx_version {
+    my (undef, undef, $err) = run_cmd([ nginx_binary(), '-v' ]);
+    return $err =~ m{nginx/(\d+(?:\.\d+)*)} ? $1 : '0';
+}
+
+# Absolute path of the module to load, or undef with TEST_APIKEY_NO_MODULE=1.
+sub module_path {
+    return undef if $ENV{TEST_APIKEY_NO_MODULE};
+    my $path = $ENV{TEST_APIKEY_MODULE} || build_path('ngx_http_apikey_module.so');
+    die "nginx module $path not found: build it (cmake -S . -B build && "
+        . "cmake --build build), or set TEST_APIKEY_MODULE=/path/to/module.so "
+        . "(TEST_APIKEY_NO_MODULE=1 runs plain nginx, for harness self-tests only)\n"
+        unless -f $path;
+    return abs_path($path);
+}
+
+sub error_log_path { return servroot_path('logs', 'error.log') }
+sub nginx_error_log { return slurp(error_log_path()) // '' }
+sub truncate_error_log { spew(error_log_path(), '') }
+
+sub _worker_user_line {
+    my ($main) = @_;
+    return () unless is_root() && $main !~ /^\s*user\s/m;
+    my $gid = (getpwnam('nobody'))[3];
+    my $group = defined $gid ? (getgrgid($gid))[0] : 'nogroup';
+    return ("user nobody $group;");
+}
+
+# nginx_conf_text(main_config => ..., http_config => ..., config => ...,
+#                 workers => N, log_level => L)
+sub nginx_conf_text {
+    my (%s) = @_;
+    my $root  = servroot();
+    my $main  = $s{main_config} // '';
+    my $http  = $s{http_config} // '';
+    my $cfg   = $s{config}      // '';
+    my $port  = $ENV{TEST_NGINX_SERVER_PORT};
+    my $nwork = $s{workers}   // $WORKERS;
+    my $level = $s{log_level} // $LOG_LEVEL;
+    my $module = module_path();
+    my @main = (
+        ($module ? "load_module $module;" : ()),
+        _worker_user_line($main),
+        'daemon on;',
+        'master_process on;',
+        ($main =~ /^\s*worker_processes\s/m ? () : "worker_processes $nwork;"),
+        "error_log $root/logs/error.log $level;",
+        "pid $root/logs/nginx.pid;",
+    );
+    my @temp = map { "${_}_temp_path $root/tmp/$_;" }
+        qw(client_body proxy fastcgi uwsgi scgi);
+    return join("\n",
+        @main, '', $main, '',
+        'events {', '    worker_connections 1024;', '}', '',
+        'http {',
+        '    access_log off;',
+        '    default_type text/plain;',
+        '    types { text/html html; text/plain txt; application/json json; }',
+        (map { "    $_" } @temp),
+        '', $http, '',
+        '    server {',
+        "        listen 127.0.0.1:$port;",
+        '        server_name localhost;',
+        "        root $root/html;",
+        '', $cfg, '',
+        '    }',
+        '}', '');
+}
+
+sub write_nginx_conf {
+    my (%s) = @_;
+    return spew(servroot_path('conf', 'nginx.conf'), nginx_conf_text(%s));
+}
+
+sub _nginx_cmd {
+    my (@extra) = @_;
+    my $root = servroot();
+    return [ nginx_binary(), '-p', "$root/", '-c', "$root/conf/nginx.conf",
+             '-e', error_log_path(), @extra ];
+}
+
+# nginx_test_config(%sections) -> (exit code, stderr of nginx -t)
+sub nginx_test_config {
+    my (%s) = @_;
+    write_nginx_conf(%s);
+    my ($rc, undef, $err) = run_cmd(_nginx_cmd('-t'), timeout => 30);
+    return ($rc, $err);
+}
+
+sub _wait_for_pid {
+    my $pidfile = servroot_path('logs', 'nginx.pid');
+    my $pid;
+    eval {
+        wait_until(sub {
+            my $t = slurp($pidfile);
+            ($pid) = ($t // '') =~ /^(\d+)/;
+            return $pid && process_alive($pid);
+        }, 5);
+        1;
+    } or return undef;
+    return $pid;
+}
+
+# start_nginx(%sections): stops a running nginx, writes a fresh conf,
+# truncates error.log and starts nginx. Dies with nginx's stderr on failure.
+sub start_nginx {
+    my (%s) = @_;
+    stop_nginx();
+    write_nginx_conf(%s);
+    truncate_error_log();
+    unlink servroot_path('logs', 'nginx.pid');
+    my ($rc, undef, $err) = run_cmd(_nginx_cmd(), timeout => 30);
+    die "nginx failed to start (exit $rc):\n$err" if $rc != 0;
+    $PID = _wait_for_pid()
+        or die "nginx did not write a live pid within 5s:\n$err"
+             . _log_tail(20);
+    # The master opened its listening sockets before it wrote the pid file,
+    # so connections are accepted from here on (no probe request needed).
+    on_cleanup('nginx', \&stop_nginx);
+    return $PID;
+}
+
+# stop_nginx(): graceful QUIT, then TERM, then KILL of the process group.
+sub stop_nginx {
+    return unless $PID;
+    my $pid = $PID;
+    undef $PID;
+    return if stop_process($pid, QUIT => 10, TERM => 5);
+    kill 'KILL', -$pid;
+    stop_process($pid, KILL => 5)
+        or die "nginx master $pid did not exit\n";
+}
+
+# reload_nginx(%sections): rewrites the conf and sends HUP; waits until the
+# master started new workers. Dies (with the [emerg] lines) if it refused.
+sub reload_nginx {
+    my (%s) = @_;
+    die "reload_nginx: nginx is not running\n" unless $PID && process_alive($PID);
+    write_nginx_conf(%s);
+    my $offset = length nginx_error_log();
+    kill 'HUP', $PID;
+    my $new = '';
+    wait_until(sub {
+        $new = substr(nginx_error_log(), $offset);
+        return $new =~ /start worker process|\[emerg\]/;
+    }, 10, 'nginx reload');
+    die "nginx rejected the reload:\n" . join('', $new =~ /^(.*\[emerg\].*\n)/mg)
+        if $new =~ /\[emerg\]/;
+    return 1;
+}
+
+sub _log_tail {
+    my ($n) = @_;
+    my @lines = split /\n/, nginx_error_log();
+    @lines = @lines[-$n .. -1] if @lines > $n;
+    return join('', map { "    $_\n" } "--- error.log (last $n lines):", @lines);
+}
+
+1;

@@ -1,0 +1,157 @@
+package Test::Apikey::Postgres;
+
+# A private PostgreSQL cluster per .t file: initdb into the server root,
+# trust auth, unix socket in that directory plus TCP on 127.0.0.1, fsync off.
+# When the suite runs as root, every PostgreSQL binary runs as the `postgres`
+# OS user. The cluster is stopped (immediate) and removed at END.
+
+use strict;
+use warnings;
+
+use Exporter qw(import);
+use File::Path qw(make_path);
+
+use Test::Apikey::Util qw(
+    servroot_path is_root run_cmd free_port process_alive stop_process
+    slurp on_cleanup
+);
+use Test::Apikey::Daemon qw(apikeyctl_path apikeyctl_raw);
+
+our @EXPORT_OK = qw(
+    start_postgres stop_postgres restart_postgres psql postgres_log pg_bindir
+);
+
+my $PG;    # { dir, data, port, conninfo, tcp_conninfo, running }
+
+sub pg_bindir {
+    return $ENV{TEST_APIKEY_PG_BINDIR} if $ENV{TEST_APIKEY_PG_BINDIR};
+    my (undef, $out) = eval { run_cmd([ 'pg_config', '--bindir' ]) };
+    chomp(my $dir = $out // '');
+    return $dir if $dir && -x "$dir/initdb";
+    my ($best) = sort { $b <=> $a } map { m{/(\d+)/bin$} ? $1 : () }
+        glob('/usr/lib/postgresql/*/bin');
+    return "/usr/lib/postgresql/$best/bin" if $best;
+    die "PostgreSQL server binaries (initdb, pg_ctl) not found: "
+        . "apt-get install postgresql, or set TEST_APIKEY_PG_BINDIR\n";
+}
+
+sub _pg_user { return is_root() ? 'postgres' : undef }
+
+# Runs a PostgreSQL server binary (as postgres when root); dies on failure.
+sub _pg_run {
+    my ($what, @argv) = @_;
+    my ($rc, $out, $err) = run_cmd([ pg_bindir() . "/$argv[0]", @argv[1 .. $#argv] ],
+        user => _pg_user(), cwd => $PG->{dir}, timeout => 120);
+    die "$what failed (exit $rc):\n$out$err" . _log_tail() if $rc != 0;
+    return $out;
+}
+
+sub _log_tail {
+    my $log = slurp("$PG->{dir}/postgres.log") // return '';
+    my @l = split /\n/, $log;
+    @l = @l[-15 .. -1] if @l > 15;
+    return join '', map { "    $_\n" } '--- postgres.log (last lines):', @l;
+}
+
+sub _init_cluster {
+    my $dir = servroot_path('pg');
+    make_path($dir);
+    chmod 0755, $dir;
+    if (is_root()) {
+        my (undef, undef, $uid, $gid) = getpwnam('postgres')
+            or die "OS user postgres not found (PostgreSQL refuses to run as root)\n";
+        chown $uid, $gid, $dir or die "chown postgres $dir: $!\n";
+    }
+    my $port = free_port();
+    $PG = {
+        dir => $dir, data => "$dir/data", port => $port,
+        conninfo     => "host=$dir port=$port dbname=postgres user=postgres",
+        tcp_conninfo => "host=127.0.0.1 port=$port dbname=postgres user=postgres",
+    };
+    _pg_run('initdb', 'initdb', '-D', $PG->{data}, '-A', 'trust', '-U', 'postgres',
+            '-E', 'UTF8', '--locale=C', '--no-sync');
+    my $conf = "$PG->{data}/postgresql.conf";
+    open my $fh, '>>', $conf or die "cannot append to $conf: $!\n";
+    print {$fh} join("\n", '', '# Test::Apikey',
+        "port = $port",
+        "listen_addresses = '127.0.0.1'",
+        "unix_socket_directories = '$dir'",
+        'fsync = off', 'synchronous_commit = off', 'full_page_writes = off',
+        "timezone = 'UTC'", "log_timezone = 'UTC'", ''), "\n";
+    close $fh;
+    on_cleanup('postgres', \&_teardown);
+}
+
+sub _pg_start {
+    _pg_run('pg_ctl start', 'pg_ctl', '-D', $PG->{data}, '-l', "$PG->{dir}/postgres.log",
+            '-w', '-t', '60', 'start');
+    $PG->{running} = 1;
+}
+
+sub _migrate {
+    return unless -x apikeyctl_path();
+    my ($rc, $out, $err) = apikeyctl_raw('migrate');
+    die "apikeyctl migrate failed (exit $rc):\n$out$err" if $rc != 0;
+}
+
+# start_postgres() -> { conninfo, tcp_conninfo, port, dir, data }.
+# The first call creates the cluster and runs `apikeyctl migrate` (when
+# build/apikeyctl exists); later calls start the same cluster again.
+sub start_postgres {
+    my $fresh = !$PG;
+    _init_cluster() if $fresh;
+    _pg_start() unless $PG->{running};
+    $ENV{TEST_APIKEY_DB}     = $PG->{conninfo};
+    $ENV{TEST_APIKEY_DB_TCP} = $PG->{tcp_conninfo};
+    $ENV{TEST_APIKEY_PG_PORT} = $PG->{port};
+    _migrate() if $fresh;
+    return $PG;
+}
+
+# stop_postgres(): fast shutdown; data and port are kept for start_postgres().
+sub stop_postgres {
+    die "stop_postgres: start_postgres() was not called\n" unless $PG;
+    return unless $PG->{running};
+    _pg_run('pg_ctl stop', 'pg_ctl', '-D', $PG->{data}, '-m', 'fast', '-w', 'stop');
+    $PG->{running} = 0;
+}
+
+sub restart_postgres {
+    stop_postgres();
+    return start_postgres();
+}
+
+sub postgres_log { return $PG ? slurp("$PG->{dir}/postgres.log") // '' : '' }
+
+# psql($sql [, {var => value}]) -> [[col, ...], ...] (NULL reads as '').
+# Several statements are fine; rows of all of them are returned. Variables
+# are psql variables: use them as :'var' (literal) or :"var" (identifier).
+sub psql {
+    my ($sql, $vars) = @_;
+    die "psql: start_postgres() was not called\n" unless $PG && $PG->{running};
+    my @v = map { ('-v', "$_=$vars->{$_}") } sort keys %{ $vars || {} };
+    my ($rc, $out, $err) = run_cmd(
+        [ pg_bindir() . '/psql', '-X', '-A', '-t', '-q', '-F', "\t",
+          '-v', 'ON_ERROR_STOP=1', @v, '-d', $PG->{conninfo}, '-f', '-' ],
+        stdin => $sql, timeout => 120);
+    die "psql failed (exit $rc): $err  SQL: $sql\n" if $rc != 0;
+    return [ map { [ split /\t/, $_, -1 ] } grep { length } split /\n/, $out ];
+}
+
+sub _postmaster_pid {
+    my $t = slurp("$PG->{data}/postmaster.pid") // return undef;
+    return $t =~ /^(\d+)/ ? $1 : undef;
+}
+
+sub _teardown {
+    return unless $PG;
+    my $pid = _postmaster_pid();
+    if ($pid && process_alive($pid)) {
+        eval { _pg_run('pg_ctl stop', 'pg_ctl', '-D', $PG->{data}, '-m', 'immediate',
+                       '-w', 'stop'); 1 }
+            or stop_process($pid, QUIT => 5, KILL => 5);
+    }
+    $PG->{running} = 0;
+}
+
+1;
