@@ -84,6 +84,56 @@ void apikey_uuid_format(const unsigned char id[16], unsigned char *out);
 const char *apikey_result_name(apikey_result_e result);
 
 
+/* Usage capture: the per-worker rings in the usage segment. */
+
+typedef struct apikey_usage_s  apikey_usage_t;
+
+/* One request, as the log phase sees it; text is copied and truncated. */
+typedef struct {
+    const apikey_verdict_t  *verdict;
+    int64_t                  time_us;
+    uint64_t                 response_time_us;
+    uint64_t                 bytes_sent;
+    unsigned                 status;
+    int                      ip_family;      /* 0, 4 or 6 */
+    const unsigned char     *ip;             /* 4 or 16 bytes */
+    const unsigned char     *method;
+    size_t                   method_len;
+    const unsigned char     *endpoint;
+    size_t                   endpoint_len;
+    const unsigned char     *user_agent;
+    size_t                   user_agent_len;
+} apikey_usage_fields_t;
+
+/*
+ * nginx master, at configuration load: maps the segment at path, reusing it
+ * when its layout matches (reload) or creating a fresh one (owned by uid:gid
+ * when they are >= 0). *created tells which. NULL on failure, with err.
+ */
+apikey_usage_t *apikey_usage_open(const char *path, size_t size,
+    unsigned slots, int uid, int gid, int *created, char *err,
+    size_t err_len);
+void apikey_usage_close(apikey_usage_t *usage);
+
+/* Worker start/exit: a slot index, or -1 when none is free. */
+int apikey_usage_claim(apikey_usage_t *usage, int pid, int64_t now_us);
+void apikey_usage_retire(apikey_usage_t *usage, int slot);
+
+/* Never blocks: 0 if the ring was full (the drop is counted). */
+int apikey_usage_push(apikey_usage_t *usage, int slot,
+    const apikey_usage_fields_t *fields);
+
+/* Requests without a usable key are counted per result, not recorded. */
+void apikey_usage_count(apikey_usage_t *usage, int slot,
+    apikey_result_e result);
+
+/* A request that could not be recorded because the worker has no slot. */
+void apikey_usage_count_unslotted(apikey_usage_t *usage);
+
+/* Ring capacity and slot count, for the startup log line. */
+uint64_t apikey_usage_ring_capacity(const apikey_usage_t *usage);
+
+
 #ifdef __cplusplus
 }
 #endif

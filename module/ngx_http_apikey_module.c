@@ -19,12 +19,15 @@
 #define NGX_HTTP_APIKEY_DEFAULT_USAGE_SIZE  (64 * 1024 * 1024)
 #define NGX_HTTP_APIKEY_MIN_USAGE_SIZE      (1024 * 1024)
 #define NGX_HTTP_APIKEY_ATTACH_INTERVAL     1000  /* ms between retries */
+#define NGX_HTTP_APIKEY_SLOTS_PER_WORKER    4     /* old + new during reloads */
+#define NGX_HTTP_APIKEY_MIN_SLOTS           8
 
 
 typedef struct {
     ngx_str_t                  keys_path;
     ngx_str_t                  usage_path;
     size_t                     usage_size;
+    apikey_usage_t            *usage;        /* mapped by the master */
 } ngx_http_apikey_main_conf_t;
 
 
@@ -39,9 +42,10 @@ typedef struct {
 
 
 typedef struct {
-    apikey_verdict_t           verdict;
-    ngx_table_elt_t           *key_header;   /* where the key came from */
-    unsigned                   checked:1;    /* access phase decided */
+    apikey_verdict_t           verdict;      /* result: as last decided */
+    apikey_result_e            key_result;   /* the key's own, no scopes */
+    ngx_table_elt_t           *key_header;   /* apikey_header, if sent */
+    ngx_table_elt_t           *bearer_header; /* Authorization: Bearer */
 } ngx_http_apikey_ctx_t;
 
 
@@ -49,19 +53,26 @@ typedef struct {
     apikey_table_t            *table;
     ngx_msec_t                 last_attach;
     unsigned                   attach_tried:1;
+    apikey_usage_t            *usage;
+    ngx_int_t                  slot;         /* -1: none claimed */
+    ngx_msec_t                 last_claim;
 } ngx_http_apikey_worker_t;
 
 
 static ngx_int_t ngx_http_apikey_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_apikey_log_handler(ngx_http_request_t *r);
+static void ngx_http_apikey_record(ngx_http_request_t *r,
+    ngx_http_apikey_ctx_t *ctx, ngx_http_apikey_loc_conf_t *alcf);
+static void ngx_http_apikey_claim_slot(ngx_log_t *log);
 static ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(ngx_http_request_t *r);
 static ngx_http_apikey_ctx_t *ngx_http_apikey_get_ctx(ngx_http_request_t *r);
 static void ngx_http_apikey_cleanup(void *data);
 static ngx_int_t ngx_http_apikey_find_key(ngx_http_request_t *r,
     ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
-    ngx_table_elt_t **from);
+    ngx_http_apikey_ctx_t *ctx);
 static ngx_int_t ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key);
 static ngx_int_t ngx_http_apikey_hide(ngx_http_request_t *r,
-    ngx_table_elt_t *h);
+    ngx_http_apikey_ctx_t *ctx);
 static ngx_int_t ngx_http_apikey_reject(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx);
 static void ngx_http_apikey_refresh_table(ngx_log_t *log);
@@ -88,6 +99,8 @@ static char *ngx_http_apikey_header(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_apikey_scope(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_apikey_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_apikey_init_module(ngx_cycle_t *cycle);
+static void ngx_http_apikey_close_usage(void *data);
 static ngx_int_t ngx_http_apikey_init_process(ngx_cycle_t *cycle);
 static void ngx_http_apikey_exit_process(ngx_cycle_t *cycle);
 
@@ -168,7 +181,7 @@ ngx_module_t  ngx_http_apikey_module = {
     ngx_http_apikey_commands,             /* module directives */
     NGX_HTTP_MODULE,                      /* module type */
     NULL,                                 /* init master */
-    NULL,                                 /* init module */
+    ngx_http_apikey_init_module,          /* init module */
     ngx_http_apikey_init_process,         /* init process */
     NULL,                                 /* init thread */
     NULL,                                 /* exit thread */
@@ -198,8 +211,9 @@ static ngx_http_variable_t  ngx_http_apikey_vars[] = {
 
 static ngx_str_t  ngx_http_apikey_challenge = ngx_string("ApiKey");
 
-/* Per worker process: the mapped key table. */
-static ngx_http_apikey_worker_t  ngx_http_apikey_worker;
+/* Per worker process: the mapped key table and the claimed ring. */
+static ngx_http_apikey_worker_t  ngx_http_apikey_worker = { NULL, 0, 0,
+                                                            NULL, -1, 0 };
 
 
 static ngx_int_t
@@ -219,7 +233,11 @@ ngx_http_apikey_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ctx->verdict.result == APIKEY_OK
+    /* scopes are per location: decided again after an internal redirect */
+
+    ctx->verdict.result = ctx->key_result;
+
+    if (ctx->key_result == APIKEY_OK
         && alcf->scopes != NULL
         && !apikey_verdict_has_scopes(&ctx->verdict, alcf->scopes->elts,
                                       alcf->scopes->nelts))
@@ -227,17 +245,16 @@ ngx_http_apikey_handler(ngx_http_request_t *r)
         ctx->verdict.result = APIKEY_FORBIDDEN;
     }
 
-    ctx->checked = 1;
-
     if (ctx->verdict.result != APIKEY_OK) {
         return ngx_http_apikey_reject(r, ctx);
     }
 
-    if (alcf->hide_key && ctx->key_header != NULL) {
-        if (ngx_http_apikey_hide(r, ctx->key_header) != NGX_OK) {
+    if (alcf->hide_key
+        && (ctx->key_header != NULL || ctx->bearer_header != NULL))
+    {
+        if (ngx_http_apikey_hide(r, ctx) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-        ctx->key_header = NULL;
     }
 
     return NGX_OK;
@@ -280,17 +297,159 @@ ngx_http_apikey_reject(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
                       apikey_result_name(ctx->verdict.result));
     }
 
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    /* once, even if an error_page location rejects again */
+
+    if (r->headers_out.www_authenticate == NULL) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "WWW-Authenticate");
+        h->value = ngx_http_apikey_challenge;
+        r->headers_out.www_authenticate = h;
     }
 
-    h->hash = 1;
-    ngx_str_set(&h->key, "WWW-Authenticate");
-    h->value = ngx_http_apikey_challenge;
-    r->headers_out.www_authenticate = h;
-
     return NGX_HTTP_UNAUTHORIZED;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_log_handler(ngx_http_request_t *r)
+{
+    ngx_http_apikey_ctx_t       *ctx;
+    ngx_http_apikey_loc_conf_t  *alcf;
+
+    if (ngx_http_apikey_worker.usage == NULL || r != r->main) {
+        return NGX_OK;
+    }
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
+
+    if (!alcf->enable || !alcf->capture) {
+        return NGX_OK;
+    }
+
+    /* no ctx: the request was answered before any key lookup */
+
+    ctx = ngx_http_apikey_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_apikey_worker.slot < 0) {
+        ngx_http_apikey_claim_slot(r->connection->log);
+
+        if (ngx_http_apikey_worker.slot < 0) {
+            apikey_usage_count_unslotted(ngx_http_apikey_worker.usage);
+            return NGX_OK;
+        }
+    }
+
+    switch (ctx->verdict.result) {
+
+    case APIKEY_OK:
+    case APIKEY_EXPIRED:
+    case APIKEY_REVOKED:
+    case APIKEY_FORBIDDEN:
+        ngx_http_apikey_record(r, ctx, alcf);
+        break;
+
+    default:
+        apikey_usage_count(ngx_http_apikey_worker.usage,
+                           ngx_http_apikey_worker.slot, ctx->verdict.result);
+    }
+
+    return NGX_OK;
+}
+
+
+/* One usage record for a request with a known key; never blocks. */
+
+static void
+ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
+    ngx_http_apikey_loc_conf_t *alcf)
+{
+    ngx_str_t                  endpoint;
+    ngx_time_t                *tp;
+    ngx_msec_int_t             ms;
+    struct sockaddr_in        *sin;
+    apikey_usage_fields_t      f;
+    ngx_http_core_loc_conf_t  *clcf;
+#if (NGX_HAVE_INET6)
+    struct sockaddr_in6       *sin6;
+#endif
+
+    ngx_memzero(&f, sizeof(apikey_usage_fields_t));
+
+    f.verdict = &ctx->verdict;
+
+    /* the same clock and resolution as $request_time */
+
+    tp = ngx_timeofday();
+    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                           + (tp->msec - r->start_msec));
+    f.time_us = (int64_t) r->start_sec * 1000000
+                + (int64_t) r->start_msec * 1000;
+    f.response_time_us = (uint64_t) ngx_max(ms, 0) * 1000;
+
+    if (r->err_status) {
+        f.status = r->err_status;
+
+    } else if (r->headers_out.status) {
+        f.status = r->headers_out.status;
+
+    } else {
+        f.status = 0;
+    }
+
+    f.bytes_sent = r->connection->sent;
+
+    switch (r->connection->sockaddr->sa_family) {
+
+    case AF_INET:
+        sin = (struct sockaddr_in *) r->connection->sockaddr;
+        f.ip_family = 4;
+        f.ip = (u_char *) &sin->sin_addr;
+        break;
+
+#if (NGX_HAVE_INET6)
+    case AF_INET6:
+        sin6 = (struct sockaddr_in6 *) r->connection->sockaddr;
+        f.ip_family = 6;
+        f.ip = sin6->sin6_addr.s6_addr;
+        break;
+#endif
+    }
+
+    f.method = r->method_name.data;
+    f.method_len = r->method_name.len;
+
+    if (alcf->endpoint == NULL) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+        endpoint = clcf->name;
+
+    } else if (ngx_http_complex_value(r, alcf->endpoint, &endpoint)
+               != NGX_OK)
+    {
+        ngx_str_null(&endpoint);
+    }
+
+    f.endpoint = endpoint.data;
+    f.endpoint_len = endpoint.len;
+
+    if (r->headers_in.user_agent) {
+        f.user_agent = r->headers_in.user_agent->value.data;
+        f.user_agent_len = r->headers_in.user_agent->value.len;
+    }
+
+    if (!apikey_usage_push(ngx_http_apikey_worker.usage,
+                           ngx_http_apikey_worker.slot, &f))
+    {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "apikey: usage ring full, record dropped");
+    }
 }
 
 
@@ -329,8 +488,9 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
 
-    ctx->verdict.result = ngx_http_apikey_find_key(r, alcf, &key,
-                                                   &ctx->key_header);
+    ctx->verdict.result = ngx_http_apikey_find_key(r, alcf, &key, ctx);
+    ctx->key_result = ctx->verdict.result;
+
     if (ctx->verdict.result != APIKEY_OK) {
         return ctx;
     }
@@ -343,9 +503,11 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
 
     tp = ngx_timeofday();
 
-    apikey_verify(ngx_http_apikey_worker.table, key.data, key.len,
-                  (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000,
-                  &ctx->verdict);
+    ctx->key_result = apikey_verify(ngx_http_apikey_worker.table, key.data,
+                                    key.len,
+                                    (int64_t) tp->sec * 1000000
+                                    + (int64_t) tp->msec * 1000,
+                                    &ctx->verdict);
 
     return ctx;
 }
@@ -387,20 +549,20 @@ ngx_http_apikey_cleanup(void *data)
 /*
  * Finds the key in the configured header or in "Authorization: Bearer".
  * Returns APIKEY_OK with the key, APIKEY_MISSING, or APIKEY_MALFORMED when
- * the request carries more than one different key.
+ * the request carries more than one key (or two different ones). Empty
+ * headers count as absent. Remembers both headers, to hide them.
  */
 
 static ngx_int_t
 ngx_http_apikey_find_key(ngx_http_request_t *r,
-    ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key, ngx_table_elt_t **from)
+    ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
+    ngx_http_apikey_ctx_t *ctx)
 {
     ngx_str_t          bearer;
-    ngx_uint_t         i, found;
+    ngx_uint_t         i;
     ngx_list_part_t   *part;
     ngx_table_elt_t   *h;
 
-    found = 0;
-    *from = NULL;
     ngx_str_null(key);
 
     part = &r->headers_in.headers.part;
@@ -418,40 +580,40 @@ ngx_http_apikey_find_key(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (h[i].key.len != alcf->header.len
+        if (h[i].value.len == 0
+            || h[i].key.len != alcf->header.len
             || ngx_strncasecmp(h[i].key.data, alcf->header.data,
                                alcf->header.len) != 0)
         {
             continue;
         }
 
-        if (found++) {
+        if (ctx->key_header) {
             return APIKEY_MALFORMED;
         }
 
         *key = h[i].value;
-        *from = &h[i];
+        ctx->key_header = &h[i];
     }
 
     if (r->headers_in.authorization != NULL
         && ngx_http_apikey_bearer(r->headers_in.authorization, &bearer)
-           == NGX_OK)
+           == NGX_OK
+        && bearer.len > 0)
     {
-        if (found
-            && (bearer.len != key->len
-                || ngx_memcmp(bearer.data, key->data, key->len) != 0))
+        ctx->bearer_header = r->headers_in.authorization;
+
+        if (ctx->key_header == NULL) {
+            *key = bearer;
+
+        } else if (bearer.len != key->len
+                   || ngx_memcmp(bearer.data, key->data, key->len) != 0)
         {
             return APIKEY_MALFORMED;
         }
-
-        if (!found) {
-            *key = bearer;
-            *from = r->headers_in.authorization;
-            found = 1;
-        }
     }
 
-    if (!found || key->len == 0) {
+    if (key->len == 0) {
         return APIKEY_MISSING;
     }
 
@@ -493,14 +655,14 @@ ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key)
 
 
 /*
- * Removes the key header from the request headers that upstreams see.
+ * Removes the key headers from the request headers that upstreams see.
  * Elements cannot be unlinked in place (other pointers, such as
  * r->headers_in.host, point into the list), so the list is rebuilt
  * without it; the old elements stay valid in the request pool.
  */
 
 static ngx_int_t
-ngx_http_apikey_hide(ngx_http_request_t *r, ngx_table_elt_t *hidden)
+ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
 {
     ngx_uint_t        i, n;
     ngx_list_t        headers;
@@ -533,7 +695,7 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_table_elt_t *hidden)
             i = 0;
         }
 
-        if (&h[i] == hidden) {
+        if (&h[i] == ctx->key_header || &h[i] == ctx->bearer_header) {
             continue;
         }
 
@@ -547,11 +709,54 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_table_elt_t *hidden)
 
     r->headers_in.headers = headers;
 
-    if (r->headers_in.authorization == hidden) {
+    if (ctx->bearer_header != NULL) {
         r->headers_in.authorization = NULL;
     }
 
+    ctx->key_header = NULL;
+    ctx->bearer_header = NULL;
+
     return NGX_OK;
+}
+
+
+/*
+ * A ring of our own in the usage segment: at worker start, and retried at
+ * most once a second while apikeyd has not yet freed enough slots.
+ */
+
+static void
+ngx_http_apikey_claim_slot(ngx_log_t *log)
+{
+    ngx_time_t  *tp;
+
+    if (ngx_http_apikey_worker.last_claim
+        && ngx_current_msec - ngx_http_apikey_worker.last_claim
+           < NGX_HTTP_APIKEY_ATTACH_INTERVAL)
+    {
+        return;
+    }
+
+    ngx_http_apikey_worker.last_claim = ngx_current_msec
+                                        ? ngx_current_msec : 1;
+
+    tp = ngx_timeofday();
+
+    ngx_http_apikey_worker.slot = apikey_usage_claim(
+        ngx_http_apikey_worker.usage, (int) ngx_pid,
+        (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000);
+
+    if (ngx_http_apikey_worker.slot < 0) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "apikey: no free usage ring slot (is apikeyd "
+                      "draining?), usage of this worker is not recorded "
+                      "for now");
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, log, 0,
+                  "apikey: worker claimed usage ring slot %i",
+                  ngx_http_apikey_worker.slot);
 }
 
 
@@ -1036,7 +1241,86 @@ ngx_http_apikey_init(ngx_conf_t *cf)
 
     *h = ngx_http_apikey_handler;
 
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_apikey_log_handler;
+
     return NGX_OK;
+}
+
+
+/*
+ * In the master, at every configuration load: map the usage segment so
+ * that workers inherit the mapping. "nginx -t" and "nginx -s" never touch a
+ * live segment.
+ */
+
+static ngx_int_t
+ngx_http_apikey_init_module(ngx_cycle_t *cycle)
+{
+    int                           created, uid, gid;
+    u_char                        err[256];
+    ngx_uint_t                    slots;
+    ngx_core_conf_t              *ccf;
+    ngx_pool_cleanup_t           *cln;
+    ngx_http_apikey_main_conf_t  *amcf;
+
+    if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_OK;
+    }
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_apikey_module);
+
+    if (amcf == NULL || amcf->usage_path.len == 0) {
+        return NGX_OK;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    slots = ngx_max(NGX_HTTP_APIKEY_MIN_SLOTS,
+                    NGX_HTTP_APIKEY_SLOTS_PER_WORKER
+                    * (ngx_uint_t) ccf->worker_processes);
+
+    uid = (geteuid() == 0) ? (int) ccf->user : -1;
+    gid = (geteuid() == 0) ? (int) ccf->group : -1;
+
+    amcf->usage = apikey_usage_open((char *) amcf->usage_path.data,
+                                    amcf->usage_size, (unsigned) slots,
+                                    uid, gid, &created, (char *) err,
+                                    sizeof(err));
+    if (amcf->usage == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "apikey_usage \"%V\": %s", &amcf->usage_path, err);
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (cln == NULL) {
+        apikey_usage_close(amcf->usage);
+        amcf->usage = NULL;
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_apikey_close_usage;
+    cln->data = amcf->usage;
+
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                  "apikey: %s usage segment \"%V\": %ui rings of %uL "
+                  "records", created ? "created" : "reusing",
+                  &amcf->usage_path, slots,
+                  apikey_usage_ring_capacity(amcf->usage));
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_apikey_close_usage(void *data)
+{
+    apikey_usage_close(data);
 }
 
 
@@ -1047,7 +1331,16 @@ ngx_http_apikey_init_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_apikey_module);
 
-    if (amcf == NULL || amcf->keys_path.len == 0) {
+    if (amcf == NULL) {
+        return NGX_OK;
+    }
+
+    if (amcf->usage != NULL) {
+        ngx_http_apikey_worker.usage = amcf->usage;
+        ngx_http_apikey_claim_slot(cycle->log);
+    }
+
+    if (amcf->keys_path.len == 0) {
         return NGX_OK;
     }
 
@@ -1067,6 +1360,14 @@ ngx_http_apikey_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_apikey_exit_process(ngx_cycle_t *cycle)
 {
+    /* the ring's records stay for apikeyd; it frees the slot once drained */
+
+    if (ngx_http_apikey_worker.usage && ngx_http_apikey_worker.slot >= 0) {
+        apikey_usage_retire(ngx_http_apikey_worker.usage,
+                            ngx_http_apikey_worker.slot);
+        ngx_http_apikey_worker.slot = -1;
+    }
+
     apikey_table_free(ngx_http_apikey_worker.table);
     ngx_http_apikey_worker.table = NULL;
 }

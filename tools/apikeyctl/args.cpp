@@ -55,7 +55,29 @@ bool is_value_option(std::string_view name) {
 
 bool is_group(std::string_view word) { return word == "org" || word == "key"; }
 
-std::string quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
+bool is_base62(char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+           (c >= 'A' && c <= 'Z');
+}
+
+// True if `s` holds something shaped like a key (prefix_ then a long base62
+// run), well-formed or not: a mistyped key is still nearly a secret.
+bool looks_like_key(std::string_view s) {
+    constexpr std::size_t kMinRun = 20;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != '_') continue;
+        std::size_t run = 0;
+        while (i + 1 + run < s.size() && is_base62(s[i + 1 + run])) ++run;
+        if (run >= kMinRun) return true;
+    }
+    return false;
+}
+
+// Echoes user input in an error message, unless it may be a key.
+std::string quoted(std::string_view s) {
+    if (looks_like_key(s)) return "(a value that looks like an API key)";
+    return "\"" + std::string(s) + "\"";
+}
 
 // The command line split into words and options, before any meaning.
 struct Tokens {

@@ -60,6 +60,19 @@ std::string require_nonempty(const std::string& name,
     return value;
 }
 
+const char* const kOptionNames[] = {
+    "config", "db",    "node",         "keys",       "usage",
+    "listen", "spool", "spool-max-mb", "raw-events", "retention-months",
+    "key-resync", "keep-dead-keys-days",
+};
+
+bool is_known_option(const std::string& name) {
+    for (const char* known : kOptionNames) {
+        if (name == known) return true;
+    }
+    return false;
+}
+
 // Sets one option by its flag name (without dashes).
 void set_option(const std::string& name, const std::string& value,
                 DaemonConfig* c) {
@@ -75,6 +88,8 @@ void set_option(const std::string& name, const std::string& value,
         parse_listen(value, c);
     } else if (name == "spool") {
         c->spool_dir = require_nonempty(name, value);
+    } else if (name == "spool-max-mb") {
+        c->spool_max_mb = parse_int(name, value, 1, 1 << 20);
     } else if (name == "raw-events") {
         c->raw_events = parse_on_off(name, value);
     } else if (name == "retention-months") {
@@ -144,6 +159,10 @@ bool parse_daemon_args(const std::vector<std::string>& args,
             continue;
         }
         if (i + 1 >= args.size()) {
+            if (!is_known_option(a.substr(2))) {
+                throw UsageError("unknown option " + a +
+                                 " (see apikeyd --help)");
+            }
             throw UsageError("option " + a + " needs a value");
         }
         flags.emplace_back(a.substr(2), args[++i]);
@@ -190,6 +209,8 @@ Options (also accepted as "name = value" lines in a --config file):
                            (default: 127.0.0.1:8089)
   --spool DIR              on-disk spool while PostgreSQL is unreachable
                            (default: /var/spool/apikeyd)
+  --spool-max-mb N         spool bound; beyond it records are dropped and
+                           counted (default: 1024)
   --raw-events on|off      keep one api_key_usage row per request (default: on)
   --retention-months N     drop raw usage partitions older than N months
                            (default: 13)

@@ -16,6 +16,7 @@ struct DaemonConfig {
     std::string listen_host = "127.0.0.1";
     int listen_port = 8089;
     std::string spool_dir = "/var/spool/apikeyd";
+    int spool_max_mb = 1024;  // beyond this, records are dropped (counted)
     bool raw_events = true;
     int retention_months = 13;
     int key_resync_seconds = 60;

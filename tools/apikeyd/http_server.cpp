@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "metrics.h"
 #include "time_util.h"
 
 namespace apikey {
@@ -20,6 +21,12 @@ void send_json(httplib::Response& res, int status, const nlohmann::json& j) {
 
 HttpServer::HttpServer(const DaemonState& state)
     : state_(state), server_(std::make_unique<httplib::Server>()) {
+    // cpp-httplib's default also sets SO_REUSEPORT, which would let a second
+    // apikeyd share the port and split requests: a busy port must fail.
+    server_->set_socket_options([](socket_t sock) {
+        int yes = 1;
+        setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
     add_routes();
 }
 
@@ -41,6 +48,13 @@ void HttpServer::add_routes() {
                                      : nlohmann::json(nullptr)}}},
         };
         send_json(res, 200, body);
+    });
+
+    server_->Get("/metrics", [this](const httplib::Request&,
+                                    httplib::Response& res) {
+        res.set_content(format_metrics(*state_.keys, *state_.drain,
+                                       state_.drainer->snapshot(), now_us()),
+                        "text/plain; version=0.0.4");
     });
 
     server_->set_error_handler([](const httplib::Request&,

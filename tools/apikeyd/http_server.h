@@ -1,11 +1,12 @@
-// apikeyd's HTTP side (cpp-httplib): /healthz now; /metrics, the analytics
-// API and the dashboard are added as routes here.
+// apikeyd's HTTP side (cpp-httplib): /healthz, /metrics; the analytics API
+// and the dashboard are added as routes here.
 #pragma once
 
 #include <memory>
 #include <string>
 
 #include "config.h"
+#include "drainer.h"
 #include "key_publisher.h"
 
 namespace httplib {
@@ -17,6 +18,8 @@ namespace apikey {
 struct DaemonState {
     const DaemonConfig* config = nullptr;
     KeyPublisherStats* keys = nullptr;
+    DrainerStats* drain = nullptr;
+    const Drainer* drainer = nullptr;
 };
 
 class HttpServer {

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "config.h"
+#include "drainer.h"
 #include "http_server.h"
 #include "key_publisher.h"
 #include "log.h"
@@ -41,7 +42,9 @@ int main(int argc, char** argv) {
     sigaction(SIGINT, &sa, nullptr);
 
     KeyPublisherStats key_stats;
-    DaemonState state{&config, &key_stats};
+    DrainerStats drain_stats;
+    Drainer drainer(config, &drain_stats);
+    DaemonState state{&config, &key_stats, &drain_stats, &drainer};
 
     HttpServer http(state);
     try {
@@ -52,11 +55,13 @@ int main(int argc, char** argv) {
     }
 
     log_info("apikeyd starting: node " + config.node + ", keys " +
-             config.keys_path + ", listening on " + config.listen_host + ":" +
+             config.keys_path + ", usage " + config.usage_path +
+             ", listening on " + config.listen_host + ":" +
              std::to_string(config.listen_port));
 
     KeyPublisher publisher(config, &key_stats);
     std::thread keys_thread([&] { publisher.run(g_stop); });
+    std::thread drain_thread([&] { drainer.run(g_stop); });
     std::thread http_thread([&] { http.serve(); });
 
     while (!g_stop.load()) {
@@ -67,6 +72,7 @@ int main(int argc, char** argv) {
     http.stop();
     http_thread.join();
     keys_thread.join();
+    drain_thread.join();
     log_info("apikeyd stopped");
     return 0;
 }

@@ -1,0 +1,140 @@
+// extern "C" glue for usage capture: the usage segment and the worker's
+// ring. Every entry point is noexcept; the hot path (push, count) does no
+// allocation and no syscall.
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "apikey_glue.h"
+#include "usage_ring.h"
+
+struct apikey_usage_s {
+    apikey::UsageSegment segment;
+};
+
+namespace {
+
+void copy_error(const std::string& what, char* err, size_t err_len) noexcept {
+    if (err == nullptr || err_len == 0) {
+        return;
+    }
+    size_t n = what.size() < err_len - 1 ? what.size() : err_len - 1;
+    std::memcpy(err, what.data(), n);
+    err[n] = '\0';
+}
+
+apikey::UnrecordedCounter counter_for(apikey_result_e result) noexcept {
+    switch (result) {
+        case APIKEY_MISSING: return apikey::UnrecordedCounter::kMissing;
+        case APIKEY_MALFORMED: return apikey::UnrecordedCounter::kMalformed;
+        case APIKEY_UNAVAILABLE: return apikey::UnrecordedCounter::kUnavailable;
+        default: return apikey::UnrecordedCounter::kUnknown;
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+apikey_usage_t* apikey_usage_open(const char* path, size_t size,
+                                  unsigned slots, int uid, int gid,
+                                  int* created, char* err, size_t err_len) {
+    try {
+        apikey::UsageLayout layout =
+            apikey::usage_layout_for(size, static_cast<std::uint32_t>(slots));
+        if (layout.ring_capacity == 0) {
+            copy_error("size too small for " + std::to_string(slots) +
+                           " rings",
+                       err, err_len);
+            return nullptr;
+        }
+        auto usage = std::make_unique<apikey_usage_s>();
+        bool fresh = false;
+        std::string why;
+        // 0660: nginx workers inherit the master's mapping; apikeyd opens
+        // the file and must run as the worker user or in its group.
+        apikey::SegmentStatus s =
+            usage->segment.open_or_create(path, layout, 0660, &fresh, &why);
+        if (s != apikey::SegmentStatus::kOk) {
+            copy_error(why, err, err_len);
+            return nullptr;
+        }
+        if (fresh && (uid >= 0 || gid >= 0) && geteuid() == 0) {
+            if (chown(path, uid, gid) != 0) {
+                copy_error(std::string("chown failed: ") + std::strerror(errno),
+                           err, err_len);
+                return nullptr;
+            }
+        }
+        *created = fresh ? 1 : 0;
+        return usage.release();
+    } catch (...) {
+        copy_error("out of memory", err, err_len);
+        return nullptr;
+    }
+}
+
+void apikey_usage_close(apikey_usage_t* usage) { delete usage; }
+
+int apikey_usage_claim(apikey_usage_t* usage, int pid, int64_t now_us) {
+    return usage->segment.claim_slot(pid, now_us);
+}
+
+void apikey_usage_retire(apikey_usage_t* usage, int slot) {
+    usage->segment.retire_slot(static_cast<std::uint32_t>(slot));
+}
+
+int apikey_usage_push(apikey_usage_t* usage, int slot,
+                      const apikey_usage_fields_t* f) {
+    apikey::UsageRecord rec;
+    std::memset(&rec, 0, sizeof(rec));
+    rec.version = apikey::kUsageRecordVersion;
+    rec.result = static_cast<apikey::AuthResult>(f->verdict->result);
+    rec.status = static_cast<std::uint16_t>(f->status);
+    rec.time_us = f->time_us;
+    rec.response_time_us = f->response_time_us;
+    rec.bytes_sent = f->bytes_sent;
+    std::memcpy(rec.key_id, f->verdict->key_id, sizeof(rec.key_id));
+    std::memcpy(rec.org_id, f->verdict->org_id, sizeof(rec.org_id));
+    if (f->ip_family == 4) {
+        rec.ip_family = apikey::IpFamily::kV4;
+        std::memcpy(rec.ip, f->ip, 4);
+    } else if (f->ip_family == 6) {
+        rec.ip_family = apikey::IpFamily::kV6;
+        std::memcpy(rec.ip, f->ip, 16);
+    }
+    auto text = [](const unsigned char* p, size_t n) {
+        return std::string_view(reinterpret_cast<const char*>(p), n);
+    };
+    rec.method_len = apikey::copy_truncated(rec.method, sizeof(rec.method),
+                                            text(f->method, f->method_len));
+    rec.endpoint_len =
+        apikey::copy_truncated(rec.endpoint, sizeof(rec.endpoint),
+                               text(f->endpoint, f->endpoint_len));
+    rec.user_agent_len =
+        apikey::copy_truncated(rec.user_agent, sizeof(rec.user_agent),
+                               text(f->user_agent, f->user_agent_len));
+    return usage->segment.push(static_cast<std::uint32_t>(slot), rec) ? 1 : 0;
+}
+
+void apikey_usage_count(apikey_usage_t* usage, int slot,
+                        apikey_result_e result) {
+    usage->segment.count_unrecorded(static_cast<std::uint32_t>(slot),
+                                    counter_for(result));
+}
+
+void apikey_usage_count_unslotted(apikey_usage_t* usage) {
+    usage->segment.header().unslotted_drops.fetch_add(
+        1, std::memory_order_relaxed);
+}
+
+uint64_t apikey_usage_ring_capacity(const apikey_usage_t* usage) {
+    return usage->segment.header().ring_capacity;
+}
+
+}  // extern "C"

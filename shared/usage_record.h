@@ -1,0 +1,78 @@
+// One usage record: what the nginx log phase writes per request into its
+// ring and apikeyd stores in api_key_usage. Fixed size, trivially copyable,
+// versioned; text fields are truncated, not terminated.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+namespace apikey {
+
+inline constexpr std::uint16_t kUsageRecordVersion = 1;
+inline constexpr std::size_t kUsageMethodLen = 16;
+inline constexpr std::size_t kUsageEndpointLen = 96;
+inline constexpr std::size_t kUsageUserAgentLen = 64;
+
+// Values of $apikey_result (and the module's apikey_result_e).
+enum class AuthResult : std::uint8_t {
+    kOk = 0,
+    kMissing,
+    kMalformed,
+    kUnknown,
+    kExpired,
+    kRevoked,
+    kForbidden,
+    kUnavailable,
+};
+inline constexpr int kAuthResultCount = 8;
+const char* auth_result_name(AuthResult r) noexcept;
+
+enum class IpFamily : std::uint8_t { kNone = 0, kV4 = 4, kV6 = 6 };
+
+struct alignas(8) UsageRecord {
+    std::uint16_t version;     // kUsageRecordVersion
+    AuthResult result;
+    IpFamily ip_family;
+    std::uint16_t status;      // HTTP status as sent
+    std::uint8_t method_len;
+    std::uint8_t endpoint_len;
+    std::uint8_t user_agent_len;
+    std::uint8_t reserved0[7];
+    // Idempotency key (node is apikeyd's): set by the ring on push.
+    std::uint32_t slot;
+    std::uint32_t reserved1;
+    std::uint64_t generation;
+    std::uint64_t sequence;
+    std::int64_t time_us;          // request start, Unix epoch µs
+    std::uint64_t response_time_us;
+    std::uint64_t bytes_sent;
+    std::uint8_t key_id[16];
+    std::uint8_t org_id[16];
+    std::uint8_t ip[16];           // v4 in the first 4 bytes
+    char method[kUsageMethodLen];
+    char endpoint[kUsageEndpointLen];
+    char user_agent[kUsageUserAgentLen];
+
+    std::string_view method_view() const noexcept {
+        return {method, method_len};
+    }
+    std::string_view endpoint_view() const noexcept {
+        return {endpoint, endpoint_len};
+    }
+    std::string_view user_agent_view() const noexcept {
+        return {user_agent, user_agent_len};
+    }
+};
+static_assert(sizeof(UsageRecord) == 288, "record size is part of the layout");
+static_assert(std::is_trivially_copyable_v<UsageRecord>);
+static_assert(std::is_standard_layout_v<UsageRecord>);
+
+// Copies up to `cap` bytes of `text` into `dst`; returns the length stored.
+// Cuts at a UTF-8 character boundary so stored text stays valid UTF-8 when
+// the input was.
+std::uint8_t copy_truncated(char* dst, std::size_t cap,
+                            std::string_view text) noexcept;
+
+}  // namespace apikey

@@ -1,0 +1,101 @@
+// Drains the usage rings that nginx workers fill into PostgreSQL, exactly
+// once: records are read (not consumed), committed together with the ring
+// positions, and only then is each ring's tail advanced. While PostgreSQL is
+// unreachable, batches go to the on-disk spool (fsync'd) before the tail
+// moves, and are replayed in order when it is back.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "config.h"
+#include "usage_ring.h"
+
+namespace apikey {
+
+class Spool;
+class UsageStore;
+
+// Read by /metrics while the drainer runs.
+struct DrainerStats {
+    std::atomic<std::uint64_t> drained{0};     // records read from rings
+    std::atomic<std::uint64_t> committed{0};   // rows committed
+    std::atomic<std::uint64_t> duplicates{0};  // skipped on commit (retries)
+    std::atomic<std::uint64_t> spooled{0};     // records written to spool
+    std::atomic<std::uint64_t> spool_dropped{0};  // spool full
+    std::atomic<std::uint64_t> spool_bytes{0};
+    std::atomic<std::uint64_t> batches{0};
+    std::atomic<std::uint64_t> last_batch_size{0};
+    std::atomic<std::uint64_t> last_batch_us{0};
+    std::atomic<std::uint64_t> db_errors{0};
+    std::atomic<bool> db_connected{false};
+    std::atomic<bool> segment_attached{false};
+    std::atomic<std::int64_t> newest_committed_us{0};
+};
+
+// One ring as /metrics shows it.
+struct RingSnapshot {
+    std::uint32_t slot;
+    SlotOwnership state;
+    std::uint64_t depth;
+    std::uint64_t dropped;
+    std::uint64_t unrecorded[static_cast<int>(UnrecordedCounter::kCount)];
+};
+
+struct SegmentSnapshot {
+    std::vector<RingSnapshot> rings;
+    std::uint64_t unslotted_drops = 0;
+};
+
+class Drainer {
+public:
+    Drainer(const DaemonConfig& config, DrainerStats* stats);
+    ~Drainer();
+
+    // Runs until `stop` becomes true, then drains once more; never throws.
+    void run(const std::atomic<bool>& stop);
+
+    // Thread-safe view of the current segment for /metrics.
+    SegmentSnapshot snapshot() const;
+
+private:
+    struct Source;  // one mapped segment (the current one, or an old one)
+    using SlotKey = std::pair<std::uint32_t, std::uint64_t>;  // slot, gen
+    // Where a ring's tail goes once the records read from it are stored.
+    struct RingEnd {
+        Source* source;
+        std::uint32_t slot;
+        std::uint64_t position;
+    };
+
+    void attach_segments();
+    void resume_from_database();
+    std::size_t drain_once();
+    void collect(Source& src, std::vector<UsageRecord>* batch,
+                 std::vector<RingEnd>* ends);
+    void store_batch(const std::vector<UsageRecord>& batch);
+    bool commit_to_database(const std::vector<UsageRecord>& batch);
+    void reap_slots(Source& src);
+    void maintain_partitions();
+
+    const DaemonConfig& config_;
+    DrainerStats* stats_;
+    std::unique_ptr<UsageStore> store_;
+    std::unique_ptr<Spool> spool_;
+    // Changed only by the drainer thread, under the mutex; /metrics reads
+    // under the mutex, so commits never hold it.
+    mutable std::mutex sources_mutex_;
+    std::vector<std::unique_ptr<Source>> sources_;  // newest last
+    std::map<SlotKey, std::uint64_t> resume_;  // committed next_sequence
+    bool resumed_ = false;
+    std::int64_t next_attach_us_ = 0;
+    std::int64_t next_maintenance_us_ = 0;
+};
+
+}  // namespace apikey

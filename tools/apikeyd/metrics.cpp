@@ -1,0 +1,139 @@
+#include "metrics.h"
+
+#include <sstream>
+
+namespace apikey {
+namespace {
+
+const char* const kUnrecordedNames[] = {"missing", "malformed", "unknown",
+                                        "unavailable"};
+static_assert(sizeof(kUnrecordedNames) / sizeof(kUnrecordedNames[0]) ==
+              static_cast<int>(UnrecordedCounter::kCount));
+
+const char* state_name(SlotOwnership s) {
+    switch (s) {
+        case SlotOwnership::kFree: return "free";
+        case SlotOwnership::kOwned: return "owned";
+        case SlotOwnership::kRetired: return "retired";
+    }
+    return "unknown";
+}
+
+class Writer {
+public:
+    void family(const char* name, const char* type, const char* help) {
+        out_ << "# HELP " << name << ' ' << help << '\n'
+             << "# TYPE " << name << ' ' << type << '\n';
+    }
+    template <typename T>
+    void sample(const char* name, T value, const std::string& labels = "") {
+        out_ << name;
+        if (!labels.empty()) out_ << '{' << labels << '}';
+        out_ << ' ' << value << '\n';
+    }
+    template <typename T>
+    void single(const char* name, const char* type, const char* help,
+                T value) {
+        family(name, type, help);
+        sample(name, value);
+    }
+    std::string str() const { return out_.str(); }
+
+private:
+    std::ostringstream out_;
+};
+
+}  // namespace
+
+std::string format_metrics(const KeyPublisherStats& keys,
+                           const DrainerStats& drain,
+                           const SegmentSnapshot& rings,
+                           std::int64_t now_us) {
+    Writer w;
+
+    w.single("apikey_keys", "gauge", "Keys in the published key table.",
+             keys.keys.load());
+    std::int64_t synced = keys.synced_at_us.load();
+    w.single("apikey_key_table_age_seconds", "gauge",
+             "Seconds since the key table was last confirmed against "
+             "PostgreSQL (-1: never).",
+             synced ? (now_us - synced) / 1e6 : -1.0);
+    w.single("apikey_key_table_ready", "gauge",
+             "1 once the first full key load is published.",
+             keys.ready.load() ? 1 : 0);
+    w.single("apikey_key_notifications_total", "counter",
+             "Key changes applied from LISTEN/NOTIFY.",
+             keys.notifications.load());
+    w.single("apikey_key_full_syncs_total", "counter",
+             "Full key-table resyncs.", keys.full_syncs.load());
+
+    w.single("apikey_records_drained_total", "counter",
+             "Usage records read from the rings.", drain.drained.load());
+    w.single("apikey_records_committed_total", "counter",
+             "Usage records committed to PostgreSQL.",
+             drain.committed.load());
+    w.single("apikey_records_duplicate_total", "counter",
+             "Records skipped at commit because they were already committed "
+             "(retries after a crash or an outage).",
+             drain.duplicates.load());
+    w.single("apikey_records_spooled_total", "counter",
+             "Records written to the disk spool while PostgreSQL was down.",
+             drain.spooled.load());
+    w.single("apikey_records_spool_dropped_total", "counter",
+             "Records dropped because the spool was full.",
+             drain.spool_dropped.load());
+    w.single("apikey_spool_bytes", "gauge", "Bytes in the disk spool.",
+             drain.spool_bytes.load());
+    w.single("apikey_batches_total", "counter", "Batches committed.",
+             drain.batches.load());
+    w.single("apikey_batch_size", "gauge", "Records in the last batch.",
+             drain.last_batch_size.load());
+    w.single("apikey_batch_duration_seconds", "gauge",
+             "Commit time of the last batch.",
+             drain.last_batch_us.load() / 1e6);
+    std::int64_t newest = drain.newest_committed_us.load();
+    w.single("apikey_ingest_lag_seconds", "gauge",
+             "Now minus the time of the newest committed record (-1: none "
+             "yet).",
+             newest ? (now_us - newest) / 1e6 : -1.0);
+    w.single("apikey_postgres_errors_total", "counter",
+             "Failed PostgreSQL operations (keys and usage).",
+             drain.db_errors.load() + keys.db_errors.load());
+    w.single("apikey_postgres_up", "gauge",
+             "1 while apikeyd's connections to PostgreSQL work.",
+             (drain.db_connected.load() || drain.batches.load() == 0) &&
+                     keys.db_connected.load()
+                 ? 1
+                 : 0);
+    w.single("apikey_usage_segment_attached", "gauge",
+             "1 while the usage segment nginx created is mapped.",
+             drain.segment_attached.load() ? 1 : 0);
+    w.single("apikey_unslotted_drops_total", "counter",
+             "Requests not recorded because their worker had no ring.",
+             rings.unslotted_drops);
+
+    w.family("apikey_ring_depth", "gauge", "Records waiting in a ring.");
+    for (const RingSnapshot& r : rings.rings) {
+        w.sample("apikey_ring_depth", r.depth,
+                 "slot=\"" + std::to_string(r.slot) + "\",state=\"" +
+                     state_name(r.state) + "\"");
+    }
+    w.family("apikey_ring_dropped_total", "counter",
+             "Records dropped because a ring was full.");
+    for (const RingSnapshot& r : rings.rings) {
+        w.sample("apikey_ring_dropped_total", r.dropped,
+                 "slot=\"" + std::to_string(r.slot) + "\"");
+    }
+    w.family("apikey_requests_unrecorded_total", "counter",
+             "Requests without a usable key, by result (counted, not "
+             "recorded).");
+    for (int c = 0; c < static_cast<int>(UnrecordedCounter::kCount); ++c) {
+        std::uint64_t sum = 0;
+        for (const RingSnapshot& r : rings.rings) sum += r.unrecorded[c];
+        w.sample("apikey_requests_unrecorded_total", sum,
+                 std::string("result=\"") + kUnrecordedNames[c] + "\"");
+    }
+    return w.str();
+}
+
+}  // namespace apikey

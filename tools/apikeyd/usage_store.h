@@ -1,0 +1,102 @@
+// Commits batches of usage records to PostgreSQL, exactly once: raw rows
+// (COPY, binary format) into api_key_usage, hourly and daily rollups,
+// coalesced api_keys last-used updates and the node's ring offsets, all in
+// one transaction. docs/data-model.md describes the tables.
+//
+// Exactly once: usage_offsets holds, per (node, slot, generation), the next
+// sequence not yet committed. commit() locks those rows first and drops
+// every record below them, so a batch retried after a crash, a lost COMMIT
+// acknowledgement or a spool replay is not counted twice. Consequence for
+// the caller: per (slot, generation), commit records in sequence order -
+// replay the spool before committing newer records of the same ring slot,
+// or the older ones are taken for duplicates.
+//
+// One UsageStore per thread; it owns one connection.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "partitions.h"
+#include "pg.h"
+#include "usage_record.h"
+
+namespace apikey {
+
+class RollupCache;
+
+struct SlotPosition {
+    std::uint32_t slot;
+    std::uint64_t generation;
+    std::uint64_t next_sequence;
+};
+
+struct CommitStats {
+    // Records committed: rolled up and counted in api_keys (and stored raw,
+    // unless raw_events is off or raw_skipped says otherwise).
+    std::size_t inserted = 0;
+    // Records below the committed position of their ring slot: dropped.
+    std::size_t duplicates = 0;
+    // api_keys rows updated (keys deleted since are not).
+    std::size_t keys_touched = 0;
+    // Of `inserted`, records without a raw row because their month lies
+    // outside the partition window (past retention, or a clock far ahead).
+    std::size_t raw_skipped = 0;
+    // Records not stored, only their ring position committed: a result
+    // that is not a known key (the drainer should not send those), or a
+    // time outside 2000..2200 (a broken clock or a corrupt record).
+    std::size_t ignored = 0;
+};
+
+class UsageStore {
+public:
+    // Does not connect yet. Throws std::invalid_argument without a node
+    // name (every node's offsets would collide).
+    explicit UsageStore(const DaemonConfig& config);
+    ~UsageStore();
+    UsageStore(const UsageStore&) = delete;
+    UsageStore& operator=(const UsageStore&) = delete;
+
+    // Commits one batch in one transaction (connecting first if needed).
+    // On any error: rolls back, drops the connection and throws pg::Error;
+    // nothing of the batch is committed, and the caller may spool it and
+    // retry it later as is.
+    CommitStats commit(const std::vector<UsageRecord>& records);
+
+    // This node's committed positions, for resuming after a restart.
+    // Throws pg::Error (and drops the connection).
+    std::vector<SlotPosition> committed_positions();
+
+    // Creates the partitions of the current month (of now_us) and the next
+    // two if missing, drops those entirely before the retention window, and
+    // appends their names to created / dropped (either may be null). Call at
+    // start and hourly. Throws pg::Error (and drops the connection).
+    void maintain_partitions(std::int64_t now_us,
+                             std::vector<std::string>* created,
+                             std::vector<std::string>* dropped);
+
+    bool connected() const;
+    void disconnect();
+
+private:
+    pg::Connection& connection();
+    void abandon() noexcept;
+    std::size_t ensure_partitions_for(const std::vector<UsageRecord>& records,
+                                      MonthIndex current);
+
+    std::string db_;
+    std::string node_;
+    bool raw_events_;
+    int retention_months_;
+    std::unique_ptr<pg::Connection> conn_;
+    std::set<MonthIndex> partitions_;  // known to exist on this connection
+    std::unique_ptr<RollupCache> hourly_cache_;
+    std::unique_ptr<RollupCache> daily_cache_;
+};
+
+}  // namespace apikey
