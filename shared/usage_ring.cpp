@@ -276,6 +276,19 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
     // Magic last, with release: whoever reads it (acquire) sees the rest.
     __atomic_store_n(&h->magic, kUsageMagic, __ATOMIC_RELEASE);
 
+    if (old_valid) {
+        // Keep the old file reachable for apikeyd: its rings may still hold
+        // records (apikeyd down during a layout change). apikeyd drains and
+        // deletes PATH.old.* files.
+        char kept[PATH_MAX];
+        const int n = std::snprintf(
+            kept, sizeof kept, "%s%s%lld", path, kUsageOldSuffix,
+            static_cast<long long>(
+                static_cast<UsageHeader*>(old.data())->created_at_us));
+        if (n > 0 && static_cast<std::size_t>(n) < sizeof kept) {
+            link(path, kept);  // best effort: EEXIST means already kept
+        }
+    }
     if (std::rename(tmp, path) != 0) {
         const int err = errno;
         unlink(tmp);

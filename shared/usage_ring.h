@@ -38,6 +38,9 @@ inline constexpr std::uint64_t kUsageMagic =
 inline constexpr std::uint32_t kUsageLayoutVersion = 1;
 inline constexpr std::size_t kUsageHeaderSize = 4096;
 inline constexpr std::size_t kCacheLine = 64;
+// A replaced segment stays at PATH + kUsageOldSuffix + its created_at_us
+// until apikeyd has drained and deleted it.
+inline constexpr const char* kUsageOldSuffix = ".old.";
 // Far above any worker_processes; keeps slot indexes in an int.
 inline constexpr std::uint32_t kMaxUsageSlots = 1u << 16;
 

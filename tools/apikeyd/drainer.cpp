@@ -1,7 +1,9 @@
 #include "drainer.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -28,6 +30,26 @@ bool process_is_gone(std::int32_t pid) {
 ino_t inode_of(const std::string& path) {
     struct stat st;
     return stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+// Segments nginx replaced (a layout change) while their rings may still
+// hold records: PATH.old.<created_at_us>, left for us to drain and delete.
+std::vector<std::string> kept_old_segments(const std::string& path) {
+    std::vector<std::string> found;
+    std::size_t slash = path.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+    std::string prefix = (slash == std::string::npos ? path
+                                                      : path.substr(slash + 1)) +
+                         kUsageOldSuffix;
+    DIR* d = opendir(dir.c_str());
+    if (d == nullptr) return found;
+    while (dirent* e = readdir(d)) {
+        if (std::string(e->d_name).rfind(prefix, 0) == 0) {
+            found.push_back(dir + "/" + e->d_name);
+        }
+    }
+    closedir(d);
+    return found;
 }
 
 }  // namespace
@@ -83,40 +105,62 @@ void Drainer::attach_segments() {
     }
     if (need_new && now >= next_attach_us_) {
         next_attach_us_ = now + kAttachRetryUs;
-        auto src = std::make_unique<Source>();
-        src->path = config_.usage_path;
-        src->inode = inode_of(src->path);
-        std::string why;
-        SegmentStatus s = src->segment.attach(src->path.c_str(), &why);
-        if (s == SegmentStatus::kOk && inode_of(src->path) == src->inode) {
-            log_info("drainer: draining usage segment " + src->path + " (" +
-                     std::to_string(src->segment.slot_count()) + " rings)");
-            sources_.push_back(std::move(src));
-        } else if (s != SegmentStatus::kMissing) {
-            log_warn("drainer: usage segment not usable: " + why);
+        for (const std::string& old : kept_old_segments(config_.usage_path)) {
+            attach_one(old, /*newest=*/false);
         }
+        attach_one(config_.usage_path, /*newest=*/true);
     }
 
     // Drop old segments whose rings are all free (their workers are gone
-    // and everything they wrote is committed).
+    // and everything they wrote is committed), and delete kept files.
     for (std::size_t i = 0; i + 1 < sources_.size();) {
-        UsageSegment& seg = sources_[i]->segment;
+        Source& src = *sources_[i];
         bool all_free = true;
-        for (std::uint32_t s = 0; s < seg.slot_count(); ++s) {
-            if (seg.slot(s).state.load() !=
+        for (std::uint32_t s = 0; s < src.segment.slot_count(); ++s) {
+            if (src.segment.slot(s).state.load() !=
                 static_cast<std::uint32_t>(SlotOwnership::kFree)) {
                 all_free = false;
                 break;
             }
         }
-        if (all_free) {
-            log_info("drainer: finished with replaced usage segment");
-            sources_.erase(sources_.begin() + static_cast<long>(i));
-        } else {
+        if (!all_free) {
             ++i;
+            continue;
         }
+        std::string kept = config_.usage_path + kUsageOldSuffix +
+                           std::to_string(src.segment.header().created_at_us);
+        if (inode_of(kept) == src.inode) unlink(kept.c_str());
+        log_info("drainer: finished with replaced usage segment");
+        sources_.erase(sources_.begin() + static_cast<long>(i));
     }
     stats_->segment_attached = !sources_.empty();
+}
+
+// Maps one segment file unless it is already mapped (same inode).
+void Drainer::attach_one(const std::string& path, bool newest) {
+    ino_t inode = inode_of(path);
+    if (inode == 0) return;
+    for (const auto& s : sources_) {
+        if (s->inode == inode) return;
+    }
+    auto src = std::make_unique<Source>();
+    src->path = path;
+    src->inode = inode;
+    std::string why;
+    SegmentStatus s = src->segment.attach(path.c_str(), &why);
+    if (s != SegmentStatus::kOk || inode_of(path) != inode) {
+        if (s != SegmentStatus::kMissing && s != SegmentStatus::kOk) {
+            log_warn("drainer: usage segment not usable: " + why);
+        }
+        return;
+    }
+    log_info("drainer: draining usage segment " + path + " (" +
+             std::to_string(src->segment.slot_count()) + " rings)");
+    if (newest) {
+        sources_.push_back(std::move(src));
+    } else {
+        sources_.insert(sources_.begin(), std::move(src));
+    }
 }
 
 // After a restart, rings may still hold records that the previous run
@@ -296,6 +340,7 @@ SegmentSnapshot Drainer::snapshot() const {
         for (std::uint32_t s = 0; s < seg.slot_count(); ++s) {
             const UsageSlot& slot = seg.slot(s);
             RingSnapshot r{};
+            r.segment = seg.header().created_at_us;
             r.slot = s;
             r.state = static_cast<SlotOwnership>(slot.state.load());
             r.depth = slot.head.load() - slot.tail.load();

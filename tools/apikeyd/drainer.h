@@ -41,6 +41,7 @@ struct DrainerStats {
 
 // One ring as /metrics shows it.
 struct RingSnapshot {
+    std::int64_t segment;  // the segment's created_at_us: tells files apart
     std::uint32_t slot;
     SlotOwnership state;
     std::uint64_t depth;
@@ -75,6 +76,7 @@ private:
     };
 
     void attach_segments();
+    void attach_one(const std::string& path, bool newest);
     void resume_from_database();
     std::size_t drain_once();
     void collect(Source& src, std::vector<UsageRecord>* batch,

@@ -19,6 +19,13 @@ const char* state_name(SlotOwnership s) {
     return "unknown";
 }
 
+// During a layout change two segments are mapped: the segment label keeps
+// their rings' series apart.
+std::string ring_labels(const RingSnapshot& r) {
+    return "segment=\"" + std::to_string(r.segment) + "\",slot=\"" +
+           std::to_string(r.slot) + "\"";
+}
+
 class Writer {
 public:
     void family(const char* name, const char* type, const char* help) {
@@ -115,14 +122,12 @@ std::string format_metrics(const KeyPublisherStats& keys,
     w.family("apikey_ring_depth", "gauge", "Records waiting in a ring.");
     for (const RingSnapshot& r : rings.rings) {
         w.sample("apikey_ring_depth", r.depth,
-                 "slot=\"" + std::to_string(r.slot) + "\",state=\"" +
-                     state_name(r.state) + "\"");
+                 ring_labels(r) + ",state=\"" + state_name(r.state) + "\"");
     }
     w.family("apikey_ring_dropped_total", "counter",
              "Records dropped because a ring was full.");
     for (const RingSnapshot& r : rings.rings) {
-        w.sample("apikey_ring_dropped_total", r.dropped,
-                 "slot=\"" + std::to_string(r.slot) + "\"");
+        w.sample("apikey_ring_dropped_total", r.dropped, ring_labels(r));
     }
     w.family("apikey_requests_unrecorded_total", "counter",
              "Requests without a usable key, by result (counted, not "
