@@ -10,7 +10,6 @@
 #include <vector>
 
 #include <gtest/gtest.h>
-#include <openssl/crypto.h>
 
 namespace apikey {
 namespace {
@@ -29,23 +28,6 @@ std::string hex(const KeyHash& h) {
 }
 
 bool is_base62(char c) { return kBase62.find(c) != std::string_view::npos; }
-
-// Counts OpenSSL's allocations. Installed during static initialisation,
-// before OpenSSL allocates anything (it refuses afterwards).
-std::atomic<long> openssl_allocations{0};
-
-void* counting_malloc(std::size_t n, const char*, int) {
-    ++openssl_allocations;
-    return std::malloc(n);
-}
-void* counting_realloc(void* p, std::size_t n, const char*, int) {
-    ++openssl_allocations;
-    return std::realloc(p, n);
-}
-void counting_free(void* p, const char*, int) { std::free(p); }
-
-const bool counting_installed =
-    CRYPTO_set_mem_functions(counting_malloc, counting_realloc, counting_free);
 
 TEST(KeyFormat, GeneratedKeyHasTheDocumentedShape) {
     const std::string key = generate_key("ak");
@@ -259,20 +241,6 @@ TEST(Sha256, ThreadsHashIndependently) {
         t.join();
     }
     EXPECT_EQ(wrong.load(), 0);
-}
-
-TEST(Sha256, DoesNotAllocatePerCall) {
-    if (!counting_installed) {
-        GTEST_SKIP() << "OpenSSL allocated before the counter was installed";
-    }
-    const std::string key = generate_key("ak");
-    KeyHash h{};
-    ASSERT_TRUE(sha256_key(key, &h));  // first call sets up the thread
-    const long before = openssl_allocations.load();
-    for (int i = 0; i < 1000; ++i) {
-        ASSERT_TRUE(sha256_key(key, &h));
-    }
-    EXPECT_EQ(openssl_allocations.load() - before, 0);
 }
 
 TEST(ScopeHash, IsFnv1a64) {

@@ -64,10 +64,12 @@ TEST(SanitizeText, KeepsValidUtf8AsIs) {
 TEST(SanitizeText, ReplacesNulAndEveryInvalidByte) {
     EXPECT_EQ(sanitize_text(std::string("a\0b", 3)), "a" + kFffd + "b");
     EXPECT_EQ(sanitize_text("\xff"), kFffd);
-    EXPECT_EQ(sanitize_text("x\x80y"), "x" + kFffd + "y");  // stray continuation
+    // A stray continuation byte.
+    EXPECT_EQ(sanitize_text("x\x80y"), "x" + kFffd + "y");
     EXPECT_EQ(sanitize_text("\xc0\xaf"), kFffd + kFffd);    // overlong '/'
     EXPECT_EQ(sanitize_text("\xe0\x80\xaf"), kFffd + kFffd + kFffd);
-    EXPECT_EQ(sanitize_text("\xed\xa0\x80"), kFffd + kFffd + kFffd);  // surrogate
+    // A UTF-16 surrogate.
+    EXPECT_EQ(sanitize_text("\xed\xa0\x80"), kFffd + kFffd + kFffd);
     EXPECT_EQ(sanitize_text("\xf4\x90\x80\x80"),
               kFffd + kFffd + kFffd + kFffd);  // above U+10FFFF
     EXPECT_EQ(sanitize_text("ok\xe2\x82"), "ok" + kFffd + kFffd);  // truncated
@@ -105,7 +107,7 @@ TEST(StatusClass, CountsOnlyTwoHundredToFiveNinetyNine) {
     EXPECT_EQ(status_class(65535), StatusClass::kOther);
 }
 
-// --- histogram buckets -----------------------------------------------------------
+// --- histogram buckets -------------------------------------------------------
 
 TEST(LatencyBucket, BoundariesAreInclusiveBelowExclusiveAbove) {
     EXPECT_EQ(kLatencyBucketCount, 162u);
@@ -142,7 +144,7 @@ TEST(LatencyBucket, EveryBucketHoldsItsBoundsAndIsAboutNinePercentWide) {
     }
 }
 
-// --- histogram window ------------------------------------------------------------
+// --- histogram window --------------------------------------------------------
 
 TEST(LatencyHistogram, KeepsOnlyTheSpanOfNonEmptyBuckets) {
     LatencyHistogram h;
@@ -213,7 +215,7 @@ TEST(LatencyHistogram, RejectsMalformedArraysWithoutAddingAnything) {
     EXPECT_EQ(h.total(), 1u);
 }
 
-// --- percentiles ---------------------------------------------------------------
+// --- percentiles -------------------------------------------------------------
 
 double exact_quantile(std::vector<std::uint64_t> v, double q) {
     std::sort(v.begin(), v.end());
@@ -288,7 +290,7 @@ TEST(LatencyPercentile, EdgeCases) {
     EXPECT_GT(*latency_percentile_ms(two, 7.0), 90.0);  // clamped
 }
 
-// --- time buckets ------------------------------------------------------------------
+// --- time buckets ------------------------------------------------------------
 
 TEST(TimeBuckets, LastMicrosecondOfADayStaysInIt) {
     const std::int64_t before = kJan2Us - 1;  // 2024-01-01T23:59:59.999999Z
@@ -306,7 +308,7 @@ TEST(TimeBuckets, FloorBeforeTheEpoch) {
     EXPECT_EQ(day_bucket_us(0), 0);
 }
 
-// --- batch aggregation ---------------------------------------------------------------
+// --- batch aggregation -------------------------------------------------------
 
 TEST(RollupBatch, SumsPerKeyEndpointMethodAndHour) {
     std::vector<UsageRecord> recs = {

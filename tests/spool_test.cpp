@@ -100,7 +100,8 @@ TEST_F(SpoolTest, ReplaysBatchesOldestFirstWithTheirRecords) {
     ASSERT_TRUE(s.append(batch(3, 500)));
     EXPECT_FALSE(s.empty());
     EXPECT_EQ(s.pending_batches(), 3u);
-    EXPECT_EQ(s.bytes(), 3 * kSpoolFrameHeaderBytes + 504 * sizeof(UsageRecord));
+    EXPECT_EQ(s.bytes(),
+              3 * kSpoolFrameHeaderBytes + 504 * sizeof(UsageRecord));
 
     std::vector<std::vector<UsageRecord>> seen;
     std::size_t removed = s.replay([&](const std::vector<UsageRecord>& b) {
@@ -123,7 +124,9 @@ TEST_F(SpoolTest, ReplaysBatchesOldestFirstWithTheirRecords) {
 
 TEST_F(SpoolTest, ReplayStopsAtTheFirstFailureAndKeepsTheRest) {
     Spool s(dir_, 64 << 20);
-    for (std::uint64_t id = 1; id <= 4; ++id) ASSERT_TRUE(s.append(batch(id, 2)));
+    for (std::uint64_t id = 1; id <= 4; ++id) {
+        ASSERT_TRUE(s.append(batch(id, 2)));
+    }
     std::vector<std::uint64_t> ids;
     std::size_t removed = s.replay([&](const std::vector<UsageRecord>& b) {
         ids.push_back(batch_id(b));
@@ -162,7 +165,8 @@ TEST_F(SpoolTest, AppendsDuringReplayComeAfter) {
 }
 
 TEST_F(SpoolTest, FullSpoolRejectsAndCountsNothing) {
-    const std::uint64_t frame = kSpoolFrameHeaderBytes + 10 * sizeof(UsageRecord);
+    const std::uint64_t frame =
+        kSpoolFrameHeaderBytes + 10 * sizeof(UsageRecord);
     Spool s(dir_, 2 * frame + 100);
     EXPECT_TRUE(s.append(batch(1, 10)));
     EXPECT_TRUE(s.append(batch(2, 10)));
@@ -184,7 +188,8 @@ TEST_F(SpoolTest, ANewSpoolOnTheSameDirectorySeesTheData) {
     }
     Spool again(dir_, 64 << 20, logger());
     EXPECT_EQ(again.pending_batches(), 2u);
-    EXPECT_EQ(again.bytes(), 2 * (kSpoolFrameHeaderBytes + 7 * sizeof(UsageRecord)));
+    EXPECT_EQ(again.bytes(),
+              2 * (kSpoolFrameHeaderBytes + 7 * sizeof(UsageRecord)));
     ASSERT_TRUE(again.append(batch(3, 1)));
     EXPECT_EQ(drain(again), (std::vector<std::uint64_t>{1, 2, 3}));
     EXPECT_TRUE(logs_.empty());

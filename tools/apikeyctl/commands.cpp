@@ -9,6 +9,7 @@
 
 #include "key_format.h"
 #include "key_hash.h"
+#include "key_sql.h"
 #include "migrate.h"
 
 namespace apikey::ctl {
@@ -19,15 +20,7 @@ using json = nlohmann::ordered_json;
 using Fields = std::vector<std::pair<std::string, std::string>>;
 
 // RFC 3339 UTC, whole seconds; NULL stays NULL.
-std::string ts(std::string_view column) {
-    return "to_char(" + std::string(column) +
-           " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
-}
-
-const std::string kStatusSql =
-    "CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"
-    " WHEN expires_at <= now() THEN 'expired'"
-    " ELSE 'active' END";
+std::string ts(std::string_view column) { return keysql::rfc3339(column); }
 
 // A duration as a float8 seconds parameter for make_interval(secs => ...).
 pg::Param seconds_param(std::optional<std::chrono::seconds> d) {
@@ -247,47 +240,47 @@ void cmd_key_list(const Options& opts, pg::Connection& conn,
             .rows() == 0) {
         throw CommandError("unknown org " + opts.org_id);
     }
-    pg::Result r = conn.exec(
-        "SELECT id, name, hint, to_json(scopes)::text, " + kStatusSql + ", " +
-            ts("created_at") + ", " + ts("expires_at") + ", " +
-            ts("last_used_at") +
-            ", host(last_used_ip), request_count,"
-            " last_used_at IS NULL"
-            " OR last_used_at < now() - make_interval(days => $2::int)"
-            " FROM api_keys WHERE org_id = $1::uuid ORDER BY created_at, id",
-        {opts.org_id, std::to_string(opts.dormant_days)});
+    pg::Result r =
+        conn.exec("SELECT " + keysql::key_columns("", 2) +
+                      " FROM api_keys WHERE org_id = $1::uuid ORDER BY " +
+                      keysql::key_order(""),
+                  {opts.org_id, std::to_string(opts.dormant_days)});
+    std::vector<keysql::KeyRow> keys;
+    for (int i = 0; i < r.rows(); ++i) {
+        keys.push_back(keysql::KeyRow::read(r, i));
+    }
 
     if (opts.json) {
-        json keys = json::array();
-        for (int i = 0; i < r.rows(); ++i) {
-            keys.push_back({{"key_id", r.get(i, 0)},
-                            {"name", r.get(i, 1)},
-                            {"hint", r.get(i, 2)},
-                            {"scopes", json::parse(r.get(i, 3))},
-                            {"status", r.get(i, 4)},
-                            {"created_at", r.get(i, 5)},
-                            {"expires_at", nullable(r.get_optional(i, 6))},
-                            {"last_used_at", nullable(r.get_optional(i, 7))},
-                            {"last_used_ip", nullable(r.get_optional(i, 8))},
-                            {"request_count", std::stoll(r.get(i, 9))},
-                            {"dormant", r.get(i, 10) == "t"}});
+        json list = json::array();
+        for (const keysql::KeyRow& k : keys) {
+            list.push_back({{"key_id", k.key_id},
+                            {"name", k.name},
+                            {"hint", k.hint},
+                            {"scopes", json::parse(k.scopes_json)},
+                            {"status", k.status},
+                            {"created_at", k.created_at},
+                            {"expires_at", nullable(k.expires_at)},
+                            {"last_used_at", nullable(k.last_used_at)},
+                            {"last_used_ip", nullable(k.last_used_ip)},
+                            {"request_count", k.request_count},
+                            {"dormant", k.dormant}});
         }
-        print_json(out, {{"org_id", opts.org_id}, {"keys", keys}});
+        print_json(out, {{"org_id", opts.org_id}, {"keys", list}});
         return;
     }
-    if (r.rows() == 0) {
+    if (keys.empty()) {
         out << "org " << opts.org_id << " has no keys\n";
         return;
     }
     std::vector<std::vector<std::string>> rows;
-    for (int i = 0; i < r.rows(); ++i) {
-        auto scopes = json::parse(r.get(i, 3)).get<std::vector<std::string>>();
-        rows.push_back({r.get(i, 0), r.get(i, 2), r.get(i, 4),
-                        r.get(i, 10) == "t" ? "yes" : "no",
-                        or_dash(r.get_optional(i, 7)),
-                        or_dash(r.get_optional(i, 8)), r.get(i, 9),
-                        or_dash(r.get_optional(i, 6)), r.get(i, 5),
-                        scopes.empty() ? "-" : join(scopes), r.get(i, 1)});
+    for (const keysql::KeyRow& k : keys) {
+        auto scopes =
+            json::parse(k.scopes_json).get<std::vector<std::string>>();
+        rows.push_back({k.key_id, k.hint, k.status, k.dormant ? "yes" : "no",
+                        or_dash(k.last_used_at), or_dash(k.last_used_ip),
+                        std::to_string(k.request_count), or_dash(k.expires_at),
+                        k.created_at, scopes.empty() ? "-" : join(scopes),
+                        k.name});
     }
     print_table(
         out,

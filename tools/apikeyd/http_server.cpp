@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "analytics_api.h"
+#include "dashboard.h"
 #include "metrics.h"
 #include "time_util.h"
 
@@ -56,6 +58,10 @@ void HttpServer::add_routes() {
                                        state_.drainer->snapshot(), now_us()),
                         "text/plain; version=0.0.4");
     });
+
+    analytics_ = std::make_unique<api::AnalyticsApi>(state_);
+    analytics_->add_routes(*server_);
+    add_dashboard_routes(*server_);
 
     server_->set_error_handler([](const httplib::Request&,
                                   httplib::Response& res) {

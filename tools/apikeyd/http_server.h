@@ -15,6 +15,10 @@ class Server;
 
 namespace apikey {
 
+namespace api {
+class AnalyticsApi;
+}
+
 struct DaemonState {
     const DaemonConfig* config = nullptr;
     KeyPublisherStats* keys = nullptr;
@@ -37,6 +41,9 @@ private:
     void add_routes();
 
     DaemonState state_;
+    // Declared before server_, so the server (whose routes call into it)
+    // goes first.
+    std::unique_ptr<api::AnalyticsApi> analytics_;
     std::unique_ptr<httplib::Server> server_;
 };
 

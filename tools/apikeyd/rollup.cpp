@@ -92,9 +92,14 @@ struct RowKey {
 
 struct RowKeyHash {
     std::size_t operator()(const RowKey& k) const noexcept {
-        std::uint64_t h;
-        std::memcpy(&h, k.key_id + 8, sizeof(h));  // random half of a v4 uuid
-        h ^= static_cast<std::uint64_t>(k.bucket_us) * 0x9e3779b97f4a7c15ull;
+        // All 16 bytes: ids need not be random (v7, or made up in tests).
+        std::uint64_t a, b;
+        std::memcpy(&a, k.key_id, sizeof(a));
+        std::memcpy(&b, k.key_id + 8, sizeof(b));
+        std::uint64_t h =
+            (a * 0x9e3779b97f4a7c15ull) ^ (b * 0xc2b2ae3d27d4eb4full);
+        h ^= h >> 29;
+        h ^= static_cast<std::uint64_t>(k.bucket_us) * 0xff51afd7ed558ccdull;
         h ^= std::hash<std::string_view>{}(k.endpoint) + 0x7f4a7c15 + (h << 6) +
              (h >> 2);
         h ^= std::hash<std::string_view>{}(k.method) + 0x9e3779b9 + (h << 6) +
@@ -108,7 +113,9 @@ struct UuidHash {
         std::uint64_t a, b;
         std::memcpy(&a, u.data(), 8);
         std::memcpy(&b, u.data() + 8, 8);
-        return static_cast<std::size_t>(a ^ (b * 0x9e3779b97f4a7c15ull));
+        std::uint64_t h =
+            (a * 0x9e3779b97f4a7c15ull) ^ (b * 0xc2b2ae3d27d4eb4full);
+        return static_cast<std::size_t>(h ^ (h >> 29));
     }
 };
 
@@ -137,6 +144,30 @@ void add_row(RollupRow* into, const RollupRow& from) {
     into->status_other += from.status_other;
     into->response_time_us_sum += from.response_time_us_sum;
     into->latency_hist.merge(from.latency_hist);
+}
+
+// Sorts by rollup_row_less, moving each (large) row once; compares the
+// first 8 bytes of the key ids first, from a compact array (random ids
+// differ there, so the full comparison runs only within one key).
+void sort_rows(std::vector<RollupRow>* rows) {
+    struct Slot {
+        std::uint64_t prefix;
+        std::uint32_t index;
+    };
+    std::vector<Slot> order(rows->size());
+    for (std::uint32_t i = 0; i < order.size(); ++i) {
+        std::uint64_t p = 0;
+        for (int b = 0; b < 8; ++b) p = p << 8 | (*rows)[i].key_id[b];
+        order[i] = {p, i};
+    }
+    std::sort(order.begin(), order.end(), [rows](const Slot& a, const Slot& b) {
+        if (a.prefix != b.prefix) return a.prefix < b.prefix;
+        return rollup_row_less((*rows)[a.index], (*rows)[b.index]);
+    });
+    std::vector<RollupRow> sorted;
+    sorted.reserve(rows->size());
+    for (const Slot& s : order) sorted.push_back(std::move((*rows)[s.index]));
+    rows->swap(sorted);
 }
 
 // Keeps the views stable: a sanitized copy lives as long as the batch.
@@ -224,6 +255,7 @@ void LatencyHistogram::add(std::size_t bucket, std::uint64_t count) {
     if (bucket >= kLatencyBucketCount) bucket = kLatencyBucketCount - 1;
     if (counts_.empty()) {
         lo_ = bucket;
+        counts_.reserve(16);  // most rows span a few buckets: one allocation
         counts_.assign(1, count);
         return;
     }
@@ -267,25 +299,31 @@ std::uint64_t LatencyHistogram::total() const noexcept {
 }
 
 std::string LatencyHistogram::to_pg_array() const {
-    if (counts_.empty()) return "{}";
     std::string out;
-    out.reserve(16 + counts_.size() * 4);
+    append_pg_array(&out);
+    return out;
+}
+
+void LatencyHistogram::append_pg_array(std::string* out) const {
+    if (counts_.empty()) {
+        out->append("{}");
+        return;
+    }
     char buf[24];
     auto put = [&](std::uint64_t v) {
         auto r = std::to_chars(buf, buf + sizeof(buf), v);
-        out.append(buf, r.ptr);
+        out->append(buf, r.ptr);
     };
-    out.push_back('[');
+    out->push_back('[');
     put(lo_ + 1);
-    out.push_back(':');
+    out->push_back(':');
     put(hi());
-    out.append("]={");
+    out->append("]={");
     for (std::size_t i = 0; i < counts_.size(); ++i) {
-        if (i > 0) out.push_back(',');
+        if (i > 0) out->push_back(',');
         put(counts_[i]);
     }
-    out.push_back('}');
-    return out;
+    out->push_back('}');
 }
 
 bool LatencyHistogram::add_pg_array(std::string_view text) {
@@ -374,7 +412,7 @@ std::optional<double> latency_percentile_ms(const LatencyHistogram& hist,
     return std::nullopt;  // unreachable: total > 0
 }
 
-// --- rollups -------------------------------------------------------------------
+// --- rollups -----------------------------------------------------------------
 
 std::int64_t hour_bucket_us(std::int64_t time_us) noexcept {
     return floor_to(time_us, kUsPerHour);
@@ -476,8 +514,8 @@ BatchRollup RollupBuilder::finish() {
         }
     }
 
-    std::sort(out.hourly.begin(), out.hourly.end(), rollup_row_less);
-    std::sort(out.daily.begin(), out.daily.end(), rollup_row_less);
+    sort_rows(&out.hourly);
+    sort_rows(&out.daily);
     std::sort(out.keys.begin(), out.keys.end(),
               [](const KeyUsage& a, const KeyUsage& b) {
                   return a.key_id < b.key_id;

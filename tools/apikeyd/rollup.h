@@ -50,7 +50,8 @@ StatusClass status_class(std::uint16_t status) noexcept;
 // geometric middle of a bucket is within 4.4% of any value in it), from
 // 64 µs to 2^26 µs (~67.1 s):
 //   bucket 0           [0, 64 µs)
-//   bucket b, 1..160   [bound(b-1), bound(b)),  bound(j) = round(64 · 2^(j/8)) µs
+//   bucket b, 1..160   [bound(b-1), bound(b)),
+//                      bound(j) = round(64 · 2^(j/8)) µs
 //   bucket 161         [67 108 864 µs, ∞)
 // In PostgreSQL the bucket b is array subscript b + 1 (see LatencyHistogram).
 inline constexpr std::size_t kLatencyBucketsPerOctave = 8;
@@ -92,6 +93,7 @@ public:
 
     // The PostgreSQL array literal: "[lo+1:hi]={c,c,...}", "{}" if empty.
     std::string to_pg_array() const;
+    void append_pg_array(std::string* out) const;
     // Adds a bigint[] in PostgreSQL's text output form ("{1,2}" or
     // "[5:6]={1,2}"; NULL elements count as zero). False on malformed
     // input or subscripts outside 1..kLatencyBucketCount (nothing added).
@@ -113,7 +115,7 @@ private:
 std::optional<double> latency_percentile_ms(const LatencyHistogram& hist,
                                             double q);
 
-// --- rollups -------------------------------------------------------------------
+// --- rollups -----------------------------------------------------------------
 
 inline constexpr std::int64_t kUsPerHour = 3600LL * 1000000;
 inline constexpr std::int64_t kUsPerDay = 24 * kUsPerHour;

@@ -295,7 +295,8 @@ bool Spool::append(const std::vector<UsageRecord>& batch) {
         close_current();
         return false;
     }
-    file.frames.push_back({file.size, static_cast<std::uint32_t>(batch.size())});
+    file.frames.push_back(
+        {file.size, static_cast<std::uint32_t>(batch.size())});
     file.size += frame_bytes;
     bytes_ += frame_bytes;
     pending_batches_++;

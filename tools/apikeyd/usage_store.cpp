@@ -248,7 +248,7 @@ std::vector<const Statement*> all_statements() {
     return all;
 }
 
-// --- binary encoding (network byte order) -------------------------------------
+// --- binary encoding (network byte order) ------------------------------------
 
 void put_u16(std::string* s, std::uint16_t v) {
     char b[2] = {static_cast<char>(v >> 8), static_cast<char>(v)};
@@ -286,7 +286,9 @@ std::int64_t clamp_i64(std::uint64_t v) {
                : static_cast<std::int64_t>(v);
 }
 
-std::int64_t pg_time(std::int64_t unix_us) { return unix_us - kPgEpochOffsetUs; }
+std::int64_t pg_time(std::int64_t unix_us) {
+    return unix_us - kPgEpochOffsetUs;
+}
 
 // A field: length, then bytes. Text is sanitized (valid UTF-8, no NUL).
 void put_text_field(std::string* s, std::string_view text) {
@@ -346,6 +348,18 @@ public:
     }
     void add_text(std::string_view text) {
         put_text_field(&body_, text);
+        ++count_;
+    }
+    // A histogram as its array literal (ASCII: no sanitizing needed).
+    void add_hist(const LatencyHistogram& h) {
+        const std::size_t at = body_.size();
+        put_i32(&body_, 0);
+        h.append_pg_array(&body_);
+        const auto len = static_cast<std::uint32_t>(body_.size() - at - 4);
+        body_[at] = static_cast<char>(len >> 24);
+        body_[at + 1] = static_cast<char>(len >> 16);
+        body_[at + 2] = static_cast<char>(len >> 8);
+        body_[at + 3] = static_cast<char>(len);
         ++count_;
     }
     void add_inet(IpFamily family, const std::uint8_t* ip) {
@@ -515,7 +529,8 @@ class CopyIn {
 public:
     explicit CopyIn(PGconn* conn) : conn_(conn) {
         pg::Result res(PQexec(conn_, kCopyRaw));
-        if (res.get() == nullptr || PQresultStatus(res.get()) != PGRES_COPY_IN) {
+        if (res.get() == nullptr ||
+            PQresultStatus(res.get()) != PGRES_COPY_IN) {
             throw_pg(conn_, res.get());
         }
         buf_.reserve(kCopyChunkBytes + 4096);
@@ -667,43 +682,50 @@ std::vector<CurrentRow> read_current(PGconn* conn, const Statement& st,
 }  // namespace
 
 // What this store last wrote to each rollup row of the current (and the
-// previous) bucket: the expected state the upsert guard checks. Right for a
-// single node; with several, rows another node wrote since go through the
-// slower locked path, and the cache learns their new state.
+// previous) bucket: the state the upsert guard expects. Right for a single
+// node; with several, rows another node wrote since go through the slower
+// locked path, which tells the cache their new state. Entries are updated
+// in place while a batch is prepared, so any failed transaction must clear()
+// the cache (a wrong entry only costs the slow path, but a cleared one is
+// simply absent).
 class RollupCache {
 public:
+    struct Entry {
+        Uuid key_id{};
+        std::int64_t bucket_us = 0;
+        std::string endpoint;
+        std::string method;
+        std::uint64_t requests = 0;
+        LatencyHistogram hist;
+
+        bool same_row(const RollupRow& r) const {
+            return bucket_us == r.bucket_us && key_id == r.key_id &&
+                   endpoint == r.endpoint && method == r.method;
+        }
+    };
+
     RollupCache(std::int64_t bucket_us, std::size_t max_entries)
         : bucket_us_(bucket_us), max_entries_(max_entries) {}
 
-    struct Entry {
-        std::int64_t bucket_us = 0;
-        std::uint64_t requests = 0;
-        LatencyHistogram hist;
-    };
-
-    static std::string key_of(const RollupRow& r) {
-        std::string k;
-        k.reserve(26 + r.endpoint.size() + r.method.size());
-        k.append(reinterpret_cast<const char*>(r.key_id.data()), 16);
-        k.append(reinterpret_cast<const char*>(&r.bucket_us), 8);
-        k.append(r.endpoint);
-        k.push_back('\0');  // sanitized text holds no NUL
-        k.append(r.method);
-        return k;
-    }
-
-    const Entry* find(const std::string& key) const {
-        auto it = map_.find(key);
-        return it == map_.end() ? nullptr : &it->second;
-    }
-
-    // After a commit: remembers what was written, forgets old buckets.
-    void apply(std::vector<std::pair<std::string, Entry>>* written) {
-        for (auto& [key, entry] : *written) {
-            newest_us_ = std::max(newest_us_, entry.bucket_us);
-            map_[key] = std::move(entry);
+    // The entry of the row, empty (requests 0) if unknown. Stays valid
+    // until trim() or clear().
+    Entry* get(const RollupRow& r) {
+        Entry& e = map_[hash_of(r)];
+        if (!e.same_row(r)) {
+            // New, or a 64-bit hash collision: either way, unknown.
+            e.key_id = r.key_id;
+            e.bucket_us = r.bucket_us;
+            e.endpoint = r.endpoint;
+            e.method = r.method;
+            e.requests = 0;
+            e.hist = LatencyHistogram();
         }
-        written->clear();
+        newest_us_ = std::max(newest_us_, r.bucket_us);
+        return &e;
+    }
+
+    // After a commit: forgets buckets older than the previous one.
+    void trim() {
         if (newest_us_ > trimmed_for_us_) {
             for (auto it = map_.begin(); it != map_.end();) {
                 it = it->second.bucket_us < newest_us_ - bucket_us_
@@ -721,56 +743,62 @@ public:
     }
 
 private:
+    static std::uint64_t hash_of(const RollupRow& r) {
+        std::uint64_t a, b;
+        std::memcpy(&a, r.key_id.data(), 8);
+        std::memcpy(&b, r.key_id.data() + 8, 8);
+        std::uint64_t h =
+            (a * 0x9e3779b97f4a7c15ull) ^ (b * 0xc2b2ae3d27d4eb4full);
+        h = (h ^ (h >> 29) ^ static_cast<std::uint64_t>(r.bucket_us)) *
+            0xff51afd7ed558ccdull;
+        h ^= std::hash<std::string_view>{}(r.endpoint) + (h << 6) + (h >> 2);
+        h ^= std::hash<std::string_view>{}(r.method) + (h << 6) + (h >> 2);
+        return h;
+    }
+
     std::int64_t bucket_us_;
     std::size_t max_entries_;
     std::int64_t newest_us_ = INT64_MIN;
     std::int64_t trimmed_for_us_ = INT64_MIN;
-    std::unordered_map<std::string, Entry> map_;
+    std::unordered_map<std::uint64_t, Entry> map_;
 };
 
 namespace {
 
-using Written = std::vector<std::pair<std::string, RollupCache::Entry>>;
-
 // One table's upsert, encoded ahead (while the server still works on the
-// COPY): parameters, and each row's state after it if the guard holds.
+// COPY). Advances the cache entries of its rows to what they hold after it
+// if the guard holds.
 struct RollupWrite {
     std::vector<Param> params;
-    Written written;
+    std::vector<RollupCache::Entry*> entries;  // per row
 };
 
 RollupWrite prepare_rollup(const std::vector<RollupRow>& rows,
-                           const RollupCache& cache) {
+                           RollupCache* cache) {
     RollupWrite w;
     std::vector<std::size_t> all(rows.size());
     for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
     w.params = key_params(rows, all);
-    w.written.reserve(rows.size());
+    w.entries.reserve(rows.size());
     ArrayParam org(kUuidOid), requests(kInt8Oid), s2(kInt8Oid), s3(kInt8Oid),
         s4(kInt8Oid), s5(kInt8Oid), so(kInt8Oid), ms(kFloat8Oid),
         hist(kTextOid);
     for (const RollupRow& r : rows) {
-        RollupCache::Entry next;
-        std::string key = RollupCache::key_of(r);
-        if (const RollupCache::Entry* known = cache.find(key)) {
-            next.requests = known->requests;
-            next.hist = known->hist;
-        }
-        next.bucket_us = r.bucket_us;
-        next.requests += r.requests;
-        next.hist.merge(r.latency_hist);
+        RollupCache::Entry* e = cache->get(r);
+        e->requests += r.requests;
+        e->hist.merge(r.latency_hist);
+        w.entries.push_back(e);
         org.add_uuid(r.org_id);
         // Absolute: what the row holds after this batch if nobody else
         // wrote it since (the guard checks exactly that).
-        requests.add_i64(clamp_i64(next.requests));
+        requests.add_i64(clamp_i64(e->requests));
         s2.add_i64(clamp_i64(r.status_2xx));
         s3.add_i64(clamp_i64(r.status_3xx));
         s4.add_i64(clamp_i64(r.status_4xx));
         s5.add_i64(clamp_i64(r.status_5xx));
         so.add_i64(clamp_i64(r.status_other));
         ms.add_f64(r.response_time_ms_sum());
-        hist.add_text(next.hist.to_pg_array());
-        w.written.emplace_back(std::move(key), std::move(next));
+        hist.add_hist(e->hist);
     }
     for (const ArrayParam* a : {&org, &requests, &s2, &s3, &s4, &s5, &so, &ms,
                                 &hist}) {
@@ -786,7 +814,7 @@ RollupWrite prepare_rollup(const std::vector<RollupRow>& rows,
 // and set *stale (the cache cannot name them).
 void finish_rollup(PGconn* conn, const RollupSql& sql,
                    const std::vector<RollupRow>& rows, const pg::Result& upsert,
-                   Written* written, bool* stale) {
+                   const RollupWrite& write, bool* stale) {
     const std::size_t done = std::stoull(upsert.get(0, 0));
     const std::size_t broken = std::stoull(upsert.get(0, 1));
     std::vector<std::size_t> all(rows.size());
@@ -808,7 +836,7 @@ void finish_rollup(PGconn* conn, const RollupSql& sql,
             d_hist(kTextOid);
         for (std::size_t i : retry) {
             const RollupRow& r = rows[i];
-            RollupCache::Entry& next = (*written)[i].second;
+            RollupCache::Entry& next = *write.entries[i];
             next.requests = now[i].requests + r.requests;
             next.hist = std::move(now[i].hist);
             next.hist.merge(r.latency_hist);
@@ -819,7 +847,7 @@ void finish_rollup(PGconn* conn, const RollupSql& sql,
             d5.add_i64(clamp_i64(r.status_5xx));
             d_other.add_i64(clamp_i64(r.status_other));
             d_ms.add_f64(r.response_time_ms_sum());
-            d_hist.add_text(next.hist.to_pg_array());
+            d_hist.add_hist(next.hist);
         }
         for (const ArrayParam* a :
              {&d_requests, &d2, &d3, &d4, &d5, &d_other, &d_ms, &d_hist}) {
@@ -837,7 +865,7 @@ void finish_rollup(PGconn* conn, const RollupSql& sql,
         std::vector<Param> repair = key_params(rows, all);
         ArrayParam delta(kTextOid);
         for (const RollupRow& r : rows) {
-            delta.add_text(r.latency_hist.to_pg_array());
+            delta.add_hist(r.latency_hist);
         }
         repair.push_back(Param::array(delta));
         pg::Result fixed = exec_params(conn, sql.repair, repair);
@@ -1038,9 +1066,11 @@ CommitStats UsageStore::commit(const std::vector<UsageRecord>& records) {
         begin.send(kStLockOffsets, {node, slots_param, generations_param});
         const pg::Result committed = std::move(begin.run().back());
         for (int i = 0; i < committed.rows(); ++i) {
-            SlotKey k(static_cast<std::uint32_t>(std::stoul(committed.get(i, 0))),
-                      static_cast<std::uint64_t>(std::stoll(committed.get(i, 1))));
-            next[k] = static_cast<std::uint64_t>(std::stoll(committed.get(i, 2)));
+            SlotKey k(
+                static_cast<std::uint32_t>(std::stoul(committed.get(i, 0))),
+                static_cast<std::uint64_t>(std::stoll(committed.get(i, 1))));
+            next[k] =
+                static_cast<std::uint64_t>(std::stoll(committed.get(i, 2)));
         }
         if (static_cast<std::size_t>(committed.rows()) != next.size()) {
             throw pg::Error("usage_offsets rows vanished while locking them");
@@ -1078,8 +1108,8 @@ CommitStats UsageStore::commit(const std::vector<UsageRecord>& records) {
         std::vector<Param> keys;
         auto prepare = [&](RollupBuilder* builder) {
             rollup = builder->finish();
-            hourly = prepare_rollup(rollup.hourly, *hourly_cache_);
-            daily = prepare_rollup(rollup.daily, *daily_cache_);
+            hourly = prepare_rollup(rollup.hourly, hourly_cache_.get());
+            daily = prepare_rollup(rollup.daily, daily_cache_.get());
             keys = key_update_params(rollup.keys);
         };
         if (!known.empty()) {
@@ -1111,17 +1141,17 @@ CommitStats UsageStore::commit(const std::vector<UsageRecord>& records) {
                 g.add_i64(clamp_i64(entry.first.second));
                 n.add_i64(clamp_i64(entry.second));
             }
-            pipe.send(kStAdvanceOffsets, {node, Param::array(s), Param::array(g),
-                                        Param::array(n)});
+            pipe.send(kStAdvanceOffsets, {node, Param::array(s),
+                                          Param::array(g), Param::array(n)});
         }
         bool hourly_stale = false, daily_stale = false;
         if (pipe.queued() > 0) {
             std::vector<pg::Result> results = pipe.run();
             if (!rollup.hourly.empty()) {
                 finish_rollup(conn, hourly_sql(), rollup.hourly, results[0],
-                              &hourly.written, &hourly_stale);
+                              hourly, &hourly_stale);
                 finish_rollup(conn, daily_sql(), rollup.daily, results[1],
-                              &daily.written, &daily_stale);
+                              daily, &daily_stale);
                 stats.keys_touched = affected_rows(results[3]);
             }
         }
@@ -1130,12 +1160,12 @@ CommitStats UsageStore::commit(const std::vector<UsageRecord>& records) {
         if (hourly_stale) {
             hourly_cache_->clear();
         } else {
-            hourly_cache_->apply(&hourly.written);
+            hourly_cache_->trim();
         }
         if (daily_stale) {
             daily_cache_->clear();
         } else {
-            daily_cache_->apply(&daily.written);
+            daily_cache_->trim();
         }
         return stats;
     } catch (const pg::Error&) {

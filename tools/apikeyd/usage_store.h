@@ -11,7 +11,13 @@
 // replay the spool before committing newer records of the same ring slot,
 // or the older ones are taken for duplicates.
 //
-// One UsageStore per thread; it owns one connection.
+// Rollup histograms are merged here, not in SQL: the store remembers what
+// it last wrote to each rollup row of the current buckets and upserts
+// absolute values under a guard that detects writes by other nodes (those
+// rows take a slower locked path). docs/data-model.md has the details.
+//
+// One UsageStore per thread; it owns one connection (statements prepared
+// on connect, so the schema must be migrated first).
 #pragma once
 
 #include <cstddef>

@@ -3,9 +3,13 @@
 // time, either as fast as the drainer takes them or at a fixed rate. Unlike
 // a worker it waits when a ring is full: the benchmark measures apikeyd.
 //
-//   bench_ingest_producer PATH RECORDS [RATE_PER_S] [KEYS]
+//   bench_ingest_producer PATH RECORDS [RATE_PER_S] [KEYS] [uniform|skewed]
+//
+// uniform: every request picks any key, endpoint and method (the worst case
+// for rollups: nearly one rollup row per record in a batch). skewed: key
+// popularity falls off steeply and each key uses two endpoints with a fixed
+// method each, as API clients do.
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -33,12 +37,19 @@ const char* const kEndpoints[] = {"/api/orders", "/api/users", "/api/items",
 const char* const kMethods[] = {"GET", "POST", "PUT"};
 const std::uint16_t kStatuses[] = {200, 200, 200, 200, 201, 304, 404, 500};
 
-apikey::UsageRecord make_record(std::mt19937_64& rng, std::uint32_t keys) {
+apikey::UsageRecord make_record(std::mt19937_64& rng, std::uint32_t keys,
+                                bool skewed) {
     apikey::UsageRecord r;
     std::memset(&r, 0, sizeof(r));
     r.version = apikey::kUsageRecordVersion;
     r.result = apikey::AuthResult::kOk;
-    std::uint32_t key = static_cast<std::uint32_t>(rng() % keys);
+    std::uint32_t key;
+    if (skewed) {
+        double u = std::uniform_real_distribution<double>(0, 1)(rng);
+        key = static_cast<std::uint32_t>(keys * u * u * u);
+    } else {
+        key = static_cast<std::uint32_t>(rng() % keys);
+    }
     // Key k belongs to org k / 10; ids are synthetic, rows need no FK.
     std::memcpy(r.key_id, &key, sizeof(key));
     r.key_id[6] = 0x40;
@@ -53,8 +64,9 @@ apikey::UsageRecord make_record(std::mt19937_64& rng, std::uint32_t keys) {
     r.ip_family = apikey::IpFamily::kV4;
     r.ip[0] = 10;
     r.ip[3] = static_cast<std::uint8_t>(rng());
-    const char* ep = kEndpoints[rng() % 8];
-    const char* m = kMethods[rng() % 3];
+    std::uint32_t e = skewed ? (key + rng() % 2) % 8 : rng() % 8;
+    const char* ep = kEndpoints[e];
+    const char* m = kMethods[skewed ? e % 3 : rng() % 3];
     r.endpoint_len = apikey::copy_truncated(r.endpoint, sizeof(r.endpoint), ep);
     r.method_len = apikey::copy_truncated(r.method, sizeof(r.method), m);
     r.user_agent_len = apikey::copy_truncated(
@@ -74,6 +86,7 @@ int main(int argc, char** argv) {
     std::uint64_t total = std::strtoull(argv[2], nullptr, 10);
     double rate = argc > 3 ? std::atof(argv[3]) : 0;
     std::uint32_t keys = argc > 4 ? std::atoi(argv[4]) : 1000;
+    bool skewed = argc > 5 && std::strcmp(argv[5], "skewed") == 0;
 
     apikey::UsageLayout layout = apikey::usage_layout_for(64u << 20, 8);
     apikey::UsageSegment seg;
@@ -100,12 +113,13 @@ int main(int argc, char** argv) {
                 std::this_thread::sleep_for(std::chrono::microseconds(50));
             }
         }
-        apikey::UsageRecord r = make_record(rng, keys);
+        apikey::UsageRecord r = make_record(rng, keys, skewed);
         r.time_us = now_us();
         while (!seg.push(static_cast<std::uint32_t>(slot), r)) {
-            // Full: wait for apikeyd (the drop counter records the retries,
-            // which is why the benchmark reads commits, not drops).
-            sched_yield();
+            // Full: wait for apikeyd, sleeping rather than spinning so the
+            // 2-core machine's other core stays with PostgreSQL (the drop
+            // counter records the retries: the benchmark reads commits).
+            std::this_thread::sleep_for(std::chrono::microseconds(500));
             r.time_us = now_us();
         }
     }

@@ -111,9 +111,15 @@ Connection::Connection(const std::string& conninfo,
     : notice_(std::make_unique<NoticeHandler>()), conn_(nullptr, &PQfinish) {
     // expand_dbname lets "dbname" carry a full conninfo string or URI; an
     // empty value falls back to PGDATABASE and the rest of the environment.
-    const char* keywords[] = {"dbname", "fallback_application_name", nullptr};
+    // Defaults come first so that the conninfo (expanded where "dbname"
+    // stands, later) overrides them: a bounded connect, and keepalives that
+    // notice a dead server or a cut network within about a minute.
+    const char* keywords[] = {"connect_timeout",    "keepalives_idle",
+                              "keepalives_interval", "keepalives_count",
+                              "dbname",             "fallback_application_name",
+                              nullptr};
     const char* values[] = {
-        conninfo.c_str(),
+        "10", "30", "10", "3", conninfo.c_str(),
         application_name.empty() ? nullptr : application_name.c_str(), nullptr};
     conn_.reset(PQconnectdbParams(keywords, values, 1));
     if (!conn_) throw Error("out of memory allocating a libpq connection");

@@ -12,6 +12,7 @@ APIKEY_PACKAGES=(
     libssl-dev nlohmann-json3-dev libcpp-httplib-dev
     libgtest-dev libbenchmark-dev
     perl curl procps
+    chromium
 )
 
 as_root() {
@@ -42,6 +43,21 @@ ensure_packages() {
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${missing[@]}" \
         >/dev/null
+}
+
+# t/031-dashboard-browser.t: Node.js and playwright-core from the npm
+# registry, pinned in tools/browser-test/package-lock.json. A machine may have
+# NodeSource's nodejs (which bundles npm and conflicts with Debian's npm
+# package): install Debian's only for what is missing.
+ensure_browser_test() {
+    command -v node >/dev/null 2>&1 || ensure_packages nodejs || return 1
+    command -v npm >/dev/null 2>&1 || ensure_packages npm || return 1
+    local dir=$APIKEY_REPO/tools/browser-test
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] \
+            || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        echo "==> npm ci in tools/browser-test (playwright-core)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+    fi
 }
 
 build_all() {

@@ -1,0 +1,300 @@
+#include "analytics_api.h"
+
+#include <httplib.h>
+
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "http_server.h"
+#include "log.h"
+#include "time_util.h"
+
+namespace apikey::api {
+namespace {
+
+// Every "not found" has this one body, whether the org or key exists in
+// another org or not at all (and the server's own 404 says the same).
+constexpr const char* kNotFound = "not found";
+constexpr const char* kRealm = "Bearer realm=\"apikeyd\"";
+constexpr const char* kOrgRoute = R"(/api/orgs/([^/]+)/api-keys/usage)";
+constexpr const char* kKeyRoute = R"(/api/orgs/([^/]+)/api-keys/([^/]+)/usage)";
+
+// An answer other than 200, thrown by the request steps.
+struct HttpError {
+    int status;
+    std::string message;
+    std::string www_authenticate;  // "" = no header
+};
+
+// Milliseconds to the microsecond.
+double round_ms(double ms) { return std::round(ms * 1000.0) / 1000.0; }
+
+Json ms_or_null(std::optional<double> ms) {
+    return ms ? Json(round_ms(*ms)) : Json(nullptr);
+}
+
+Json nullable(const std::optional<std::string>& value) {
+    return value ? Json(*value) : Json(nullptr);
+}
+
+Json time_or_null(std::optional<std::int64_t> us) {
+    return us ? Json(format_rfc3339(*us, TimePrecision::kMillis))
+              : Json(nullptr);
+}
+
+void send(httplib::Response& res, int status, const Json& body) {
+    res.status = status;
+    res.set_header("Cache-Control", "no-store");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    // Names and endpoints are UTF-8 in the database; replace, never throw.
+    res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace),
+                    "application/json");
+}
+
+std::vector<std::string> header_values(const httplib::Request& req,
+                                       const char* name) {
+    std::vector<std::string> out;
+    auto [first, last] = req.headers.equal_range(name);
+    for (auto it = first; it != last; ++it) out.push_back(it->second);
+    return out;
+}
+
+}  // namespace
+
+std::optional<std::int64_t> complete_until_us(const CaptureState& s,
+                                              std::int64_t now_us) noexcept {
+    if (s.segment_attached && s.ring_records == 0 && s.spool_bytes == 0) {
+        return now_us;
+    }
+    if (s.newest_committed_us == 0) return std::nullopt;
+    return std::min(s.newest_committed_us, now_us);
+}
+
+Json key_json(const KeySummary& k) {
+    const keysql::KeyRow& r = k.key;
+    return Json{{"key_id", r.key_id},
+                {"name", r.name},
+                {"hint", r.hint},
+                {"scopes", Json::parse(r.scopes_json)},
+                {"status", r.status},
+                {"created_at", r.created_at},
+                {"expires_at", nullable(r.expires_at)},
+                {"last_used_at", nullable(r.last_used_at)},
+                {"last_used_ip", nullable(r.last_used_ip)},
+                {"request_count", r.request_count},
+                {"requests_today", k.requests_today},
+                {"requests_this_month", k.requests_this_month},
+                {"dormant", r.dormant}};
+}
+
+Json key_usage_json(const KeySummary& key, const UsageSummary& usage,
+                    std::optional<std::int64_t> complete_until) {
+    Json series = Json::array();
+    for (const SeriesPoint& p : usage.series) {
+        series.push_back({{"t", format_rfc3339(p.t_us)},
+                          {"requests", p.totals.requests},
+                          {"errors_4xx", p.totals.errors_4xx},
+                          {"errors_5xx", p.totals.errors_5xx},
+                          {"avg_ms", ms_or_null(p.totals.avg_ms())},
+                          {"p95_ms", ms_or_null(p.totals.p95_ms())}});
+    }
+    Json top = Json::array();
+    for (const EndpointUsage& e : usage.top) {
+        top.push_back({{"endpoint", e.endpoint},
+                       {"method", e.method},
+                       {"requests", e.totals.requests},
+                       {"errors_4xx", e.totals.errors_4xx},
+                       {"errors_5xx", e.totals.errors_5xx},
+                       {"avg_ms", ms_or_null(e.totals.avg_ms())}});
+    }
+    return Json{
+        {"key", key_json(key)},
+        {"requests_today", key.requests_today},
+        {"requests_this_month", key.requests_this_month},
+        {"series", std::move(series)},
+        {"top_endpoints", std::move(top)},
+        {"error_rate",
+         {{"4xx", usage.totals.rate_4xx()}, {"5xx", usage.totals.rate_5xx()}}},
+        {"avg_ms", ms_or_null(usage.totals.avg_ms())},
+        {"p95_ms", ms_or_null(usage.totals.p95_ms())},
+        {"complete_until", time_or_null(complete_until)}};
+}
+
+struct AnalyticsApi::Impl {
+    explicit Impl(const DaemonState& s)
+        : state(s), auth(s.config->keys_path), pool(s.config->db) {}
+
+    DaemonState state;  // pointers into main()'s objects
+    KeyTableAuth auth;
+    ConnectionPool pool;
+
+    // Steps shared by both endpoints, in order: key (401/503), org id in
+    // the path (400), the key's org (404), scope (403). Returns the org id.
+    std::string authorize(const httplib::Request& req, std::int64_t now,
+                          std::string_view org_segment,
+                          std::string_view key_segment = {}) {
+        AuthResult who =
+            auth.authenticate(header_values(req, "Authorization"), now);
+        if (who.status == AuthStatus::kUnavailable) {
+            throw HttpError{503, "key table not available yet; retry", ""};
+        }
+        if (who.status != AuthStatus::kOk) {
+            std::string challenge = kRealm;
+            if (who.status != AuthStatus::kMissing) {
+                challenge += ", error=\"invalid_token\"";
+            }
+            throw HttpError{401, std::string(auth_status_message(who.status)),
+                            challenge};
+        }
+        Uuid org = parse_uuid_segment(org_segment, "org_id");
+        if (!key_segment.empty()) parse_uuid_segment(key_segment, "key_id");
+        if (org != who.org_id) throw HttpError{404, kNotFound, ""};
+        if (!who.usage_read) {
+            throw HttpError{403,
+                            "missing scope " + std::string(kUsageReadScope),
+                            std::string(kRealm) +
+                                ", error=\"insufficient_scope\", scope=\"" +
+                                std::string(kUsageReadScope) + "\""};
+        }
+        return uuid_to_string(org);
+    }
+
+    // Taken before any query, so that everything committed up to it is in
+    // what the queries read.
+    std::optional<std::int64_t> complete_until(std::int64_t now) const {
+        CaptureState c;
+        c.segment_attached = state.drain->segment_attached.load();
+        c.spool_bytes = state.drain->spool_bytes.load();
+        c.newest_committed_us = state.drain->newest_committed_us.load();
+        for (const RingSnapshot& r : state.drainer->snapshot().rings) {
+            c.ring_records += r.depth;
+        }
+        return complete_until_us(c, now);
+    }
+
+    Json org_usage(const httplib::Request& req) {
+        std::int64_t now = now_us();
+        std::string org = authorize(req, now, req.matches[1].str());
+        OrgUsageParams p = parse_org_usage_params(parse_query(req.target));
+        std::optional<std::int64_t> until = complete_until(now);
+
+        ConnectionPool::Lease conn = pool.acquire();
+        std::vector<KeySummary> keys =
+            query_org_keys(*conn, org, p.dormant_days, CalendarWindow::at(now));
+        Json list = Json::array();
+        for (const KeySummary& k : keys) list.push_back(key_json(k));
+        return Json{{"org_id", org},
+                    {"keys", std::move(list)},
+                    {"complete_until", time_or_null(until)}};
+    }
+
+    Json key_usage(const httplib::Request& req) {
+        std::int64_t now = now_us();
+        std::string key_segment = req.matches[2].str();
+        std::string org =
+            authorize(req, now, req.matches[1].str(), key_segment);
+        std::string key_id =
+            uuid_to_string(parse_uuid_segment(key_segment, "key_id"));
+        QueryParams query = parse_query(req.target);
+        KeyUsageParams p = parse_key_usage_params(query, now);
+        // dormant_days applies to the "key" object as in the listing.
+        int dormant_days = parse_org_usage_params(query).dormant_days;
+        std::optional<std::int64_t> until = complete_until(now);
+
+        ConnectionPool::Lease conn = pool.acquire();
+        // One snapshot for the key and its rows.
+        conn->exec("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+        std::optional<KeySummary> key = query_key(
+            *conn, org, key_id, dormant_days, CalendarWindow::at(now));
+        std::vector<UsageRow> rows;
+        if (key) {
+            rows = query_key_usage(*conn, org, key_id, p.interval, p.from_us,
+                                   p.to_us);
+        }
+        conn->exec("COMMIT");
+        if (!key) throw HttpError{404, kNotFound, ""};
+
+        UsageSummary usage = summarize_usage(
+            rows, series_buckets(p.from_us, p.to_us, p.interval), p.top);
+        return key_usage_json(*key, usage, until);
+    }
+
+    // Runs one endpoint and turns every failure into its JSON answer. A
+    // request that fails for want of a connection is run once more on a
+    // fresh session: pooled ones die silently when PostgreSQL restarts.
+    template <typename Fn>
+    void serve(const httplib::Request& req, httplib::Response& res, Fn fn) {
+        for (int attempt = 0;; ++attempt) {
+            try {
+                send(res, 200, (this->*fn)(req));
+                return;
+            } catch (const HttpError& e) {
+                if (!e.www_authenticate.empty()) {
+                    res.set_header("WWW-Authenticate", e.www_authenticate);
+                }
+                if (e.status == 503) res.set_header("Retry-After", "1");
+                send(res, e.status, {{"error", e.message}});
+            } catch (const ParamError& e) {
+                send(res, 400, {{"error", e.what()}});
+            } catch (const pg::Error& e) {
+                if (!connection_lost(e)) {
+                    database_error(res, e);
+                } else {
+                    pool.discard_idle();
+                    if (attempt == 0) continue;
+                    log_warn(std::string("api: database unavailable: ") +
+                             e.what());
+                    res.set_header("Retry-After", "1");
+                    send(res, 503, {{"error", "database unavailable"}});
+                }
+            } catch (const std::exception& e) {
+                log_error(std::string("api: ") + e.what());
+                send(res, 500, {{"error", "internal error"}});
+            }
+            return;
+        }
+    }
+
+    // No SQLSTATE (libpq could not connect, or lost the connection), class
+    // 08 (connection exception) or 57P0x (server shutting down, cannot
+    // connect now).
+    static bool connection_lost(const pg::Error& e) {
+        const std::string& state = e.sqlstate();
+        return state.empty() || state.rfind("08", 0) == 0 ||
+               state.rfind("57P", 0) == 0;
+    }
+
+    // 57014 (statement_timeout) is worth a retry later: 503. Anything else
+    // is a bug or a schema mismatch: 500, logged.
+    static void database_error(httplib::Response& res, const pg::Error& e) {
+        if (e.sqlstate() == "57014") {
+            log_warn(std::string("api: query timed out: ") + e.what());
+            res.set_header("Retry-After", "1");
+            send(res, 503, {{"error", "query timed out"}});
+            return;
+        }
+        log_error("api: database error " + e.sqlstate() + ": " + e.what());
+        send(res, 500, {{"error", "internal error"}});
+    }
+};
+
+AnalyticsApi::AnalyticsApi(const DaemonState& state)
+    : impl_(std::make_unique<Impl>(state)) {}
+
+AnalyticsApi::~AnalyticsApi() = default;
+
+void AnalyticsApi::add_routes(httplib::Server& server) {
+    Impl* impl = impl_.get();
+    server.Get(kOrgRoute,
+               [impl](const httplib::Request& req, httplib::Response& res) {
+                   impl->serve(req, res, &Impl::org_usage);
+               });
+    server.Get(kKeyRoute,
+               [impl](const httplib::Request& req, httplib::Response& res) {
+                   impl->serve(req, res, &Impl::key_usage);
+               });
+}
+
+}  // namespace apikey::api

@@ -1,0 +1,263 @@
+#include "analytics_queries.h"
+
+#include <algorithm>
+#include <map>
+#include <stdexcept>
+#include <tuple>
+#include <utility>
+
+namespace apikey::api {
+namespace {
+
+// Parameters are RFC 3339 text with microseconds and 'Z', so their meaning
+// does not depend on the session's TimeZone.
+std::string ts_param(std::int64_t us) {
+    return format_rfc3339(us, TimePrecision::kMicros);
+}
+
+std::uint64_t to_u64(const std::string& text) {
+    return text.empty() ? 0 : std::stoull(text);
+}
+
+// A key with its today / this-month requests. Parameters: $1 org_id,
+// $2 dormant_days, $3..$6 the calendar window, then `extra_where`'s.
+std::string key_summary_sql(const std::string& extra_where) {
+    return "SELECT " + keysql::key_columns("k.", 2) +
+           ", coalesce(u.today, 0), coalesce(u.month, 0)"
+           " FROM api_keys k"
+           " LEFT JOIN LATERAL ("
+           "SELECT sum(d.requests) FILTER (WHERE d.bucket >= $3::timestamptz"
+           " AND d.bucket < $4::timestamptz) AS today,"
+           " sum(d.requests) AS month"
+           " FROM api_key_usage_daily d"
+           " WHERE d.key_id = k.id AND d.bucket >= $5::timestamptz"
+           " AND d.bucket < $6::timestamptz) u ON true"
+           " WHERE k.org_id = $1::uuid" +
+           extra_where + " ORDER BY " + keysql::key_order("k.");
+}
+
+std::vector<pg::Param> key_summary_params(const std::string& org_id,
+                                          int dormant_days,
+                                          const CalendarWindow& w) {
+    return {org_id,
+            std::to_string(dormant_days),
+            ts_param(w.day_start_us),
+            ts_param(w.day_end_us),
+            ts_param(w.month_start_us),
+            ts_param(w.month_end_us)};
+}
+
+std::vector<KeySummary> read_key_summaries(const pg::Result& r) {
+    std::vector<KeySummary> out;
+    out.reserve(static_cast<std::size_t>(r.rows()));
+    for (int i = 0; i < r.rows(); ++i) {
+        KeySummary s;
+        s.key = keysql::KeyRow::read(r, i);
+        s.requests_today = std::stoll(r.get(i, keysql::kKeyColumns));
+        s.requests_this_month = std::stoll(r.get(i, keysql::kKeyColumns + 1));
+        out.push_back(std::move(s));
+    }
+    return out;
+}
+
+void setup_session(pg::Connection& conn) {
+    if (PQsetClientEncoding(conn.get(), "UTF8") != 0) {
+        throw pg::Error("cannot set client_encoding to UTF8");
+    }
+    conn.exec(
+        "SELECT set_config('statement_timeout', $1, false),"
+        " set_config('TimeZone', 'UTC', false),"
+        " set_config('default_transaction_read_only', 'on', false),"
+        // Short index scans: JIT compilation would cost more than it saves.
+        " set_config('jit', 'off', false)",
+        {std::to_string(kStatementTimeout.count())});
+}
+
+}  // namespace
+
+// --- pool
+// -----------------------------------------------------------------------
+
+ConnectionPool::ConnectionPool(std::string conninfo, std::size_t max_idle)
+    : conninfo_(std::move(conninfo)), max_idle_(max_idle) {}
+
+ConnectionPool::~ConnectionPool() = default;
+
+ConnectionPool::Lease::~Lease() {
+    if (conn_) pool_->release(std::move(conn_));
+}
+
+ConnectionPool::Lease ConnectionPool::acquire() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        while (!idle_.empty()) {
+            std::unique_ptr<pg::Connection> conn = std::move(idle_.back());
+            idle_.pop_back();
+            if (conn->ok()) return Lease(this, std::move(conn));
+        }
+    }
+    // Connect outside the lock: a slow server must not stall other requests
+    // that could use an idle session.
+    auto conn = std::make_unique<pg::Connection>(conninfo_, "apikeyd-api");
+    setup_session(*conn);
+    return Lease(this, std::move(conn));
+}
+
+void ConnectionPool::discard_idle() {
+    std::vector<std::unique_ptr<pg::Connection>> dead;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        dead.swap(idle_);
+    }
+}
+
+// Sessions come back only when healthy and outside a transaction; a
+// statement that failed inside one leaves it aborted, so it is dropped.
+void ConnectionPool::release(std::unique_ptr<pg::Connection> conn) {
+    if (!conn->ok() || PQtransactionStatus(conn->get()) != PQTRANS_IDLE) {
+        return;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (idle_.size() < max_idle_) idle_.push_back(std::move(conn));
+}
+
+// --- queries
+// --------------------------------------------------------------------
+
+CalendarWindow CalendarWindow::at(std::int64_t now_us) noexcept {
+    CalendarWindow w;
+    w.day_start_us = floor_to(now_us, Interval::kDay);
+    w.day_end_us = w.day_start_us + kApiUsPerDay;
+    w.month_start_us = api::month_start_us(now_us);
+    w.month_end_us = next_month_start_us(now_us);
+    return w;
+}
+
+std::vector<KeySummary> query_org_keys(pg::Connection& conn,
+                                       const std::string& org_id,
+                                       int dormant_days,
+                                       const CalendarWindow& window) {
+    static const std::string sql = key_summary_sql("");
+    return read_key_summaries(
+        conn.exec(sql, key_summary_params(org_id, dormant_days, window)));
+}
+
+std::optional<KeySummary> query_key(pg::Connection& conn,
+                                    const std::string& org_id,
+                                    const std::string& key_id, int dormant_days,
+                                    const CalendarWindow& window) {
+    static const std::string sql = key_summary_sql(" AND k.id = $7::uuid");
+    std::vector<pg::Param> params =
+        key_summary_params(org_id, dormant_days, window);
+    params.emplace_back(key_id);
+    std::vector<KeySummary> rows = read_key_summaries(conn.exec(sql, params));
+    if (rows.empty()) return std::nullopt;
+    return std::move(rows.front());
+}
+
+std::vector<UsageRow> query_key_usage(pg::Connection& conn,
+                                      const std::string& org_id,
+                                      const std::string& key_id,
+                                      Interval interval, std::int64_t from_us,
+                                      std::int64_t to_us) {
+    auto sql_for = [](const char* table) {
+        return std::string(
+                   "SELECT (extract(epoch FROM bucket) * 1000000)::bigint,"
+                   " endpoint, method, requests, status_4xx, status_5xx,"
+                   " response_time_ms_sum, latency_hist FROM ") +
+               table +
+               " WHERE key_id = $1::uuid AND org_id = $2::uuid"
+               " AND bucket >= $3::timestamptz AND bucket < $4::timestamptz";
+    };
+    static const std::string hourly = sql_for("api_key_usage_hourly");
+    static const std::string daily = sql_for("api_key_usage_daily");
+
+    pg::Result r =
+        conn.exec(interval == Interval::kHour ? hourly : daily,
+                  {key_id, org_id, ts_param(from_us), ts_param(to_us)});
+    std::vector<UsageRow> rows;
+    rows.reserve(static_cast<std::size_t>(r.rows()));
+    for (int i = 0; i < r.rows(); ++i) {
+        UsageRow row;
+        row.bucket_us = std::stoll(r.get(i, 0));
+        row.endpoint = r.get(i, 1);
+        row.method = r.get(i, 2);
+        row.requests = to_u64(r.get(i, 3));
+        row.errors_4xx = to_u64(r.get(i, 4));
+        row.errors_5xx = to_u64(r.get(i, 5));
+        row.response_time_ms_sum = std::stod(r.get(i, 6));
+        if (!row.latency_hist.add_pg_array(r.get(i, 7))) {
+            // Not pg::Error: the session is fine, the data is not (500).
+            throw std::runtime_error("stored latency_hist is not a histogram");
+        }
+        rows.push_back(std::move(row));
+    }
+    return rows;
+}
+
+// --- aggregation
+// ------------------------------------------------------------------
+
+void UsageTotals::add(const UsageRow& row) {
+    requests += row.requests;
+    errors_4xx += row.errors_4xx;
+    errors_5xx += row.errors_5xx;
+    response_time_ms_sum += row.response_time_ms_sum;
+    latency_hist.merge(row.latency_hist);
+}
+
+std::optional<double> UsageTotals::avg_ms() const {
+    if (requests == 0) return std::nullopt;
+    return response_time_ms_sum / static_cast<double>(requests);
+}
+
+std::optional<double> UsageTotals::p95_ms() const {
+    if (requests == 0) return std::nullopt;
+    return latency_percentile_ms(latency_hist, 0.95);
+}
+
+double UsageTotals::rate_4xx() const {
+    return requests == 0 ? 0.0
+                         : static_cast<double>(errors_4xx) /
+                               static_cast<double>(requests);
+}
+
+double UsageTotals::rate_5xx() const {
+    return requests == 0 ? 0.0
+                         : static_cast<double>(errors_5xx) /
+                               static_cast<double>(requests);
+}
+
+UsageSummary summarize_usage(const std::vector<UsageRow>& rows,
+                             const std::vector<std::int64_t>& buckets,
+                             int top) {
+    UsageSummary s;
+    s.series.reserve(buckets.size());
+    for (std::int64_t t : buckets) s.series.push_back({t, {}});
+
+    std::map<std::pair<std::string, std::string>, UsageTotals> by_endpoint;
+    for (const UsageRow& row : rows) {
+        auto it = std::lower_bound(
+            s.series.begin(), s.series.end(), row.bucket_us,
+            [](const SeriesPoint& p, std::int64_t t) { return p.t_us < t; });
+        if (it == s.series.end() || it->t_us != row.bucket_us) continue;
+        it->totals.add(row);
+        s.totals.add(row);
+        by_endpoint[{row.endpoint, row.method}].add(row);
+    }
+
+    for (auto& [name, totals] : by_endpoint) {
+        s.top.push_back({name.first, name.second, std::move(totals)});
+    }
+    std::sort(s.top.begin(), s.top.end(),
+              [](const EndpointUsage& a, const EndpointUsage& b) {
+                  return std::tie(b.totals.requests, a.endpoint, a.method) <
+                         std::tie(a.totals.requests, b.endpoint, b.method);
+              });
+    if (top >= 0 && s.top.size() > static_cast<std::size_t>(top)) {
+        s.top.resize(static_cast<std::size_t>(top));
+    }
+    return s;
+}
+
+}  // namespace apikey::api

@@ -1,0 +1,685 @@
+// apikeyd's usage dashboard: plain JS, no dependencies, served by apikeyd
+// itself (docs/dashboard.md). It reads the analytics API with an org admin
+// key that the user pastes; the key lives in sessionStorage only and goes
+// out only in an Authorization header.
+//
+// Safety rule for this file: text from the API (key names, endpoints, ...)
+// is inserted with textContent or as attribute values, never as HTML.
+'use strict';
+
+(function () {
+
+const HOUR_MS = 3600 * 1000;
+const DAY_MS = 24 * HOUR_MS;
+const MAX_HOURLY_RANGE_MS = 31 * DAY_MS;
+const RANGE_DAYS = { '24h': 1, '7d': 7, '30d': 30 };
+const RANGE_INTERVAL = { '24h': 'hour', '7d': 'hour', '30d': 'day' };
+const STORE_ORG = 'apikey.dashboard.org';
+const STORE_KEY = 'apikey.dashboard.key';
+const STATUSES = ['active', 'expired', 'revoked'];
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+const state = {
+  org: '',
+  key: '',
+  range: '24h',
+  interval: 'hour',
+  custom: { from: '', to: '' },
+  seq: 0,            // the latest request; older answers are dropped
+  shown: null,       // {data, range} of the key on screen, for redraws
+};
+
+// --- DOM helpers -----------------------------------------------------------
+
+function byId(id) {
+  return document.getElementById(id);
+}
+
+// el('td', {className: 'num', title: 'x'}, 'text', childNode, ...)
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props || {});
+  for (const child of children) {
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function svgEl(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    node.setAttribute(name, String(value));
+  }
+  node.append(...children);
+  return node;
+}
+
+function show(id, visible) {
+  byId(id).hidden = !visible;
+}
+
+function setText(id, text) {
+  byId(id).textContent = text;
+}
+
+// --- formatting ------------------------------------------------------------
+
+const intFormat = new Intl.NumberFormat('en-US');
+
+function fmtInt(n) {
+  return n == null ? '—' : intFormat.format(n);
+}
+
+// A rate in [0, 1] as a percentage.
+function fmtRate(rate) {
+  if (rate == null) return '—';
+  const pct = rate * 100;
+  if (pct > 0 && pct < 0.1) return '<0.1%';
+  return pct.toFixed(1) + '%';
+}
+
+function fmtMs(ms) {
+  if (ms == null) return '—';
+  if (ms >= 1000) return (ms / 1000).toFixed(2) + ' s';
+  return ms.toFixed(1) + ' ms';
+}
+
+// "2024-05-01 13:05 UTC"
+function fmtTime(iso) {
+  if (!iso) return '—';
+  const d = new Date(iso);
+  if (isNaN(d)) return iso;
+  return d.toISOString().slice(0, 16).replace('T', ' ') + ' UTC';
+}
+
+// "2024-05-01 13:05:09 UTC"
+function fmtTimeSeconds(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toISOString().slice(0, 19).replace('T', ' ') + ' UTC';
+}
+
+// Axis and tooltip label of a bucket.
+function fmtBucket(ms, interval, long) {
+  const iso = new Date(ms).toISOString();
+  if (interval === 'day') return iso.slice(5, 10);
+  return long ? iso.slice(5, 16).replace('T', ' ') : iso.slice(11, 16);
+}
+
+function isoSeconds(date) {
+  return date.toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+// --- session (sessionStorage only: never a URL, cookie or localStorage) ----
+
+function loadSession() {
+  state.org = sessionStorage.getItem(STORE_ORG) || '';
+  state.key = sessionStorage.getItem(STORE_KEY) || '';
+}
+
+function saveSession(org, key) {
+  state.org = org;
+  state.key = key;
+  sessionStorage.setItem(STORE_ORG, org);
+  sessionStorage.setItem(STORE_KEY, key);
+}
+
+function forgetKey() {
+  state.key = '';
+  sessionStorage.removeItem(STORE_KEY);
+  byId('admin-key').value = '';
+}
+
+// --- the API ---------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// 401/403 mean the pasted key cannot be used: it is forgotten.
+function isKeyRejected(status) {
+  return status === 401 || status === 403;
+}
+
+function apiErrorMessage(status, body) {
+  const detail = body && typeof body.error === 'string' ? body.error : '';
+  if (isKeyRejected(status)) {
+    return 'Key rejected' + (detail ? ' (' + detail + ')' : '') +
+           ': paste a key of this org with the usage:read scope.';
+  }
+  if (status === 404) return 'No such org or key.';
+  if (status === 400) return detail || 'Bad request.';
+  if (status === 503) return 'apikeyd is not ready' + (detail ? ' (' + detail + ')' : '') + '; try again.';
+  return 'apikeyd answered HTTP ' + status + (detail ? ': ' + detail : '.');
+}
+
+async function apiGet(path, params) {
+  const query = new URLSearchParams(params || {}).toString();
+  let res;
+  try {
+    res = await fetch(path + (query ? '?' + query : ''), {
+      headers: { 'Authorization': 'Bearer ' + state.key,
+                 'Accept': 'application/json' },
+      cache: 'no-store',
+      credentials: 'omit',
+      referrerPolicy: 'no-referrer',
+    });
+  } catch (e) {
+    throw new ApiError(0, 'Cannot reach apikeyd (' + e.message + ').');
+  }
+  const body = await res.json().catch(() => null);
+  if (!res.ok) throw new ApiError(res.status, apiErrorMessage(res.status, body));
+  if (!body) throw new ApiError(res.status, 'apikeyd sent an unreadable answer.');
+  return body;
+}
+
+function orgPath() {
+  return '/api/orgs/' + encodeURIComponent(state.org) + '/api-keys';
+}
+
+// Runs `load` for the current view; shows the loading note and errors, and
+// drops the answer if another load started meanwhile. True if it loaded.
+async function runLoad(load) {
+  const seq = ++state.seq;
+  const isCurrent = () => seq === state.seq;
+  showError('');
+  show('loading', true);
+  try {
+    await load(isCurrent);
+    return isCurrent();
+  } catch (e) {
+    if (isCurrent()) handleLoadError(e);
+    return false;
+  } finally {
+    if (isCurrent()) show('loading', false);
+  }
+}
+
+function handleLoadError(e) {
+  showError(e.message || String(e));
+  if (isKeyRejected(e.status)) {
+    forgetKey();
+    showLogin();
+  }
+}
+
+function showError(message) {
+  setText('error', message);
+  show('error', message !== '');
+}
+
+// --- views -----------------------------------------------------------------
+
+function showOnly(view) {
+  show('keys-view', view === 'keys');
+  show('key-view', view === 'key');
+}
+
+function showLogin() {
+  showOnly('');
+  show('session', false);
+  show('login', true);
+  byId('org-id').value = state.org;
+  (state.org ? byId('admin-key') : byId('org-id')).focus();
+}
+
+function showSessionBar() {
+  show('login', false);
+  show('session', true);
+  setText('session-org', state.org);
+  // What the API calls the hint: prefix + 4 characters, not a secret.
+  const hint = state.key.match(/^[a-z0-9]{1,8}_.{4}/);
+  setText('session-key', (hint ? hint[0] : '') + '…');
+}
+
+function statusBadge(status) {
+  const known = STATUSES.includes(status) ? status : 'other';
+  return el('span', { className: 'badge status-' + known }, status || 'unknown');
+}
+
+function badges(key) {
+  const span = el('span', { className: 'badges' }, statusBadge(key.status));
+  if (key.dormant) {
+    span.append(el('span', { className: 'badge dormant',
+                             title: 'No use within the dormant window' }, 'dormant'));
+  }
+  return span;
+}
+
+function scopeList(scopes) {
+  if (!scopes || scopes.length === 0) return el('span', { className: 'muted' }, 'none');
+  const span = el('span', { className: 'scopes' });
+  for (const s of scopes) span.append(el('code', {}, s));
+  return span;
+}
+
+function lastUsed(key) {
+  if (!key.last_used_at) return el('span', { className: 'muted' }, 'never');
+  return el('span', { title: key.last_used_at },
+            fmtTime(key.last_used_at),
+            el('br'),
+            el('span', { className: 'muted ip' }, key.last_used_ip || ''));
+}
+
+function numCell(className, value) {
+  const td = el('td', { className: 'num ' + className }, fmtInt(value));
+  td.dataset.value = String(value);
+  return td;
+}
+
+function keyRow(key) {
+  const link = el('a', { href: '#/key/' + encodeURIComponent(key.key_id) }, key.name);
+  const tr = el('tr', {},
+    el('td', { className: 'c-name' }, link),
+    el('td', { className: 'c-hint' }, el('code', {}, key.hint)),
+    el('td', { className: 'c-status' }, badges(key)),
+    el('td', { className: 'c-scopes' }, scopeList(key.scopes)),
+    el('td', { className: 'c-last-used' }, lastUsed(key)),
+    numCell('c-today', key.requests_today),
+    numCell('c-month', key.requests_this_month));
+  tr.dataset.keyId = key.key_id;
+  return tr;
+}
+
+function completeNote(iso) {
+  if (!iso) return 'Freshness unknown: this apikeyd has not committed any usage since it started.';
+  return 'Data complete until ' + fmtTimeSeconds(iso) + '; later requests may still be on their way.';
+}
+
+function renderKeyList(data) {
+  const tbody = byId('keys-table').tBodies[0];
+  tbody.replaceChildren(...data.keys.map(keyRow));
+  show('keys-empty', data.keys.length === 0);
+  setText('keys-complete', completeNote(data.complete_until));
+  byId('keys-complete').dataset.value = data.complete_until || '';
+  showOnly('keys');
+}
+
+function dormantDays() {
+  return byId('dormant-days').value || '30';
+}
+
+async function loadKeyList() {
+  return runLoad(async (isCurrent) => {
+    const data = await apiGet(orgPath() + '/usage', { dormant_days: dormantDays() });
+    if (isCurrent()) renderKeyList(data);
+  });
+}
+
+// --- one key ---------------------------------------------------------------
+
+// {from, to} (Dates) of the chosen range, on the interval's UTC grid.
+function currentRange() {
+  if (state.range === 'custom') {
+    const from = new Date(state.custom.from + 'T00:00:00Z');
+    const to = new Date(new Date(state.custom.to + 'T00:00:00Z').getTime() + DAY_MS);
+    return { from, to };
+  }
+  const step = state.interval === 'hour' ? HOUR_MS : DAY_MS;
+  const to = Math.ceil((Date.now() + 1) / step) * step;
+  return { from: new Date(to - RANGE_DAYS[state.range] * DAY_MS), to: new Date(to) };
+}
+
+function rangeError(range) {
+  if (isNaN(range.from) || isNaN(range.to)) return 'Pick both days of the custom range.';
+  if (range.from >= range.to) return 'The range must end after it starts.';
+  return '';
+}
+
+// Hourly series are limited to 31 days: switch to daily beyond that.
+function syncIntervalPicker() {
+  const range = currentRange();
+  const tooLong = !rangeError(range) && range.to - range.from > MAX_HOURLY_RANGE_MS;
+  const hour = byId('interval').querySelector('option[value="hour"]');
+  hour.disabled = tooLong;
+  if (tooLong && state.interval === 'hour') state.interval = 'day';
+  byId('interval').value = state.interval;
+}
+
+function syncRangePicker() {
+  for (const b of byId('range-picker').querySelectorAll('button')) {
+    b.setAttribute('aria-pressed', String(b.dataset.range === state.range));
+  }
+  show('custom-range', state.range === 'custom');
+}
+
+function renderKeyHead(key) {
+  setText('key-name', key.name);
+  setText('key-hint', key.hint);
+  byId('key-badges').replaceChildren(badges(key), scopeList(key.scopes));
+  const meta = ['created ' + fmtTime(key.created_at)];
+  if (key.expires_at) meta.push('expires ' + fmtTime(key.expires_at));
+  meta.push(key.last_used_at
+    ? 'last used ' + fmtTime(key.last_used_at) + ' from ' + (key.last_used_ip || '?')
+    : 'never used');
+  meta.push(fmtInt(key.request_count) + ' requests in total');
+  setText('key-meta', meta.join(' · '));
+}
+
+function setCard(id, text, value) {
+  setText(id, text);
+  byId(id).dataset.value = value == null ? '' : String(value);
+}
+
+function renderCards(data) {
+  const inRange = data.series.reduce((sum, b) => sum + b.requests, 0);
+  setCard('requests-today', fmtInt(data.requests_today), data.requests_today);
+  setCard('requests-month', fmtInt(data.requests_this_month), data.requests_this_month);
+  setCard('requests-range', fmtInt(inRange), inRange);
+  setCard('rate-4xx', fmtRate(data.error_rate['4xx']), data.error_rate['4xx']);
+  setCard('rate-5xx', fmtRate(data.error_rate['5xx']), data.error_rate['5xx']);
+  setCard('avg-ms', fmtMs(data.avg_ms), data.avg_ms);
+  setCard('p95-ms', fmtMs(data.p95_ms), data.p95_ms);
+}
+
+function topRow(row) {
+  return el('tr', {},
+    el('td', { className: 'c-endpoint' }, el('code', {}, row.endpoint)),
+    el('td', { className: 'c-method' }, row.method),
+    numCell('c-requests', row.requests),
+    numCell('c-4xx', row.errors_4xx),
+    numCell('c-5xx', row.errors_5xx),
+    el('td', { className: 'num c-avg' }, fmtMs(row.avg_ms)));
+}
+
+function renderTopEndpoints(rows) {
+  byId('top-table').tBodies[0].replaceChildren(...rows.map(topRow));
+  show('top-empty', rows.length === 0);
+}
+
+function renderKeyDetail(data, range) {
+  renderKeyHead(data.key);
+  renderCards(data);
+  setText('trend-unit', state.interval);
+  renderTopEndpoints(data.top_endpoints);
+  setText('key-complete', completeNote(data.complete_until));
+  byId('key-complete').dataset.value = data.complete_until || '';
+  showOnly('key');              // visible first: the charts measure themselves
+  state.shown = { data, range };
+  drawCharts();
+}
+
+async function loadKey(keyId) {
+  syncRangePicker();
+  syncIntervalPicker();
+  const range = currentRange();
+  const problem = rangeError(range);
+  if (problem) {
+    showError(problem);
+    return;
+  }
+  await runLoad(async (isCurrent) => {
+    const data = await apiGet(orgPath() + '/' + encodeURIComponent(keyId) + '/usage', {
+      from: isoSeconds(range.from), to: isoSeconds(range.to),
+      interval: state.interval, top: '10', dormant_days: dormantDays(),
+    });
+    if (isCurrent()) renderKeyDetail(data, range);
+  });
+}
+
+// --- charts (hand-written SVG) ---------------------------------------------
+// Drawn in CSS pixels (the viewBox is the SVG's rendered size), so text is
+// never stretched; redrawn when the window is resized.
+
+const MARGIN = { left: 56, right: 12, top: 10, bottom: 26 };
+
+function bucketsOf(series) {
+  return series.map((b) => Object.assign({}, b, { ms: Date.parse(b.t) }));
+}
+
+// 0 .. a round number >= max, split into 4 ticks.
+function niceMax(max) {
+  if (!(max > 0)) return 4;
+  const step = Math.pow(10, Math.floor(Math.log10(max / 4)));
+  for (const m of [1, 2, 2.5, 5, 10]) {
+    if (step * m * 4 >= max) return step * m * 4;
+  }
+  return max;
+}
+
+// Empties `svg` and sizes its viewBox to its rendered size.
+function resetChart(svg) {
+  svg.replaceChildren();
+  const box = svg.getBoundingClientRect();
+  const size = { width: Math.max(200, Math.round(box.width) || 800),
+                 height: Math.max(120, Math.round(box.height) || 220) };
+  svg.setAttribute('viewBox', '0 0 ' + size.width + ' ' + size.height);
+  return size;
+}
+
+// Scales from bucket time / value to SVG coordinates, and the bar width.
+function chartScales(size, buckets, range, yMax) {
+  const step = state.interval === 'hour' ? HOUR_MS : DAY_MS;
+  const last = buckets.length ? buckets[buckets.length - 1].ms + step : 0;
+  const t0 = Math.min(range.from.getTime(), buckets.length ? buckets[0].ms : Infinity);
+  const t1 = Math.max(range.to.getTime(), last);
+  const plotW = size.width - MARGIN.left - MARGIN.right;
+  const plotH = size.height - MARGIN.top - MARGIN.bottom;
+  return {
+    size,
+    step,
+    t0,
+    t1,
+    x: (ms) => MARGIN.left + (ms - t0) / (t1 - t0) * plotW,
+    y: (v) => MARGIN.top + plotH - v / yMax * plotH,
+    barWidth: Math.max(1, step / (t1 - t0) * plotW * 0.8),
+  };
+}
+
+function drawGrid(svg, scales, yMax, fmtTick) {
+  const g = svgEl('g', { class: 'grid' });
+  for (let i = 0; i <= 4; i++) {
+    const y = scales.y(yMax * i / 4);
+    g.append(svgEl('line', { x1: MARGIN.left, x2: scales.size.width - MARGIN.right, y1: y, y2: y }),
+             svgEl('text', { x: MARGIN.left - 6, y: y + 4, class: 'y-label' }, fmtTick(yMax * i / 4)));
+  }
+  svg.append(g);
+}
+
+// Time labels on bucket boundaries, about one per 110 px.
+function drawTimeAxis(svg, scales) {
+  const g = svgEl('g', { class: 'axis' });
+  const count = Math.round((scales.t1 - scales.t0) / scales.step);
+  const fit = Math.max(2, Math.floor((scales.size.width - MARGIN.left) / 110));
+  const every = Math.max(1, Math.ceil(count / fit));
+  const long = state.interval === 'hour' && scales.t1 - scales.t0 > DAY_MS;
+  for (let i = 0; i < count; i += every) {
+    const ms = scales.t0 + i * scales.step;
+    g.append(svgEl('text', { x: scales.x(ms + scales.step / 2), y: scales.size.height - 8,
+                             class: 'x-label' }, fmtBucket(ms, state.interval, long)));
+  }
+  svg.append(g);
+}
+
+function bucketTitle(b) {
+  return fmtBucket(b.ms, state.interval, true) + ' UTC: ' + fmtInt(b.requests) +
+    ' requests, ' + fmtInt(b.errors_4xx) + ' 4xx, ' + fmtInt(b.errors_5xx) + ' 5xx, avg ' +
+    fmtMs(b.avg_ms) + ', p95 ' + fmtMs(b.p95_ms);
+}
+
+// One <g class="bucket"> per series entry: the requests bar with its 4xx
+// and 5xx parts stacked over its foot.
+function drawBar(scales, b) {
+  const slot = scales.x(b.ms + scales.step) - scales.x(b.ms);
+  const x = scales.x(b.ms) + (slot - scales.barWidth) / 2;
+  const bar = (cls, from, count) => svgEl('rect', {
+    class: cls, x: x.toFixed(2), width: scales.barWidth.toFixed(2),
+    y: scales.y(from + count).toFixed(2),
+    height: Math.max(0, scales.y(from) - scales.y(from + count)).toFixed(2),
+  });
+  const g = svgEl('g', { class: 'bucket' },
+    svgEl('title', {}, bucketTitle(b)),
+    bar('req', 0, b.requests),
+    bar('e4', 0, b.errors_4xx),
+    bar('e5', b.errors_4xx, b.errors_5xx));
+  g.dataset.t = b.t;
+  g.dataset.requests = String(b.requests);
+  return g;
+}
+
+function drawRequestChart(svg, buckets, range) {
+  const size = resetChart(svg);
+  const yMax = niceMax(Math.max(0, ...buckets.map((b) => b.requests)));
+  const scales = chartScales(size, buckets, range, yMax);
+  drawGrid(svg, scales, yMax, (v) => fmtInt(Math.round(v)));
+  drawTimeAxis(svg, scales);
+  const bars = svgEl('g', { class: 'bars' });
+  for (const b of buckets) bars.append(drawBar(scales, b));
+  svg.append(bars);
+  svg.setAttribute('aria-label', buckets.length + ' buckets, ' +
+    fmtInt(buckets.reduce((sum, b) => sum + b.requests, 0)) + ' requests');
+}
+
+// A polyline per run of buckets that have a value (null: no requests); a
+// dot for a run of one.
+function latencyLine(scales, buckets, field, cls) {
+  const g = svgEl('g', { class: 'line ' + cls });
+  let run = [];
+  const flush = () => {
+    if (run.length === 1) {
+      g.append(svgEl('circle', { cx: run[0][0], cy: run[0][1], r: 2.5 }));
+    } else if (run.length > 1) {
+      g.append(svgEl('polyline', { points: run.map((p) => p.join(',')).join(' ') }));
+    }
+    run = [];
+  };
+  for (const b of buckets) {
+    if (b[field] == null) {
+      flush();
+    } else {
+      run.push([scales.x(b.ms + scales.step / 2).toFixed(1), scales.y(b[field]).toFixed(1)]);
+    }
+  }
+  flush();
+  return g;
+}
+
+function drawLatencyChart(svg, buckets, range) {
+  const size = resetChart(svg);
+  const values = buckets.flatMap((b) => [b.avg_ms, b.p95_ms]).filter((v) => v != null);
+  const yMax = niceMax(Math.max(0, ...values));
+  const scales = chartScales(size, buckets, range, yMax);
+  drawGrid(svg, scales, yMax, (v) => (yMax < 4 ? v.toFixed(1) : fmtInt(Math.round(v))));
+  drawTimeAxis(svg, scales);
+  svg.append(latencyLine(scales, buckets, 'avg_ms', 'avg'),
+             latencyLine(scales, buckets, 'p95_ms', 'p95'));
+}
+
+function drawCharts() {
+  if (!state.shown) return;
+  const buckets = bucketsOf(state.shown.data.series);
+  drawRequestChart(byId('trend-chart'), buckets, state.shown.range);
+  drawLatencyChart(byId('latency-chart'), buckets, state.shown.range);
+}
+
+let resizeTimer = 0;
+function onResize() {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    if (!byId('key-view').hidden) drawCharts();
+  }, 150);
+}
+
+// --- routing and events ----------------------------------------------------
+
+// "#/" is the key list, "#/key/<key_id>" one key.
+function route() {
+  if (!state.org || !state.key) {
+    showLogin();
+    return;
+  }
+  showSessionBar();
+  const m = location.hash.match(/^#\/key\/([^/?]+)$/);
+  if (m) loadKey(decodeURIComponent(m[1]));
+  else loadKeyList();
+}
+
+function currentKeyId() {
+  const m = location.hash.match(/^#\/key\/([^/?]+)$/);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+// The key is kept (sessionStorage) only once the org's key list loaded
+// with it; until then the form stays, with the API's error under it.
+async function onSignIn(event) {
+  event.preventDefault();
+  const org = byId('org-id').value.trim();
+  const key = byId('admin-key').value.trim();
+  if (!org || !key) {
+    showError('Enter the org id and an admin key.');
+    return;
+  }
+  state.org = org;
+  state.key = key;
+  if (!(await loadKeyList())) {
+    state.key = '';             // not kept: the form still holds it for a retry
+    return;
+  }
+  saveSession(org, key);
+  byId('admin-key').value = '';
+  showSessionBar();
+  if (currentKeyId()) route();
+}
+
+function onForget() {
+  forgetKey();
+  state.seq++;        // answers still on their way are dropped
+  showError('');
+  show('loading', false);
+  showLogin();
+}
+
+function onRangeClick(event) {
+  const range = event.target.closest('button[data-range]');
+  if (!range) return;
+  state.range = range.dataset.range;
+  if (state.range === 'custom') {
+    prefillCustomRange();
+    syncRangePicker();
+    return;                     // loads on "Apply"
+  }
+  state.interval = RANGE_INTERVAL[state.range];
+  loadKey(currentKeyId());
+}
+
+// The custom range starts as the last 7 days, if nothing was picked yet.
+function prefillCustomRange() {
+  if (state.custom.from && state.custom.to) return;
+  const today = new Date().toISOString().slice(0, 10);
+  state.custom.to = today;
+  state.custom.from = new Date(Date.parse(today) - 6 * DAY_MS).toISOString().slice(0, 10);
+  byId('range-from').value = state.custom.from;
+  byId('range-to').value = state.custom.to;
+}
+
+function onApplyCustom() {
+  state.custom.from = byId('range-from').value;
+  state.custom.to = byId('range-to').value;
+  loadKey(currentKeyId());
+}
+
+function onIntervalChange() {
+  state.interval = byId('interval').value;
+  loadKey(currentKeyId());
+}
+
+function init() {
+  loadSession();
+  byId('login').addEventListener('submit', onSignIn);
+  byId('forget-key').addEventListener('click', onForget);
+  byId('refresh-keys').addEventListener('click', loadKeyList);
+  byId('dormant-days').addEventListener('change', loadKeyList);
+  byId('refresh-key').addEventListener('click', () => loadKey(currentKeyId()));
+  byId('range-picker').addEventListener('click', onRangeClick);
+  byId('apply-range').addEventListener('click', onApplyCustom);
+  byId('interval').addEventListener('change', onIntervalChange);
+  window.addEventListener('hashchange', route);
+  window.addEventListener('resize', onResize);
+  route();
+}
+
+document.addEventListener('DOMContentLoaded', init);
+
+})();

@@ -1,0 +1,337 @@
+#!/usr/bin/env node
+// Drives the apikeyd dashboard in a real (headless) Chromium and checks
+// what it shows against the API answers it received. Run by
+// t/031-dashboard-browser.t; every check is written to the report file, the
+// .t file turns each into a TAP test.
+//
+// Environment:
+//   DASHBOARD_URL      apikeyd base URL, e.g. http://127.0.0.1:8089
+//   DASHBOARD_ORG      org id
+//   DASHBOARD_KEY      an admin key of that org (scope usage:read)
+//   DASHBOARD_KEY_ID   the key to open (it must be in the list)
+//   DASHBOARD_OTHER_ORG  a valid org id the admin key does not belong to
+//   DASHBOARD_REPORT   where to write the JSON report
+//   DASHBOARD_SCREENSHOT  PNG path (1280 px wide, the key's page); the key
+//                      list goes to *-keys.png, the key's page at 390 px
+//                      to *-narrow.png
+//   DASHBOARD_PROFILE  a fresh, empty directory for Chromium's profile
+//   CHROMIUM           browser binary (default /usr/bin/chromium)
+//
+// Exit status: 0 all checks passed, 1 some failed, 2 the run broke.
+'use strict';
+
+const fs = require('fs');
+const { chromium } = require('playwright-core');
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(name + ' is not set');
+  return v;
+};
+
+const URL_BASE = env('DASHBOARD_URL').replace(/\/$/, '');
+const ORG = env('DASHBOARD_ORG');
+const ADMIN_KEY = env('DASHBOARD_KEY');
+const KEY_ID = env('DASHBOARD_KEY_ID');
+const OTHER_ORG = env('DASHBOARD_OTHER_ORG');
+const REPORT = env('DASHBOARD_REPORT');
+const SCREENSHOT = env('DASHBOARD_SCREENSHOT');
+const PROFILE = env('DASHBOARD_PROFILE');
+const TIMEOUT_MS = 15000;
+
+const report = { checks: [], api: {}, requests: [], console: [] };
+
+function check(name, ok, got, want) {
+  report.checks.push({ name, ok: !!ok, got, want });
+}
+
+function checkEq(name, got, want) {
+  check(name, JSON.stringify(got) === JSON.stringify(want), got, want);
+}
+
+// --- the dashboard's formats, written independently of app.js -------------
+
+const fmtInt = (n) => (n == null ? '—' : Number(n).toLocaleString('en-US'));
+
+function fmtRate(r) {
+  const pct = r * 100;
+  if (pct > 0 && pct < 0.1) return '<0.1%';
+  return pct.toFixed(1) + '%';
+}
+
+function fmtMs(ms) {
+  if (ms == null) return '—';
+  return ms >= 1000 ? (ms / 1000).toFixed(2) + ' s' : ms.toFixed(1) + ' ms';
+}
+
+const utcMinutes = (iso) => iso.slice(0, 16).replace('T', ' ') + ' UTC';
+
+// --- browser plumbing --------------------------------------------------------
+
+async function launch() {
+  return chromium.launchPersistentContext(PROFILE, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    viewport: { width: 1280, height: 900 },
+    timeout: 60000,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
+           '--no-first-run', '--disable-background-networking',
+           '--disable-component-update', '--disable-sync'],
+  });
+}
+
+function watch(page) {
+  page.on('console', (m) => report.console.push({ type: m.type(), text: m.text() }));
+  page.on('pageerror', (e) => report.console.push({ type: 'pageerror', text: e.message }));
+  page.on('request', (r) => report.requests.push({
+    url: r.url(), authorization: r.headers()['authorization'] ? 'present' : 'absent',
+  }));
+}
+
+// Runs `action` and returns the JSON of the API answer it triggers.
+async function apiAnswer(page, pathRe, action) {
+  const [res] = await Promise.all([
+    page.waitForResponse((r) => pathRe.test(new URL(r.url()).pathname), { timeout: TIMEOUT_MS }),
+    action(),
+  ]);
+  const u = new URL(res.url());
+  return { status: res.status(), path: u.pathname + u.search, json: await res.json() };
+}
+
+const LIST_RE = /^\/api\/orgs\/[^/]+\/api-keys\/usage$/;
+const KEY_RE = /^\/api\/orgs\/[^/]+\/api-keys\/[^/]+\/usage$/;
+
+async function signIn(page, org, key) {
+  await page.fill('#org-id', org);
+  await page.fill('#admin-key', key);
+  await page.click('#sign-in');
+}
+
+// --- the key list ------------------------------------------------------------
+
+async function rowOf(page, keyId) {
+  return page.$eval(`#keys-table tbody tr[data-key-id="${keyId}"]`, (tr) => ({
+    name: tr.querySelector('.c-name').textContent,
+    hint: tr.querySelector('.c-hint').textContent,
+    badges: [...tr.querySelectorAll('.c-status .badge')].map((b) => b.textContent),
+    scopes: [...tr.querySelectorAll('.c-scopes code')].map((c) => c.textContent),
+    lastUsed: tr.querySelector('.c-last-used').innerText,
+    today: tr.querySelector('.c-today').textContent,
+    month: tr.querySelector('.c-month').textContent,
+  }));
+}
+
+function expectedRow(k) {
+  return {
+    name: k.name,
+    hint: k.hint,
+    badges: k.dormant ? [k.status, 'dormant'] : [k.status],
+    scopes: k.scopes,
+    lastUsed: k.last_used_at ? utcMinutes(k.last_used_at) + '\n' + (k.last_used_ip || '') : 'never',
+    today: fmtInt(k.requests_today),
+    month: fmtInt(k.requests_this_month),
+  };
+}
+
+async function checkKeyList(page, list) {
+  report.api.list = list;
+  checkEq('list: API answered 200', list.status, 200);
+  await page.waitForSelector('#keys-view:not([hidden])', { timeout: TIMEOUT_MS });
+  const ids = await page.$$eval('#keys-table tbody tr', (trs) => trs.map((tr) => tr.dataset.keyId));
+  checkEq('list: one row per key, in API order', ids, list.json.keys.map((k) => k.key_id));
+  for (const k of list.json.keys) {
+    checkEq(`list: row of "${k.name}" shows the API's values`, await rowOf(page, k.key_id), expectedRow(k));
+  }
+  checkEq('list: key names are text, never markup',
+    await page.$$eval('#keys-table b, #keys-table script, #keys-table img', (n) => n.length), 0);
+  const note = await page.textContent('#keys-complete');
+  check('list: "complete until" note', list.json.complete_until
+    ? note.includes(list.json.complete_until.slice(0, 19).replace('T', ' ')) : /unknown/.test(note), note,
+    list.json.complete_until);
+}
+
+// --- one key -----------------------------------------------------------------
+
+async function cardTexts(page) {
+  const ids = ['requests-today', 'requests-month', 'requests-range', 'rate-4xx', 'rate-5xx', 'avg-ms', 'p95-ms'];
+  const out = {};
+  for (const id of ids) out[id] = await page.textContent('#' + id);
+  return out;
+}
+
+function expectedCards(j) {
+  return {
+    'requests-today': fmtInt(j.requests_today),
+    'requests-month': fmtInt(j.requests_this_month),
+    'requests-range': fmtInt(j.series.reduce((s, b) => s + b.requests, 0)),
+    'rate-4xx': fmtRate(j.error_rate['4xx']),
+    'rate-5xx': fmtRate(j.error_rate['5xx']),
+    'avg-ms': fmtMs(j.avg_ms),
+    'p95-ms': fmtMs(j.p95_ms),
+  };
+}
+
+async function topRows(page) {
+  return page.$$eval('#top-table tbody tr', (trs) => trs.map((tr) =>
+    [...tr.cells].map((td) => td.textContent)));
+}
+
+function expectedTopRows(j) {
+  return j.top_endpoints.map((e) => [e.endpoint, e.method, fmtInt(e.requests),
+    fmtInt(e.errors_4xx), fmtInt(e.errors_5xx), fmtMs(e.avg_ms)]);
+}
+
+async function checkKeyView(page, answer, label) {
+  const j = answer.json;
+  checkEq(`${label}: API answered 200`, answer.status, 200);
+  await page.waitForSelector('#key-view:not([hidden])', { timeout: TIMEOUT_MS });
+  // Rendered once the bars are this answer's (the previous view may have
+  // had as many).
+  const ends = [j.series.length, j.series[0] && j.series[0].t, j.series.length && j.series[j.series.length - 1].t];
+  await page.waitForFunction(([n, first, last]) => {
+    const gs = document.querySelectorAll('#trend-chart g.bucket');
+    return gs.length === n && (n === 0 || (gs[0].dataset.t === first && gs[n - 1].dataset.t === last));
+  }, ends, { timeout: TIMEOUT_MS });
+  checkEq(`${label}: key name`, await page.textContent('#key-name'), j.key.name);
+  const bars = await page.$$eval('#trend-chart g.bucket', (gs) => gs.map((g) => [g.dataset.t, +g.dataset.requests]));
+  checkEq(`${label}: one bar per series bucket, same times and counts`, bars,
+    j.series.map((b) => [b.t, b.requests]));
+  const errorBars = await page.$$eval('#trend-chart g.bucket', (gs) =>
+    gs.filter((g) => +g.querySelector('.e4').getAttribute('height') > 0 ||
+                     +g.querySelector('.e5').getAttribute('height') > 0).length);
+  checkEq(`${label}: 4xx/5xx overlaid on the buckets that have errors`, errorBars,
+    j.series.filter((b) => b.errors_4xx + b.errors_5xx > 0).length);
+  checkEq(`${label}: summary cards match the API`, await cardTexts(page), expectedCards(j));
+  checkEq(`${label}: top endpoints table matches the API`, await topRows(page), expectedTopRows(j));
+  const latencyRuns = await page.$$eval('#latency-chart .line.avg > *', (n) => n.length);
+  check(`${label}: latency line drawn`, latencyRuns > 0 || j.avg_ms == null, latencyRuns, '>0');
+}
+
+function queryOf(answer) {
+  return Object.fromEntries(new URL(URL_BASE + answer.path).searchParams);
+}
+
+async function checkRanges(page) {
+  const week = await apiAnswer(page, KEY_RE, () => page.click('button[data-range="7d"]'));
+  report.api.week = week;
+  checkEq('7 d: hourly', queryOf(week).interval, 'hour');
+  checkEq('7 d: 168 hourly bars', week.json.series.length, 168);
+  await checkKeyView(page, week, '7 d');
+
+  const month = await apiAnswer(page, KEY_RE, () => page.click('button[data-range="30d"]'));
+  report.api.month = month;
+  checkEq('30 d: daily', queryOf(month).interval, 'day');
+  checkEq('30 d: 30 daily bars', month.json.series.length, 30);
+  await checkKeyView(page, month, '30 d');
+
+  // A custom range of 60 days: hourly is not offered.
+  await page.click('button[data-range="custom"]');
+  const to = new Date().toISOString().slice(0, 10);
+  const from = new Date(Date.parse(to) - 59 * 86400000).toISOString().slice(0, 10);
+  await page.fill('#range-from', from);
+  await page.fill('#range-to', to);
+  const custom = await apiAnswer(page, KEY_RE, () => page.click('#apply-range'));
+  checkEq('custom 60 days: 60 daily bars', custom.json.series.length, 60);
+  checkEq('custom 60 days: sent from/to/interval',
+    [queryOf(custom).from, queryOf(custom).to, queryOf(custom).interval],
+    [from + 'T00:00:00Z', new Date(Date.parse(to) + 86400000).toISOString().replace('.000', ''), 'day']);
+  checkEq('custom 60 days: "hour" is disabled',
+    await page.$eval('#interval option[value="hour"]', (o) => o.disabled), true);
+}
+
+// --- errors, storage, layout -------------------------------------------------
+
+async function errorText(page) {
+  await page.waitForSelector('#error:not([hidden])', { timeout: TIMEOUT_MS });
+  return page.textContent('#error');
+}
+
+async function checkErrors(page) {
+  await page.click('#forget-key');
+  checkEq('forget key: removed from sessionStorage',
+    await page.evaluate(() => sessionStorage.getItem('apikey.dashboard.key')), null);
+  checkEq('forget key: back to the sign-in form', await page.isVisible('#login'), true);
+
+  let a = await apiAnswer(page, LIST_RE, () => signIn(page, ORG, ADMIN_KEY.slice(0, -1) + 'x'));
+  checkEq('bad key: API 401', a.status, 401);
+  check('bad key: "key rejected"', /^Key rejected/.test(await errorText(page)), await errorText(page), 'Key rejected…');
+
+  a = await apiAnswer(page, LIST_RE, () => signIn(page, OTHER_ORG, ADMIN_KEY));
+  checkEq('another org: API 404', a.status, 404);
+  checkEq('another org: "no such org or key"', await errorText(page), 'No such org or key.');
+
+  a = await apiAnswer(page, LIST_RE, () => signIn(page, 'not-a-uuid', ADMIN_KEY));
+  checkEq('bad org id: API 400', a.status, 400);
+  checkEq('bad org id: the API\'s message', await errorText(page), a.json.error);
+}
+
+async function checkStorage(page) {
+  checkEq('the key is in sessionStorage',
+    await page.evaluate(() => sessionStorage.getItem('apikey.dashboard.key')), ADMIN_KEY);
+  checkEq('nothing in localStorage', await page.evaluate(() => localStorage.length), 0);
+  checkEq('no cookies', await page.evaluate(() => document.cookie), '');
+}
+
+function checkRequests() {
+  const leaked = report.requests.filter((r) => r.url.includes(ADMIN_KEY) ||
+                                               r.url.includes(encodeURIComponent(ADMIN_KEY)));
+  checkEq('the key is in no URL', leaked.length, 0);
+  const api = report.requests.filter((r) => new URL(r.url).pathname.startsWith('/api/'));
+  check('every API request carries Authorization', api.length > 0 && api.every((r) => r.authorization === 'present'),
+    api.length, 'all');
+  const foreign = report.requests.filter((r) => !r.url.startsWith(URL_BASE + '/'));
+  checkEq('no request leaves apikeyd (no CDN)', foreign.map((r) => r.url), []);
+}
+
+async function checkNarrow(page) {
+  await page.setViewportSize({ width: 390, height: 800 });
+  await page.waitForTimeout(300);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check('390 px wide: no sideways scrolling of the page', overflow <= 1, overflow, '<= 1');
+  await page.screenshot({ path: SCREENSHOT.replace(/\.png$/, '-narrow.png'), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+}
+
+// --- the run -----------------------------------------------------------------
+
+async function run() {
+  const context = await launch();
+  try {
+    const page = context.pages()[0] || await context.newPage();
+    watch(page);
+    await page.goto(URL_BASE + '/', { timeout: TIMEOUT_MS });
+    checkEq('the page loads with its script', await page.isVisible('#login'), true);
+
+    const list = await apiAnswer(page, LIST_RE, () => signIn(page, ORG, ADMIN_KEY));
+    await checkKeyList(page, list);
+    await checkStorage(page);
+    await page.screenshot({ path: SCREENSHOT.replace(/\.png$/, '-keys.png'), fullPage: true });
+
+    const day = await apiAnswer(page, KEY_RE,
+      () => page.click(`#keys-table tr[data-key-id="${KEY_ID}"] .c-name a`));
+    report.api.day = day;
+    checkEq('24 h: hourly, 24 bars', [queryOf(day).interval, day.json.series.length], ['hour', 24]);
+    await checkKeyView(page, day, '24 h');
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    await checkNarrow(page);
+    await checkRanges(page);
+
+    const errors = report.console.filter((m) => m.type === 'error' || m.type === 'pageerror');
+    checkEq('no console errors (CSP violations included)', errors, []);
+    await checkErrors(page);
+    checkRequests();
+  } finally {
+    await context.close();
+  }
+}
+
+run().then(() => {
+  fs.writeFileSync(REPORT, JSON.stringify(report, null, 1));
+  process.exit(report.checks.every((c) => c.ok) ? 0 : 1);
+}, (e) => {
+  report.error = String(e && e.stack || e);
+  fs.writeFileSync(REPORT, JSON.stringify(report, null, 1));
+  console.error(report.error);
+  process.exit(2);
+});
