@@ -3,6 +3,7 @@
 // could (allocation in apikey_table_new) are wrapped.
 
 #include "apikey_glue.h"
+#include "apikey_glue_errors.h"
 
 #include <cstring>
 #include <memory>
@@ -27,14 +28,6 @@ const char* const kResultNames[] = {
     "expired", "revoked", "forbidden", "unavailable",
 };
 
-void copy_error(const std::string& what, char* err, size_t err_len) noexcept {
-    if (err == nullptr || err_len == 0) {
-        return;
-    }
-    size_t n = what.size() < err_len - 1 ? what.size() : err_len - 1;
-    std::memcpy(err, what.data(), n);
-    err[n] = '\0';
-}
 
 void fill_verdict(const apikey::KeyInfo& info,
                   apikey_verdict_t* verdict) noexcept {
@@ -70,13 +63,13 @@ int apikey_table_attach(apikey_table_t* table, const char* path, char* err,
         std::string why;
         apikey::SegmentStatus s = fresh->attach(path, &why);
         if (s != apikey::SegmentStatus::kOk) {
-            copy_error(why, err, err_len);
+            apikey::copy_error(why, err, err_len);
             return static_cast<int>(s);
         }
         table->reader = std::move(fresh);
         return 0;
     } catch (...) {
-        copy_error("out of memory", err, err_len);
+        apikey::copy_error("out of memory", err, err_len);
         return -1;
     }
 }

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "apikey_glue.h"
+#include "apikey_glue_errors.h"
 #include "usage_ring.h"
 
 struct apikey_usage_s {
@@ -18,15 +19,6 @@ struct apikey_usage_s {
 };
 
 namespace {
-
-void copy_error(const std::string& what, char* err, size_t err_len) noexcept {
-    if (err == nullptr || err_len == 0) {
-        return;
-    }
-    size_t n = what.size() < err_len - 1 ? what.size() : err_len - 1;
-    std::memcpy(err, what.data(), n);
-    err[n] = '\0';
-}
 
 apikey::UnrecordedCounter counter_for(apikey_result_e result) noexcept {
     switch (result) {
@@ -48,7 +40,7 @@ apikey_usage_t* apikey_usage_open(const char* path, size_t size,
         apikey::UsageLayout layout =
             apikey::usage_layout_for(size, static_cast<std::uint32_t>(slots));
         if (layout.ring_capacity == 0) {
-            copy_error("size too small for " + std::to_string(slots) +
+            apikey::copy_error("size too small for " + std::to_string(slots) +
                            " rings",
                        err, err_len);
             return nullptr;
@@ -61,12 +53,12 @@ apikey_usage_t* apikey_usage_open(const char* path, size_t size,
         apikey::SegmentStatus s =
             usage->segment.open_or_create(path, layout, 0660, &fresh, &why);
         if (s != apikey::SegmentStatus::kOk) {
-            copy_error(why, err, err_len);
+            apikey::copy_error(why, err, err_len);
             return nullptr;
         }
         if (fresh && (uid >= 0 || gid >= 0) && geteuid() == 0) {
             if (chown(path, uid, gid) != 0) {
-                copy_error(std::string("chown failed: ") + std::strerror(errno),
+                apikey::copy_error(std::string("chown failed: ") + std::strerror(errno),
                            err, err_len);
                 return nullptr;
             }
@@ -74,7 +66,7 @@ apikey_usage_t* apikey_usage_open(const char* path, size_t size,
         *created = fresh ? 1 : 0;
         return usage.release();
     } catch (...) {
-        copy_error("out of memory", err, err_len);
+        apikey::copy_error("out of memory", err, err_len);
         return nullptr;
     }
 }

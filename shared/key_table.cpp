@@ -91,45 +91,32 @@ std::uint64_t round_capacity(std::uint64_t requested) {
     return cap;
 }
 
-void set_error(std::string* error, const char* path,
-               const char* message) noexcept {
-    if (error == nullptr) {
-        return;
-    }
-    try {
-        *error = "key table \"";
-        *error += path;
-        *error += "\": ";
-        *error += message;
-    } catch (...) {
-    }
-}
 
 // Checks everything a reader relies on before trusting the header.
 SegmentStatus validate(const MappedFile& map, const char* path,
                        std::string* error) noexcept {
     if (map.size() < sizeof(std::uint64_t)) {
-        set_error(error, path, "file too small for a header");
+        describe_error(error, "key table", path, "file too small for a header");
         return SegmentStatus::kBadSize;
     }
     const auto* h = static_cast<const KeyTableHeader*>(map.data());
     if (h->magic != kKeyTableMagic) {
-        set_error(error, path, "not a key table (bad magic)");
+        describe_error(error, "key table", path, "not a key table (bad magic)");
         return SegmentStatus::kBadMagic;
     }
     if (map.size() < kKeyTableHeaderSize) {
-        set_error(error, path, "file too small for a header");
+        describe_error(error, "key table", path, "file too small for a header");
         return SegmentStatus::kBadSize;
     }
     if (h->layout_version != kKeyTableLayoutVersion ||
         h->slot_size != sizeof(KeyTableSlot) ||
         h->header_size != kKeyTableHeaderSize) {
-        set_error(error, path, "unsupported layout version");
+        describe_error(error, "key table", path, "unsupported layout version");
         return SegmentStatus::kBadVersion;
     }
     if (!is_power_of_two(h->capacity) ||
         key_table_file_size(h->capacity) != map.size()) {
-        set_error(error, path, "capacity and file size disagree");
+        describe_error(error, "key table", path, "capacity and file size disagree");
         return SegmentStatus::kBadSize;
     }
     return SegmentStatus::kOk;

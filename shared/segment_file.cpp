@@ -10,12 +10,8 @@
 
 namespace apikey {
 
-namespace {
-
-// Error text is best effort: running out of memory while describing an
-// error must not turn into an exception in a noexcept caller.
-void set_error(std::string* error, const char* what, const char* path,
-               int err) noexcept {
+void describe_errno(std::string* error, const char* what, const char* path,
+                    int err) noexcept {
     if (error == nullptr) {
         return;
     }
@@ -29,19 +25,24 @@ void set_error(std::string* error, const char* what, const char* path,
     }
 }
 
-void set_error(std::string* error, const char* path,
-               const char* message) noexcept {
+void describe_error(std::string* error, const char* kind, const char* path,
+                    const char* message) noexcept {
     if (error == nullptr) {
         return;
     }
     try {
-        *error = "\"";
+        *error = kind;
+        if (*kind != '\0') *error += ' ';
+        *error += '"';
         *error += path;
         *error += "\": ";
         *error += message;
     } catch (...) {
     }
 }
+
+namespace {
+
 
 // Maps fd and closes it either way (the mapping keeps the file alive).
 SegmentStatus map_and_close(int fd, const char* path, std::size_t size,
@@ -52,7 +53,7 @@ SegmentStatus map_and_close(int fd, const char* path, std::size_t size,
     const int err = errno;
     close(fd);
     if (p == MAP_FAILED) {
-        set_error(error, "mmap", path, err);
+        describe_errno(error, "mmap", path, err);
         return SegmentStatus::kIoError;
     }
     *data = p;
@@ -112,7 +113,7 @@ SegmentStatus MappedFile::open(const char* path, bool writable,
     const int fd = ::open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
-        set_error(error, "open", path, err);
+        describe_errno(error, "open", path, err);
         return err == ENOENT ? SegmentStatus::kMissing
                              : SegmentStatus::kIoError;
     }
@@ -120,12 +121,12 @@ SegmentStatus MappedFile::open(const char* path, bool writable,
     if (fstat(fd, &st) != 0) {
         const int err = errno;
         close(fd);
-        set_error(error, "fstat", path, err);
+        describe_errno(error, "fstat", path, err);
         return SegmentStatus::kIoError;
     }
     if (st.st_size <= 0) {
         close(fd);
-        set_error(error, path, "file is empty");
+        describe_error(error, "", path, "file is empty");
         return SegmentStatus::kBadSize;
     }
     const auto size = static_cast<std::size_t>(st.st_size);
@@ -141,14 +142,14 @@ SegmentStatus MappedFile::create(const char* path, std::size_t size,
                                  unsigned mode, std::string* error) noexcept {
     reset();
     if (size == 0) {
-        set_error(error, path, "cannot create an empty segment");
+        describe_error(error, "", path, "cannot create an empty segment");
         return SegmentStatus::kBadSize;
     }
     const int fd = ::open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
                           static_cast<mode_t>(mode));
     if (fd < 0) {
         const int err = errno;
-        set_error(error, "open", path, err);
+        describe_errno(error, "open", path, err);
         return SegmentStatus::kIoError;
     }
     // open()'s mode is filtered through the umask; readers running as
@@ -156,13 +157,13 @@ SegmentStatus MappedFile::create(const char* path, std::size_t size,
     if (fchmod(fd, static_cast<mode_t>(mode)) != 0) {
         const int err = errno;
         close(fd);
-        set_error(error, "fchmod", path, err);
+        describe_errno(error, "fchmod", path, err);
         return SegmentStatus::kIoError;
     }
     if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
         const int err = errno;
         close(fd);
-        set_error(error, "ftruncate", path, err);
+        describe_errno(error, "ftruncate", path, err);
         return SegmentStatus::kIoError;
     }
     const SegmentStatus status =

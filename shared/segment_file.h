@@ -18,6 +18,15 @@ enum class SegmentStatus {
 
 const char* segment_status_name(SegmentStatus s) noexcept;
 
+// Error text for noexcept callers, best effort (an allocation failure
+// leaves it short rather than throwing). Paths and our own words only.
+// `what("path") failed: <strerror(err)>`
+void describe_errno(std::string* error, const char* what, const char* path,
+                    int err) noexcept;
+// `kind "path": message` (kind may be "")
+void describe_error(std::string* error, const char* kind, const char* path,
+                    const char* message) noexcept;
+
 class MappedFile {
 public:
     MappedFile() = default;

@@ -53,36 +53,7 @@ std::int64_t realtime_us() noexcept {
     return static_cast<std::int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
-// Error text is best effort: allocation failure must not throw out of a
-// noexcept function. Only the path and our own message, nothing else.
-void set_error(std::string* error, const char* path,
-               const char* message) noexcept {
-    if (error == nullptr) {
-        return;
-    }
-    try {
-        *error = "usage segment \"";
-        *error += path;
-        *error += "\": ";
-        *error += message;
-    } catch (...) {
-    }
-}
 
-void set_errno_error(std::string* error, const char* what, const char* path,
-                     int err) noexcept {
-    if (error == nullptr) {
-        return;
-    }
-    try {
-        *error = what;
-        *error += "(\"";
-        *error += path;
-        *error += "\") failed: ";
-        *error += std::strerror(err);
-    } catch (...) {
-    }
-}
 
 std::uint64_t load_magic(const UsageHeader* h) noexcept {
     // Pairs with the release store that publishes a new header.
@@ -93,31 +64,31 @@ std::uint64_t load_magic(const UsageHeader* h) noexcept {
 SegmentStatus validate(const MappedFile& map, const char* path,
                        std::string* error) noexcept {
     if (map.size() < sizeof(std::uint64_t)) {
-        set_error(error, path, "file too small for a header");
+        describe_error(error, "usage segment", path, "file too small for a header");
         return SegmentStatus::kBadSize;
     }
     const auto* h = static_cast<const UsageHeader*>(map.data());
     if (load_magic(h) != kUsageMagic) {
-        set_error(error, path, "not a usage segment (bad magic)");
+        describe_error(error, "usage segment", path, "not a usage segment (bad magic)");
         return SegmentStatus::kBadMagic;
     }
     if (map.size() < kUsageHeaderSize) {
-        set_error(error, path, "file too small for a header");
+        describe_error(error, "usage segment", path, "file too small for a header");
         return SegmentStatus::kBadSize;
     }
     if (h->layout_version != kUsageLayoutVersion ||
         h->record_size != sizeof(UsageRecord)) {
-        set_error(error, path, "unsupported layout version or record size");
+        describe_error(error, "usage segment", path, "unsupported layout version or record size");
         return SegmentStatus::kBadVersion;
     }
     if (h->file_size != map.size()) {
-        set_error(error, path, "header and file size disagree");
+        describe_error(error, "usage segment", path, "header and file size disagree");
         return SegmentStatus::kBadSize;
     }
     const UsageLayout layout = usage_layout_for(map.size(), h->slot_count);
     if (layout.ring_capacity == 0 || layout.ring_capacity != h->ring_capacity ||
         layout.file_size != map.size()) {
-        set_error(error, path, "slot count, ring capacity and size disagree");
+        describe_error(error, "usage segment", path, "slot count, ring capacity and size disagree");
         return SegmentStatus::kBadSize;
     }
     return SegmentStatus::kOk;
@@ -226,7 +197,7 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
         usage_layout_for(layout.file_size, layout.slot_count);
     if (want.ring_capacity == 0 || want.ring_capacity != layout.ring_capacity ||
         want.file_size != layout.file_size) {
-        set_error(error, path, "invalid layout (use usage_layout_for)");
+        describe_error(error, "usage segment", path, "invalid layout (use usage_layout_for)");
         return SegmentStatus::kBadSize;
     }
 
@@ -251,12 +222,12 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
     char tmp[PATH_MAX];
     const int len = std::snprintf(tmp, sizeof tmp, "%s.tmp", path);
     if (len < 0 || static_cast<std::size_t>(len) >= sizeof tmp) {
-        set_error(error, path, "path too long");
+        describe_error(error, "usage segment", path, "path too long");
         return SegmentStatus::kIoError;
     }
     // A fresh inode: truncating a file someone still maps would fault them.
     if (unlink(tmp) != 0 && errno != ENOENT) {
-        set_errno_error(error, "unlink", tmp, errno);
+        describe_errno(error, "unlink", tmp, errno);
         return SegmentStatus::kIoError;
     }
     MappedFile fresh;
@@ -292,7 +263,7 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
     if (std::rename(tmp, path) != 0) {
         const int err = errno;
         unlink(tmp);
-        set_errno_error(error, "rename", tmp, err);
+        describe_errno(error, "rename", tmp, err);
         return SegmentStatus::kIoError;
     }
     if (old_valid) {
