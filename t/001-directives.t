@@ -6,8 +6,6 @@ use strict;
 use warnings;
 use lib 't/lib';
 use Test::Apikey;
-use Test::Apikey::Util qw(run_cmd spew);
-use Test::Apikey::Nginx qw(nginx_conf_text nginx_binary);
 use Digest::SHA ();
 
 # A path that never exists: nginx starts before apikeyd has published.
@@ -15,35 +13,7 @@ $ENV{TEST_NGINX_NO_KEYS} = "$ENV{TEST_NGINX_SERVROOT}/no-such-dir/apikey_keys";
 
 # A well-formed key (right checksum) that no table knows: the module gets
 # past the format check to the table, which is not there.
-my @B62 = ('0' .. '9', 'A' .. 'Z', 'a' .. 'z');
-sub crc32 {
-    my $c = 0xffffffff;
-    for my $b (unpack 'C*', shift) {
-        $c ^= $b;
-        $c = ($c & 1) ? (($c >> 1) ^ 0xedb88320) : ($c >> 1) for 1 .. 8;
-    }
-    return $c ^ 0xffffffff;
-}
-sub make_key {
-    my $body = (shift // 'ak') . '_' . join('', map { $B62[int rand 62] } 1 .. 30);
-    my ($v, $sum) = (crc32($body), '');
-    for (1 .. 6) { $sum = $B62[$v % 62] . $sum; $v = int($v / 62) }
-    return $body . $sum;
-}
 $ENV{TEST_NGINX_WELLFORMED} = make_key();
-
-# `nginx -t` on a conf of our own (its own error log, nginx still running):
-# -> (exit code, stderr)
-our $conf_n = 0;
-sub nginx_t {
-    my (%sections) = @_;
-    my $root = $ENV{TEST_NGINX_SERVROOT};
-    my $conf = "$root/conf/nginx-t-" . ++$conf_n . '.conf';
-    spew($conf, nginx_conf_text(%sections));
-    my ($rc, undef, $err) = run_cmd([ nginx_binary(), '-t', '-p', "$root/", '-c', $conf,
-                                      '-e', "$root/logs/nginx-t.log" ], timeout => 30);
-    return ($rc, $err);
-}
 
 sub file_sha {
     my ($path) = @_;
@@ -526,16 +496,16 @@ ok(-e $ENV{TEST_NGINX_APIKEY_USAGE}, "$block->{name} - running nginx created its
 # a config naming a usage file that does not exist yet
 my $fresh = "$root/tmp/usage-from-nginx-t";
 unlink $fresh;
-my ($rc, $err) = main::nginx_t(http_config => "apikey_usage $fresh size=1m;\n"
-                                   . "apikey_keys $ENV{TEST_NGINX_NO_KEYS};");
+my ($rc, $err) = nginx_test_config(http_config => "apikey_usage $fresh size=1m;\n"
+                                           . "apikey_keys $ENV{TEST_NGINX_NO_KEYS};");
 is($rc, 0, "$block->{name} - nginx -t accepts the config") or diag($err);
 ok(!-e $fresh, "$block->{name} - nginx -t did not create the usage file");
 
 # the live segment: same bytes and same inode after nginx -t with another size
 my @st = stat $ENV{TEST_NGINX_APIKEY_USAGE};
 my $sha = main::file_sha($ENV{TEST_NGINX_APIKEY_USAGE});
-($rc, $err) = main::nginx_t(http_config => "apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE} size=2m;\n"
-                                . "apikey_keys $ENV{TEST_NGINX_NO_KEYS};");
+($rc, $err) = nginx_test_config(http_config => "apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE} size=2m;\n"
+                                        . "apikey_keys $ENV{TEST_NGINX_NO_KEYS};");
 is($rc, 0, "$block->{name} - nginx -t on the live segment path succeeds") or diag($err);
 my @st2 = stat $ENV{TEST_NGINX_APIKEY_USAGE};
 is("$st2[1]/$st2[7]", "$st[1]/$st[7]", "$block->{name} - live segment: same inode and size");

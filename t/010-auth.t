@@ -10,25 +10,6 @@ use Test::Apikey;
 
 # --- keys ---------------------------------------------------------------------
 
-my @B62 = ('0' .. '9', 'A' .. 'Z', 'a' .. 'z');
-
-sub crc32 {
-    my $c = 0xffffffff;
-    for my $b (unpack 'C*', shift) {
-        $c ^= $b;
-        $c = ($c & 1) ? (($c >> 1) ^ 0xedb88320) : ($c >> 1) for 1 .. 8;
-    }
-    return $c ^ 0xffffffff;
-}
-
-# prefix_ + 30 random base62 + 6 base62 CRC32: well-formed, in no table.
-sub make_key {
-    my $body = (shift // 'ak') . '_' . join('', map { $B62[int rand 62] } 1 .. 30);
-    my ($v, $sum) = (crc32($body), '');
-    for (1 .. 6) { $sum = $B62[$v % 62] . $sum; $v = int($v / 62) }
-    return $body . $sum;
-}
-
 start_postgres();
 start_apikeyd();
 
@@ -48,29 +29,15 @@ my $gone    = key('--name', 'deleted');
 my $expired = key('--name', 'expired');
 my $revoked = key('--name', 'revoked');
 
-# the generator above agrees with apikeyctl on the checksum
-{
-    my $k = $k1->{key};
-    my $body = substr($k, 0, -6);
-    my ($v, $sum) = (crc32($body), '');
-    for (1 .. 6) { $sum = $B62[$v % 62] . $sum; $v = int($v / 62) }
-    is($sum, substr($k, -6), 'the test checksum matches apikeyctl keys');
-}
+# the harness's key generator (make_key, key_typo) agrees with apikeyctl on
+# the checksum
+is(key_checksum(substr($k1->{key}, 0, -6)), substr($k1->{key}, -6),
+   'the test checksum matches apikeyctl keys');
 
 psql(q{DELETE FROM api_keys WHERE id = :'id'}, { id => $gone->{key_id} });
 psql(q{UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = :'id'},
      { id => $expired->{key_id} });
 apikeyctl('key', 'revoke', $revoked->{key_id});
-
-# One character of the random part changed: the checksum catches it.
-sub typo {
-    my ($key, $pos) = @_;
-    my $i = index($key, '_') + 1 + $pos;
-    my $c = substr($key, $i, 1);
-    my $n = $B62[(index(join('', @B62), $c) + 1) % 62];
-    substr($key, $i, 1, $n);
-    return $key;
-}
 
 %ENV = (%ENV,
     TEST_NGINX_ORG          => $org->{org_id},
@@ -91,8 +58,8 @@ sub typo {
     TEST_NGINX_REVOKED_KEY  => $revoked->{key},
     TEST_NGINX_REVOKED_ID   => $revoked->{key_id},
     TEST_NGINX_MADEUP_KEY   => make_key(),
-    TEST_NGINX_TYPO_KEY     => typo($k1->{key}, 5),
-    TEST_NGINX_TYPO_SUM_KEY => typo($k1->{key}, 33),     # in the checksum
+    TEST_NGINX_TYPO_KEY     => key_typo($k1->{key}, 5),     # in the random part
+    TEST_NGINX_TYPO_SUM_KEY => key_typo($k1->{key}, 33),    # in the checksum
     TEST_NGINX_SHORT_KEY    => substr($k1->{key}, 0, -1),
     TEST_NGINX_LONG_KEY     => $k1->{key} . 'A',
     TEST_NGINX_NONB62_KEY   => substr($k1->{key}, 0, 10) . '-' . substr($k1->{key}, 11),
@@ -102,19 +69,10 @@ sub typo {
 
 # Wait until the key table reflects all of the above (deleted row dropped,
 # expiry and revocation published), through a real nginx.
-start_nginx(http_config => "apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};",
-            config => 'location /t.txt { apikey on; add_header X-Result $apikey_result always; }');
-sub result_of {
-    my ($key) = @_;
-    return http_get('/t.txt', ["X-API-Key: $key"])->{headers}{'x-result'} // '';
-}
-my $t = wait_until(sub {
-    result_of($k1->{key}) eq 'ok' && result_of($gone->{key}) eq 'unknown'
-        && result_of($expired->{key}) eq 'expired'
-        && result_of($revoked->{key}) eq 'revoked'
-}, 10, 'key table has every test key in its final state');
+my $t = wait_key_results({ $k1->{key} => 'ok', $gone->{key} => 'unknown',
+                           $expired->{key} => 'expired', $revoked->{key} => 'revoked' },
+                         10, 'key table has every test key in its final state');
 note(sprintf 'key table settled after %.0f ms', $t * 1000);
-stop_nginx();
 
 run_tests();
 

@@ -8,10 +8,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use Test::Apikey;
-use Test::Apikey::Util qw(slurp);
 use Digest::SHA qw(sha256_hex);
-
-our $TODO;
 
 start_postgres();
 psql(q{ALTER SYSTEM SET log_statement = 'all'});
@@ -52,26 +49,10 @@ apikeyctl('key', 'revoke', $K{revoked}{key_id});
 
 # Everything that must never show up: per key, the key, its random part
 # (30 characters after "prefix_") and the hex SHA-256 (lower and upper case).
-our @SECRETS;
-for my $name (sort keys %K) {
-    my $key = $K{$name}{key};
-    my $random = substr($key, index($key, '_') + 1, 30);
-    push @SECRETS, [ "$name key", $key ], [ "$name random part", $random ],
-                   [ "$name sha256", sha256_hex($key) ], [ "$name SHA256", uc sha256_hex($key) ];
-}
+our @SECRETS = key_secrets(map { ($_ => $K{$_}{key}) } sort keys %K);
 
 # -> names of the secrets found in $text (empty list: clean)
-sub leaks {
-    my ($text) = @_;
-    return map { $_->[0] } grep { index($text, $_->[1]) >= 0 } @SECRETS;
-}
-
-sub typo {
-    my ($key) = @_;
-    my $i = index($key, '_') + 6;
-    substr($key, $i, 1, substr($key, $i, 1) eq 'A' ? 'B' : 'A');
-    return $key;
-}
+sub leaks { return secrets_in($_[0], @SECRETS) }
 
 %ENV = (%ENV,
     TEST_NGINX_VALID   => $K{valid}{key},
@@ -83,19 +64,13 @@ sub typo {
     TEST_NGINX_ROT_OLD => $K{rotated}{key},
     TEST_NGINX_ROT_NEW => $K{rotated_new}{key},
     TEST_NGINX_TEXT2   => $K{text2}{key},
-    TEST_NGINX_TYPO    => typo($K{valid}{key}),
+    TEST_NGINX_TYPO    => key_typo($K{valid}{key}),
 );
 
 # wait until the key table has the final state of every key
-start_nginx(http_config => "apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};",
-            config => 'location /t.txt { apikey on; add_header X-Result $apikey_result always; }');
-sub result_of { http_get('/t.txt', ["X-API-Key: $_[0]"])->{headers}{'x-result'} // '' }
-wait_until(sub {
-    result_of($K{valid}{key}) eq 'ok' && result_of($K{deleted}{key}) eq 'unknown'
-        && result_of($K{revoked}{key}) eq 'revoked' && result_of($K{expired}{key}) eq 'expired'
-        && result_of($K{rotated_new}{key}) eq 'ok'
-}, 10, 'key table settled');
-stop_nginx();
+wait_key_results({ $K{valid}{key} => 'ok', $K{deleted}{key} => 'unknown',
+                   $K{revoked}{key} => 'revoked', $K{expired}{key} => 'expired',
+                   $K{rotated_new}{key} => 'ok' }, 10, 'key table settled');
 
 # --- the key table and the database hold no secret ------------------------------
 
@@ -103,7 +78,7 @@ stop_nginx();
     my $table = slurp($ENV{TEST_NGINX_APIKEY_KEYS}) // '';
     ok(length $table, 'key table file read');
     my @raw_secrets = grep { $_->[0] !~ /sha256$/i } @SECRETS;
-    my @found = map { $_->[0] } grep { index($table, $_->[1]) >= 0 } @raw_secrets;
+    my @found = secrets_in($table, @raw_secrets);
     is_deeply(\@found, [], 'the key table file holds no key and no random part');
 
     my $dump = join "\n", map { join '|', @$_ } @{ psql(q{SELECT * FROM api_keys}) };

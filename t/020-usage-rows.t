@@ -13,34 +13,10 @@ use Time::HiRes qw(time sleep);
 
 # --- helpers --------------------------------------------------------------------
 
-# /metrics as { "name{labels}" => value }
-sub metrics {
-    my $r = apikeyd_get('/metrics');
-    die "GET /metrics: status $r->{status}\n" unless $r->{status} == 200;
-    my %m;
-    for (split /\n/, $r->{body}) {
-        next if /^#/ || !/\S/;
-        $m{$1} = $2 if /^(\S+)\s+(\S+)$/;
-    }
-    return \%m;
-}
-
-# sum of every sample of a family (all label sets)
-sub msum {
-    my ($m, $name) = @_;
-    my $s = 0;
-    $s += $m->{$_} for grep { /^\Q$name\E(?:\{|$)/ } keys %$m;
-    return $s;
-}
-
 sub unrecorded {
     my ($m, $result) = @_;
     return $m->{qq(apikey_requests_unrecorded_total{result="$result"})} // 0;
 }
-
-sub one { my ($sql, $v) = @_; return psql($sql, $v)->[0][0] }
-
-sub rows_of { one(q{SELECT count(*) FROM api_key_usage WHERE key_id = :'id'}, { id => $_[0] }) }
 
 # --- setup ----------------------------------------------------------------------
 
@@ -57,14 +33,8 @@ psql(q{DELETE FROM api_keys WHERE id = :'id'}, { id => $gone->{key_id} });
 my $html = $ENV{TEST_NGINX_HTML_DIR};
 my $up   = $ENV{TEST_NGINX_UPSTREAM_PORT};
 my %conf = (
-    http_config => <<"EOF",
-apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};
-apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE} size=4m;
-server {
-    listen 127.0.0.1:$up;
-    location / { return 500 "boom\\n"; }
-}
-EOF
+    http_config => apikey_http_config(usage => '4m',
+                                      upstream => 'location / { return 500 "boom\n"; }'),
     config => <<"EOF",
 location /static/ { apikey on; alias $html/; log_not_found off; add_header X-Result \$apikey_result always; }
 location /up/     { apikey on; proxy_pass http://127.0.0.1:$up; }
@@ -78,7 +48,7 @@ EOF
 );
 start_nginx(%conf);
 
-my $t = wait_until(sub { metrics()->{apikey_usage_segment_attached} == 1 }, 5,
+my $t = wait_until(sub { apikeyd_metrics()->{apikey_usage_segment_attached} == 1 }, 5,
                    'apikeyd attached the usage segment');
 note(sprintf 'usage segment attached %.0f ms after nginx started', $t * 1000);
 wait_until(sub { http_get('/static/t.txt', ["X-API-Key: $rev->{key}"])->{status} == 401 },
@@ -155,7 +125,7 @@ my $N = $sent;
 diag("sent $N requests with one key");
 
 # no rows: no key, malformed, unknown, capture off, apikey off
-my $m0 = metrics();
+my $m0 = apikeyd_metrics();
 my $tmpl = substr($KEY, 0, -1) . (substr($KEY, -1) eq 'A' ? 'B' : 'A');    # bad checksum
 my @norow = (
     [ '/static/t.txt', [] ], [ '/static/t.txt', [] ], [ '/static/t.txt', ["X-API-Key:"] ],
@@ -174,7 +144,7 @@ is_deeply(\@nc, [ (200) x 5 ], 'apikey_usage off and apikey off locations answer
 my $m1;
 eval {
     wait_until(sub {
-        $m1 = metrics();
+        $m1 = apikeyd_metrics();
         unrecorded($m1, 'missing') - unrecorded($m0, 'missing') >= 3
             && unrecorded($m1, 'malformed') - unrecorded($m0, 'malformed') >= 2
             && unrecorded($m1, 'unknown') - unrecorded($m0, 'unknown') >= 2;
@@ -191,7 +161,7 @@ is(unrecorded($m1, 'unavailable') - unrecorded($m0, 'unavailable'), 0,
 
 # --- the rows ------------------------------------------------------------------------
 
-my $lag = eval { wait_until(sub { rows_of($k->{key_id}) >= $N }, 10, "$N rows") };
+my $lag = eval { wait_usage_rows($k->{key_id}, $N, 10) };
 ok(defined $lag, "$N rows arrived") or diag($@);
 diag(sprintf 'all %d rows committed %.0f ms after the last request', $N,
              (time - $last_sent) * 1000) if defined $lag;
@@ -200,14 +170,14 @@ diag(sprintf 'all %d rows committed %.0f ms after the last request', $N,
 # sent before it on the same worker ring is in too
 http_get('/static/t.txt', ["X-API-Key: $rev->{key}"]);
 $rev_sent++;
-wait_until(sub { rows_of($rev->{key_id}) >= $rev_sent }, 10, 'sentinel row');
+wait_usage_rows($rev->{key_id}, $rev_sent, 10, 'sentinel row');
 
-is(rows_of($k->{key_id}), $N, "exactly $N api_key_usage rows for the key");
-is(one('SELECT count(*) FROM api_key_usage'), $N + $rev_sent,
+is(usage_rows($k->{key_id}), $N, "exactly $N api_key_usage rows for the key");
+is(psql_one('SELECT count(*) FROM api_key_usage'), $N + $rev_sent,
    'no other rows at all (no key / malformed / unknown / capture off / apikey off)');
-is(rows_of($rev->{key_id}), $rev_sent, 'revoked key: one row per request');
-is(one(q{SELECT string_agg(DISTINCT result || ' ' || status_code, ',') FROM api_key_usage
-         WHERE key_id = :'id'}, { id => $rev->{key_id} }), 'revoked 401',
+is(usage_rows($rev->{key_id}), $rev_sent, 'revoked key: one row per request');
+is(psql_one(q{SELECT string_agg(DISTINCT result || ' ' || status_code, ',') FROM api_key_usage
+              WHERE key_id = :'id'}, { id => $rev->{key_id} }), 'revoked 401',
    'revoked key rows: result revoked, status 401');
 
 my %got = map { ("$_->[0] $_->[1] $_->[2] $_->[3]" => $_->[4]) } @{ psql(
@@ -231,8 +201,8 @@ is($f->[3], 0, 'response_time_ms within [0, 5000] on every row');
 is($f->[4], 0, 'ts is the request time on every row');
 is($f->[5], 0, 'node is apikeyd\'s --node on every row');
 
-is(one(q{SELECT min(bytes_sent) FROM api_key_usage WHERE key_id = :'id' AND method = 'GET'
-          AND status_code = 200 AND endpoint = '/static/'}, { id => $k->{key_id} }) > 6,
+is(psql_one(q{SELECT min(bytes_sent) FROM api_key_usage WHERE key_id = :'id' AND method = 'GET'
+               AND status_code = 200 AND endpoint = '/static/'}, { id => $k->{key_id} }) > 6,
    1, 'bytes_sent of a 6-byte static file counts the header too');
 
 # user agents
@@ -243,8 +213,8 @@ is($ua{$UA}, $N - 4, 'user_agent as sent');
 ok(exists $ua{ substr($LONG_UA, 0, 64) }, 'a 100-byte user agent is stored truncated to 64 bytes')
     or diag(explain([ keys %ua ]));
 my $utf_want = 'ab' . ("\xe2\x82\xac" x 20);    # 62 bytes: the 21st euro sign would cut at 65
-my $utf_got = one(q{SELECT encode(convert_to(user_agent, 'UTF8'), 'hex') FROM api_key_usage
-                     WHERE key_id = :'id' AND user_agent LIKE 'ab%'}, { id => $k->{key_id} });
+my $utf_got = psql_one(q{SELECT encode(convert_to(user_agent, 'UTF8'), 'hex') FROM api_key_usage
+                          WHERE key_id = :'id' AND user_agent LIKE 'ab%'}, { id => $k->{key_id} });
 is($utf_got, unpack('H*', $utf_want), 'UTF-8 user agent cut at a character boundary (62 bytes, not 64)');
 
 my $bad = psql(q{SELECT user_agent, encode(convert_to(user_agent, 'UTF8'), 'hex') FROM api_key_usage
@@ -285,11 +255,11 @@ for my $tbl (qw(api_key_usage_hourly api_key_usage_daily)) {
 is_deeply(psql(q{SELECT sum(requests), sum((SELECT sum(x) FROM unnest(latency_hist) x)),
                         round(sum(response_time_ms_sum)::numeric, 3)
                    FROM api_key_usage_hourly WHERE key_id = :'id'}, { id => $k->{key_id} })->[0],
-          [ $N, $N, one(q{SELECT round(sum(response_time_ms)::numeric, 3) FROM api_key_usage
-                           WHERE key_id = :'id'}, { id => $k->{key_id} }) ],
+          [ $N, $N, psql_one(q{SELECT round(sum(response_time_ms)::numeric, 3) FROM api_key_usage
+                                WHERE key_id = :'id'}, { id => $k->{key_id} }) ],
           'hourly: latency histogram counts every request; latency sum = sum of raw rows');
-is(one(q{SELECT sum(requests) FROM api_key_usage_hourly WHERE key_id = :'id' AND endpoint = 'orders'},
-       { id => $k->{key_id} }), 3, 'hourly rollup per endpoint label (orders: 3)');
+is(psql_one(q{SELECT sum(requests) FROM api_key_usage_hourly WHERE key_id = :'id' AND endpoint = 'orders'},
+            { id => $k->{key_id} }), 3, 'hourly rollup per endpoint label (orders: 3)');
 
 my $kr = psql(q{SELECT request_count, extract(epoch FROM last_used_at), host(last_used_ip)
                   FROM api_keys WHERE id = :'id'}, { id => $k->{key_id} })->[0];
@@ -298,39 +268,36 @@ ok($kr->[1] ne '' && abs($kr->[1] - $last_sent) < 2, 'last_used_at within 2 s of
     or diag("last_used_at $kr->[1], last request at $last_sent");
 is($kr->[2], '127.0.0.1', 'last_used_ip = 127.0.0.1');
 
-my $m2 = metrics();
-is(msum($m2, 'apikey_ring_dropped_total'), 0, 'no ring drops');
-is(msum($m2, 'apikey_records_duplicate_total'), 0, 'no duplicates at commit');
+my $m2 = apikeyd_metrics();
+is(metric_sum($m2, 'apikey_ring_dropped_total'), 0, 'no ring drops');
+is(metric_sum($m2, 'apikey_records_duplicate_total'), 0, 'no duplicates at commit');
 is($m2->{apikey_records_committed_total}, $N + $rev_sent, 'apikey_records_committed_total = rows');
 
 # --- --raw-events off -----------------------------------------------------------------------------
 
 restart_apikeyd(args => [ '--raw-events', 'off' ]);
-my $raw_before = one('SELECT count(*) FROM api_key_usage');
+my $raw_before = psql_one('SELECT count(*) FROM api_key_usage');
 my $M = 10;
 my @st2 = map { http_get('/static/t.txt', ["X-API-Key: $KEY"])->{status} } 1 .. $M;
 is_deeply(\@st2, [ (200) x $M ], "--raw-events off: $M more requests 200");
 my $ok = eval {
-    wait_until(sub {
-        one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $k->{key_id} })
-            >= $N + $M }, 10, 'request_count grows');
+    wait_until(sub { key_request_count($k->{key_id}) >= $N + $M }, 10, 'request_count grows');
 };
 ok($ok, '--raw-events off: request_count catches up') or diag($@);
-is(one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $k->{key_id} }),
-   $N + $M, "--raw-events off: request_count = @{[ $N + $M ]}");
+is(key_request_count($k->{key_id}), $N + $M, "--raw-events off: request_count = @{[ $N + $M ]}");
 for my $tbl (qw(api_key_usage_hourly api_key_usage_daily)) {
-    is(one(qq{SELECT sum(requests) FROM $tbl WHERE key_id = :'id'}, { id => $k->{key_id} }),
+    is(psql_one(qq{SELECT sum(requests) FROM $tbl WHERE key_id = :'id'}, { id => $k->{key_id} }),
        $N + $M, "--raw-events off: $tbl requests = @{[ $N + $M ]}");
 }
-is(one('SELECT count(*) FROM api_key_usage'), $raw_before, '--raw-events off: no new raw rows');
-is(one('SELECT count(*) FROM usage_offsets WHERE node = \'test\' AND next_sequence > 0') > 0, 1,
+is(psql_one('SELECT count(*) FROM api_key_usage'), $raw_before, '--raw-events off: no new raw rows');
+is(psql_one('SELECT count(*) FROM usage_offsets WHERE node = \'test\' AND next_sequence > 0') > 0, 1,
    '--raw-events off: ring offsets still advance');
 
 # back on: raw rows again, nothing from the off period replayed
 restart_apikeyd(args => []);
 http_get('/static/t.txt', ["X-API-Key: $KEY"]) for 1 .. 2;
-wait_until(sub { rows_of($k->{key_id}) >= $N + 2 }, 10, 'raw rows again');
-is(rows_of($k->{key_id}), $N + 2, '--raw-events on again: only the new requests are raw rows');
+wait_usage_rows($k->{key_id}, $N + 2, 10, 'raw rows again');
+is(usage_rows($k->{key_id}), $N + 2, '--raw-events on again: only the new requests are raw rows');
 
 stop_apikeyd();
 stop_nginx();

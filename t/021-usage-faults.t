@@ -9,88 +9,27 @@ use strict;
 use warnings;
 use lib 't/lib';
 use Test::Apikey;
-use POSIX ();
 use Time::HiRes qw(time sleep);
 
 # --- helpers --------------------------------------------------------------------
 
-sub metrics {
-    my $r = apikeyd_get('/metrics', [], timeout => 3);
-    die "GET /metrics: status $r->{status}\n" unless $r->{status} == 200;
-    my %m;
-    for (split /\n/, $r->{body}) {
-        next if /^#/ || !/\S/;
-        $m{$1} = $2 if /^(\S+)\s+(\S+)$/;
-    }
-    return \%m;
-}
-
-sub msum {
-    my ($m, $name) = @_;
-    my $s = 0;
-    $s += $m->{$_} for grep { /^\Q$name\E(?:\{|$)/ } keys %$m;
-    return $s;
-}
-
-sub one { my ($sql, $v) = @_; return psql($sql, $v)->[0][0] }
-
-sub rows_of { one(q{SELECT count(*) FROM api_key_usage WHERE key_id = :'id'}, { id => $_[0] }) }
-
-sub dup_keys {
-    return one(q{SELECT count(*) FROM (SELECT 1 FROM api_key_usage
-                 GROUP BY node, slot, generation, sequence HAVING count(*) > 1) d});
-}
-
-sub get { http_get($_[1] // '/t.txt', ["X-API-Key: $_[0]"], timeout => 5) }
-
-# n sequential requests -> { status => count }
-sub burst {
-    my ($key, $n, $path, $pace) = @_;
-    my %st;
-    for (1 .. $n) {
-        $st{ get($key, $path)->{status} }++;
-        sleep $pace if $pace;
-    }
-    return \%st;
-}
-
-sub fmt_st { my $h = shift; join ' ', map { "$_:$h->{$_}" } sort keys %$h }
-
-# $n requests from a forked child, $pace seconds apart; -> pid. The child
-# writes "status:count ..." to $file when done.
-sub stream_in_child {
-    my ($key, $n, $file, $pace) = @_;
-    my $pid = fork // die "fork: $!\n";
-    if (!$pid) {
-        my $st = eval { burst($key, $n, undef, $pace) } || { error => 1 };
-        if (open my $fh, '>', "$file.tmp") {
-            print {$fh} fmt_st($st);
-            close $fh;
-            rename "$file.tmp", $file;
-        }
-        POSIX::_exit(0);
-    }
-    return $pid;
-}
-
-sub wait_child {
-    my ($pid, $file, $timeout) = @_;
-    wait_until(sub { waitpid($pid, POSIX::WNOHANG()) == $pid || !kill(0, $pid) }, $timeout,
-               'request stream finished');
-    my $t = do { local (@ARGV, $/) = ($file); <> } // '';
-    return { map { split /:/ } split ' ', $t };
+# One more request (the sentinel): once its row is in, every record before it
+# in the worker's ring is in too. Then: exactly $want rows, no duplicate
+# idempotency key, and api_keys.request_count = $want (3 tests, named
+# "$tag $rows_name", "$tag no duplicate idempotency keys", "$tag $count_name").
+sub sentinel_then_exact {
+    my ($k, $want, $tag, $rows_name, $count_name) = @_;
+    get_with_key($k->{key});
+    wait_usage_rows($k->{key_id}, $want, 10, 'sentinel row');
+    is(usage_rows($k->{key_id}), $want, "$tag $rows_name");
+    is(usage_duplicates(), 0, "$tag no duplicate idempotency keys");
+    is(key_request_count($k->{key_id}), $want, "$tag $count_name");
 }
 
 sub percentile {
     my ($p, @v) = @_;
     @v = sort { $a <=> $b } @v;
     return $v[ int($p / 100 * $#v + 0.5) ];
-}
-
-sub worker_pids {
-    my $master = nginx_pid();
-    my @p = grep { /\d/ } split /\s+/, `ps -o pid= --ppid $master`;
-    return grep { (`ps -o args= -p $_` // '') =~ /worker process/ } @p;
 }
 
 # --- setup ----------------------------------------------------------------------
@@ -107,30 +46,29 @@ sub conf {
     my ($size) = @_;
     return (
         workers     => 1,
-        http_config => "apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};\n"
-                     . "apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE} size=$size;",
+        http_config => apikey_http_config(usage => $size),
         config      => "location /t.txt { apikey on; }\nlocation /open/ { alias $html/; }",
     );
 }
 start_nginx(conf('4m'));
-wait_until(sub { get($K{pg}{key}, '/open/t.txt')->{status} == 200
-                 && get($K{running}{key}, '/t.txt')->{status} == 200 }, 5, 'key table');
+wait_until(sub { get_with_key($K{pg}{key}, '/open/t.txt')->{status} == 200
+                 && get_with_key($K{running}{key}, '/t.txt')->{status} == 200 }, 5, 'key table');
 my $warm = 1;    # that request of "running" is recorded
 
 # --- (a) PostgreSQL down during traffic -------------------------------------------
 
 {
     my $id = $K{pg}{key_id};
-    my $st = burst($K{pg}{key}, 20);
-    wait_until(sub { rows_of($id) == 20 }, 10, '20 rows before the outage');
-    my $m0 = metrics();
+    my $st = request_burst($K{pg}{key}, 20);
+    wait_until(sub { usage_rows($id) == 20 }, 10, '20 rows before the outage');
+    my $m0 = apikeyd_metrics();
 
     stop_postgres();
-    my $down = burst($K{pg}{key}, 200);
+    my $down = request_burst($K{pg}{key}, 200);
     is_deeply($down, { 200 => 200 }, '(a) PostgreSQL down: 200 requests answered 200')
-        or diag(fmt_st($down));
+        or diag(format_statuses($down));
     my $m;
-    my $ok = eval { wait_until(sub { $m = metrics();
+    my $ok = eval { wait_until(sub { $m = apikeyd_metrics();
                                      $m->{apikey_records_spooled_total}
                                          - $m0->{apikey_records_spooled_total} >= 200 },
                                10, 'records spooled') };
@@ -144,19 +82,18 @@ my $warm = 1;    # that request of "running" is recorded
 
     my $t0 = time;
     restart_postgres();
-    my $t = eval { wait_until(sub { rows_of($id) >= 220 }, 15, 'replay') };
+    my $t = eval { wait_usage_rows($id, 220, 15, 'replay') };
     ok(defined $t, '(a) spool replayed after PostgreSQL is back') or diag($@);
     diag(sprintf '(a) 220 rows %.2f s after PostgreSQL was started again', time - $t0);
-    eval { wait_until(sub { metrics()->{apikey_spool_bytes} == 0 }, 5, 'spool empty') };
-    my $m2 = metrics();
+    eval { wait_until(sub { apikeyd_metrics()->{apikey_spool_bytes} == 0 }, 5, 'spool empty') };
+    my $m2 = apikeyd_metrics();
     is($m2->{apikey_spool_bytes}, 0, '(a) apikey_spool_bytes back to 0');
-    is(rows_of($id), 220, '(a) exactly 220 rows: every record once');
-    is(dup_keys(), 0, '(a) no duplicate idempotency keys');
-    is(one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $id }), 220,
-       '(a) request_count = 220');
-    is(one(q{SELECT sum(requests) FROM api_key_usage_daily WHERE key_id = :'id'}, { id => $id }),
+    is(usage_rows($id), 220, '(a) exactly 220 rows: every record once');
+    is(usage_duplicates(), 0, '(a) no duplicate idempotency keys');
+    is(key_request_count($id), 220, '(a) request_count = 220');
+    is(psql_one(q{SELECT sum(requests) FROM api_key_usage_daily WHERE key_id = :'id'}, { id => $id }),
        220, '(a) daily rollup = 220');
-    is(msum($m2, 'apikey_ring_dropped_total') - msum($m0, 'apikey_ring_dropped_total'), 0,
+    is(metric_sum($m2, 'apikey_ring_dropped_total') - metric_sum($m0, 'apikey_ring_dropped_total'), 0,
        '(a) no ring drops');
     is($m2->{apikey_records_spool_dropped_total}, 0, '(a) no spool drops');
     diag("(a) duplicates skipped at commit: $m2->{apikey_records_duplicate_total}");
@@ -170,84 +107,62 @@ my $warm = 1;    # that request of "running" is recorded
     # far fewer than one ring (1024 records at size=4m) waiting, so no drops
     my $n = 600;
     my $file = "$ENV{TEST_NGINX_SERVROOT}/stream-b";
-    my $m0 = metrics();
-    my $drops0 = msum($m0, 'apikey_ring_dropped_total');
-    my $child = stream_in_child($K{kill}{key}, $n, $file, 0.002);
+    my $m0 = apikeyd_metrics();
+    my $drops0 = metric_sum($m0, 'apikey_ring_dropped_total');
+    my $child = request_stream(key => $K{kill}{key}, n => $n, file => $file, pace => 0.002);
     my @at;
     for my $round (1, 2) {
         my $min = $round * 150;
-        eval { wait_until(sub { rows_of($id) >= $min }, 10, "$min rows") };
-        push @at, rows_of($id);
+        eval { wait_usage_rows($id, $min, 10) };
+        push @at, usage_rows($id);
         kill_apikeyd();
         restart_apikeyd();
     }
-    my $st = wait_child($child, $file, 30);
+    my $st = wait_stream($child, $file, 30);
     is_deeply($st, { 200 => $n }, "(b) $n requests answered 200 while apikeyd was killed twice")
         or diag(explain($st));
-    my $ok = eval { wait_until(sub { rows_of($id) >= $n }, 10, "$n rows") };
+    my $ok = eval { wait_usage_rows($id, $n, 10) };
     ok($ok, "(b) all $n rows arrived after apikeyd was killed and restarted") or diag($@);
     # one more request: once its row is in, the ring is fully drained
-    get($K{kill}{key});
-    wait_until(sub { rows_of($id) >= $n + 1 }, 10, 'sentinel row');
-    is(rows_of($id), $n + 1, "(b) exactly @{[ $n + 1 ]} rows: nothing lost, nothing doubled");
-    is(dup_keys(), 0, '(b) no duplicate idempotency keys');
-    is(one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $id }), $n + 1,
-       '(b) request_count counted once per request');
-    is(one(q{SELECT sum(requests) FROM api_key_usage_hourly WHERE key_id = :'id'}, { id => $id }),
+    sentinel_then_exact($K{kill}, $n + 1, '(b)', "exactly @{[ $n + 1 ]} rows: nothing lost, nothing doubled",
+                        'request_count counted once per request');
+    is(psql_one(q{SELECT sum(requests) FROM api_key_usage_hourly WHERE key_id = :'id'}, { id => $id }),
        $n + 1, '(b) hourly rollup counted once per request');
-    my $m = metrics();
-    is(msum($m, 'apikey_ring_dropped_total') - $drops0, 0, '(b) no ring drops');
+    my $m = apikeyd_metrics();
+    is(metric_sum($m, 'apikey_ring_dropped_total') - $drops0, 0, '(b) no ring drops');
     diag("(b) killed apikeyd at $at[0] and $at[1] of $n rows; duplicates skipped after the "
          . "last restart: $m->{apikey_records_duplicate_total}");
 }
 
 # --- (b2) apikeyd died after COMMIT, before moving the tail ---------------------------------
 # The window is too small to hit with kill -9; it is reproduced exactly by
-# putting a ring's tail back by 50 records (shared/usage_ring.h: 4 KiB
-# header, 192-byte slot descriptors, tail at +128) while apikeyd is stopped:
-# the restart must skip what usage_offsets says is committed.
+# putting a ring's tail back by 50 records (usage_ring_tail) while apikeyd is
+# stopped: the restart must skip what usage_offsets says is committed.
 
-sub seg_u64 {
-    my ($off, $new) = @_;
-    open my $fh, '+<:raw', $ENV{TEST_NGINX_APIKEY_USAGE} or die "open segment: $!\n";
-    sysseek($fh, $off, 0) or die "seek: $!\n";
-    sysread($fh, my $b, 8) == 8 or die "read: $!\n";
-    if (defined $new) {
-        sysseek($fh, $off, 0);
-        syswrite($fh, pack('Q<', $new)) == 8 or die "write: $!\n";
-    }
-    close $fh;
-    return unpack 'Q<', $b;
-}
-sub slot_off   { 4096 + 192 * $_[0] }
-sub slot_count { seg_u64(16) & 0xffffffff }
-sub owned_slot { (grep { (seg_u64(slot_off($_)) & 0xffffffff) == 1 } 0 .. slot_count() - 1)[0] }
+sub owned_slot { (grep { usage_slot_state($_) == 1 } 0 .. usage_slot_count() - 1)[0] }
 
 {
     my $id = $K{kill}{key_id};
-    my $before = rows_of($id);
+    my $before = usage_rows($id);
     stop_apikeyd();
     my $s = owned_slot();
-    ok(defined $s, '(b2) the worker owns a ring') or diag('slots: ' . slot_count());
+    ok(defined $s, '(b2) the worker owns a ring') or diag('slots: ' . usage_slot_count());
     $s //= 0;
-    my ($head, $tail) = (seg_u64(slot_off($s) + 64), seg_u64(slot_off($s) + 128));
+    my ($head, $tail) = (usage_ring_head($s), usage_ring_tail($s));
     is($tail, $head, "(b2) ring $s fully consumed before the simulated crash");
-    seg_u64(slot_off($s) + 128, $tail - 50);
-    my $st = burst($K{kill}{key}, 20);
+    usage_ring_tail($s, $tail - 50);
+    my $st = request_burst($K{kill}{key}, 20);
     is_deeply($st, { 200 => 20 }, '(b2) 20 more requests');
-    my $m0 = eval { metrics() };    # apikeyd is down: undef
+    my $m0 = eval { apikeyd_metrics() };    # apikeyd is down: undef
     start_apikeyd();
-    my $ok = eval { wait_until(sub { rows_of($id) >= $before + 20 }, 10, 'new rows') };
+    my $ok = eval { wait_usage_rows($id, $before + 20, 10, 'new rows') };
     ok($ok, '(b2) the new rows arrived') or diag($@);
-    get($K{kill}{key});
-    wait_until(sub { rows_of($id) >= $before + 21 }, 10, 'sentinel row');
-    is(rows_of($id), $before + 21, '(b2) exactly the new requests were added: the 50 re-read records were not');
-    is(dup_keys(), 0, '(b2) no duplicate idempotency keys');
-    is(one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $id }), $before + 21,
-       '(b2) request_count not double-counted');
-    is(seg_u64(slot_off($s) + 128), seg_u64(slot_off($s) + 64), '(b2) the ring is consumed again');
+    sentinel_then_exact($K{kill}, $before + 21, '(b2)',
+                        'exactly the new requests were added: the 50 re-read records were not',
+                        'request_count not double-counted');
+    is(usage_ring_tail($s), usage_ring_head($s), '(b2) the ring is consumed again');
     diag('(b2) apikey_records_duplicate_total after the restart: '
-         . metrics()->{apikey_records_duplicate_total}
+         . apikeyd_metrics()->{apikey_records_duplicate_total}
          . ' (0 = skipped by resuming from usage_offsets, else dropped at commit)');
 }
 
@@ -256,31 +171,27 @@ sub owned_slot { (grep { (seg_u64(slot_off($_)) & 0xffffffff) == 1 } 0 .. slot_c
 # replay must drop the 50 already committed ones at commit.
 {
     my $id = $K{kill}{key_id};
-    my $before = rows_of($id);
+    my $before = usage_rows($id);
     stop_apikeyd();
     my $s = owned_slot() // 0;
-    my $tail = seg_u64(slot_off($s) + 128);
-    is($tail, seg_u64(slot_off($s) + 64), "(b3) ring $s fully consumed before the simulated crash");
-    seg_u64(slot_off($s) + 128, $tail - 50);
+    my $tail = usage_ring_tail($s);
+    is($tail, usage_ring_head($s), "(b3) ring $s fully consumed before the simulated crash");
+    usage_ring_tail($s, $tail - 50);
     stop_postgres();
     start_apikeyd();
-    my $st = burst($K{kill}{key}, 20);
+    my $st = request_burst($K{kill}{key}, 20);
     is_deeply($st, { 200 => 20 }, '(b3) 20 more requests while PostgreSQL is down');
     my $m;
-    my $ok = eval { wait_until(sub { $m = metrics(); $m->{apikey_records_spooled_total} >= 70 }, 10,
+    my $ok = eval { wait_until(sub { $m = apikeyd_metrics(); $m->{apikey_records_spooled_total} >= 70 }, 10,
                                'spooled') };
     ok($ok, '(b3) the 50 re-read and the 20 new records went to the spool')
         or diag("spooled: $m->{apikey_records_spooled_total}");
     start_postgres();
-    $ok = eval { wait_until(sub { metrics()->{apikey_spool_bytes} == 0 }, 15, 'replayed') };
+    $ok = eval { wait_until(sub { apikeyd_metrics()->{apikey_spool_bytes} == 0 }, 15, 'replayed') };
     ok($ok, '(b3) spool replayed') or diag($@);
-    get($K{kill}{key});
-    wait_until(sub { rows_of($id) >= $before + 21 }, 10, 'sentinel row');
-    is(rows_of($id), $before + 21, '(b3) exactly the new requests were added');
-    is(dup_keys(), 0, '(b3) no duplicate idempotency keys');
-    is(one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $id }), $before + 21,
-       '(b3) request_count not double-counted');
-    $m = metrics();
+    sentinel_then_exact($K{kill}, $before + 21, '(b3)', 'exactly the new requests were added',
+                        'request_count not double-counted');
+    $m = apikeyd_metrics();
     is($m->{apikey_records_duplicate_total}, 50, '(b3) apikey_records_duplicate_total = 50');
     diag("(b3) spooled $m->{apikey_records_spooled_total}, duplicates $m->{apikey_records_duplicate_total}");
 }
@@ -289,32 +200,32 @@ sub owned_slot { (grep { (seg_u64(slot_off($_)) & 0xffffffff) == 1 } 0 .. slot_c
 
 {
     my $id = $K{worker}{key_id};
-    my @w = worker_pids();
+    my @w = nginx_worker_pids();
     is(scalar @w, 1, '(d) one worker') or diag("workers: @w");
     my $old = $w[0];
 
     # records waiting in the ring when the worker dies: apikeyd is stopped
     stop_apikeyd();
-    my $st = burst($K{worker}{key}, 50);
+    my $st = request_burst($K{worker}{key}, 50);
     # a last unrecorded request: once it is answered, the worker has run the
     # log phase of every earlier request (one worker, one event at a time)
-    get($K{worker}{key}, '/open/t.txt');
+    get_with_key($K{worker}{key}, '/open/t.txt');
     kill 'KILL', $old;
     my $new;
-    my $t = eval { wait_until(sub { ($new) = grep { $_ != $old } worker_pids(); $new }, 5,
+    my $t = eval { wait_until(sub { ($new) = grep { $_ != $old } nginx_worker_pids(); $new }, 5,
                               'a new worker') };
     ok($new, '(d) the master started a new worker after kill -9');
-    my $st2 = burst($K{worker}{key}, 50);
+    my $st2 = request_burst($K{worker}{key}, 50);
     is_deeply([ $st, $st2 ], [ { 200 => 50 }, { 200 => 50 } ],
               '(d) 50 requests before and 50 after the kill answered 200');
 
     start_apikeyd();
-    my $ok = eval { wait_until(sub { rows_of($id) >= 100 }, 10, '100 rows') };
+    my $ok = eval { wait_usage_rows($id, 100, 10, '100 rows') };
     ok($ok, '(d) rows from the dead worker and from its successor arrived') or diag($@);
-    is(rows_of($id), 100, '(d) exactly 100 rows');
-    is(one(q{SELECT count(DISTINCT (slot, generation)) FROM api_key_usage WHERE key_id = :'id'},
-           { id => $id }), 2, '(d) two rings (dead worker, new worker)');
-    is(dup_keys(), 0, '(d) no duplicate idempotency keys');
+    is(usage_rows($id), 100, '(d) exactly 100 rows');
+    is(psql_one(q{SELECT count(DISTINCT (slot, generation)) FROM api_key_usage WHERE key_id = :'id'},
+                { id => $id }), 2, '(d) two rings (dead worker, new worker)');
+    is(usage_duplicates(), 0, '(d) no duplicate idempotency keys');
 
     my $log;
     ok(eval { wait_until(sub { ($log = apikeyd_log()) =~ /worker $old of ring \d+ is gone; ring retired/ },
@@ -323,7 +234,7 @@ sub owned_slot { (grep { (seg_u64(slot_off($_)) & 0xffffffff) == 1 } 0 .. slot_c
     my ($slot) = $log =~ /worker $old of ring (\d+) is gone/;
     my $m;
     my $freed = defined $slot && eval {
-        wait_until(sub { $m = metrics(); grep { /^apikey_ring_depth\{segment="\d+",slot="$slot",state="free"\}$/ } keys %$m },
+        wait_until(sub { $m = apikeyd_metrics(); grep { /^apikey_ring_depth\{segment="\d+",slot="$slot",state="free"\}$/ } keys %$m },
                    5, 'ring freed') };
     ok($freed, "(d) the dead worker's ring (slot @{[ $slot // '?' ]}) is free again")
         or diag(join "\n", grep { /ring_depth/ } split /\n/, apikeyd_get('/metrics')->{body});
@@ -344,30 +255,29 @@ sub owned_slot { (grep { (seg_u64(slot_off($_)) & 0xffffffff) == 1 } 0 .. slot_c
 
     # running: apikeyd drains. It maps the new segment within about a second
     # (it retries once a second): wait for a row from it before measuring.
-    is(get($K{running}{key})->{status}, 200, '(c) nginx up');
+    is(get_with_key($K{running}{key})->{status}, 200, '(c) nginx up');
     $warm++;
-    my $t = eval { wait_until(sub { rows_of($K{running}{key_id}) >= $warm }, 5,
-                              'apikeyd drains the new segment') };
+    my $t = eval { wait_usage_rows($K{running}{key_id}, $warm, 5, 'apikeyd drains the new segment') };
     ok(defined $t, '(c) apikeyd drains the new segment') or diag($@);
     diag(sprintf '(c) first row from the new segment after %.0f ms', 1000 * ($t // 0));
     my (@run, %st);
     for (1 .. $n) {
-        my $r = get($K{running}{key});
+        my $r = get_with_key($K{running}{key});
         $st{ $r->{status} }++;
         push @run, $r->{elapsed};
     }
     $warm += $n;
-    my $ok = eval { wait_until(sub { rows_of($K{running}{key_id}) >= $warm }, 10, 'running rows') };
+    my $ok = eval { wait_usage_rows($K{running}{key_id}, $warm, 10, 'running rows') };
     ok($ok, "(c) apikeyd running: all $n rows in")
-        or diag($@, "rows: ", rows_of($K{running}{key_id}), " want $warm; by (slot, generation): ",
+        or diag($@, "rows: ", usage_rows($K{running}{key_id}), " want $warm; by (slot, generation): ",
                 explain(psql(q{SELECT slot, generation, count(*), min(sequence), max(sequence) FROM api_key_usage WHERE key_id = :'id' GROUP BY 1, 2}, { id => $K{running}{key_id} })));
 
-    my $m0 = metrics();
-    my $drops0 = msum($m0, 'apikey_ring_dropped_total');
+    my $m0 = apikeyd_metrics();
+    my $drops0 = metric_sum($m0, 'apikey_ring_dropped_total');
     stop_apikeyd();
     my (@stop, %st2);
     for (1 .. $n) {
-        my $r = get($K{stopped}{key});
+        my $r = get_with_key($K{stopped}{key});
         $st2{ $r->{status} }++;
         push @stop, $r->{elapsed};
     }
@@ -384,21 +294,21 @@ sub owned_slot { (grep { (seg_u64(slot_off($_)) & 0xffffffff) == 1 } 0 .. slot_c
 
     start_apikeyd();
     my $id = $K{stopped}{key_id};
-    $ok = eval { wait_until(sub { rows_of($id) >= $cap }, 10, "$cap rows") };
+    $ok = eval { wait_usage_rows($id, $cap, 10) };
     ok($ok, '(c) apikeyd restarted: the ring is drained') or diag($@);
     # the sentinel: once its row is in, the ring is drained completely
-    get($K{running}{key});
+    get_with_key($K{running}{key});
     $warm++;
-    wait_until(sub { rows_of($K{running}{key_id}) >= $warm }, 10, 'sentinel');
-    my $m = metrics();
-    my $drops = msum($m, 'apikey_ring_dropped_total') - $drops0;
-    my $rows = rows_of($id);
+    wait_usage_rows($K{running}{key_id}, $warm, 10, 'sentinel');
+    my $m = apikeyd_metrics();
+    my $drops = metric_sum($m, 'apikey_ring_dropped_total') - $drops0;
+    my $rows = usage_rows($id);
     diag("(c) sent $n with apikeyd stopped: $rows rows, $drops counted drops");
     is($rows + $drops, $n, '(c) rows + apikey_ring_dropped_total == requests');
     is($rows, $cap, '(c) rows = ring capacity');
     is($drops, 200, '(c) drops = the 200 requests beyond the ring');
-    is(dup_keys(), 0, '(c) no duplicate idempotency keys');
-    is(one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $id }), $rows,
+    is(usage_duplicates(), 0, '(c) no duplicate idempotency keys');
+    is(key_request_count($id), $rows,
        '(c) request_count = stored rows (dropped ones are not counted anywhere else)');
 }
 

@@ -8,135 +8,41 @@ use strict;
 use warnings;
 use lib 't/lib';
 use Test::Apikey;
-use Test::Apikey::Nginx qw(nginx_test_config nginx_binary write_nginx_conf);
-use Test::Apikey::Util qw(run_cmd);
 use IO::Socket::INET;
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
 # --- helpers --------------------------------------------------------------------
 
-sub metrics {
-    my $r = apikeyd_get('/metrics', [], timeout => 3);
-    die "GET /metrics: status $r->{status}\n" unless $r->{status} == 200;
-    my %m;
-    for (split /\n/, $r->{body}) {
-        next if /^#/ || !/\S/;
-        $m{$1} = $2 if /^(\S+)\s+(\S+)$/;
-    }
-    return \%m;
-}
-
-sub msum {
-    my ($m, $name) = @_;
-    my $s = 0;
-    $s += $m->{$_} for grep { /^\Q$name\E(?:\{|$)/ } keys %$m;
-    return $s;
-}
-
-sub one { my ($sql, $v) = @_; return psql($sql, $v)->[0][0] }
-sub rows_of { one(q{SELECT count(*) FROM api_key_usage WHERE key_id = :'id'}, { id => $_[0] }) }
-sub dup_keys {
-    return one(q{SELECT count(*) FROM (SELECT 1 FROM api_key_usage
-                 GROUP BY node, slot, generation, sequence HAVING count(*) > 1) d});
-}
-
-sub get { http_get($_[1] // '/t.txt', ["X-API-Key: $_[0]"], timeout => 5) }
-
-sub burst {
-    my ($key, $n, $pace) = @_;
-    my %st;
-    for (1 .. $n) {
-        $st{ get($key)->{status} }++;
-        sleep $pace if $pace;
-    }
-    return \%st;
-}
-
-sub fmt_st { my $h = shift; join ' ', map { "$_:$h->{$_}" } sort keys %$h }
-
-# Requests from a forked child, $pace seconds apart: at least $min, and
-# at least $after once "$file.go" exists. It writes how many it has sent to
-# "$file.n" as it goes, and "status:count ..." to $file at the end.
-sub stream_in_child {
-    my ($key, $min, $after, $file, $pace) = @_;
-    my $pid = fork // die "fork: $!\n";
-    if (!$pid) {
-        my (%st, $n);
-        my $extra = 0;
-        eval {
-            while (1) {
-                $st{ get($key)->{status} }++;
-                $n++;
-                if (open my $p, '>', "$file.n.tmp") { print {$p} $n; close $p; rename "$file.n.tmp", "$file.n" }
-                $extra++ if -e "$file.go";
-                last if $n >= $min && $extra >= $after;
-                last if $n >= 5000;
-                sleep $pace;
-            }
-            1;
-        } or $st{error} = 1;
-        my $st = \%st;
-        if (open my $fh, '>', "$file.tmp") {
-            print {$fh} fmt_st($st);
-            close $fh;
-            rename "$file.tmp", $file;
-        }
-        POSIX::_exit(0);
-    }
-    return $pid;
-}
-
-sub progress { open my $fh, '<', "$_[0].n" or return 0; local $/; my $t = <$fh>; return $t || 0 }
-sub touch { open my $fh, '>', $_[0] or die "touch $_[0]: $!\n"; close $fh }
-sub go { touch("$_[0].go") }
-sub total { my $st = shift; my $n = 0; $n += $_ for values %$st; return $n }
-
-sub wait_child {
-    my ($pid, $file, $timeout) = @_;
-    wait_until(sub { waitpid($pid, POSIX::WNOHANG()) == $pid || !kill(0, $pid) }, $timeout,
-               'request stream finished');
-    my $t = do { local (@ARGV, $/) = ($file); <> } // '';
-    return { map { split /:/ } split ' ', $t };
-}
-
-sub worker_pids {
-    my $master = nginx_pid();
-    my @p = grep { /\d/ } split /\s+/, `ps -o pid= --ppid $master`;
-    return grep { (`ps -o args= -p $_ 2>/dev/null` // '') =~ /worker process/ } @p;
-}
-
 # every pid of @old has exited or stopped accepting ("is shutting down")
 sub old_quiesced {
     my (@old) = @_;
     for my $pid (@old) {
-        my $args = `ps -o args= -p $pid 2>/dev/null` // '';
+        my $args = process_title($pid);
         return 0 if $args =~ /worker process/ && $args !~ /shutting down/;
     }
     return 1;
 }
 
-sub count_of { my ($text, $re) = @_; my $n = () = $text =~ /$re/g; return $n }
+# A point on the clock of ring generations between rings claimed before and
+# after it: a claim stamps nginx's cached time in whole milliseconds (taken
+# when the master wakes up for the HUP, so possibly in the same millisecond),
+# hence the current millisecond less 1 us rather than the time in us.
+sub claim_time_now { return int(time * 1e3) * 1000 - 1 }
 
 # The live segment as nginx and apikeyd see it: inode, the static header
 # (magic, layout version, record size, slot count, ring capacity, file size,
-# creation time), the superseded flag, and every slot's control line (state,
-# owner pid, generation). shared/usage_ring.h: 4 KiB header, 192-byte slots.
+# creation time), the superseded flag (at +64), and every slot's control line
+# (state, owner pid, generation); undef when it cannot be read.
 sub segment_state {
-    my $path = $ENV{TEST_NGINX_APIKEY_USAGE};
-    my @st = stat $path or return undef;
-    open my $fh, '<:raw', $path or return undef;
-    sysread($fh, my $head, 4096);
-    my $slots = unpack 'V', substr($head, 16, 4);
-    my @ctl;
-    for my $i (0 .. $slots - 1) {
-        sysseek($fh, 4096 + 192 * $i, 0);
-        sysread($fh, my $c, 16);
-        push @ctl, unpack 'H*', $c;
-    }
-    close $fh;
-    return { inode => $st[1], header => unpack('H*', substr($head, 0, 64)),
-             superseded => unpack('V', substr($head, 64, 4)), slots => \@ctl };
+    my @st = stat $ENV{TEST_NGINX_APIKEY_USAGE} or return undef;
+    return eval {
+        my $head = usage_segment_read(0, 68);
+        +{ inode => $st[1], header => unpack('H*', substr($head, 0, 64)),
+           superseded => unpack('V', substr($head, 64, 4)),
+           slots => [ map { unpack 'H*', usage_segment_read(usage_slot_offset($_), 16) }
+                          0 .. usage_slot_count() - 1 ] };
+    };
 }
 
 # --- setup ----------------------------------------------------------------------
@@ -155,8 +61,7 @@ sub conf {
     my ($size) = @_;
     return (
         workers     => 2,
-        http_config => "apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};\n"
-                     . "apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE} size=$size;",
+        http_config => apikey_http_config(usage => $size),
         config      => "location /t.txt { apikey on; }\n"
                      . "location /slow/ { apikey on; proxy_pass http://127.0.0.1:$slow_port; }",
     );
@@ -184,60 +89,49 @@ sub slow_upstream {
     return $pid;
 }
 
-# One request in a forked child; its status is written to $file.
-sub request_in_child {
-    my ($key, $path, $file) = @_;
-    my $pid = fork // die "fork: $!\n";
-    if (!$pid) {
-        my $r = get($key, $path);
-        if (open my $fh, '>', "$file.tmp") { print {$fh} "$r->{status}:1"; close $fh; rename "$file.tmp", $file }
-        POSIX::_exit(0);
-    }
-    return $pid;
-}
 my %c4 = conf('4m');
 start_nginx(%c4);
 like(nginx_error_log(), qr/apikey: created usage segment/, 'nginx created the usage segment');
-wait_until(sub { get($K{check}{key})->{status} == 200 }, 5, 'key table');
+wait_until(sub { get_with_key($K{check}{key})->{status} == 200 }, 5, 'key table');
 my $check_sent = 1;
-wait_until(sub { rows_of($K{check}{key_id}) >= $check_sent }, 5, 'apikeyd drains');
+wait_usage_rows($K{check}{key_id}, $check_sent, 5, 'apikeyd drains');
 
 # --- reload with the same configuration during a stream ---------------------------------
 
 {
     my $id = $K{reload}{key_id};
     my $file = "$ENV{TEST_NGINX_SERVROOT}/stream-reload";
-    my @old = worker_pids();
+    my @old = nginx_worker_pids();
     my $log0 = length nginx_error_log();
-    my $child = stream_in_child($K{reload}{key}, 100, 30, $file, 0.004);
-    eval { wait_until(sub { progress($file) >= 50 }, 10, '50 requests sent') };
-    my $at = progress($file);
-    my $t_reload = int(time * 1e6);
+    my $child = request_stream(key => $K{reload}{key}, n => 100, after_go => 30, file => $file, pace => 0.004);
+    eval { wait_until(sub { stream_progress($file) >= 50 }, 10, '50 requests sent') };
+    my $at = stream_progress($file);
+    my $t_reload = claim_time_now();
     reload_nginx(%c4);
     wait_until(sub { old_quiesced(@old) }, 10, 'old workers stop accepting');
-    go($file);
-    my $st = wait_child($child, $file, 30);
-    my $n = total($st);
+    stream_go($file);
+    my $st = wait_stream($child, $file, 30);
+    my $n = status_total($st);
     is_deeply($st, { 200 => $n }, "reload during a stream: all $n requests answered 200")
-        or diag(fmt_st($st));
+        or diag(format_statuses($st));
     my $log = substr(nginx_error_log(), $log0);
     like($log, qr/apikey: reusing usage segment/, 'same layout: the segment is reused');
     unlike($log, qr/apikey: created usage segment/, 'same layout: no new segment');
-    my $ok = eval { wait_until(sub { rows_of($id) >= $n }, 10, "$n rows") };
-    ok($ok, "reload: all $n rows arrived") or diag($@, 'rows: ', rows_of($id));
-    wait_until(sub { !grep { my $o = $_; grep { $_ == $o } worker_pids() } @old }, 10,
+    my $ok = eval { wait_usage_rows($id, $n, 10) };
+    ok($ok, "reload: all $n rows arrived") or diag($@, 'rows: ', usage_rows($id));
+    wait_until(sub { !grep { my $o = $_; grep { $_ == $o } nginx_worker_pids() } @old }, 10,
                'old workers gone');
     # no per-worker sentinel is possible (the kernel picks the worker): wait
     # until every ring is empty instead
     my $m;
-    wait_until(sub { $m = metrics(); msum($m, 'apikey_ring_depth') == 0 }, 5, 'rings drained');
-    is(rows_of($id), $n, "reload: exactly $n rows");
-    is(dup_keys(), 0, 'reload: no duplicate idempotency keys');
+    wait_until(sub { $m = apikeyd_metrics(); metric_sum($m, 'apikey_ring_depth') == 0 }, 5, 'rings drained');
+    is(usage_rows($id), $n, "reload: exactly $n rows");
+    is(usage_duplicates(), 0, 'reload: no duplicate idempotency keys');
     is_deeply(psql(q{SELECT count(*) FILTER (WHERE generation < :'t') > 0,
                             count(*) FILTER (WHERE generation > :'t') > 0
                        FROM api_key_usage WHERE key_id = :'id'}, { id => $id, t => $t_reload })->[0],
               [ 't', 't' ], 'reload: records from rings claimed before and after the reload');
-    is(msum($m, 'apikey_ring_dropped_total') + $m->{apikey_unslotted_drops_total}, 0,
+    is(metric_sum($m, 'apikey_ring_dropped_total') + $m->{apikey_unslotted_drops_total}, 0,
        'reload: nothing dropped');
     my @owned = grep { /^apikey_ring_depth\{.*state="owned"/ } keys %$m;
     my @retired = grep { /^apikey_ring_depth\{.*state="retired"/ } keys %$m;
@@ -255,20 +149,17 @@ wait_until(sub { rows_of($K{check}{key_id}) >= $check_sent }, 5, 'apikeyd drains
     is($rc, 0, 'nginx -t (same configuration) passes') or diag($err);
     my ($rc2, $err2) = nginx_test_config(conf('2m'));
     is($rc2, 0, 'nginx -t with a different size= passes') or diag($err2);
-    write_nginx_conf(%c4);
-    my $root = $ENV{TEST_NGINX_SERVROOT};
-    my ($rc3, undef, $err3) = run_cmd([ nginx_binary(), '-p', "$root/", '-c', "$root/conf/nginx.conf",
-                                        '-s', 'reopen' ]);
+    my ($rc3, $err3) = nginx_signal('reopen');
     is($rc3, 0, 'nginx -s reopen') or diag($err3);
     my $after = segment_state();
     is_deeply($after, $before, 'nginx -t (twice, one with another size=) and nginx -s: '
               . 'same inode, header, superseded flag and ring ownership');
     my $id = $K{check}{key_id};
-    is_deeply(burst($K{check}{key}, 10), { 200 => 10 }, 'requests after nginx -t');
+    is_deeply(request_burst($K{check}{key}, 10), { 200 => 10 }, 'requests after nginx -t');
     $check_sent += 10;
-    my $ok = eval { wait_until(sub { rows_of($id) >= $check_sent }, 5, 'rows after nginx -t') };
+    my $ok = eval { wait_usage_rows($id, $check_sent, 5, 'rows after nginx -t') };
     ok($ok, 'records keep flowing after nginx -t') or diag($@);
-    is(rows_of($id), $check_sent, 'exactly one row per request after nginx -t');
+    is(usage_rows($id), $check_sent, 'exactly one row per request after nginx -t');
 }
 
 # --- a reload that changes size= during a stream: a fresh segment ----------------------
@@ -280,21 +171,21 @@ wait_until(sub { rows_of($K{check}{key_id}) >= $check_sent }, 5, 'apikeyd drains
     my $log0 = length nginx_error_log();
     my $alog0 = length apikeyd_log();
     my $up = slow_upstream("$file.release");
-    my $slow = request_in_child($K{resize}{key}, '/slow/x', "$file-slow");
-    my $child = stream_in_child($K{resize}{key}, 100, 30, $file, 0.004);
-    eval { wait_until(sub { progress($file) >= 50 }, 10, '50 requests sent') };
-    my $at = progress($file);
-    my @old = worker_pids();
-    my $t_reload = int(time * 1e6);
+    my $slow = request_stream(key => $K{resize}{key}, path => '/slow/x', file => "$file-slow");
+    my $child = request_stream(key => $K{resize}{key}, n => 100, after_go => 30, file => $file, pace => 0.004);
+    eval { wait_until(sub { stream_progress($file) >= 50 }, 10, '50 requests sent') };
+    my $at = stream_progress($file);
+    my @old = nginx_worker_pids();
+    my $t_reload = claim_time_now();
     my %c2 = conf('2m');
     reload_nginx(%c2);
     wait_until(sub { old_quiesced(@old) }, 10, 'old workers stop accepting');
-    go($file);
+    stream_go($file);
 
     # an old worker still serves /slow/: apikeyd has both segments mapped
     my $both = eval { wait_until(sub { substr(apikeyd_log(), $alog0) =~ /draining usage segment/ }, 3,
                                  'new segment attached') };
-    my $old_alive = grep { my $o = $_; grep { $_ == $o } worker_pids() } @old;
+    my $old_alive = grep { my $o = $_; grep { $_ == $o } nginx_worker_pids() } @old;
     ok(defined $both && $old_alive, 'size change: apikeyd drains the new segment while an old worker still runs');
     my $body = apikeyd_get('/metrics')->{body} // '';
     my %seen;
@@ -302,27 +193,27 @@ wait_until(sub { rows_of($K{check}{key_id}) >= $check_sent }, 5, 'apikeyd drains
     is_deeply(\@dups, [], '/metrics has no duplicate series while two segments are mapped')
         or diag('duplicate series: ' . join(' ', @dups[0 .. ($#dups > 5 ? 5 : $#dups)]));
 
-    touch("$file.release");
-    my $st = wait_child($child, $file, 30);
-    my $n = total($st);
+    spew("$file.release", '');
+    my $st = wait_stream($child, $file, 30);
+    my $n = status_total($st);
     is_deeply($st, { 200 => $n }, "size change during a stream: all $n requests answered 200")
-        or diag(fmt_st($st));
-    my $sst = wait_child($slow, "$file-slow", 10);
+        or diag(format_statuses($st));
+    my $sst = wait_stream($slow, "$file-slow", 10);
     waitpid($up, 0);
     is_deeply($sst, { 200 => 1 }, 'the slow request on the old worker finished after the reload');
     $n++;    # it is recorded too, in the replaced segment
     my $log = substr(nginx_error_log(), $log0);
     like($log, qr/apikey: created usage segment/, 'size change: error.log says "created usage segment" again');
     isnt((stat $ENV{TEST_NGINX_APIKEY_USAGE})[1], $inode, 'size change: a new file (new inode)');
-    my $ok = eval { wait_until(sub { rows_of($id) >= $n }, 10, "$n rows") };
-    ok($ok, "size change: all $n rows arrived") or diag($@, 'rows: ', rows_of($id));
+    my $ok = eval { wait_usage_rows($id, $n, 10) };
+    ok($ok, "size change: all $n rows arrived") or diag($@, 'rows: ', usage_rows($id));
     my $fin = eval { wait_until(sub { substr(apikeyd_log(), $alog0) =~ /finished with replaced usage segment/ },
                                 10, 'old segment released') };
     ok(defined $fin, 'apikeyd finished with the replaced segment once its rings were empty');
     my $m;
-    wait_until(sub { $m = metrics(); msum($m, 'apikey_ring_depth') == 0 }, 5, 'rings drained');
-    is(rows_of($id), $n, "size change: exactly $n rows");
-    is(dup_keys(), 0, 'size change: no duplicate idempotency keys');
+    wait_until(sub { $m = apikeyd_metrics(); metric_sum($m, 'apikey_ring_depth') == 0 }, 5, 'rings drained');
+    is(usage_rows($id), $n, "size change: exactly $n rows");
+    is(usage_duplicates(), 0, 'size change: no duplicate idempotency keys');
     is(psql(q{SELECT count(*) FILTER (WHERE generation < :'t'),
                             count(*) FILTER (WHERE generation > :'t'),
                             count(*) FILTER (WHERE generation < :'t' AND endpoint = '/slow/')
@@ -332,7 +223,7 @@ wait_until(sub { rows_of($K{check}{key_id}) >= $check_sent }, 5, 'apikeyd drains
                             count(*) FILTER (WHERE generation > :'t')
                        FROM api_key_usage WHERE key_id = :'id'}, { id => $id, t => $t_reload })->[0] } ],
               [ 1, 1 ], 'size change: records from rings of both segments');
-    is(msum($m, 'apikey_ring_dropped_total') + $m->{apikey_unslotted_drops_total}, 0,
+    is(metric_sum($m, 'apikey_ring_dropped_total') + $m->{apikey_unslotted_drops_total}, 0,
        'size change: nothing dropped');
     diag("size change during a stream: reloaded after $at of @{[ $n - 1 ]} requests (+1 slow request)");
 }
@@ -344,22 +235,22 @@ wait_until(sub { rows_of($K{check}{key_id}) >= $check_sent }, 5, 'apikeyd drains
 {
     my $id = $K{down}{key_id};
     stop_apikeyd();
-    my @old = worker_pids();
-    my $st1 = burst($K{down}{key}, 30);
+    my @old = nginx_worker_pids();
+    my $st1 = request_burst($K{down}{key}, 30);
     reload_nginx(conf('1m'));
-    wait_until(sub { !grep { my $o = $_; grep { $_ == $o } worker_pids() } @old }, 10,
+    wait_until(sub { !grep { my $o = $_; grep { $_ == $o } nginx_worker_pids() } @old }, 10,
                'old workers gone');
-    my $st2 = burst($K{down}{key}, 30);
+    my $st2 = request_burst($K{down}{key}, 30);
     is_deeply([ $st1, $st2 ], [ { 200 => 30 }, { 200 => 30 } ],
               'apikeyd down: 30 requests before and 30 after a size-changing reload');
     start_apikeyd();
-    get($K{check}{key});
+    get_with_key($K{check}{key});
     $check_sent++;
-    wait_until(sub { rows_of($K{check}{key_id}) >= $check_sent }, 10, 'sentinel');
-    eval { wait_until(sub { rows_of($id) >= 60 }, 3, '60 rows') };
-    my $m = metrics();
-    my $rows = rows_of($id);
-    my $drops = msum($m, 'apikey_ring_dropped_total') + $m->{apikey_unslotted_drops_total};
+    wait_usage_rows($K{check}{key_id}, $check_sent, 10, 'sentinel');
+    eval { wait_usage_rows($id, 60, 3, '60 rows') };
+    my $m = apikeyd_metrics();
+    my $rows = usage_rows($id);
+    my $drops = metric_sum($m, 'apikey_ring_dropped_total') + $m->{apikey_unslotted_drops_total};
     diag("size change while apikeyd was down: $rows rows of 60 requests, $drops counted drops");
     is($rows + $drops, 60,
        'size change while apikeyd is down: rows + counted drops = requests (records in the '

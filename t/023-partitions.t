@@ -9,8 +9,6 @@ use warnings;
 use lib 't/lib';
 use Test::Apikey;
 
-sub one { my ($sql, $v) = @_; return psql($sql, $v)->[0][0] }
-
 # names of api_key_usage's partitions
 sub partitions {
     return [ map { $_->[0] } @{ psql(q{SELECT c.relname FROM pg_inherits i
@@ -19,8 +17,8 @@ sub partitions {
                                         ORDER BY 1}) } ];
 }
 sub has_partition { my $n = shift; return scalar grep { $_ eq $n } @{ partitions() } }
-sub table_exists  { one(q{SELECT count(*) FROM pg_class WHERE relname = :'n' AND relkind IN ('r', 'p')},
-                        { n => $_[0] }) }
+sub table_exists  { psql_one(q{SELECT count(*) FROM pg_class WHERE relname = :'n' AND relkind IN ('r', 'p')},
+                             { n => $_[0] }) }
 
 # month offset from the current UTC month -> [name, first day, first day of the next]
 sub month {
@@ -52,7 +50,7 @@ like(apikeyd_log(), qr/created $want[0]/, 'apikeyd.log names the partitions it c
 
 # bounds in UTC
 my $b = month(0);
-is(one(q{SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class c WHERE relname = :'n'}, { n => $want[0] }),
+is(psql_one(q{SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_class c WHERE relname = :'n'}, { n => $want[0] }),
    "FOR VALUES FROM ('$b->[1] 00:00:00+00') TO ('$b->[2] 00:00:00+00')",
    'the current month\'s bounds are [first day, first day of next month) in UTC');
 
@@ -66,8 +64,8 @@ start_nginx(
     config => 'location /t.txt { apikey on; }',
 );
 wait_until(sub { http_get('/t.txt', ["X-API-Key: $k->{key}"])->{status} == 200 }, 5, 'key published');
-wait_until(sub { one('SELECT count(*) FROM api_key_usage') >= 1 }, 5, 'a usage row');
-is(one(q{SELECT DISTINCT tableoid::regclass::text FROM api_key_usage}), $want[0],
+wait_until(sub { psql_one('SELECT count(*) FROM api_key_usage') >= 1 }, 5, 'a usage row');
+is(psql_one(q{SELECT DISTINCT tableoid::regclass::text FROM api_key_usage}), $want[0],
    'usage rows land in the current month\'s partition');
 
 # --- retention ------------------------------------------------------------------------------
@@ -97,12 +95,12 @@ diag(sprintf 'old partitions dropped %.0f ms after apikeyd was healthy', 1000 * 
 ok(!table_exists('api_key_usage_y2000m01'), 'the dropped partition is gone as a table too');
 like(apikeyd_log(), qr/dropped api_key_usage_y2000m01/, 'apikeyd.log names the dropped partition');
 ok(has_partition($m13->[0]), "month -13 ($m13->[0]) is within retention and stays");
-is(one(q{SELECT count(*) FROM api_key_usage WHERE endpoint = '/kept'}), 1, 'its row stays');
-is(one(q{SELECT count(*) FROM api_key_usage WHERE endpoint = '/old'}), 0, 'the 2000-01 row went with its partition');
+is(psql_one(q{SELECT count(*) FROM api_key_usage WHERE endpoint = '/kept'}), 1, 'its row stays');
+is(psql_one(q{SELECT count(*) FROM api_key_usage WHERE endpoint = '/old'}), 0, 'the 2000-01 row went with its partition');
 ok(has_partition('api_key_usage_archive1999'), 'a partition with another name is never dropped');
 ok(table_exists('api_key_usage_y1999m02'), 'a table that is not a partition of api_key_usage is never dropped');
 ok(has_partition($_), "$_ still there") for @want;
-is(one(q{SELECT count(*) FROM api_key_usage WHERE key_id = :'k' AND node = 'test'}, { k => $k->{key_id} }), 6,
+is(psql_one(q{SELECT count(*) FROM api_key_usage WHERE key_id = :'k' AND node = 'test'}, { k => $k->{key_id} }), 6,
    'ingestion went on: 6 rows from nginx');
 
 # A shorter retention drops more; a missing future partition is re-created.

@@ -81,14 +81,8 @@ ok(1, 'the API authenticates against the published key table');
 my $html = $ENV{TEST_NGINX_HTML_DIR};
 my $up   = $ENV{TEST_NGINX_UPSTREAM_PORT};
 start_nginx(
-    http_config => <<"EOF",
-apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};
-apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE} size=1m;
-server {
-    listen 127.0.0.1:$up;
-    location / { return 500 "boom\\n"; }
-}
-EOF
+    http_config => apikey_http_config(usage => '1m',
+                                      upstream => 'location / { return 500 "boom\n"; }'),
     config => <<"EOF",
 location /orders/ { apikey on; apikey_endpoint "orders"; alias $html/; log_not_found off; }
 location /up/     { apikey on; proxy_pass http://127.0.0.1:$up; }
@@ -394,9 +388,6 @@ sub sum_of { my ($list, $f) = @_; my $s = 0; $s += $_->{$f} for @$list; return $
 
 # --- auth: 401 / 403 ----------------------------------------------------------------------------
 
-sub typo { my $k = shift; my $i = index($k, '_') + 6;
-    substr($k, $i, 1, substr($k, $i, 1) eq 'A' ? 'B' : 'A'); return $k }
-
 for my $path (org_path($A), key_path($A, $K{clientA}{key_id})) {
     for my $case (
         [ 'no Authorization header',      [] ],
@@ -404,7 +395,7 @@ for my $path (org_path($A), key_path($A, $K{clientA}{key_id})) {
         [ 'Basic scheme',                 [ 'Authorization: Basic YWRtaW46YWRtaW4=' ] ],
         [ 'empty Bearer',                 [ 'Authorization: Bearer ' ] ],
         [ 'garbage key',                  auth('ak_garbage') ],
-        [ 'checksum typo',                auth(typo($K{adminA}{key})) ],
+        [ 'checksum typo',                auth(key_typo($K{adminA}{key})) ],
         [ 'deleted (unknown) key',        auth($K{goneA}{key}) ],
         [ 'revoked admin key',            auth($K{revokedA}{key}) ],
         [ 'expired admin key',            auth($K{expiredA}{key}) ],
@@ -532,23 +523,22 @@ is(api(org_path($A), $K{adminA}{key})->{status}, 200,
 
 # --- no key material in any answer -----------------------------------------------------------------
 
+# the key, its random part and hex SHA-256 (key_secrets), and the hash as
+# base64, base64url and a bytea literal
 my @SECRETS;
 for my $name (sort keys %K) {
     my $key = $K{$name}{key};
-    my $random = substr($key, index($key, '_') + 1, 30);
-    my $bin = sha256($key);
-    my $b64 = encode_base64($bin, '');
+    my $b64 = encode_base64(sha256($key), '');
     (my $b64url = $b64) =~ tr{+/}{-_};
     (my $b64bare = $b64url) =~ s/=+$//;
-    push @SECRETS, [ "$name key", $key ], [ "$name random part", $random ],
-        [ "$name sha256 hex", sha256_hex($key) ], [ "$name SHA256 HEX", uc sha256_hex($key) ],
+    push @SECRETS, key_secrets($name => $key),
         [ "$name sha256 base64", $b64 ], [ "$name sha256 base64url", $b64bare ],
         [ "$name sha256 bytea", '\\\\x' . sha256_hex($key) ];
 }
 my @leaks;
 for my $b (@ALL_BODIES) {
     my ($path, $raw) = @$b;
-    push @leaks, map { "$_->[0] in the answer to $path" } grep { index($raw, $_->[1]) >= 0 } @SECRETS;
+    push @leaks, map { "$_ in the answer to $path" } secrets_in($raw, @SECRETS);
 }
 ok(scalar(@ALL_BODIES) > 100, scalar(@ALL_BODIES) . ' API answers checked for key material');
 is_deeply(\@leaks, [], 'no key, random part or hash (hex, base64, bytea) in any API answer');

@@ -25,7 +25,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use Test::Apikey;
-use Test::Apikey::Util qw(repo_root build_path run_cmd slurp servroot_path);
+use Test::Apikey::Util qw(repo_root build_path);
 use JSON::PP ();
 use File::Path qw(make_path);
 use POSIX qw(strftime);
@@ -161,8 +161,7 @@ ok(1, 'checkout-web: 35 days of rollup rows');
 # The batch key: real requests through nginx (3 x 200, 2 x 404).
 my $html = $ENV{TEST_NGINX_HTML_DIR};
 start_nginx(
-    http_config => "apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};\n"
-                 . "apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE} size=1m;\n",
+    http_config => apikey_http_config(usage => '1m'),
     config => "location /orders/ { apikey on; apikey_endpoint \"orders\"; alias $html/; log_not_found off; }\n",
 );
 my @statuses = map {

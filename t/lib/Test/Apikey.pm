@@ -11,37 +11,62 @@ use File::Copy qw(copy);
 use Test::More ();
 use Time::HiRes qw(sleep);
 
-use Test::Apikey::Util qw(
-    servroot servroot_path free_port wait_until spew slurp
-);
-use Test::Apikey::Http qw(http_request http_get build_request);
+# What `use Test::Apikey` exports besides Test::More and the block runner,
+# by the module that defines it (docs/testing.md, "Perl helpers"). The rest
+# of t/lib/Test/Apikey/*.pm is internal.
+our %PUBLIC;
+
+BEGIN {
+    %PUBLIC = (
+        'Test::Apikey::Util'     => [qw(
+            wait_until free_port run_cmd slurp spew servroot_path process_title
+        )],
+        'Test::Apikey::Http'     => [qw(http_get http_request build_request)],
+        'Test::Apikey::Nginx'    => [qw(
+            workers log_level start_nginx stop_nginx reload_nginx nginx_pid
+            nginx_error_log nginx_test_config nginx_signal nginx_worker_pids
+            apikey_http_config
+        )],
+        'Test::Apikey::Postgres' => [qw(
+            start_postgres stop_postgres restart_postgres psql psql_one postgres_log
+        )],
+        'Test::Apikey::Daemon'   => [qw(
+            start_apikeyd stop_apikeyd kill_apikeyd restart_apikeyd apikeyd_log
+            apikeyd_get apikeyctl apikeyctl_raw
+        )],
+        'Test::Apikey::Usage'    => [qw(
+            apikeyd_metrics metric_sum usage_rows wait_usage_rows usage_duplicates
+            key_request_count usage_segment_read usage_segment_u64 usage_slot_count
+            usage_slot_offset usage_slot_state usage_ring_head usage_ring_tail
+        )],
+        'Test::Apikey::Traffic'  => [qw(
+            get_with_key request_burst format_statuses status_total
+            request_stream stream_progress stream_go wait_stream
+        )],
+        'Test::Apikey::Keys'     => [qw(
+            key_checksum make_key key_typo key_secrets secrets_in wait_key_results
+        )],
+    );
+    for my $module (sort keys %PUBLIC) {
+        (my $file = "$module.pm") =~ s{::}{/}g;
+        require $file;
+        $module->import(@{ $PUBLIC{$module} });
+    }
+}
+
+# internal
+use Test::Apikey::Util qw(servroot);
 use Test::Apikey::Blocks qw(parse_blocks section has_section);
-use Test::Apikey::Nginx qw(
-    start_nginx stop_nginx reload_nginx nginx_pid nginx_error_log
-    nginx_test_config nginx_version module_path workers log_level
-    truncate_error_log
-);
-use Test::Apikey::Daemon qw(
-    start_apikeyd stop_apikeyd kill_apikeyd restart_apikeyd apikeyd_log
-    apikeyd_get apikeyctl apikeyctl_raw
-);
-use Test::Apikey::Postgres qw(
-    start_postgres stop_postgres restart_postgres psql postgres_log
-);
+use Test::Apikey::Nginx qw(nginx_version module_path truncate_error_log);
 
 BEGIN { Test::More->import }    # so that Exporter can re-export them
 
+# Test::More's functions, its $TODO (so that `TODO: { local $TODO = ...; }`
+# needs no `our $TODO`), the block runner, then %PUBLIC.
 our @EXPORT = (
-    (grep { !/^\$/ } @Test::More::EXPORT),
-    qw(
-        run_tests blocks repeat_each workers log_level no_long_string no_shuffle
-        start_nginx stop_nginx reload_nginx nginx_pid nginx_error_log
-        http_get http_request build_request
-        start_postgres stop_postgres restart_postgres psql postgres_log
-        start_apikeyd stop_apikeyd kill_apikeyd restart_apikeyd apikeyd_log
-        apikeyd_get apikeyctl apikeyctl_raw
-        wait_until free_port
-    ),
+    (grep { !/^\$/ } @Test::More::EXPORT), '$TODO',
+    qw(run_tests blocks repeat_each no_long_string no_shuffle),
+    map { @$_ } @PUBLIC{ sort keys %PUBLIC },
 );
 
 my $REPEAT = 1;

@@ -12,12 +12,14 @@ use Time::HiRes qw(sleep time);
 
 use Test::Apikey::Util qw(
     build_path servroot servroot_path is_root run_cmd process_alive
-    stop_process wait_until slurp spew on_cleanup
+    stop_process process_title wait_until slurp spew on_cleanup
+    make_world_readable_dir
 );
 
 our @EXPORT_OK = qw(
     nginx_binary nginx_version module_path nginx_conf_text write_nginx_conf
     start_nginx stop_nginx reload_nginx nginx_pid nginx_test_config
+    nginx_signal nginx_worker_pids apikey_http_config
     nginx_error_log error_log_path truncate_error_log workers log_level
 );
 
@@ -100,24 +102,70 @@ sub nginx_conf_text {
         '}', '');
 }
 
+# apikey_http_config(usage => SIZE, upstream => TEXT) -> http_config text:
+# apikey_keys $TEST_NGINX_APIKEY_KEYS; with usage, apikey_usage
+# $TEST_NGINX_APIKEY_USAGE size=SIZE (usage => '' for the default size);
+# with upstream, a server {} on $TEST_NGINX_UPSTREAM_PORT holding TEXT.
+sub apikey_http_config {
+    my (%o) = @_;
+    my @l = ("apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};");
+    push @l, "apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE}"
+        . (length $o{usage} ? " size=$o{usage}" : '') . ';' if defined $o{usage};
+    push @l, 'server {', "    listen 127.0.0.1:$ENV{TEST_NGINX_UPSTREAM_PORT};",
+             "    $o{upstream}", '}' if defined $o{upstream};
+    return join("\n", @l) . "\n";
+}
+
+sub _conf_path { return servroot_path('conf', 'nginx.conf') }
+
+# `nginx -t` checks a config of its own, conf/test/nginx.conf (the same base
+# name, so that messages still say "nginx.conf:LINE"): the running nginx's
+# conf/nginx.conf is left alone.
+sub _test_conf_path {
+    make_world_readable_dir(servroot_path('conf', 'test'));
+    return servroot_path('conf', 'test', 'nginx.conf');
+}
+
 sub write_nginx_conf {
     my (%s) = @_;
-    return spew(servroot_path('conf', 'nginx.conf'), nginx_conf_text(%s));
+    return spew(_conf_path(), nginx_conf_text(%s));
 }
 
 sub _nginx_cmd {
-    my (@extra) = @_;
+    my ($conf, @extra) = @_;
     my $root = servroot();
-    return [ nginx_binary(), '-p', "$root/", '-c', "$root/conf/nginx.conf",
+    return [ nginx_binary(), '-p', "$root/", '-c', $conf // _conf_path(),
              '-e', error_log_path(), @extra ];
 }
 
-# nginx_test_config(%sections) -> (exit code, stderr of nginx -t)
+# nginx_test_config(%sections) -> (exit code, stderr of nginx -t) for the
+# config those sections make; a running nginx and its conf are not touched.
 sub nginx_test_config {
     my (%s) = @_;
-    write_nginx_conf(%s);
-    my ($rc, undef, $err) = run_cmd(_nginx_cmd('-t'), timeout => 30);
+    my $conf = spew(_test_conf_path(), nginx_conf_text(%s));
+    my ($rc, undef, $err) = run_cmd(_nginx_cmd($conf, '-t'), timeout => 30);
     return ($rc, $err);
+}
+
+# nginx_signal(SIGNAL) -> (exit code, stderr) of `nginx -s SIGNAL` (reopen,
+# reload, quit, stop) against the running nginx's conf and pid file.
+sub nginx_signal {
+    my ($signal) = @_;
+    my ($rc, undef, $err) = run_cmd(_nginx_cmd(undef, '-s', $signal), timeout => 30);
+    return ($rc, $err);
+}
+
+# nginx_worker_pids() -> the pids of the running master's worker processes,
+# ascending; after a reload, old workers that are still shutting down are
+# among them (process_title($pid) says "... is shutting down").
+sub nginx_worker_pids {
+    my $master = $PID or return ();
+    my @pids;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        my ($pid, $ppid) = (slurp($stat) // '') =~ /^(\d+) \(.*\) \S+ (\d+) /s or next;
+        push @pids, $pid if $ppid == $master && process_title($pid) =~ /worker process/;
+    }
+    return sort { $a <=> $b } @pids;
 }
 
 sub _wait_for_pid {

@@ -18,7 +18,8 @@ use Test::Apikey::Util qw(
 use Test::Apikey::Daemon qw(apikeyctl_path apikeyctl_raw);
 
 our @EXPORT_OK = qw(
-    start_postgres stop_postgres restart_postgres psql postgres_log pg_bindir
+    start_postgres stop_postgres restart_postgres psql psql_one postgres_log
+    pg_bindir
 );
 
 my $PG;    # { dir, data, port, conninfo, tcp_conninfo, running }
@@ -136,6 +137,13 @@ sub psql {
         stdin => $sql, timeout => 120);
     die "psql failed (exit $rc): $err  SQL: $sql\n" if $rc != 0;
     return [ map { [ split /\t/, $_, -1 ] } grep { length } split /\n/, $out ];
+}
+
+# psql_one($sql [, {var => value}]) -> the first column of the first row
+# (undef when there is no row).
+sub psql_one {
+    my ($sql, $vars) = @_;
+    return psql($sql, $vars)->[0][0];
 }
 
 sub _postmaster_pid {

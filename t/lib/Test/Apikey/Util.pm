@@ -19,7 +19,7 @@ use Time::HiRes qw(sleep time);
 
 our @EXPORT_OK = qw(
     repo_root build_path servroot servroot_path free_port
-    is_root run_cmd spawn process_alive stop_process
+    is_root run_cmd spawn process_alive stop_process process_title
     wait_until slurp spew on_cleanup expand_vars
     make_world_readable_dir
 );
@@ -215,6 +215,16 @@ sub process_alive {
     return 0 if $r == $pid;
     return 0 unless kill 0, $pid;
     return !_is_zombie($pid);
+}
+
+# process_title($pid) -> its command line as ps shows it (NULs as spaces;
+# nginx rewrites it to "nginx: worker process" ...), or '' once it is gone.
+sub process_title {
+    my ($pid) = @_;
+    my $c = slurp("/proc/$pid/cmdline") // return '';
+    $c =~ tr/\0/ /;
+    $c =~ s/\s+\z//;
+    return $c;
 }
 
 # stop_process($pid, [SIG => seconds, ...]): send each signal in turn until
