@@ -108,9 +108,11 @@ bool expect(std::string_view text, std::size_t* pos, char c) noexcept {
 int parse_int_param(std::string_view name, const std::string& value, int min,
                     int max) {
     std::string range = std::to_string(min) + ".." + std::to_string(max);
+    // At most 9 digits, checked before accumulating: never overflows.
     bool ok = !value.empty() && value.size() <= 9;
     long v = 0;
-    for (char c : value) {
+    for (std::size_t i = 0; ok && i < value.size(); ++i) {
+        char c = value[i];
         if (c < '0' || c > '9') {
             ok = false;
             break;

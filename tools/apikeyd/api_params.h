@@ -86,7 +86,7 @@ Uuid parse_uuid_segment(std::string_view text, std::string_view what);
 // RFC 3339 date-time ("2024-05-01T12:00:00Z", "...T12:00:00.5+02:00";
 // 't'/'z' in either case; a space instead of '+' before the offset, which
 // is what an unescaped '+' in a query string decodes to) or a plain date
-// "YYYY-MM-DD" (00:00 UTC). Fractions beyond microseconds are truncated.
+// "YYYY-MM-DD" (00:00 UTC). Fraction digits 7 to 9 are truncated to microseconds; 10 or more are rejected.
 // Years 0001..9999. nullopt when malformed.
 std::optional<std::int64_t> parse_time(std::string_view text) noexcept;
 
