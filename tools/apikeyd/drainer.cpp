@@ -258,9 +258,16 @@ void Drainer::store_batch(const std::vector<UsageRecord>& batch) {
         stats_->spooled += batch.size();
     } else {
         stats_->spool_dropped += batch.size();
-        log_error("drainer: spool full (" + std::to_string(spool_->bytes()) +
-                  " bytes), dropped " + std::to_string(batch.size()) +
-                  " usage records");
+        unlogged_drops_ += batch.size();
+        // One line a second at most, with the count since the last line.
+        std::int64_t now = now_us();
+        if (now >= next_drop_log_us_) {
+            log_error("drainer: spool full (" +
+                      std::to_string(spool_->bytes()) + " bytes), dropped " +
+                      std::to_string(unlogged_drops_) + " usage records");
+            unlogged_drops_ = 0;
+            next_drop_log_us_ = now + 1000000;
+        }
     }
     stats_->spool_bytes = spool_->bytes();
 }

@@ -98,6 +98,8 @@ private:
     bool resumed_ = false;
     std::int64_t next_attach_us_ = 0;
     std::int64_t next_maintenance_us_ = 0;
+    std::int64_t next_drop_log_us_ = 0;
+    std::uint64_t unlogged_drops_ = 0;
 };
 
 }  // namespace apikey

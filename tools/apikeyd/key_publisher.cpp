@@ -28,7 +28,9 @@ SELECT id, org_id, name, encode(key_hash, 'hex'),
 )sql";
 
 constexpr const char* kChannel = "apikey_keys";
-constexpr int kMaxBackoffMs = 30000;
+// Revocation must reach nginx within a second of PostgreSQL coming back:
+// retries stay at most a second apart (a connection attempt is cheap).
+constexpr int kMaxBackoffMs = 1000;
 
 int hex_value(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -149,7 +151,7 @@ void KeyPublisher::run(const std::atomic<bool>& stop) {
 }
 
 void KeyPublisher::connect() {
-    auto conn = std::make_unique<pg::Connection>(config_.db);
+    auto conn = std::make_unique<pg::Connection>(config_.db, "apikeyd-keys");
     conn->exec(std::string("LISTEN ") + kChannel);
     conn_ = std::move(conn);
     stats_->db_connected = true;
