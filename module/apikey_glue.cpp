@@ -19,6 +19,8 @@ struct apikey_table_s {
     // Replaced only by a successful attach, so a worker keeps serving from
     // the last good table while apikeyd is down or mid-swap.
     std::unique_ptr<apikey::KeyTableReader> reader;
+    // SHA-256 of the keys this worker saw lately (never the keys).
+    apikey::KeyHashMemo memo;
 };
 
 namespace {
@@ -33,10 +35,12 @@ void fill_verdict(const apikey::KeyInfo& info,
                   apikey_verdict_t* verdict) noexcept {
     std::memcpy(verdict->key_id, info.key_id.data(), 16);
     std::memcpy(verdict->org_id, info.org_id.data(), 16);
+    // only what lookup_brief() copied
     verdict->scope_count =
         info.scope_count <= APIKEY_MAX_SCOPES ? info.scope_count : 0;
-    std::memcpy(verdict->scope_hashes, info.scope_hashes,
-                sizeof(verdict->scope_hashes));
+    for (unsigned i = 0; i < verdict->scope_count; i++) {
+        verdict->scope_hashes[i] = info.scope_hashes[i];
+    }
     verdict->name_len =
         info.name_len <= APIKEY_MAX_NAME_LEN ? info.name_len : 0;
     std::memcpy(verdict->name, info.name, verdict->name_len);
@@ -82,25 +86,40 @@ int apikey_table_ready(const apikey_table_t* table) {
     return table->reader != nullptr && table->reader->ready();
 }
 
-apikey_result_e apikey_verify(const apikey_table_t* table,
+apikey_result_e apikey_verify(apikey_table_t* table,
                               const unsigned char* key, size_t len,
                               int64_t now_us, apikey_verdict_t* verdict) {
     std::string_view text(reinterpret_cast<const char*>(key), len);
 
-    if (!apikey::key_is_well_formed(text)) {
+    if (table == nullptr) {
+        return verdict->result = apikey::key_is_well_formed(text)
+                                     ? APIKEY_UNAVAILABLE
+                                     : APIKEY_MALFORMED;
+    }
+
+    // A remembered key was well-formed and has its SHA-256 at hand.
+    apikey::KeyHashMemo& memo = table->memo;
+    apikey::KeyHashMemo::Probe probe;
+    apikey::KeyHash hash;
+    const bool remembered = memo.find(text, &probe, &hash);
+
+    if (!remembered && !apikey::key_is_well_formed(text)) {
         return verdict->result = APIKEY_MALFORMED;
     }
-    if (table == nullptr || !apikey_table_ready(table)) {
+    if (!apikey_table_ready(table)) {
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+    if (!remembered && !apikey::sha256_key(text, &hash)) {
         return verdict->result = APIKEY_UNAVAILABLE;
     }
 
-    apikey::KeyHash hash;
     apikey::KeyInfo info;
-    if (!apikey::sha256_key(text, &hash)) {
-        return verdict->result = APIKEY_UNAVAILABLE;
-    }
-    if (!table->reader->lookup(hash, &info)) {
+    if (!table->reader->lookup_brief(hash, &info)) {
         return verdict->result = APIKEY_UNKNOWN;
+    }
+    if (!remembered) {
+        // Only keys the table knows: unknown keys cannot evict real ones.
+        memo.remember(probe, hash);
     }
 
     fill_verdict(info, verdict);

@@ -65,9 +65,11 @@ int apikey_table_ready(const apikey_table_t *table);
 /*
  * Checks a key's format, then its hash against the table. Fills verdict
  * (ids, name, scopes) whenever the key is known, even if expired or
- * revoked, so that usage is recorded under it.
+ * revoked, so that usage is recorded under it. A key the worker saw lately
+ * skips the format check and SHA-256 (the table keeps a memo of their
+ * hashes, never the keys); the table lookup is done every time.
  */
-apikey_result_e apikey_verify(const apikey_table_t *table,
+apikey_result_e apikey_verify(apikey_table_t *table,
     const unsigned char *key, size_t len, int64_t now_us,
     apikey_verdict_t *verdict);
 

@@ -81,37 +81,45 @@ void apikey_usage_retire(apikey_usage_t* usage, int slot) {
     usage->segment.retire_slot(static_cast<std::uint32_t>(slot));
 }
 
+// Written straight into the ring (reserve/publish): no record on the
+// stack, no second copy.
 int apikey_usage_push(apikey_usage_t* usage, int slot,
                       const apikey_usage_fields_t* f) {
-    apikey::UsageRecord rec;
-    std::memset(&rec, 0, sizeof(rec));
-    rec.version = apikey::kUsageRecordVersion;
-    rec.result = static_cast<apikey::AuthResult>(f->verdict->result);
-    rec.status = static_cast<std::uint16_t>(f->status);
-    rec.time_us = f->time_us;
-    rec.response_time_us = f->response_time_us;
-    rec.bytes_sent = f->bytes_sent;
-    std::memcpy(rec.key_id, f->verdict->key_id, sizeof(rec.key_id));
-    std::memcpy(rec.org_id, f->verdict->org_id, sizeof(rec.org_id));
+    const auto s = static_cast<std::uint32_t>(slot);
+    apikey::UsageRecord* rec = usage->segment.reserve(s);
+    if (rec == nullptr) {
+        return 0;
+    }
+    // every byte: the slot holds an older record
+    std::memset(rec, 0, sizeof(*rec));
+    rec->version = apikey::kUsageRecordVersion;
+    rec->result = static_cast<apikey::AuthResult>(f->verdict->result);
+    rec->status = static_cast<std::uint16_t>(f->status);
+    rec->time_us = f->time_us;
+    rec->response_time_us = f->response_time_us;
+    rec->bytes_sent = f->bytes_sent;
+    std::memcpy(rec->key_id, f->verdict->key_id, sizeof(rec->key_id));
+    std::memcpy(rec->org_id, f->verdict->org_id, sizeof(rec->org_id));
     if (f->ip_family == 4) {
-        rec.ip_family = apikey::IpFamily::kV4;
-        std::memcpy(rec.ip, f->ip, 4);
+        rec->ip_family = apikey::IpFamily::kV4;
+        std::memcpy(rec->ip, f->ip, 4);
     } else if (f->ip_family == 6) {
-        rec.ip_family = apikey::IpFamily::kV6;
-        std::memcpy(rec.ip, f->ip, 16);
+        rec->ip_family = apikey::IpFamily::kV6;
+        std::memcpy(rec->ip, f->ip, 16);
     }
     auto text = [](const unsigned char* p, size_t n) {
         return std::string_view(reinterpret_cast<const char*>(p), n);
     };
-    rec.method_len = apikey::copy_truncated(rec.method, sizeof(rec.method),
-                                            text(f->method, f->method_len));
-    rec.endpoint_len =
-        apikey::copy_truncated(rec.endpoint, sizeof(rec.endpoint),
+    rec->method_len = apikey::copy_truncated(rec->method, sizeof(rec->method),
+                                             text(f->method, f->method_len));
+    rec->endpoint_len =
+        apikey::copy_truncated(rec->endpoint, sizeof(rec->endpoint),
                                text(f->endpoint, f->endpoint_len));
-    rec.user_agent_len =
-        apikey::copy_truncated(rec.user_agent, sizeof(rec.user_agent),
+    rec->user_agent_len =
+        apikey::copy_truncated(rec->user_agent, sizeof(rec->user_agent),
                                text(f->user_agent, f->user_agent_len));
-    return usage->segment.push(static_cast<std::uint32_t>(slot), rec) ? 1 : 0;
+    usage->segment.publish(s, rec);
+    return 1;
 }
 
 void apikey_usage_count(apikey_usage_t* usage, int slot,

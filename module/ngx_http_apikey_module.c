@@ -36,6 +36,7 @@ typedef struct {
     ngx_flag_t                 capture;
     ngx_flag_t                 hide_key;
     ngx_str_t                  header;
+    ngx_str_t                  header_lc;    /* lowercase, as lowcase_key */
     ngx_array_t               *scopes;       /* of uint64_t scope hashes */
     ngx_http_complex_value_t  *endpoint;
 } ngx_http_apikey_loc_conf_t;
@@ -473,16 +474,39 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
         return ctx;
     }
 
-    /* the cleanup keeps the ctx findable across internal redirects */
+    /*
+     * The cleanup keeps the ctx findable across internal redirects: what
+     * ngx_pool_cleanup_add() does, with one allocation for both.
+     */
 
-    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_apikey_ctx_t));
+    cln = ngx_palloc(r->pool,
+                     sizeof(ngx_pool_cleanup_t) + sizeof(ngx_http_apikey_ctx_t));
     if (cln == NULL) {
         return NULL;
     }
 
-    ctx = cln->data;
-    ngx_memzero(ctx, sizeof(ngx_http_apikey_ctx_t));
+    ctx = (ngx_http_apikey_ctx_t *) (cln + 1);
+
     cln->handler = ngx_http_apikey_cleanup;
+    cln->data = ctx;
+    cln->next = r->pool->cleanup;
+    r->pool->cleanup = cln;
+
+    /*
+     * Not all of the ctx is zeroed: apikey_verify() fills the verdict's
+     * ids, scopes and name whenever the key is known, and nothing reads
+     * them otherwise (the variables and the usage record check the result
+     * first); the name and scope counts are read for every result.
+     */
+
+    ctx->key_header = NULL;
+    ctx->bearer_header = NULL;
+    ctx->verdict.scope_count = 0;
+    ctx->verdict.name_len = 0;
+
+    /* ids too (32 bytes): no stale pool memory can reach a usage record */
+    ngx_memzero(ctx->verdict.key_id, sizeof(ctx->verdict.key_id));
+    ngx_memzero(ctx->verdict.org_id, sizeof(ctx->verdict.org_id));
 
     ngx_http_set_ctx(r, ctx, ngx_http_apikey_module);
 
@@ -580,10 +604,17 @@ ngx_http_apikey_find_key(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (h[i].value.len == 0
-            || h[i].key.len != alcf->header.len
-            || ngx_strncasecmp(h[i].key.data, alcf->header.data,
-                               alcf->header.len) != 0)
+        if (h[i].value.len == 0 || h[i].key.len != alcf->header_lc.len) {
+            continue;
+        }
+
+        /* nginx sets lowcase_key; a third-party module might not */
+
+        if (h[i].lowcase_key != NULL
+            ? ngx_memcmp(h[i].lowcase_key, alcf->header_lc.data,
+                         alcf->header_lc.len) != 0
+            : ngx_strncasecmp(h[i].key.data, alcf->header_lc.data,
+                              alcf->header_lc.len) != 0)
         {
             continue;
         }
@@ -657,57 +688,57 @@ ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key)
 /*
  * Removes the key headers from the request headers that upstreams see.
  * Elements cannot be unlinked in place (other pointers, such as
- * r->headers_in.host, point into the list), so the list is rebuilt
- * without it; the old elements stay valid in the request pool.
+ * r->headers_in.host, point into the list), so the list is rebuilt as one
+ * part without them, copying the runs between them; the old elements stay
+ * valid in the request pool.
  */
 
 static ngx_int_t
 ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
 {
-    ngx_uint_t        i, n;
-    ngx_list_t        headers;
+    ngx_uint_t        i, n, start;
+    ngx_list_t       *list;
     ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *copy;
+    ngx_table_elt_t  *h, *elts, *d;
+
+    list = &r->headers_in.headers;
 
     n = 0;
-    for (part = &r->headers_in.headers.part; part; part = part->next) {
+    for (part = &list->part; part; part = part->next) {
         n += part->nelts;
     }
 
-    if (ngx_list_init(&headers, r->pool, n ? n : 1, sizeof(ngx_table_elt_t))
-        != NGX_OK)
-    {
+    elts = ngx_palloc(r->pool, (n ? n : 1) * sizeof(ngx_table_elt_t));
+    if (elts == NULL) {
         return NGX_ERROR;
     }
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
+    d = elts;
 
-    for (i = 0; /* void */; i++) {
+    for (part = &list->part; part; part = part->next) {
+        h = part->elts;
+        start = 0;
 
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
+        for (i = 0; i < part->nelts; i++) {
+            if (&h[i] != ctx->key_header && &h[i] != ctx->bearer_header) {
+                continue;
             }
 
-            part = part->next;
-            h = part->elts;
-            i = 0;
+            ngx_memcpy(d, &h[start], (i - start) * sizeof(ngx_table_elt_t));
+            d += i - start;
+            start = i + 1;
         }
 
-        if (&h[i] == ctx->key_header || &h[i] == ctx->bearer_header) {
-            continue;
-        }
-
-        copy = ngx_list_push(&headers);
-        if (copy == NULL) {
-            return NGX_ERROR;
-        }
-
-        *copy = h[i];
+        ngx_memcpy(d, &h[start],
+                   (part->nelts - start) * sizeof(ngx_table_elt_t));
+        d += part->nelts - start;
     }
 
-    r->headers_in.headers = headers;
+    list->part.elts = elts;
+    list->part.nelts = d - elts;
+    list->part.next = NULL;
+    list->last = &list->part;
+    list->nalloc = n ? n : 1;
 
     if (ctx->bearer_header != NULL) {
         r->headers_in.authorization = NULL;
@@ -989,6 +1020,14 @@ ngx_http_apikey_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->capture, prev->capture, 1);
     ngx_conf_merge_value(conf->hide_key, prev->hide_key, 1);
     ngx_conf_merge_str_value(conf->header, prev->header, "X-API-Key");
+
+    conf->header_lc.len = conf->header.len;
+    conf->header_lc.data = ngx_pnalloc(cf->pool, conf->header.len);
+    if (conf->header_lc.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_strlow(conf->header_lc.data, conf->header.data, conf->header.len);
 
     if (conf->enable) {
         amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_apikey_module);

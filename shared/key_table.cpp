@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 namespace apikey {
@@ -36,10 +37,13 @@ constexpr unsigned kKeyTableMode = 0644;  // workers run as another user
 // Load limit, counting tombstones: 7/10.
 constexpr std::uint64_t kMaxLoadNumerator = 7;
 constexpr std::uint64_t kMaxLoadDenominator = 10;
-// A slot the writer holds for longer than this is given up on (the writer
-// died mid-update; apikeyd's restart republishes a fresh file).
+// A slot the writer holds (odd sequence) is retried: spinning first, then
+// yielding, for up to kMaxSlotWaitNs. An update takes ~100 ns, but on a
+// loaded machine the writer can be preempted in the middle of one for a
+// scheduler slice or more; only a writer that died mid-update (apikeyd's
+// restart republishes a fresh file) should make a reader give up.
 constexpr unsigned kSpinRetries = 64;
-constexpr unsigned kMaxSlotRetries = kSpinRetries + 10000;
+
 
 constexpr std::uint32_t kEmpty = static_cast<std::uint32_t>(SlotState::kEmpty);
 constexpr std::uint32_t kLive = static_cast<std::uint32_t>(SlotState::kLive);
@@ -144,6 +148,40 @@ void load_info(const KeyInfo& from, KeyInfo* to) noexcept {
     }
 }
 
+// load_info() of the words a request needs (see lookup_brief()). The
+// counts come from the racy copy itself: clamped, so a torn value stays
+// inside the slot, and the seqlock discards the copy anyway.
+constexpr std::size_t kCountsWord = offsetof(KeyInfo, scope_count) / sizeof(Word);
+constexpr std::size_t kScopesWord = offsetof(KeyInfo, scope_hashes) / sizeof(Word);
+constexpr std::size_t kNameWord = offsetof(KeyInfo, name) / sizeof(Word);
+static_assert(offsetof(KeyInfo, name_len) / sizeof(Word) == kCountsWord);
+static_assert(offsetof(KeyInfo, scope_hashes) % sizeof(Word) == 0);
+static_assert(offsetof(KeyInfo, scope_hashes) == offsetof(KeyInfo, revoked_at_us) + 8);
+static_assert(kNameWord == kCountsWord);
+
+void load_info_brief(const KeyInfo& from, KeyInfo* to) noexcept {
+    const Word* src = words(from);
+    Word* dst = words(*to);
+#pragma GCC unroll 10
+    for (std::size_t i = 0; i < kScopesWord; ++i) {  // hash, ids, times
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+    }
+    dst[kCountsWord] = __atomic_load_n(&src[kCountsWord], __ATOMIC_RELAXED);
+    const std::size_t scopes =
+        to->scope_count < kMaxScopes ? to->scope_count : kMaxScopes;
+    for (std::size_t i = 0; i < scopes; ++i) {
+        dst[kScopesWord + i] =
+            __atomic_load_n(&src[kScopesWord + i], __ATOMIC_RELAXED);
+    }
+    const std::size_t name_len =
+        to->name_len < kMaxNameLen ? to->name_len : kMaxNameLen;
+    const std::size_t name_end =
+        (offsetof(KeyInfo, name) + name_len + sizeof(Word) - 1) / sizeof(Word);
+    for (std::size_t i = kNameWord + 1; i < name_end; ++i) {
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+    }
+}
+
 void store_info(KeyInfo& to, const KeyInfo& from) noexcept {
     const Word* src = words(from);
     Word* dst = words(to);
@@ -155,10 +193,26 @@ void store_info(KeyInfo& to, const KeyInfo& from) noexcept {
 enum class SlotRead { kEmpty, kSkip, kMatch, kBusy };
 
 // One consistent look at a slot (seqlock read side). Copies the entry into
-// *out only when its hash matches.
+// *out only when its hash matches (kBrief: only what lookup_brief() says).
+std::int64_t monotonic_ns() noexcept {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+template <bool kBrief>
 SlotRead read_slot(const KeyTableSlot& slot, const KeyHash& hash,
-                   KeyInfo* out) noexcept {
-    for (unsigned attempt = 0; attempt < kMaxSlotRetries; ++attempt) {
+                   KeyInfo* out, std::int64_t max_wait_ns) noexcept {
+    std::int64_t deadline = 0;  // set once spinning is over
+    for (unsigned attempt = 0;; ++attempt) {
+        if (attempt >= kSpinRetries) {
+            std::int64_t now = monotonic_ns();
+            if (deadline == 0) {
+                deadline = now + max_wait_ns;
+            } else if (now > deadline) {
+                break;
+            }
+        }
         if (attempt > 0) {
             backoff(attempt);
         }
@@ -171,7 +225,11 @@ SlotRead read_slot(const KeyTableSlot& slot, const KeyHash& hash,
         if (state == kEmpty) {
             result = SlotRead::kEmpty;
         } else if (state == kLive && hash_matches(slot.info, hash)) {
-            load_info(slot.info, out);
+            if (kBrief) {
+                load_info_brief(slot.info, out);
+            } else {
+                load_info(slot.info, out);
+            }
             result = SlotRead::kMatch;
         }
         std::atomic_thread_fence(std::memory_order_acquire);
@@ -259,16 +317,6 @@ void KeyTableReader::detach() noexcept {
     map_.reset();
 }
 
-bool KeyTableReader::ready() const noexcept {
-    return header_ != nullptr &&
-           header_->ready.load(std::memory_order_acquire) != 0;
-}
-
-bool KeyTableReader::superseded() const noexcept {
-    return header_ != nullptr &&
-           header_->superseded.load(std::memory_order_acquire) != 0;
-}
-
 std::uint64_t KeyTableReader::generation() const noexcept {
     return header_ ? header_->generation.load(std::memory_order_acquire) : 0;
 }
@@ -283,6 +331,16 @@ std::int64_t KeyTableReader::synced_at_us() const noexcept {
 }
 
 bool KeyTableReader::lookup(const KeyHash& hash, KeyInfo* out) const noexcept {
+    return find<false>(hash, out);
+}
+
+bool KeyTableReader::lookup_brief(const KeyHash& hash,
+                                  KeyInfo* out) const noexcept {
+    return find<true>(hash, out);
+}
+
+template <bool kBrief>
+bool KeyTableReader::find(const KeyHash& hash, KeyInfo* out) const noexcept {
     if (header_ == nullptr) {
         return false;
     }
@@ -290,7 +348,7 @@ bool KeyTableReader::lookup(const KeyHash& hash, KeyInfo* out) const noexcept {
     // Bounded by capacity: a corrupt table without empty slots cannot
     // trap a worker.
     for (std::uint64_t probe = 0; probe <= mask_; ++probe) {
-        switch (read_slot(slots_[i], hash, out)) {
+        switch (read_slot<kBrief>(slots_[i], hash, out, busy_wait_ns_)) {
         case SlotRead::kMatch:
             return true;
         case SlotRead::kEmpty:

@@ -95,9 +95,16 @@ public:
     void detach() noexcept;
 
     bool attached() const noexcept { return header_ != nullptr; }
-    bool ready() const noexcept;
+    // Both inline: asked on every request.
+    bool ready() const noexcept {
+        return header_ != nullptr &&
+               header_->ready.load(std::memory_order_acquire) != 0;
+    }
     // A newer file replaced this one: the caller should attach() again.
-    bool superseded() const noexcept;
+    bool superseded() const noexcept {
+        return header_ != nullptr &&
+               header_->superseded.load(std::memory_order_acquire) != 0;
+    }
     std::uint64_t generation() const noexcept;
     std::uint64_t live_count() const noexcept;
     std::int64_t synced_at_us() const noexcept;
@@ -107,8 +114,23 @@ public:
     // only if the writer holds one slot for many milliseconds (it died
     // mid-update; its restart publishes a new file).
     bool lookup(const KeyHash& hash, KeyInfo* out) const noexcept;
+    // lookup() that copies only what a request needs: the hash, ids,
+    // times, scope_count and name_len, the first scope_count scope hashes
+    // and the first name_len bytes of the name. The rest of *out is left
+    // as it was. (The nginx worker's per-request path.)
+    bool lookup_brief(const KeyHash& hash, KeyInfo* out) const noexcept;
+
+    // How long a lookup waits for a slot the writer holds before giving
+    // up (false): 200 ms by default. The writer needs ~100 ns per update
+    // but can be preempted mid-update on a loaded machine; only a writer
+    // that died mid-update should make a reader give up.
+    void set_busy_wait_ns(std::int64_t ns) noexcept { busy_wait_ns_ = ns; }
 
 private:
+    std::int64_t busy_wait_ns_ = 200 * 1000 * 1000;
+    template <bool kBrief>
+    bool find(const KeyHash& hash, KeyInfo* out) const noexcept;
+
     const KeyTableHeader* header_ = nullptr;
     const KeyTableSlot* slots_ = nullptr;
     std::uint64_t mask_ = 0;

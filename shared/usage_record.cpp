@@ -40,8 +40,8 @@ const char* auth_result_name(AuthResult r) noexcept {
     return "invalid";
 }
 
-std::uint8_t copy_truncated(char* dst, std::size_t cap,
-                            std::string_view text) noexcept {
+std::uint8_t copy_cut(char* dst, std::size_t cap,
+                      std::string_view text) noexcept {
     if (cap > kMaxTruncatedLen) {
         cap = kMaxTruncatedLen;
     }

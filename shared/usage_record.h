@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 #include <type_traits>
 
@@ -69,10 +70,22 @@ static_assert(sizeof(UsageRecord) == 288, "record size is part of the layout");
 static_assert(std::is_trivially_copyable_v<UsageRecord>);
 static_assert(std::is_standard_layout_v<UsageRecord>);
 
+// copy_truncated() of a text longer than `cap` (or `cap` above 255).
+std::uint8_t copy_cut(char* dst, std::size_t cap,
+                      std::string_view text) noexcept;
+
 // Copies up to `cap` bytes of `text` into `dst`; returns the length stored.
 // Cuts at a UTF-8 character boundary so stored text stays valid UTF-8 when
-// the input was.
-std::uint8_t copy_truncated(char* dst, std::size_t cap,
-                            std::string_view text) noexcept;
+// the input was. Inline: most texts fit (one record field each, per
+// request).
+inline std::uint8_t copy_truncated(char* dst, std::size_t cap,
+                                   std::string_view text) noexcept {
+    const std::size_t n = text.size();
+    if (n - 1 < cap && cap <= 255) {  // 0 < n <= cap
+        std::memcpy(dst, text.data(), n);
+        return static_cast<std::uint8_t>(n);
+    }
+    return n == 0 ? 0 : copy_cut(dst, cap, text);
+}
 
 }  // namespace apikey

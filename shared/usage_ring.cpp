@@ -330,13 +330,12 @@ void UsageSegment::retire_slot(std::uint32_t slot) noexcept {
     slots_[slot].state.store(kRetired, std::memory_order_release);
 }
 
-bool UsageSegment::push(std::uint32_t slot,
-                        const UsageRecord& record) noexcept {
+UsageRecord* UsageSegment::reserve(std::uint32_t slot) noexcept {
     if (slot >= slot_count_) {
         if (header_ != nullptr) {
             header_->unslotted_drops.fetch_add(1, std::memory_order_relaxed);
         }
-        return false;
+        return nullptr;
     }
     UsageSlot& s = slots_[slot];
     const std::uint64_t head = s.head.load(std::memory_order_relaxed);
@@ -344,15 +343,29 @@ bool UsageSegment::push(std::uint32_t slot,
         s.cached_tail = s.tail.load(std::memory_order_acquire);
         if (head - s.cached_tail >= capacity_) {
             s.dropped.fetch_add(1, std::memory_order_relaxed);
-            return false;
+            return nullptr;
         }
     }
-    UsageRecord* dst = ring(slot) + (head & (capacity_ - 1));
-    std::memcpy(dst, &record, sizeof(UsageRecord));
-    dst->slot = slot;
-    dst->generation = s.generation.load(std::memory_order_relaxed);
-    dst->sequence = head;
+    return ring(slot) + (head & (capacity_ - 1));
+}
+
+void UsageSegment::publish(std::uint32_t slot, UsageRecord* record) noexcept {
+    UsageSlot& s = slots_[slot];
+    const std::uint64_t head = s.head.load(std::memory_order_relaxed);
+    record->slot = slot;
+    record->generation = s.generation.load(std::memory_order_relaxed);
+    record->sequence = head;
     s.head.store(head + 1, std::memory_order_release);
+}
+
+bool UsageSegment::push(std::uint32_t slot,
+                        const UsageRecord& record) noexcept {
+    UsageRecord* dst = reserve(slot);
+    if (dst == nullptr) {
+        return false;
+    }
+    std::memcpy(dst, &record, sizeof(UsageRecord));
+    publish(slot, dst);
     return true;
 }
 

@@ -152,6 +152,14 @@ public:
     // (an out-of-range slot counts in the header's unslotted_drops).
     [[nodiscard]] bool push(std::uint32_t slot,
                             const UsageRecord& record) noexcept;
+    // push() in two steps, for a producer that fills the record in place
+    // (no copy): reserve() returns the next record of the slot's ring, or
+    // nullptr when the ring is full (the drop is counted, as by push()) or
+    // the slot is out of range; the caller writes every field of it, then
+    // publish() stamps slot, generation and sequence and makes it visible.
+    // Nothing is visible to the consumer between the two.
+    [[nodiscard]] UsageRecord* reserve(std::uint32_t slot) noexcept;
+    void publish(std::uint32_t slot, UsageRecord* record) noexcept;
     void count_unrecorded(std::uint32_t slot, UnrecordedCounter c) noexcept;
 
     // --- consumer (apikeyd) ---

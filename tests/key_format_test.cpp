@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 namespace apikey {
 namespace {
@@ -241,6 +243,158 @@ TEST(Sha256, ThreadsHashIndependently) {
         t.join();
     }
     EXPECT_EQ(wrong.load(), 0);
+}
+
+// The reference implementation's vectors (github.com/veorq/SipHash,
+// vectors.h): key 00..0f, message 00..(n-1).
+TEST(SipHash, MatchesTheReferenceVectorsFor128BitTags) {
+    SipKey key;
+    std::uint8_t k[16];
+    for (int i = 0; i < 16; ++i) {
+        k[i] = static_cast<std::uint8_t>(i);
+    }
+    std::memcpy(&key, k, sizeof key);  // little-endian k0, k1
+    const std::uint8_t want0[16] = {0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25,
+                                    0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14,
+                                    0xc7, 0x55, 0x02, 0x93};
+    const std::uint8_t want1[16] = {0xda, 0x87, 0xc1, 0xd8, 0x6b, 0x99,
+                                    0xaf, 0x44, 0x34, 0x76, 0x59, 0x11,
+                                    0x9b, 0x22, 0xfc, 0x45};
+    const char msg1[1] = {0};
+    for (const auto& [data, want] :
+         {std::pair{std::string_view(), want0},
+          std::pair{std::string_view(msg1, 1), want1}}) {
+        const Tag128 tag = siphash24_128(key, data);
+        std::uint8_t got[16];
+        std::memcpy(got, &tag.lo, 8);
+        std::memcpy(got + 8, &tag.hi, 8);
+        EXPECT_EQ(std::memcmp(got, want, 16), 0) << data.size();
+    }
+}
+
+// The same tag, from OpenSSL: AES-128-CBC with a zero IV over the
+// three-block encoding; the last ciphertext block is the CBC-MAC.
+Tag128 openssl_cbc_mac(const std::uint8_t key[16], std::string_view data) {
+    std::uint8_t msg[48] = {};
+    msg[0] = static_cast<std::uint8_t>(data.size());
+    std::memcpy(msg + 1, data.data(), data.size());
+    std::uint8_t iv[16] = {};
+    std::uint8_t out[48 + 16];
+    int len = 0;
+    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+    EXPECT_EQ(EVP_EncryptInit_ex(ctx, EVP_aes_128_cbc(), nullptr, key, iv), 1);
+    EVP_CIPHER_CTX_set_padding(ctx, 0);
+    EXPECT_EQ(EVP_EncryptUpdate(ctx, out, &len, msg, sizeof msg), 1);
+    EXPECT_EQ(len, 48);
+    EVP_CIPHER_CTX_free(ctx);
+    Tag128 tag;
+    std::memcpy(&tag.lo, out + 32, 8);
+    std::memcpy(&tag.hi, out + 40, 8);
+    return tag;
+}
+
+TEST(AesCbcMac, MatchesOpenSsl) {
+    if (!cpu_has_aes()) {
+        GTEST_SKIP() << "no AES instructions on this CPU";
+    }
+    std::uint8_t key[16];
+    for (int i = 0; i < 16; ++i) {
+        key[i] = static_cast<std::uint8_t>(0x11 * i + 3);
+    }
+    for (std::string data : {std::string(), std::string("a"),
+                             std::string(15, 'x'), std::string(16, 'y'),
+                             generate_key("ak"), generate_key("test1234"),
+                             std::string(47, 'z')}) {
+        Tag128 tag{};
+        ASSERT_TRUE(aes128_cbc_mac_tag(key, data, &tag)) << data.size();
+        const Tag128 want = openssl_cbc_mac(key, data);
+        EXPECT_EQ(tag.lo, want.lo) << data.size();
+        EXPECT_EQ(tag.hi, want.hi) << data.size();
+    }
+    Tag128 tag{};
+    EXPECT_FALSE(aes128_cbc_mac_tag(key, std::string(48, 'z'), &tag));
+}
+
+void memo_remembers_keys(bool use_aes) {
+    KeyHashMemo memo(use_aes);
+    const std::string a = generate_key("ak");
+    const std::string b = generate_key("ak");
+    KeyHash ha{}, hb{}, got{};
+    ASSERT_TRUE(sha256_key(a, &ha));
+    ASSERT_TRUE(sha256_key(b, &hb));
+
+    KeyHashMemo::Probe pa, pb;
+    EXPECT_FALSE(memo.find(a, &pa, &got));
+    ASSERT_TRUE(pa.usable);
+    memo.remember(pa, ha);
+    EXPECT_TRUE(memo.find(a, &pa, &got));
+    EXPECT_EQ(got, ha);
+    EXPECT_FALSE(memo.find(b, &pb, &got));
+    memo.remember(pb, hb);
+    EXPECT_TRUE(memo.find(b, &pb, &got));
+    EXPECT_EQ(got, hb);
+
+    // one character off: another tag
+    std::string typo = a;
+    typo[5] = typo[5] == 'A' ? 'B' : 'A';
+    KeyHashMemo::Probe pt;
+    EXPECT_FALSE(memo.find(typo, &pt, &got));
+    // a prefix or an extension of a remembered key
+    EXPECT_FALSE(memo.find(std::string_view(a).substr(0, a.size() - 1), &pt,
+                           &got));
+
+    // never a candidate: too short or too long to be a key
+    KeyHashMemo::Probe pn;
+    EXPECT_FALSE(memo.find("ak_short", &pn, &got));
+    EXPECT_FALSE(pn.usable);
+    EXPECT_FALSE(memo.find(std::string(kMaxKeyLen + 1, 'a'), &pn, &got));
+    EXPECT_FALSE(pn.usable);
+    memo.remember(pn, ha);  // ignored
+
+    // another memo has another secret: nothing carries over
+    KeyHashMemo other(use_aes);
+    KeyHashMemo::Probe po;
+    EXPECT_FALSE(other.find(a, &po, &got));
+    EXPECT_TRUE(po.tag.lo != pa.tag.lo || po.tag.hi != pa.tag.hi);
+}
+
+TEST(KeyHashMemo, RemembersKeysWithSipHash) {
+    KeyHashMemo memo(false);
+    EXPECT_FALSE(memo.uses_aes());
+    memo_remembers_keys(false);
+}
+
+TEST(KeyHashMemo, RemembersKeysWithAes) {
+    KeyHashMemo memo(true);
+    EXPECT_EQ(memo.uses_aes(), cpu_has_aes());
+    memo_remembers_keys(true);
+}
+
+TEST(KeyHashMemo, ManyKeysEvictButNeverConfuse) {
+    KeyHashMemo memo;
+    std::vector<std::string> keys;
+    std::vector<KeyHash> hashes;
+    for (std::size_t i = 0; i < 3 * KeyHashMemo::kEntries; ++i) {
+        keys.push_back(generate_key("ak"));
+        hashes.emplace_back();
+        ASSERT_TRUE(sha256_key(keys.back(), &hashes.back()));
+        KeyHashMemo::Probe p;
+        KeyHash got{};
+        if (!memo.find(keys.back(), &p, &got)) {
+            memo.remember(p, hashes.back());
+        }
+    }
+    std::size_t hits = 0;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+        KeyHashMemo::Probe p;
+        KeyHash got{};
+        if (memo.find(keys[i], &p, &got)) {
+            ++hits;
+            EXPECT_EQ(got, hashes[i]) << i;
+        }
+    }
+    EXPECT_GT(hits, 0u);
+    EXPECT_LE(hits, KeyHashMemo::kEntries);
 }
 
 TEST(ScopeHash, IsFnv1a64) {

@@ -304,6 +304,49 @@ TEST_F(KeyTableTest, ScopesAndNameAreReadBack) {
     EXPECT_EQ(out.name_view(), name);
 }
 
+TEST_F(KeyTableTest, BriefLookupCopiesWhatARequestNeedsAndNothingElse) {
+    KeyTableWriter w = published();
+    for (std::uint8_t scopes : {0, 1, 3, 8}) {
+        for (std::uint8_t name_len : {0, 1, 5, 6, 7, 14, 99, 100}) {
+            const std::uint64_t n = scopes * 1000 + name_len;
+            KeyInfo info = info_for(hash_of(n), n + 1);
+            info.scope_count = scopes;
+            info.name_len = name_len;
+            ASSERT_TRUE(w.upsert(info));
+        }
+    }
+    KeyTableReader r;
+    ASSERT_EQ(r.attach(path_.c_str(), nullptr), SegmentStatus::kOk);
+    for (std::uint8_t scopes : {0, 1, 3, 8}) {
+        for (std::uint8_t name_len : {0, 1, 5, 6, 7, 14, 99, 100}) {
+            const std::uint64_t n = scopes * 1000 + name_len;
+            KeyInfo full{};
+            ASSERT_TRUE(r.lookup(hash_of(n), &full));
+            KeyInfo brief;
+            std::memset(&brief, 0xa5, sizeof brief);  // "not copied" marker
+            ASSERT_TRUE(r.lookup_brief(hash_of(n), &brief));
+            EXPECT_EQ(brief.key_hash, full.key_hash);
+            EXPECT_EQ(brief.key_id, full.key_id);
+            EXPECT_EQ(brief.org_id, full.org_id);
+            EXPECT_EQ(brief.expires_at_us, full.expires_at_us);
+            EXPECT_EQ(brief.revoked_at_us, full.revoked_at_us);
+            ASSERT_EQ(brief.scope_count, scopes);
+            ASSERT_EQ(brief.name_len, name_len);
+            for (std::size_t i = 0; i < scopes; ++i) {
+                EXPECT_EQ(brief.scope_hashes[i], full.scope_hashes[i]);
+            }
+            EXPECT_EQ(brief.name_view(), full.name_view());
+            if (scopes < kMaxScopes) {  // whole words beyond the count
+                std::uint64_t marker;
+                std::memset(&marker, 0xa5, sizeof marker);
+                EXPECT_EQ(brief.scope_hashes[kMaxScopes - 1], marker);
+            }
+        }
+    }
+    KeyInfo out{};
+    EXPECT_FALSE(r.lookup_brief(hash_of(999999), &out));
+}
+
 TEST_F(KeyTableTest, OutOfRangeCountsAreClampedByTheWriter) {
     KeyInfo info = info_for(hash_of(1), 0);
     info.scope_count = 200;

@@ -529,6 +529,40 @@ TEST_F(UsageRingTest, FullRingDropsAndCountsExactly) {
     }
 }
 
+TEST_F(UsageRingTest, ReserveAndPublishWriteInPlaceLikePush) {
+    constexpr std::uint64_t kCap = 8;
+    UsageSegment seg = create(2, kCap);
+    ASSERT_EQ(seg.claim_slot(1, 9), 0);
+    ASSERT_EQ(seg.claim_slot(2, 12345), 1);
+    for (std::uint64_t i = 0; i < kCap; ++i) {
+        UsageRecord* rec = seg.reserve(1);
+        ASSERT_NE(rec, nullptr);
+        // invisible until published
+        EXPECT_EQ(seg.slot(1).head.load(), i);
+        *rec = pattern_record(i);
+        seg.publish(1, rec);
+        EXPECT_EQ(seg.slot(1).head.load(), i + 1);
+    }
+    EXPECT_EQ(seg.reserve(1), nullptr);  // full: counted like push
+    EXPECT_EQ(seg.slot(1).dropped.load(), 1u);
+    EXPECT_EQ(seg.reserve(2), nullptr);  // no such slot
+    EXPECT_EQ(seg.header().unslotted_drops.load(), 1u);
+
+    UsageRecord out[kCap];
+    ASSERT_EQ(seg.peek(1, 0, out, kCap), kCap);
+    for (std::uint64_t i = 0; i < kCap; ++i) {
+        EXPECT_TRUE(matches_pattern(out[i], i, 1, 12345)) << i;
+    }
+    seg.commit(1, 3);
+    UsageRecord* rec = seg.reserve(1);  // the oldest drained record's place
+    ASSERT_NE(rec, nullptr);
+    EXPECT_EQ(rec, seg.reserve(1));  // nothing moves until publish
+    *rec = pattern_record(kCap);
+    seg.publish(1, rec);
+    ASSERT_EQ(seg.peek(1, kCap, out, kCap), 1u);
+    EXPECT_TRUE(matches_pattern(out[0], kCap, 1, 12345));
+}
+
 TEST_F(UsageRingTest, PushToMissingSlotCountsUnslottedDrop) {
     UsageSegment seg = create(2, 8);
     EXPECT_FALSE(seg.push(2, sample_record()));
