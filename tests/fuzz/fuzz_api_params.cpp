@@ -38,19 +38,12 @@
 #include "key_format.h"
 #include "key_table.h"
 
+#include "fuzz_check.h"
+
 namespace {
 
 using namespace apikey;
 using namespace apikey::api;
-
-#define FUZZ_CHECK(cond)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                         __LINE__, #cond);                                 \
-            std::abort();                                                  \
-        }                                                                  \
-    } while (0)
 
 constexpr std::int64_t kMaxTimeUs = 253402300800LL * kUsPerSecond;  // 10000-01-01
 constexpr std::int64_t kMinTimeUs = -62135596800LL * kUsPerSecond;  // 0001-01-01

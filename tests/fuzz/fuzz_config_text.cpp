@@ -22,18 +22,11 @@
 
 #include "config.h"
 
+#include "fuzz_check.h"
+
 namespace {
 
 using namespace apikey;
-
-#define FUZZ_CHECK(cond)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                         __LINE__, #cond);                                 \
-            std::abort();                                                  \
-        }                                                                  \
-    } while (0)
 
 void check_config(const DaemonConfig& c) {
     FUZZ_CHECK(c.listen_port >= 1 && c.listen_port <= 65535);

@@ -34,18 +34,11 @@
 #include "key_format.h"
 #include "key_hash.h"
 
+#include "fuzz_check.h"
+
 namespace {
 
 using namespace apikey;
-
-#define FUZZ_CHECK(cond)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                         __LINE__, #cond);                                 \
-            std::abort();                                                  \
-        }                                                                  \
-    } while (0)
 
 constexpr char kAlphabet[] =
     "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

@@ -38,18 +38,11 @@
 
 #include "key_table.h"
 
+#include "fuzz_check.h"
+
 namespace {
 
 using namespace apikey;
-
-#define FUZZ_CHECK(cond)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                         __LINE__, #cond);                                 \
-            std::abort();                                                  \
-        }                                                                  \
-    } while (0)
 
 constexpr std::size_t kSlot = sizeof(KeyTableSlot);
 // Offsets inside the header and a slot (the layout is the contract).

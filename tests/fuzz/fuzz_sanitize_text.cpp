@@ -29,18 +29,11 @@
 #include "rollup.h"
 #include "usage_record.h"
 
+#include "fuzz_check.h"
+
 namespace {
 
 using namespace apikey;
-
-#define FUZZ_CHECK(cond)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                         __LINE__, #cond);                                 \
-            std::abort();                                                  \
-        }                                                                  \
-    } while (0)
 
 // Length of the well-formed UTF-8 sequence at s[i] (RFC 3629: shortest
 // form, no surrogates, <= U+10FFFF), 0 if there is none; NUL counts as

@@ -46,18 +46,11 @@
 #include "rollup.h"
 #include "spool.h"
 
+#include "fuzz_check.h"
+
 namespace {
 
 using namespace apikey;
-
-#define FUZZ_CHECK(cond)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                         __LINE__, #cond);                                 \
-            std::abort();                                                  \
-        }                                                                  \
-    } while (0)
 
 constexpr std::size_t kRecord = sizeof(UsageRecord);
 constexpr std::size_t kHeader = kSpoolFrameHeaderBytes;
