@@ -1039,146 +1039,142 @@ std::size_t UsageStore::ensure_partitions_for(
 }
 
 CommitStats UsageStore::commit(const std::vector<UsageRecord>& records) {
+    if (records.empty()) return CommitStats{};
+    return or_abandon([&] { return commit_batch(records); });
+}
+
+CommitStats UsageStore::commit_batch(const std::vector<UsageRecord>& records) {
     CommitStats stats;
-    if (records.empty()) return stats;
-    try {
-        PGconn* conn = connection().get();
-        if (raw_events_) ensure_partitions_for(records, month_of_us(now_us()));
+    PGconn* conn = connection().get();
+    if (raw_events_) ensure_partitions_for(records, month_of_us(now_us()));
 
-        // Ring positions in this batch, in lock order.
-        using SlotKey = std::pair<std::uint32_t, std::uint64_t>;
-        std::map<SlotKey, std::uint64_t> next;
-        for (const UsageRecord& r : records) {
-            next.emplace(SlotKey(r.slot, r.generation), 0);
-        }
-        ArrayParam slots(kInt4Oid), generations(kInt8Oid);
-        for (const auto& entry : next) {
-            slots.add_i32(static_cast<std::int32_t>(entry.first.first));
-            generations.add_i64(clamp_i64(entry.first.second));
-        }
-        const Param node = Param::text(node_);
-        const Param slots_param = Param::array(slots);
-        const Param generations_param = Param::array(generations);
-
-        Pipeline begin(conn);
-        begin.send_sql("BEGIN");
-        begin.send(kStInsertOffsets, {node, slots_param, generations_param});
-        begin.send(kStLockOffsets, {node, slots_param, generations_param});
-        const pg::Result committed = std::move(begin.run().back());
-        for (int i = 0; i < committed.rows(); ++i) {
-            SlotKey k(
-                static_cast<std::uint32_t>(std::stoul(committed.get(i, 0))),
-                static_cast<std::uint64_t>(std::stoll(committed.get(i, 1))));
-            next[k] =
-                static_cast<std::uint64_t>(std::stoll(committed.get(i, 2)));
-        }
-        if (static_cast<std::size_t>(committed.rows()) != next.size()) {
-            throw pg::Error("usage_offsets rows vanished while locking them");
-        }
-
-        // Drop what is already committed; advance the positions.
-        std::vector<const UsageRecord*> known;
-        known.reserve(records.size());
-        bool advanced = false;
-        auto slot_it = next.end();
-        for (const UsageRecord& r : records) {
-            if (slot_it == next.end() || slot_it->first.first != r.slot ||
-                slot_it->first.second != r.generation) {
-                slot_it = next.find(SlotKey(r.slot, r.generation));
-            }
-            if (r.sequence < slot_it->second) {
-                stats.duplicates++;
-                continue;
-            }
-            slot_it->second = r.sequence + 1;
-            advanced = true;
-            if (storable(r)) {
-                known.push_back(&r);
-            } else {
-                stats.ignored++;
-            }
-        }
-        stats.inserted = known.size();
-
-        // Raw rows stream into COPY; the rollup is built between chunks and
-        // the statements after the COPY are encoded while the server
-        // finishes it, then go out in one round trip.
-        BatchRollup rollup;
-        RollupWrite hourly, daily;
-        std::vector<Param> keys;
-        auto prepare = [&](RollupBuilder* builder) {
-            rollup = builder->finish();
-            hourly = prepare_rollup(rollup.hourly, hourly_cache_.get());
-            daily = prepare_rollup(rollup.daily, daily_cache_.get());
-            keys = key_update_params(rollup.keys);
-        };
-        if (!known.empty()) {
-            RollupBuilder builder;
-            builder.reserve(known.size());
-            if (raw_events_) {
-                stats.raw_skipped =
-                    copy_raw(conn, known, partitions_, node_, &builder,
-                             [&] { prepare(&builder); });
-            } else {
-                for (const UsageRecord* r : known) builder.add(*r);
-                prepare(&builder);
-            }
-        }
-
-        // Lock order, the same on every node: hourly rows, daily rows, keys,
-        // each sorted (the offsets locked first are this node's alone).
-        Pipeline pipe(conn);
-        if (!rollup.hourly.empty()) {
-            pipe.send(hourly_sql().upsert, hourly.params);
-            pipe.send(daily_sql().upsert, daily.params);
-            pipe.send(kStLockKeys, {keys[0]});
-            pipe.send(kStUpdateKeys, keys);
-        }
-        if (advanced) {
-            ArrayParam s(kInt4Oid), g(kInt8Oid), n(kInt8Oid);
-            for (const auto& entry : next) {
-                s.add_i32(static_cast<std::int32_t>(entry.first.first));
-                g.add_i64(clamp_i64(entry.first.second));
-                n.add_i64(clamp_i64(entry.second));
-            }
-            pipe.send(kStAdvanceOffsets, {node, Param::array(s),
-                                          Param::array(g), Param::array(n)});
-        }
-        bool hourly_stale = false, daily_stale = false;
-        if (pipe.queued() > 0) {
-            std::vector<pg::Result> results = pipe.run();
-            if (!rollup.hourly.empty()) {
-                finish_rollup(conn, hourly_sql(), rollup.hourly, results[0],
-                              hourly, &hourly_stale);
-                finish_rollup(conn, daily_sql(), rollup.daily, results[1],
-                              daily, &daily_stale);
-                stats.keys_touched = affected_rows(results[3]);
-            }
-        }
-        exec_simple(conn, "COMMIT");
-
-        if (hourly_stale) {
-            hourly_cache_->clear();
-        } else {
-            hourly_cache_->trim();
-        }
-        if (daily_stale) {
-            daily_cache_->clear();
-        } else {
-            daily_cache_->trim();
-        }
-        return stats;
-    } catch (const pg::Error&) {
-        abandon();
-        throw;
-    } catch (const std::exception& e) {
-        abandon();
-        throw pg::Error(std::string("usage store: ") + e.what());
+    // Ring positions in this batch, in lock order.
+    using SlotKey = std::pair<std::uint32_t, std::uint64_t>;
+    std::map<SlotKey, std::uint64_t> next;
+    for (const UsageRecord& r : records) {
+        next.emplace(SlotKey(r.slot, r.generation), 0);
     }
+    ArrayParam slots(kInt4Oid), generations(kInt8Oid);
+    for (const auto& entry : next) {
+        slots.add_i32(static_cast<std::int32_t>(entry.first.first));
+        generations.add_i64(clamp_i64(entry.first.second));
+    }
+    const Param node = Param::text(node_);
+    const Param slots_param = Param::array(slots);
+    const Param generations_param = Param::array(generations);
+
+    Pipeline begin(conn);
+    begin.send_sql("BEGIN");
+    begin.send(kStInsertOffsets, {node, slots_param, generations_param});
+    begin.send(kStLockOffsets, {node, slots_param, generations_param});
+    const pg::Result committed = std::move(begin.run().back());
+    for (int i = 0; i < committed.rows(); ++i) {
+        SlotKey k(
+            static_cast<std::uint32_t>(std::stoul(committed.get(i, 0))),
+            static_cast<std::uint64_t>(std::stoll(committed.get(i, 1))));
+        next[k] =
+            static_cast<std::uint64_t>(std::stoll(committed.get(i, 2)));
+    }
+    if (static_cast<std::size_t>(committed.rows()) != next.size()) {
+        throw pg::Error("usage_offsets rows vanished while locking them");
+    }
+
+    // Drop what is already committed; advance the positions.
+    std::vector<const UsageRecord*> known;
+    known.reserve(records.size());
+    bool advanced = false;
+    auto slot_it = next.end();
+    for (const UsageRecord& r : records) {
+        if (slot_it == next.end() || slot_it->first.first != r.slot ||
+            slot_it->first.second != r.generation) {
+            slot_it = next.find(SlotKey(r.slot, r.generation));
+        }
+        if (r.sequence < slot_it->second) {
+            stats.duplicates++;
+            continue;
+        }
+        slot_it->second = r.sequence + 1;
+        advanced = true;
+        if (storable(r)) {
+            known.push_back(&r);
+        } else {
+            stats.ignored++;
+        }
+    }
+    stats.inserted = known.size();
+
+    // Raw rows stream into COPY; the rollup is built between chunks and
+    // the statements after the COPY are encoded while the server
+    // finishes it, then go out in one round trip.
+    BatchRollup rollup;
+    RollupWrite hourly, daily;
+    std::vector<Param> keys;
+    auto prepare = [&](RollupBuilder* builder) {
+        rollup = builder->finish();
+        hourly = prepare_rollup(rollup.hourly, hourly_cache_.get());
+        daily = prepare_rollup(rollup.daily, daily_cache_.get());
+        keys = key_update_params(rollup.keys);
+    };
+    if (!known.empty()) {
+        RollupBuilder builder;
+        builder.reserve(known.size());
+        if (raw_events_) {
+            stats.raw_skipped =
+                copy_raw(conn, known, partitions_, node_, &builder,
+                         [&] { prepare(&builder); });
+        } else {
+            for (const UsageRecord* r : known) builder.add(*r);
+            prepare(&builder);
+        }
+    }
+
+    // Lock order, the same on every node: hourly rows, daily rows, keys,
+    // each sorted (the offsets locked first are this node's alone).
+    Pipeline pipe(conn);
+    if (!rollup.hourly.empty()) {
+        pipe.send(hourly_sql().upsert, hourly.params);
+        pipe.send(daily_sql().upsert, daily.params);
+        pipe.send(kStLockKeys, {keys[0]});
+        pipe.send(kStUpdateKeys, keys);
+    }
+    if (advanced) {
+        ArrayParam s(kInt4Oid), g(kInt8Oid), n(kInt8Oid);
+        for (const auto& entry : next) {
+            s.add_i32(static_cast<std::int32_t>(entry.first.first));
+            g.add_i64(clamp_i64(entry.first.second));
+            n.add_i64(clamp_i64(entry.second));
+        }
+        pipe.send(kStAdvanceOffsets, {node, Param::array(s),
+                                      Param::array(g), Param::array(n)});
+    }
+    bool hourly_stale = false, daily_stale = false;
+    if (pipe.queued() > 0) {
+        std::vector<pg::Result> results = pipe.run();
+        if (!rollup.hourly.empty()) {
+            finish_rollup(conn, hourly_sql(), rollup.hourly, results[0],
+                          hourly, &hourly_stale);
+            finish_rollup(conn, daily_sql(), rollup.daily, results[1],
+                          daily, &daily_stale);
+            stats.keys_touched = affected_rows(results[3]);
+        }
+    }
+    exec_simple(conn, "COMMIT");
+
+    if (hourly_stale) {
+        hourly_cache_->clear();
+    } else {
+        hourly_cache_->trim();
+    }
+    if (daily_stale) {
+        daily_cache_->clear();
+    } else {
+        daily_cache_->trim();
+    }
+    return stats;
 }
 
 std::vector<SlotPosition> UsageStore::committed_positions() {
-    try {
+    return or_abandon([&] {
         pg::Result res =
             exec_params(connection().get(), kStSelectPositions,
                         {Param::text(node_)});
@@ -1191,30 +1187,18 @@ std::vector<SlotPosition> UsageStore::committed_positions() {
                 static_cast<std::uint64_t>(std::stoll(res.get(i, 2)))});
         }
         return out;
-    } catch (const pg::Error&) {
-        abandon();
-        throw;
-    } catch (const std::exception& e) {
-        abandon();
-        throw pg::Error(std::string("usage store: ") + e.what());
-    }
+    });
 }
 
 void UsageStore::maintain_partitions(std::int64_t now_us_value,
                                      std::vector<std::string>* created,
                                      std::vector<std::string>* dropped) {
-    try {
+    or_abandon([&] {
         pg::Connection& conn = connection();
         std::vector<MonthIndex> months = maintain_usage_partitions(
             conn, now_us_value, retention_months_, created, dropped);
         partitions_ = std::set<MonthIndex>(months.begin(), months.end());
-    } catch (const pg::Error&) {
-        abandon();
-        throw;
-    } catch (const std::exception& e) {
-        abandon();
-        throw pg::Error(std::string("usage store: ") + e.what());
-    }
+    });
 }
 
 }  // namespace apikey

@@ -92,6 +92,21 @@ public:
 private:
     pg::Connection& connection();
     void abandon() noexcept;
+    CommitStats commit_batch(const std::vector<UsageRecord>& records);
+    // Runs fn; on any failure drops the connection (the next call
+    // reconnects) and throws pg::Error, so callers see one error type.
+    template <typename Fn>
+    auto or_abandon(Fn&& fn) -> decltype(fn()) {
+        try {
+            return fn();
+        } catch (const pg::Error&) {
+            abandon();
+            throw;
+        } catch (const std::exception& e) {
+            abandon();
+            throw pg::Error(std::string("usage store: ") + e.what());
+        }
+    }
     std::size_t ensure_partitions_for(const std::vector<UsageRecord>& records,
                                       MonthIndex current);
 
