@@ -2,8 +2,11 @@
 // records the input as a crash (it works in any build, unlike assert()).
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #define FUZZ_CHECK(cond)                                                   \
     do {                                                                   \
@@ -13,3 +16,10 @@
             std::abort();                                                  \
         }                                                                  \
     } while (0)
+
+// Where a target keeps its scratch files: $TMPDIR, else /dev/shm, else /tmp.
+inline std::string fuzz_scratch_dir() {
+    const char* tmp = std::getenv("TMPDIR");
+    if (tmp != nullptr && *tmp != '\0') return tmp;
+    return ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+}

@@ -133,10 +133,7 @@ void check_entry(const KeyInfo& got, const KeyHash& hash, const std::string& f,
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string base = tmp && *tmp ? tmp
-                       : ::access("/dev/shm", W_OK) == 0 ? "/dev/shm"
-                                                         : "/tmp";
+    std::string base = fuzz_scratch_dir();
     std::string templ = base + "/apikey-fuzz-keys-XXXXXX";
     int fd = ::mkstemp(templ.data());
     FUZZ_CHECK(fd >= 0);

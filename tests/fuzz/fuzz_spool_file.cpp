@@ -218,10 +218,7 @@ void check_batch(const std::vector<UsageRecord>& batch) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string base = tmp && *tmp ? tmp
-                       : ::access("/dev/shm", W_OK) == 0 ? "/dev/shm"
-                                                         : "/tmp";
+    std::string base = fuzz_scratch_dir();
     std::string templ = base + "/apikey-fuzz-spool-XXXXXX";
     FUZZ_CHECK(::mkdtemp(templ.data()) != nullptr);
     g_root = templ;
