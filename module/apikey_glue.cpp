@@ -12,6 +12,7 @@
 
 #include "key_format.h"
 #include "key_hash.h"
+#include "key_redact.h"
 #include "key_table.h"
 #include "uuid.h"
 
@@ -166,6 +167,10 @@ const char* apikey_result_name(apikey_result_e result) {
     return i < sizeof(kResultNames) / sizeof(kResultNames[0])
                ? kResultNames[i]
                : "unknown";
+}
+
+void apikey_redact_keys(unsigned char* buf, size_t len, int truncated) {
+    apikey::redact_keys(reinterpret_cast<char*>(buf), len, truncated != 0);
 }
 
 }  // extern "C"

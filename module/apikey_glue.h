@@ -85,6 +85,12 @@ void apikey_uuid_format(const unsigned char id[16], unsigned char *out);
 /* The name of a result, as $apikey_result shows it. */
 const char *apikey_result_name(apikey_result_e result);
 
+/*
+ * Masks key-shaped tokens in an error-log message in place (everything
+ * after the hint becomes '*'); truncated: nginx cut the message short.
+ */
+void apikey_redact_keys(unsigned char *buf, size_t len, int truncated);
+
 
 /* Usage capture: the per-worker rings in the usage segment. */
 

@@ -14,6 +14,7 @@
 #include <ngx_http.h>
 
 #include "apikey_glue.h"
+#include "ngx_http_apikey_redact.h"
 
 
 #define NGX_HTTP_APIKEY_DEFAULT_USAGE_SIZE  (64 * 1024 * 1024)
@@ -1306,6 +1307,10 @@ ngx_http_apikey_init_module(ngx_cycle_t *cycle)
     ngx_core_conf_t              *ccf;
     ngx_pool_cleanup_t           *cln;
     ngx_http_apikey_main_conf_t  *amcf;
+
+    if (ngx_http_apikey_redact_error_logs(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     if (ngx_test_config || ngx_process == NGX_PROCESS_SIGNALLER) {
         return NGX_OK;

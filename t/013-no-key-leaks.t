@@ -109,8 +109,8 @@ our @REQ = (
 our @CODES = (200, 200, 401, 401, 401, 401, 403, 200, 401, 200, 200, 401);
 
 # nginx core (not the module) dumps every request header at debug level:
-# `http header: "X-API-Key: ..."`. Those lines are nginx's own and are
-# counted apart; everything else must be clean.
+# `http header: "X-API-Key: ..."`; the module's error-log writer masks the
+# key there to its hint: `X-API-Key: ak_AbCd********************************`.
 sub core_header_dump { $_[0] =~ /\[debug\] .*http header: "(?:X-API-Key|Authorization): / }
 
 # --- apikeyd's log -------------------------------------------------------------------
@@ -215,7 +215,7 @@ is_deeply([ main::leaks($log) ], [], "$block->{name} - no key, random part or ha
 
 
 
-=== TEST 2: error.log at debug: no secret outside nginx core's own request-header dump
+=== TEST 2: error.log at debug: no secret anywhere, nginx core's own request-header dump masked
 --- log_level: debug
 --- http_config
 apikey_keys $TEST_NGINX_APIKEY_KEYS;
@@ -233,17 +233,43 @@ location /api/ { apikey on; proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_POR
 \@main::CODES
 --- check
 my @lines = split /\n/, nginx_error_log();
+is_deeply([ main::leaks(join "\n", @lines) ], [], "$block->{name} - no secret in any line")
+    or diag(join "\n", map { s/[0-9A-Za-z]{30,}/<REDACTED>/gr } grep { main::leaks($_) } @lines);
 my @core = grep { main::core_header_dump($_) } @lines;
-my @rest = grep { !main::core_header_dump($_) } @lines;
-is_deeply([ main::leaks(join "\n", @rest) ], [],
-          "$block->{name} - no secret in any line but nginx's own 'http header:' dump")
-    or diag(join "\n", map { s/[0-9A-Za-z]{30,}/<REDACTED>/gr } grep { main::leaks($_) } @rest);
+ok(@core >= 13, "$block->{name} - nginx core dumped the key headers (" . scalar(@core) . " lines)");
+is(scalar(grep { /: (?:Bearer )?[a-z0-9]{1,8}_[0-9A-Za-z]{4}\*{32}"$/ } @core), scalar(@core),
+   "$block->{name} - each dumped key is its hint followed by 32 '*'");
+my $hint = substr($main::K{valid}{key}, 0, 7);
+ok((grep { /X-API-Key: \Q$hint\E\*{32}"$/ } @core), "$block->{name} - the hint stays readable");
 my @apikey = grep { /apikey/ } @lines;
 ok(@apikey > 0, "$block->{name} - the module logged something");
-is_deeply([ main::leaks(join "\n", @apikey) ], [], "$block->{name} - no secret in the module's lines");
 my @proxy = grep { /http proxy header/ } @lines;
 ok(@proxy > 0, "$block->{name} - proxied requests dumped at debug");
-note(scalar(@core) . " request-header lines of nginx core carry a key at debug level "
-     . "(nginx logs all request headers at debug; operators must not run debug in production)");
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: a location's own error_log and the request line: keys masked there too
+--- log_level: info
+--- http_config
+apikey_keys $TEST_NGINX_APIKEY_KEYS;
+--- config
+location /t.txt {
+    apikey on;
+    error_log logs/location.log debug;
+}
+--- raw_request eval
+[ "GET /t.txt?api_key=$ENV{TEST_NGINX_VALID} HTTP/1.0\r\nX-API-Key: $ENV{TEST_NGINX_TYPO}\r\n\r\n",
+  "GET /t.txt?api_key=$ENV{TEST_NGINX_VALID} HTTP/1.0\r\n\r\n" ]
+--- error_code eval
+[ 401, 401 ]
+--- check
+my $log = slurp(servroot_path('logs', 'location.log')) // '';
+like($log, qr/\[debug\]/, "$block->{name} - the location's log has debug lines");
+like($log, qr/request: "GET \/t\.txt\?api_key=\Q${\ substr($ENV{TEST_NGINX_VALID}, 0, 7)}\E\*{32} HTTP\/1\.0"/,
+     "$block->{name} - the request line in the log context is masked");
+is_deeply([ main::leaks($log) ], [], "$block->{name} - no key, random part or hash in the location's log");
+is_deeply([ main::leaks(nginx_error_log()) ], [], "$block->{name} - nor in the main error.log");
 --- no_error_log
 [error]
