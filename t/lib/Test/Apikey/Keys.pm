@@ -3,7 +3,8 @@ package Test::Apikey::Keys;
 # API keys as the tests make and look for them: the key format
 # (docs: prefix_ + 30 random base62 + 6 base62 CRC32 of what precedes),
 # keys that are well-formed but in no table, one-character typos, the
-# strings that must never leak, and waiting until nginx's key table shows
+# strings that must never leak (and a scanner that finds them in any bytes
+# without ever printing them), and waiting until nginx's key table shows
 # each key in its final state.
 
 use strict;
@@ -18,6 +19,7 @@ use Test::Apikey::Nginx qw(start_nginx stop_nginx apikey_http_config);
 
 our @EXPORT_OK = qw(
     key_checksum make_key key_typo key_secrets secrets_in wait_key_results
+    key_hint secret_windows key_material_in key_hit_text
 );
 
 my @B62 = ('0' .. '9', 'A' .. 'Z', 'a' .. 'z');
@@ -81,6 +83,66 @@ sub key_secrets {
 sub secrets_in {
     my ($text, @secrets) = @_;
     return map { $_->[0] } grep { index($text, $_->[1]) >= 0 } @secrets;
+}
+
+# key_hint($key) -> what the API may show of a key: the prefix, "_" and the
+# first 4 random characters.
+sub key_hint {
+    my ($key) = @_;
+    return substr($key, 0, index($key, '_') + 5);
+}
+
+# secret_windows($key) -> every 8-character window of the part of the key
+# after its hint (26 random characters and the 6 checksum characters): each
+# is a piece of the secret that must never be shown.
+sub secret_windows {
+    my ($key) = @_;
+    my $rest = substr($key, length key_hint($key));
+    return map { substr($rest, $_, 8) } 0 .. length($rest) - 8;
+}
+
+# key_material_in($bytes, @keys) -> hits, where each of @keys is
+# { name, key, key_id }: every place where a key, or 8 or more characters of
+# its secret beyond the hint (secret_windows), occur in $bytes (text or
+# binary). One hit per key per run of base62 characters:
+# { name, key_id, hint, kind ('full key' or 'secret fragment'), offset (byte),
+# line (1-based) }, in order of offset. A one-character typo of a key still
+# leaks most of it and is found too. The hits hold no key material.
+sub key_material_in {
+    my ($bytes, @keys) = @_;
+    my %window;    # 8 characters -> [key, ...]
+    for my $k (@keys) {
+        push @{ $window{$_} }, $k for secret_windows($k->{key});
+    }
+    my @hits;
+    while ($bytes =~ /([0-9A-Za-z]{8,})/g) {
+        my ($run, $start) = ($1, $-[1]);
+        my %seen;
+        for my $i (0 .. length($run) - 8) {
+            my $ks = $window{ substr($run, $i, 8) } or next;
+            for my $k (grep { !$seen{ $_->{name} }++ } @$ks) {
+                # a run is maximal, so a whole key starts at its "prefix_" just before it
+                my $from = $start - index($k->{key}, '_') - 1;
+                my $full = $from >= 0 && substr($bytes, $from, length $k->{key}) eq $k->{key};
+                push @hits, {
+                    name => $k->{name}, key_id => $k->{key_id} // '',
+                    hint => key_hint($k->{key}),
+                    kind => $full ? 'full key' : 'secret fragment',
+                    offset => $start + $i,
+                    line => 1 + (substr($bytes, 0, $start + $i) =~ tr/\n//),
+                };
+            }
+        }
+    }
+    return @hits;
+}
+
+# key_hit_text($hit) -> 'line 12 (byte 345): full key of "NAME" (hint
+# ak_Xb3k, id UUID)': where and whose, never the key itself.
+sub key_hit_text {
+    my ($h) = @_;
+    return sprintf 'line %d (byte %d): %s of "%s" (hint %s%s)', $h->{line}, $h->{offset},
+        $h->{kind}, $h->{name}, $h->{hint}, length $h->{key_id} ? ", id $h->{key_id}" : '';
 }
 
 # wait_key_results({ $key => RESULT, ... }, $timeout_s [, $what]) -> elapsed

@@ -4,6 +4,8 @@ package Test::Apikey::Postgres;
 # trust auth, unix socket in that directory plus TCP on 127.0.0.1, fsync off.
 # When the suite runs as root, every PostgreSQL binary runs as the `postgres`
 # OS user. The cluster is stopped (immediate) and removed at END.
+# start_postgres(log_statements => 1) also logs every statement with its
+# bound parameters in full, and every connection (for audits of the log).
 
 use strict;
 use warnings;
@@ -19,10 +21,20 @@ use Test::Apikey::Daemon qw(apikeyctl_path apikeyctl_raw);
 
 our @EXPORT_OK = qw(
     start_postgres stop_postgres restart_postgres psql psql_one postgres_log
-    pg_bindir
+    pg_bindir pg_dump_sql
 );
 
-my $PG;    # { dir, data, port, conninfo, tcp_conninfo, running }
+my $PG;    # { dir, data, port, conninfo, tcp_conninfo, running, log_statements }
+
+# What start_postgres(log_statements => 1) adds to postgresql.conf.
+my @LOG_STATEMENTS = (
+    "log_statement = 'all'",
+    'log_min_duration_statement = 0',
+    'log_parameter_max_length = -1',
+    'log_parameter_max_length_on_error = -1',
+    'log_connections = on',
+    "log_line_prefix = '%m [%p] %q%u@%d %a '",
+);
 
 sub pg_bindir {
     return $ENV{TEST_APIKEY_PG_BINDIR} if $ENV{TEST_APIKEY_PG_BINDIR};
@@ -83,6 +95,24 @@ sub _init_cluster {
     on_cleanup('postgres', \&_teardown);
 }
 
+sub _append_conf {
+    my (@lines) = @_;
+    my $conf = "$PG->{data}/postgresql.conf";
+    open my $fh, '>>', $conf or die "cannot append to $conf: $!\n";
+    print {$fh} join("\n", '', @lines, ''), "\n";
+    close $fh;
+}
+
+# Statement logging is set in postgresql.conf, so that it holds from the
+# first statement on (migrations included) and across restarts. On a running
+# cluster it takes effect with a reload.
+sub _enable_statement_log {
+    return if $PG->{log_statements};
+    _append_conf('# Test::Apikey: start_postgres(log_statements => 1)', @LOG_STATEMENTS);
+    $PG->{log_statements} = 1;
+    _pg_run('pg_ctl reload', 'pg_ctl', '-D', $PG->{data}, 'reload') if $PG->{running};
+}
+
 sub _pg_start {
     _pg_run('pg_ctl start', 'pg_ctl', '-D', $PG->{data}, '-l', "$PG->{dir}/postgres.log",
             '-w', '-t', '60', 'start');
@@ -95,12 +125,18 @@ sub _migrate {
     die "apikeyctl migrate failed (exit $rc):\n$out$err" if $rc != 0;
 }
 
-# start_postgres() -> { conninfo, tcp_conninfo, port, dir, data }.
+# start_postgres(%opt) -> { conninfo, tcp_conninfo, port, dir, data }.
 # The first call creates the cluster and runs `apikeyctl migrate` (when
 # build/apikeyctl exists); later calls start the same cluster again.
+# log_statements => 1: log_statement = 'all', log_min_duration_statement = 0,
+# bound parameters in full (log_parameter_max_length = -1) and
+# log_connections = on; postgres_log() returns that log. Once set, it stays
+# set for the rest of the file.
 sub start_postgres {
+    my (%opt) = @_;
     my $fresh = !$PG;
     _init_cluster() if $fresh;
+    _enable_statement_log() if $opt{log_statements};
     _pg_start() unless $PG->{running};
     $ENV{TEST_APIKEY_DB}     = $PG->{conninfo};
     $ENV{TEST_APIKEY_DB_TCP} = $PG->{tcp_conninfo};
@@ -123,6 +159,15 @@ sub restart_postgres {
 }
 
 sub postgres_log { return $PG ? slurp("$PG->{dir}/postgres.log") // '' : '' }
+
+# pg_dump_sql(@args) -> the plain-SQL pg_dump of the database (schema and
+# data, every table), with extra pg_dump @args. Runs as the postgres OS user
+# when root, like the server binaries; dies with pg_dump's stderr.
+sub pg_dump_sql {
+    my (@args) = @_;
+    die "pg_dump_sql: start_postgres() was not called\n" unless $PG && $PG->{running};
+    return _pg_run('pg_dump', 'pg_dump', '--no-password', @args, '-d', $PG->{conninfo});
+}
 
 # psql($sql [, {var => value}]) -> [[col, ...], ...] (NULL reads as '').
 # Several statements are fine; rows of all of them are returned. Variables
