@@ -107,7 +107,7 @@ apikey_result_e apikey_verify(apikey_table_t* table,
     if (!remembered && !apikey::key_is_well_formed(text)) {
         return verdict->result = APIKEY_MALFORMED;
     }
-    if (!apikey_table_ready(table)) {
+    if (table->reader == nullptr || !table->reader->ready()) {
         return verdict->result = APIKEY_UNAVAILABLE;
     }
     if (!remembered && !apikey::sha256_key(text, &hash)) {

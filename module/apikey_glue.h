@@ -96,6 +96,17 @@ void apikey_redact_keys(unsigned char *buf, size_t len, int truncated);
 
 typedef struct apikey_usage_s  apikey_usage_t;
 
+/*
+ * Record text fields. A source flagged in apikey_usage_fields_t.padded has
+ * the field's full size readable, zero-padded past its length (prepared at
+ * configuration by apikey_usage_pad_text() or a static table), and is
+ * copied as one fixed-size block.
+ */
+#define APIKEY_METHOD_FIELD_LEN    16
+#define APIKEY_ENDPOINT_FIELD_LEN  96
+#define APIKEY_PADDED_METHOD       1
+#define APIKEY_PADDED_ENDPOINT     2
+
 /* One request, as the log phase sees it; text is copied and truncated. */
 typedef struct {
     const apikey_verdict_t  *verdict;
@@ -111,7 +122,15 @@ typedef struct {
     size_t                   endpoint_len;
     const unsigned char     *user_agent;
     size_t                   user_agent_len;
+    unsigned                 padded;         /* APIKEY_PADDED_* */
 } apikey_usage_fields_t;
+
+/*
+ * Writes text into dst[0, cap) as a record field holds it: cut at a UTF-8
+ * boundary to fit, zero-padded. Returns the length kept.
+ */
+size_t apikey_usage_pad_text(unsigned char *dst, size_t cap,
+    const unsigned char *text, size_t len);
 
 /*
  * nginx master, at configuration load: maps the segment at path, reusing it

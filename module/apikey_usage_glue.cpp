@@ -5,10 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <new>
 #include <string>
+#include <string_view>
 
 #include "apikey_glue.h"
 #include "apikey_glue_errors.h"
@@ -27,6 +29,16 @@ apikey::UnrecordedCounter counter_for(apikey_result_e result) noexcept {
         case APIKEY_UNAVAILABLE: return apikey::UnrecordedCounter::kUnavailable;
         default: return apikey::UnrecordedCounter::kUnknown;
     }
+}
+
+std::string_view text(const unsigned char* p, size_t n) noexcept {
+    return std::string_view(reinterpret_cast<const char*>(p), n);
+}
+
+// The length of a padded source, which apikey_usage_pad_text() (or the
+// shim's method table) already fitted to the field.
+std::uint8_t padded_len(size_t len, size_t cap) noexcept {
+    return static_cast<std::uint8_t>(len < cap ? len : cap);
 }
 
 }  // namespace
@@ -81,6 +93,16 @@ void apikey_usage_retire(apikey_usage_t* usage, int slot) {
     usage->segment.retire_slot(static_cast<std::uint32_t>(slot));
 }
 
+static_assert(APIKEY_METHOD_FIELD_LEN == apikey::kUsageMethodLen);
+static_assert(APIKEY_ENDPOINT_FIELD_LEN == apikey::kUsageEndpointLen);
+
+size_t apikey_usage_pad_text(unsigned char* dst, size_t cap,
+                             const unsigned char* src, size_t len) {
+    std::memset(dst, 0, cap);
+    return apikey::copy_truncated(reinterpret_cast<char*>(dst), cap,
+                                  text(src, len));
+}
+
 // Written straight into the ring (reserve/publish): no record on the
 // stack, no second copy.
 int apikey_usage_push(apikey_usage_t* usage, int slot,
@@ -90,8 +112,13 @@ int apikey_usage_push(apikey_usage_t* usage, int slot,
     if (rec == nullptr) {
         return 0;
     }
-    // every byte: the slot holds an older record
-    std::memset(rec, 0, sizeof(*rec));
+    // The slot holds an older record of this worker: every field is
+    // written, the reserved ones and the unused part of ip as zeros. The
+    // bytes past each text's length are not (44 instructions a request for
+    // a 288-byte memset); readers go by the lengths.
+    std::memset(rec, 0, offsetof(apikey::UsageRecord, slot));
+    rec->reserved1 = 0;
+    std::memset(rec->ip, 0, sizeof(rec->ip));
     rec->version = apikey::kUsageRecordVersion;
     rec->result = static_cast<apikey::AuthResult>(f->verdict->result);
     rec->status = static_cast<std::uint16_t>(f->status);
@@ -107,14 +134,21 @@ int apikey_usage_push(apikey_usage_t* usage, int slot,
         rec->ip_family = apikey::IpFamily::kV6;
         std::memcpy(rec->ip, f->ip, 16);
     }
-    auto text = [](const unsigned char* p, size_t n) {
-        return std::string_view(reinterpret_cast<const char*>(p), n);
-    };
-    rec->method_len = apikey::copy_truncated(rec->method, sizeof(rec->method),
-                                             text(f->method, f->method_len));
-    rec->endpoint_len =
-        apikey::copy_truncated(rec->endpoint, sizeof(rec->endpoint),
-                               text(f->endpoint, f->endpoint_len));
+    if (f->padded & APIKEY_PADDED_METHOD) {
+        std::memcpy(rec->method, f->method, sizeof(rec->method));
+        rec->method_len = padded_len(f->method_len, sizeof(rec->method));
+    } else {
+        rec->method_len = apikey::copy_truncated(
+            rec->method, sizeof(rec->method), text(f->method, f->method_len));
+    }
+    if (f->padded & APIKEY_PADDED_ENDPOINT) {
+        std::memcpy(rec->endpoint, f->endpoint, sizeof(rec->endpoint));
+        rec->endpoint_len = padded_len(f->endpoint_len, sizeof(rec->endpoint));
+    } else {
+        rec->endpoint_len =
+            apikey::copy_truncated(rec->endpoint, sizeof(rec->endpoint),
+                                   text(f->endpoint, f->endpoint_len));
+    }
     rec->user_agent_len =
         apikey::copy_truncated(rec->user_agent, sizeof(rec->user_agent),
                                text(f->user_agent, f->user_agent_len));

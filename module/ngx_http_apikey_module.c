@@ -38,8 +38,11 @@ typedef struct {
     ngx_flag_t                 hide_key;
     ngx_str_t                  header;
     ngx_str_t                  header_lc;    /* lowercase, as lowcase_key */
+    ngx_uint_t                 header_hash;  /* as h->hash; 0: compare all */
     ngx_array_t               *scopes;       /* of uint64_t scope hashes */
     ngx_http_complex_value_t  *endpoint;
+    u_char                    *endpoint_field;  /* as recorded, padded */
+    size_t                     endpoint_field_len;
 } ngx_http_apikey_loc_conf_t;
 
 
@@ -63,11 +66,14 @@ typedef struct {
 
 static ngx_int_t ngx_http_apikey_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_apikey_log_handler(ngx_http_request_t *r);
+static const u_char *ngx_http_apikey_method_field(ngx_uint_t method);
 static void ngx_http_apikey_record(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx, ngx_http_apikey_loc_conf_t *alcf);
 static void ngx_http_apikey_claim_slot(ngx_log_t *log);
 static ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(ngx_http_request_t *r);
-static ngx_http_apikey_ctx_t *ngx_http_apikey_get_ctx(ngx_http_request_t *r);
+static ngx_inline ngx_http_apikey_ctx_t *ngx_http_apikey_get_ctx(
+    ngx_http_request_t *r);
+static ngx_http_apikey_ctx_t *ngx_http_apikey_find_ctx(ngx_http_request_t *r);
 static void ngx_http_apikey_cleanup(void *data);
 static ngx_int_t ngx_http_apikey_find_key(ngx_http_request_t *r,
     ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
@@ -92,6 +98,8 @@ static char *ngx_http_apikey_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_apikey_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_apikey_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static ngx_int_t ngx_http_apikey_prepare_endpoint(ngx_conf_t *cf,
+    ngx_http_apikey_loc_conf_t *conf);
 static char *ngx_http_apikey_keys(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_apikey_usage(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -367,6 +375,31 @@ ngx_http_apikey_log_handler(ngx_http_request_t *r)
 }
 
 
+/*
+ * The common methods as zero-padded record fields: copied as one block
+ * (names as nginx's parser matched them, so equal to r->method_name).
+ */
+
+static const u_char *
+ngx_http_apikey_method_field(ngx_uint_t method)
+{
+    static const u_char  fields[][APIKEY_METHOD_FIELD_LEN] = {
+        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"
+    };
+
+    switch (method) {
+    case NGX_HTTP_GET:     return fields[0];
+    case NGX_HTTP_HEAD:    return fields[1];
+    case NGX_HTTP_POST:    return fields[2];
+    case NGX_HTTP_PUT:     return fields[3];
+    case NGX_HTTP_DELETE:  return fields[4];
+    case NGX_HTTP_OPTIONS: return fields[5];
+    case NGX_HTTP_PATCH:   return fields[6];
+    default:               return NULL;
+    }
+}
+
+
 /* One usage record for a request with a known key; never blocks. */
 
 static void
@@ -378,12 +411,11 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
     ngx_msec_int_t             ms;
     struct sockaddr_in        *sin;
     apikey_usage_fields_t      f;
-    ngx_http_core_loc_conf_t  *clcf;
 #if (NGX_HAVE_INET6)
     struct sockaddr_in6       *sin6;
 #endif
 
-    ngx_memzero(&f, sizeof(apikey_usage_fields_t));
+    /* every field is set below: no ngx_memzero() of the struct */
 
     f.verdict = &ctx->verdict;
 
@@ -408,6 +440,9 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
 
     f.bytes_sent = r->connection->sent;
 
+    f.ip_family = 0;
+    f.ip = NULL;
+
     switch (r->connection->sockaddr->sa_family) {
 
     case AF_INET:
@@ -425,25 +460,36 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
 #endif
     }
 
-    f.method = r->method_name.data;
-    f.method_len = r->method_name.len;
+    f.method = ngx_http_apikey_method_field(r->method);
+    f.padded = f.method ? APIKEY_PADDED_METHOD : 0;
 
-    if (alcf->endpoint == NULL) {
-        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-        endpoint = clcf->name;
-
-    } else if (ngx_http_complex_value(r, alcf->endpoint, &endpoint)
-               != NGX_OK)
-    {
-        ngx_str_null(&endpoint);
+    if (f.method == NULL) {
+        f.method = r->method_name.data;
     }
 
-    f.endpoint = endpoint.data;
-    f.endpoint_len = endpoint.len;
+    f.method_len = r->method_name.len;
+
+    if (alcf->endpoint_field) {
+        f.endpoint = alcf->endpoint_field;
+        f.endpoint_len = alcf->endpoint_field_len;
+        f.padded |= APIKEY_PADDED_ENDPOINT;
+
+    } else {
+        if (ngx_http_complex_value(r, alcf->endpoint, &endpoint) != NGX_OK) {
+            ngx_str_null(&endpoint);
+        }
+
+        f.endpoint = endpoint.data;
+        f.endpoint_len = endpoint.len;
+    }
 
     if (r->headers_in.user_agent) {
         f.user_agent = r->headers_in.user_agent->value.data;
         f.user_agent_len = r->headers_in.user_agent->value.len;
+
+    } else {
+        f.user_agent = NULL;
+        f.user_agent_len = 0;
     }
 
     if (!apikey_usage_push(ngx_http_apikey_worker.usage,
@@ -538,10 +584,9 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
 }
 
 
-static ngx_http_apikey_ctx_t *
+static ngx_inline ngx_http_apikey_ctx_t *
 ngx_http_apikey_get_ctx(ngx_http_request_t *r)
 {
-    ngx_pool_cleanup_t     *cln;
     ngx_http_apikey_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_apikey_module);
@@ -550,7 +595,17 @@ ngx_http_apikey_get_ctx(ngx_http_request_t *r)
         return ctx;
     }
 
-    /* an internal redirect cleared the module ctx: find it again */
+    return ngx_http_apikey_find_ctx(r);
+}
+
+
+/* an internal redirect cleared the module ctx: find it again */
+
+static ngx_http_apikey_ctx_t *
+ngx_http_apikey_find_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t     *cln;
+    ngx_http_apikey_ctx_t  *ctx;
 
     for (cln = r->pool->cleanup; cln; cln = cln->next) {
         if (cln->handler == ngx_http_apikey_cleanup) {
@@ -605,7 +660,10 @@ ngx_http_apikey_find_key(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (h[i].value.len == 0 || h[i].key.len != alcf->header_lc.len) {
+        if ((h[i].hash != alcf->header_hash && alcf->header_hash != 0)
+            || h[i].value.len == 0
+            || h[i].key.len != alcf->header_lc.len)
+        {
             continue;
         }
 
@@ -691,7 +749,8 @@ ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key)
  * Elements cannot be unlinked in place (other pointers, such as
  * r->headers_in.host, point into the list), so the list is rebuilt as one
  * part without them, copying the runs between them; the old elements stay
- * valid in the request pool.
+ * valid in the request pool. When the key header came last, the part
+ * is only shortened.
  */
 
 static ngx_int_t
@@ -700,9 +759,45 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
     ngx_uint_t        i, n, start;
     ngx_list_t       *list;
     ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *elts, *d;
+    ngx_table_elt_t  *h, *elts, *d, *key;
 
     list = &r->headers_in.headers;
+
+    if (ctx->bearer_header != NULL) {
+        r->headers_in.authorization = NULL;
+    }
+
+    key = ctx->key_header ? ctx->key_header : ctx->bearer_header;
+    h = list->part.elts;
+    n = list->part.nelts;
+
+    if (list->part.next == NULL
+        && (ctx->key_header == NULL || ctx->bearer_header == NULL)
+        && key >= h && key < h + n)
+    {
+        /* one part, one key header: the usual request */
+
+        i = key - h;
+
+        if (i < n - 1) {
+            elts = ngx_palloc(r->pool, (n - 1) * sizeof(ngx_table_elt_t));
+            if (elts == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(elts, h, i * sizeof(ngx_table_elt_t));
+            ngx_memcpy(&elts[i], &h[i + 1],
+                       (n - 1 - i) * sizeof(ngx_table_elt_t));
+
+            list->part.elts = elts;
+            list->nalloc = n - 1;
+        }
+
+        list->part.nelts = n - 1;
+        ctx->key_header = NULL;
+        ctx->bearer_header = NULL;
+        return NGX_OK;
+    }
 
     n = 0;
     for (part = &list->part; part; part = part->next) {
@@ -740,10 +835,6 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
     list->part.next = NULL;
     list->last = &list->part;
     list->nalloc = n ? n : 1;
-
-    if (ctx->bearer_header != NULL) {
-        r->headers_in.authorization = NULL;
-    }
 
     ctx->key_header = NULL;
     ctx->bearer_header = NULL;
@@ -1009,6 +1100,42 @@ ngx_http_apikey_create_loc_conf(ngx_conf_t *cf)
 }
 
 
+/*
+ * The endpoint label as the record field will hold it, unless it has
+ * variables: the location's name by default (the same clcf the request
+ * will have, since both come from this location's loc_conf).
+ */
+
+static ngx_int_t
+ngx_http_apikey_prepare_endpoint(ngx_conf_t *cf,
+    ngx_http_apikey_loc_conf_t *conf)
+{
+    ngx_str_t                  label;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (conf->endpoint == NULL) {
+        clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+        label = clcf->name;
+
+    } else if (conf->endpoint->lengths == NULL) {
+        label = conf->endpoint->value;
+
+    } else {
+        return NGX_OK;
+    }
+
+    conf->endpoint_field = ngx_palloc(cf->pool, APIKEY_ENDPOINT_FIELD_LEN);
+    if (conf->endpoint_field == NULL) {
+        return NGX_ERROR;
+    }
+
+    conf->endpoint_field_len = apikey_usage_pad_text(conf->endpoint_field,
+                                                     APIKEY_ENDPOINT_FIELD_LEN,
+                                                     label.data, label.len);
+    return NGX_OK;
+}
+
+
 static char *
 ngx_http_apikey_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
@@ -1029,6 +1156,23 @@ ngx_http_apikey_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     ngx_strlow(conf->header_lc.data, conf->header.data, conf->header.len);
+
+    /*
+     * nginx hashes each request header name as it parses it (h->hash), so
+     * one comparison skips most headers; a name with "_" is hashed only
+     * with underscores_in_headers on, so such names are compared in full.
+     */
+
+    conf->header_hash = ngx_strlchr(conf->header_lc.data,
+                                    conf->header_lc.data + conf->header_lc.len,
+                                    '_')
+                        ? 0
+                        : ngx_hash_key(conf->header_lc.data,
+                                       conf->header_lc.len);
+
+    if (ngx_http_apikey_prepare_endpoint(cf, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->enable) {
         amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_apikey_module);

@@ -31,6 +31,11 @@ apikeyctl('key', 'revoke', $rev->{key_id});
 psql(q{DELETE FROM api_keys WHERE id = :'id'}, { id => $gone->{key_id} });
 
 my $html = $ENV{TEST_NGINX_HTML_DIR};
+# endpoint labels cut to the record's 96 bytes (at configuration time): a
+# long location name, and a constant label whose cut falls inside a UTF-8
+# character (kept whole or dropped whole, never split)
+my $LONG_LOC = '/long-' . ('0123456789' x 10) . '/';                 # 107 bytes
+my $EURO_EP  = ('e' x 95) . "\xe2\x82\xac";                           # 98 bytes
 my $up   = $ENV{TEST_NGINX_UPSTREAM_PORT};
 my %conf = (
     http_config => apikey_http_config(usage => '4m',
@@ -44,6 +49,8 @@ location /var/    { apikey on; apikey_endpoint "v-\$request_method"; alias $html
 location ~ \\.json\$ { apikey on; }
 location /nocap/  { apikey on; apikey_usage off; alias $html/; }
 location /open/   { alias $html/; }
+location $LONG_LOC { apikey on; alias $html/; }
+location /euro/   { apikey on; apikey_endpoint "$EURO_EP"; alias $html/; }
 EOF
 );
 start_nginx(%conf);
@@ -76,6 +83,10 @@ push @plan, ['GET', '/admin/t.txt', 403, '/admin/', 'forbidden'] for 1 .. 3;
 push @plan, ['GET', '/orders/t.txt', 200, 'orders', 'ok'] for 1 .. 3;
 push @plan, ['GET', '/var/t.txt', 200, 'v-GET', 'ok'];
 push @plan, ['GET', '/t.json', 200, '\\.json$', 'ok'] for 1 .. 2;
+push @plan, ['DELETE', '/static/t.txt', 405, '/static/', 'ok'];
+push @plan, ['PROPFIND', '/static/t.txt', 405, '/static/', 'ok'];
+push @plan, ['GET', "${LONG_LOC}t.txt", 200, substr($LONG_LOC, 0, 96), 'ok'];
+push @plan, ['GET', '/euro/t.txt', 200, 'e' x 95, 'ok'];
 push @plan, ['GET', '/static/index.html', 200, '/static/', 'ok', ["User-Agent: $LONG_UA"]];
 push @plan, ['GET', '/static/index.html', 200, '/static/', 'ok', ["User-Agent: $UTF_UA"]];
 push @plan, ['GET', '/static/t.txt', 200, '/static/', 'ok', [], 'bearer'];
