@@ -57,6 +57,7 @@ typedef struct {
 typedef struct {
     apikey_table_t            *table;
     ngx_msec_t                 last_attach;
+    ngx_msec_t                 last_check;   /* for a newer table file */
     unsigned                   attach_tried:1;
     apikey_usage_t            *usage;
     ngx_int_t                  slot;         /* -1: none claimed */
@@ -222,7 +223,7 @@ static ngx_http_variable_t  ngx_http_apikey_vars[] = {
 static ngx_str_t  ngx_http_apikey_challenge = ngx_string("ApiKey");
 
 /* Per worker process: the mapped key table and the claimed ring. */
-static ngx_http_apikey_worker_t  ngx_http_apikey_worker = { NULL, 0, 0,
+static ngx_http_apikey_worker_t  ngx_http_apikey_worker = { NULL, 0, 0, 0,
                                                             NULL, -1, 0 };
 
 
@@ -566,10 +567,16 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
         return ctx;
     }
 
+    /* a newer table file: looked for once per millisecond tick at most */
+
     if (ngx_http_apikey_worker.table != NULL
-        && apikey_table_needs_attach(ngx_http_apikey_worker.table))
+        && ngx_http_apikey_worker.last_check != ngx_current_msec)
     {
-        ngx_http_apikey_refresh_table(r->connection->log);
+        ngx_http_apikey_worker.last_check = ngx_current_msec;
+
+        if (apikey_table_needs_attach(ngx_http_apikey_worker.table)) {
+            ngx_http_apikey_refresh_table(r->connection->log);
+        }
     }
 
     tp = ngx_timeofday();
