@@ -20,6 +20,7 @@ BEGIN {
     %PUBLIC = (
         'Test::Apikey::Util'     => [qw(
             wait_until free_port run_cmd slurp spew servroot_path process_title
+            timeout_factor
         )],
         'Test::Apikey::Http'     => [qw(http_get http_request build_request)],
         'Test::Apikey::Nginx'    => [qw(

@@ -13,6 +13,7 @@ use Test::Apikey::Util qw(
     process_alive stop_process wait_until slurp on_cleanup free_port
 );
 use Test::Apikey::Http qw(http_get);
+use Test::Apikey::Valgrind qw(valgrind_argv);
 
 our @EXPORT_OK = qw(
     start_apikeyd stop_apikeyd kill_apikeyd restart_apikeyd apikeyd_log
@@ -33,7 +34,7 @@ sub _argv {
     my (%o) = @_;
     my $db = $o{db} // $ENV{TEST_APIKEY_DB}
         // die "start_apikeyd: TEST_APIKEY_DB is not set: call start_postgres() first\n";
-    return [ apikeyd_path(),
+    return [ valgrind_argv('apikeyd'), apikeyd_path(),
         '--db', $db, '--node', $o{node} // 'test',
         '--keys', $ENV{TEST_NGINX_APIKEY_KEYS},
         '--usage', $ENV{TEST_NGINX_APIKEY_USAGE},
@@ -123,7 +124,7 @@ sub apikeyctl_raw {
     die "apikeyctl binary $bin not found: build it (cmake --build build) "
         . "or set TEST_APIKEY_CTL\n" unless -x $bin;
     my @db = defined $ENV{TEST_APIKEY_DB} ? ('--db', $ENV{TEST_APIKEY_DB}) : ();
-    return run_cmd([ $bin, @db, @args ], timeout => 60);
+    return run_cmd([ valgrind_argv('apikeyctl'), $bin, @db, @args ], timeout => 60);
 }
 
 # apikeyctl(@args) -> decoded JSON of `apikeyctl --db ... --json @args`.

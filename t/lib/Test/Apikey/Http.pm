@@ -12,6 +12,8 @@ use IO::Select;
 use IO::Socket::INET;
 use Time::HiRes qw(time);
 
+use Test::Apikey::Util qw(timeout_factor);
+
 our @EXPORT_OK = qw(http_request http_get build_request parse_response);
 
 # build_request("GET /t [HTTP/1.1]", [header lines], $body) -> raw bytes.
@@ -46,7 +48,8 @@ sub http_request {
     my ($raw, %opt) = @_;
     my $port = $opt{port} // $ENV{TEST_NGINX_SERVER_PORT}
         // die "http_request: no port (TEST_NGINX_SERVER_PORT unset)\n";
-    my $timeout = $opt{timeout} // $ENV{TEST_NGINX_TIMEOUT} // 10;
+    # x timeout_factor(): 10 under valgrind, else 1
+    my $timeout = ($opt{timeout} // $ENV{TEST_NGINX_TIMEOUT} // 10) * timeout_factor();
     my $is_head = ($opt{method} // ($raw =~ /^(\S+)/ ? $1 : '')) eq 'HEAD';
     my $start = time;
     my $sock = IO::Socket::INET->new(

@@ -2,19 +2,24 @@ package Test::Apikey::Nginx;
 
 # Writes nginx.conf into the per-file server root, starts, reloads and stops
 # nginx (daemon, master + workers), and gives access to its error.log.
+# Under valgrind (TEST_APIKEY_USE_VALGRIND) nginx runs with `daemon off` as a
+# child of the test in its own process group, so that valgrind never has to
+# follow the daemonizing fork and the master's exit status is seen.
 
 use strict;
 use warnings;
 
 use Cwd qw(abs_path);
 use Exporter qw(import);
+use POSIX ();
 use Time::HiRes qw(sleep time);
 
 use Test::Apikey::Util qw(
     build_path servroot servroot_path is_root run_cmd process_alive
     stop_process process_title wait_until slurp spew on_cleanup
-    make_world_readable_dir
+    make_world_readable_dir spawn use_valgrind add_title_hook timeout_factor
 );
+use Test::Apikey::Valgrind qw(valgrind_argv);
 
 our @EXPORT_OK = qw(
     nginx_binary nginx_version module_path nginx_conf_text write_nginx_conf
@@ -76,7 +81,7 @@ sub nginx_conf_text {
     my @main = (
         ($module ? "load_module $module;" : ()),
         _worker_user_line($main),
-        'daemon on;',
+        (use_valgrind('nginx') ? 'daemon off;' : 'daemon on;'),
         'master_process on;',
         ($main =~ /^\s*worker_processes\s/m ? () : "worker_processes $nwork;"),
         "error_log $root/logs/error.log $level;",
@@ -131,10 +136,13 @@ sub write_nginx_conf {
     return spew(_conf_path(), nginx_conf_text(%s));
 }
 
+# -> argv of nginx with the server root's paths; under valgrind prefixed
+# with valgrind, logging as valgrind-$log_name.<pid>.log.
 sub _nginx_cmd {
-    my ($conf, @extra) = @_;
+    my ($conf, $log_name, @extra) = @_;
     my $root = servroot();
-    return [ nginx_binary(), '-p', "$root/", '-c', $conf // _conf_path(),
+    return [ valgrind_argv('nginx', $log_name),
+             nginx_binary(), '-p', "$root/", '-c', $conf // _conf_path(),
              '-e', error_log_path(), @extra ];
 }
 
@@ -143,7 +151,7 @@ sub _nginx_cmd {
 sub nginx_test_config {
     my (%s) = @_;
     my $conf = spew(_test_conf_path(), nginx_conf_text(%s));
-    my ($rc, undef, $err) = run_cmd(_nginx_cmd($conf, '-t'), timeout => 30);
+    my ($rc, undef, $err) = run_cmd(_nginx_cmd($conf, 'nginx-t', '-t'), timeout => 30);
     return ($rc, $err);
 }
 
@@ -151,7 +159,8 @@ sub nginx_test_config {
 # reload, quit, stop) against the running nginx's conf and pid file.
 sub nginx_signal {
     my ($signal) = @_;
-    my ($rc, undef, $err) = run_cmd(_nginx_cmd(undef, '-s', $signal), timeout => 30);
+    my ($rc, undef, $err) = run_cmd(_nginx_cmd(undef, 'nginx-s', '-s', $signal),
+                                    timeout => 30);
     return ($rc, $err);
 }
 
@@ -190,15 +199,46 @@ sub start_nginx {
     write_nginx_conf(%s);
     truncate_error_log();
     unlink servroot_path('logs', 'nginx.pid');
-    my ($rc, undef, $err) = run_cmd(_nginx_cmd(), timeout => 30);
-    die "nginx failed to start (exit $rc):\n$err" if $rc != 0;
-    $PID = _wait_for_pid()
-        or die "nginx did not write a live pid within 5s:\n$err"
-             . _log_tail(20);
+    if (use_valgrind('nginx')) {
+        $PID = _start_foreground();
+    } else {
+        my ($rc, undef, $err) = run_cmd(_nginx_cmd(), timeout => 30);
+        die "nginx failed to start (exit $rc):\n$err" if $rc != 0;
+        $PID = _wait_for_pid()
+            or die "nginx did not write a live pid within 5s:\n$err"
+                 . _log_tail(20);
+    }
     # The master opened its listening sockets before it wrote the pid file,
     # so connections are accepted from here on (no probe request needed).
     on_cleanup('nginx', \&stop_nginx);
     return $PID;
+}
+
+# Under valgrind: `daemon off`, the master is our child (in its own process
+# group, as a daemon would be); it has started once it wrote its own pid to
+# the pid file. -> the pid; dies with nginx's stderr when it exits instead.
+sub _start_foreground {
+    my $stderr = servroot_path('logs', 'nginx.stderr');
+    spew($stderr, '');
+    my $pid = spawn(_nginx_cmd(undef, 'nginx'), log => $stderr, own_group => 1);
+    my $pidfile = servroot_path('logs', 'nginx.pid');
+    my $status;
+    my $started = eval {
+        wait_until(sub {
+            if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
+                $status = $?;
+                die "exited\n";
+            }
+            my ($p) = (slurp($pidfile) // '') =~ /^(\d+)/;
+            return $p && $p == $pid;
+        }, 5);
+        1;
+    };
+    return $pid if $started;
+    my $how = defined $status ? 'exit ' . ($status >> 8)
+        : "no pid in the pid file within ${\ (5 * timeout_factor())}s";
+    stop_process($pid, TERM => 5, KILL => 5) if process_alive($pid);
+    die "nginx failed to start ($how):\n" . (slurp($stderr) // '') . _log_tail(20);
 }
 
 # stop_nginx(): graceful QUIT, then TERM, then KILL of the process group.
@@ -229,6 +269,47 @@ sub reload_nginx {
         if $new =~ /\[emerg\]/;
     return 1;
 }
+
+# Under valgrind /proc shows valgrind's command line, not the title nginx sets,
+# so process_title() of the master and its workers is rebuilt: the master's
+# from its command line, "worker process is shutting down" once error.log
+# has the worker's "gracefully shutting down" (logged at notice, together
+# with the title change), else "worker process".
+my %SHUTTING;     # worker pid -> 1
+my $SCANNED = 0;  # bytes of error.log read for it
+
+sub _scan_shutting_down {
+    my $size = -s error_log_path() // 0;
+    ($SCANNED, %SHUTTING) = (0) if $size < $SCANNED;    # truncated: a new nginx
+    return if $size == $SCANNED;
+    open my $fh, '<:raw', error_log_path() or return;
+    seek $fh, $SCANNED, 0;
+    local $/ = "\n";
+    while (my $line = <$fh>) {
+        if ($line !~ /\n\z/) { last }    # a line still being written
+        $SCANNED += length $line;
+        $SHUTTING{$1} = 1 if $line =~ /\] (\d+)#\d+: gracefully shutting down/;
+    }
+    close $fh;
+}
+
+sub _valgrind_title {
+    my ($pid) = @_;
+    my $master = $PID or return undef;
+    if ($pid == $master) {
+        my $cmd = slurp("/proc/$pid/cmdline") // return undef;
+        $cmd =~ tr/\0/ /;
+        $cmd =~ s/\s+\z//;
+        $cmd =~ s{^\S*valgrind\S*(?: --\S+)* }{};
+        return "nginx: master process $cmd";
+    }
+    my ($ppid) = (slurp("/proc/$pid/stat") // '') =~ /^\d+ \(.*\) \S+ (\d+) /s;
+    return undef unless $ppid && $ppid == $master;
+    _scan_shutting_down();
+    return 'nginx: worker process' . ($SHUTTING{$pid} ? ' is shutting down' : '');
+}
+
+add_title_hook(\&_valgrind_title) if use_valgrind('nginx');
 
 sub _log_tail {
     my ($n) = @_;

@@ -22,12 +22,48 @@ our @EXPORT_OK = qw(
     is_root run_cmd spawn process_alive stop_process process_title
     wait_until slurp spew on_cleanup expand_vars
     make_world_readable_dir
+    valgrind_programs use_valgrind timeout_factor on_final stop_all
+    add_title_hook
 );
 
 my $MAIN_PID = $$;
 my $SERVROOT;
 my %PORTS_TAKEN;
 my @CLEANUPS;    # LIFO list of [name, coderef]
+my @FINALS;      # run once after every cleanup, before the server root goes
+my @TITLE_HOOKS; # process_title() of a process that runs under valgrind
+
+# TEST_APIKEY_USE_VALGRIND: 1 (nginx, apikeyd and apikeyctl) or a comma list
+# of those names. -> the set of programs to run under valgrind (a hash ref,
+# empty when unset or 0).
+sub valgrind_programs {
+    my $v = $ENV{TEST_APIKEY_USE_VALGRIND} // '';
+    return {} if $v eq '' || $v eq '0';
+    my @all = qw(nginx apikeyd apikeyctl);
+    return { map { $_ => 1 } @all } if $v eq '1';
+    my %want = map { $_ => 1 } grep { length } split /[,\s]+/, $v;
+    my @bad = grep { my $w = $_; !grep { $_ eq $w } @all } sort keys %want;
+    die "TEST_APIKEY_USE_VALGRIND=$v: unknown program(s) @bad "
+        . "(want 1, or a comma list of: @all)\n" if @bad;
+    return \%want;
+}
+
+# use_valgrind([$program]) -> true when the suite runs under valgrind (any
+# program), or when $program does.
+sub use_valgrind {
+    my ($program) = @_;
+    my $set = valgrind_programs();
+    return defined $program ? $set->{$program} : scalar %$set;
+}
+
+# Every timeout of the harness is multiplied by this: 1 normally, 10 under
+# valgrind (programs run 20-50 times slower, but most of a test's waiting is
+# not inside them); TEST_APIKEY_TIMEOUT_FACTOR overrides both.
+sub timeout_factor {
+    my $f = $ENV{TEST_APIKEY_TIMEOUT_FACTOR};
+    return $f if defined $f && $f =~ /^\d+(?:\.\d+)?$/ && $f > 0;
+    return use_valgrind() ? 10 : 1;
+}
 
 sub is_root { return $> == 0 }
 
@@ -156,7 +192,7 @@ sub _as_user {
 sub run_cmd {
     my ($argv, %opt) = @_;
     $argv = _as_user($argv, $opt{user});
-    my $timeout = $opt{timeout} // 60;
+    my $timeout = ($opt{timeout} // 60) * timeout_factor();
     my ($out_fh, $out_path) = tempfile(UNLINK => 1);
     my ($err_fh, $err_path) = tempfile(UNLINK => 1);
     my $in_path;
@@ -224,8 +260,22 @@ sub process_title {
     my $c = slurp("/proc/$pid/cmdline") // return '';
     $c =~ tr/\0/ /;
     $c =~ s/\s+\z//;
+    # Under valgrind the kernel shows valgrind's own command line, and a title
+    # the program sets (nginx's "worker process") lives in memory valgrind
+    # does not show: ask the hooks, else show the program's command line.
+    if ($c =~ m{^\S*valgrind\S* }) {
+        for my $hook (@TITLE_HOOKS) {
+            my $t = $hook->($pid);
+            return $t if defined $t;
+        }
+        $c =~ s{^\S*valgrind\S*(?: --\S+)* }{};
+    }
     return $c;
 }
+
+# add_title_hook(sub { my ($pid) = @_; ... }): process_title() of a process
+# that runs under valgrind asks the hook first (undef: no answer).
+sub add_title_hook { push @TITLE_HOOKS, @_ }
 
 # stop_process($pid, [SIG => seconds, ...]): send each signal in turn until
 # the process is gone. Returns 1 if it stopped.
@@ -235,7 +285,7 @@ sub stop_process {
     while (my ($sig, $wait) = splice @steps, 0, 2) {
         return 1 unless process_alive($pid);
         kill $sig, $pid;
-        my $deadline = time + $wait;
+        my $deadline = time + $wait * timeout_factor();
         while (time < $deadline) {
             return 1 unless process_alive($pid);
             sleep 0.02;
@@ -245,19 +295,23 @@ sub stop_process {
 }
 
 # wait_until(sub { ... }, $timeout_s [, $what]) -> elapsed seconds; dies on
-# timeout. The sub is called every 50 ms until it returns true.
+# timeout. The sub is called every 50 ms until it returns true. The timeout
+# is multiplied by timeout_factor() (10 under valgrind).
 sub wait_until {
     my ($cond, $timeout, $what) = @_;
     $timeout //= 10;
+    my $factor = timeout_factor();
+    my $limit = $timeout * $factor;
     my $start = time;
     while (1) {
         my $ok = eval { $cond->() };
         return time - $start if $ok;
-        if (time - $start > $timeout) {
+        if (time - $start > $limit) {
             my $why = $@ ? " (last error: $@)" : '';
             chomp $why;
             die "wait_until: " . ($what // 'condition')
-                . " not met within ${timeout}s$why\n";
+                . " not met within ${timeout}s"
+                . ($factor == 1 ? '' : " (x$factor: ${limit}s)") . "$why\n";
         }
         sleep 0.05;
     }
@@ -270,11 +324,29 @@ sub on_cleanup {
     push @CLEANUPS, [ $name, $code ];
 }
 
-sub run_cleanups {
+# on_final(NAME, CODE): run CODE once, after every cleanup (nginx, apikeyd
+# and PostgreSQL stopped) and before the server root is removed.
+sub on_final {
+    my ($name, $code) = @_;
+    @FINALS = grep { $_->[0] ne $name } @FINALS;
+    push @FINALS, [ $name, $code ];
+}
+
+# stop_all(): run the cleanups (stop every process the file started), then
+# the on_final code; the server root stays.
+sub stop_all {
     return unless $$ == $MAIN_PID;
     while (my $c = pop @CLEANUPS) {
         eval { $c->[1]->(); 1 } or warn "cleanup $c->[0]: $@";
     }
+    while (my $f = shift @FINALS) {
+        eval { $f->[1]->(); 1 } or warn "$f->[0]: $@";
+    }
+}
+
+sub run_cleanups {
+    return unless $$ == $MAIN_PID;
+    stop_all();
     return unless $SERVROOT && -d $SERVROOT;
     if ($ENV{TEST_APIKEY_KEEP}) {
         print STDERR "# TEST_APIKEY_KEEP: server root kept at $SERVROOT\n";
