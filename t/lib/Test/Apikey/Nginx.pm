@@ -174,7 +174,8 @@ sub nginx_worker_pids {
         my ($pid, $ppid) = (slurp($stat) // '') =~ /^(\d+) \(.*\) \S+ (\d+) /s or next;
         push @pids, $pid if $ppid == $master && process_title($pid) =~ /worker process/;
     }
-    return sort { $a <=> $b } @pids;
+    my @sorted = sort { $a <=> $b } @pids;
+    return @sorted;    # in scalar context: how many (sort's would be undef)
 }
 
 sub _wait_for_pid {
