@@ -540,7 +540,9 @@ for my $b (@ALL_BODIES) {
     my ($path, $raw) = @$b;
     push @leaks, map { "$_ in the answer to $path" } secrets_in($raw, @SECRETS);
 }
-ok(scalar(@ALL_BODIES) > 100, scalar(@ALL_BODIES) . ' API answers checked for key material');
+# 100 requests are made once each; polling until data shows up adds more
+# (118 in a normal run, none under valgrind, where the first poll finds it)
+ok(scalar(@ALL_BODIES) >= 100, scalar(@ALL_BODIES) . ' API answers checked for key material');
 is_deeply(\@leaks, [], 'no key, random part or hash (hex, base64, bytea) in any API answer');
 
 is_deeply([ grep { /\[error\] api:/ } split /\n/, apikeyd_log() ], [],
