@@ -42,6 +42,7 @@ use Test::Apikey::Postgres qw(psql);
 use Test::Apikey::Http qw(http_get);
 
 our @EXPORT = qw(
+    proc_mapping_rss grow_key_table
     wrk_path soak_nginx_config make_traffic churn_key rebuild_key_table
     expected_kinds start_wrk wrk_finished finish_wrk proc_status proc_fds
     proc_maps format_kib unrecorded ingest_totals wait_ingested rows_by_key
@@ -364,6 +365,43 @@ sub proc_maps {
     my ($pid) = @_;
     my $t = slurp("/proc/$pid/maps") // return undef;
     return $t =~ tr/\n//;
+}
+
+# proc_mapping_rss($pid, $path) -> kB resident in $pid's mappings of $path
+# (a replaced file still mapped shows as "$path (deleted)"): the key table,
+# whose size follows the number of keys, not a leak.
+sub proc_mapping_rss {
+    my ($pid, $path) = @_;
+    my $t = slurp("/proc/$pid/smaps") // return undef;
+    my ($kb, $mine) = (0, 0);
+    for my $line (split /\n/, $t) {
+        if ($line =~ /^[0-9a-f]+-[0-9a-f]+ /) {
+            $mine = $line =~ m{ \Q$path\E(?: \(deleted\))?$} ? 1 : 0;
+        } elsif ($mine && $line =~ /^Rss:\s+(\d+) kB/) {
+            $kb += $1;
+        }
+    }
+    return $kb;
+}
+
+# grow_key_table($org_id, $n): adds $n keys of the bulk org before taking
+# them away again, so that apikeyd's key table and its index of keys reach
+# the largest size that rebuild_key_table($org_id, $n) (a delete and an
+# insert in one statement, seen by apikeyd one key at a time) can make them
+# need; a soak does this before its reference sample.
+sub grow_key_table {
+    my ($org, $n) = @_;
+    psql(q{INSERT INTO api_keys (org_id, name, prefix, hint, key_hash)
+           SELECT :'org', 'grow ' || i, 'ak', 'ak_grow',
+                  sha256(convert_to('grow ' || i || ' ' || random(), 'UTF8'))
+             FROM generate_series(1, :n) i}, { org => $org, n => $n });
+    my $want = psql(q{SELECT count(*) FROM api_keys})->[0][0];
+    wait_until(sub { (apikeyd_metrics()->{apikey_keys} // -1) == $want }, 30,
+               "apikeyd's key table holds all $want keys");
+    psql(q{DELETE FROM api_keys WHERE name LIKE 'grow %'});
+    $want = psql(q{SELECT count(*) FROM api_keys})->[0][0];
+    wait_until(sub { (apikeyd_metrics()->{apikey_keys} // -1) == $want }, 30,
+               "apikeyd's key table is back to $want keys");
 }
 
 # format_kib($kb) -> "12345 kB" with a sign for differences ("+12 kB").
