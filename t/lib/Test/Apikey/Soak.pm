@@ -139,15 +139,27 @@ sub churn_key {
 sub rebuild_key_table {
     my ($org, $n) = @_;
     my $t0 = time;
-    psql(q{DELETE FROM api_keys WHERE name LIKE 'bulk %';
-           INSERT INTO api_keys (org_id, name, prefix, hint, key_hash)
-           SELECT :'org', 'bulk ' || i, 'ak', 'ak_bulk',
-                  sha256(convert_to('bulk ' || i || ' ' || random(), 'UTF8'))
-             FROM generate_series(1, :n) i}, { org => $org, n => $n });
+    psql(q{DELETE FROM api_keys WHERE name LIKE 'bulk %';} . _insert_keys_sql('bulk'),
+         { org => $org, n => $n });
+    _wait_table_matches_db();
+    return time - $t0;
+}
+
+# SQL that adds :n keys of org :org named "$label N" (no usable key: only a
+# hash of a random string), straight into api_keys.
+sub _insert_keys_sql {
+    my ($label) = @_;
+    return qq{INSERT INTO api_keys (org_id, name, prefix, hint, key_hash)
+              SELECT :'org', '$label ' || i, 'ak', 'ak_$label',
+                     sha256(convert_to('$label ' || i || ' ' || random(), 'UTF8'))
+                FROM generate_series(1, :n) i};
+}
+
+# Waits until apikeyd's key table holds as many keys as the database.
+sub _wait_table_matches_db {
     my $want = psql(q{SELECT count(*) FROM api_keys})->[0][0];
     wait_until(sub { (apikeyd_metrics()->{apikey_keys} // -1) == $want }, 30,
                "apikeyd's key table holds all $want keys");
-    return time - $t0;
 }
 
 # expected_kinds($traffic, @issued) -> { kind => requests } for threads that
@@ -391,17 +403,10 @@ sub proc_mapping_rss {
 # need; a soak does this before its reference sample.
 sub grow_key_table {
     my ($org, $n) = @_;
-    psql(q{INSERT INTO api_keys (org_id, name, prefix, hint, key_hash)
-           SELECT :'org', 'grow ' || i, 'ak', 'ak_grow',
-                  sha256(convert_to('grow ' || i || ' ' || random(), 'UTF8'))
-             FROM generate_series(1, :n) i}, { org => $org, n => $n });
-    my $want = psql(q{SELECT count(*) FROM api_keys})->[0][0];
-    wait_until(sub { (apikeyd_metrics()->{apikey_keys} // -1) == $want }, 30,
-               "apikeyd's key table holds all $want keys");
+    psql(_insert_keys_sql('grow'), { org => $org, n => $n });
+    _wait_table_matches_db();
     psql(q{DELETE FROM api_keys WHERE name LIKE 'grow %'});
-    $want = psql(q{SELECT count(*) FROM api_keys})->[0][0];
-    wait_until(sub { (apikeyd_metrics()->{apikey_keys} // -1) == $want }, 30,
-               "apikeyd's key table is back to $want keys");
+    _wait_table_matches_db();
 }
 
 # format_kib($kb) -> "12345 kB" with a sign for differences ("+12 kB").
