@@ -68,6 +68,11 @@ int apikey_table_attach(apikey_table_t* table, const char* path, char* err,
         std::string why;
         apikey::SegmentStatus s = fresh->attach(path, &why);
         if (s != apikey::SegmentStatus::kOk) {
+            if (s == apikey::SegmentStatus::kUntrusted) {
+                // Fail closed: whoever could plant this file could also
+                // have changed the one still mapped.
+                table->reader.reset();
+            }
             apikey::copy_error(why, err, err_len);
             return static_cast<int>(s);
         }

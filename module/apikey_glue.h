@@ -134,12 +134,13 @@ size_t apikey_usage_pad_text(unsigned char *dst, size_t cap,
 
 /*
  * nginx master, at configuration load: maps the segment at path, reusing it
- * when its layout matches (reload) or creating a fresh one (owned by uid:gid
- * when they are >= 0). *created tells which. NULL on failure, with err.
+ * when its layout matches (reload) or creating a fresh one (mode 0600, owned
+ * by the runtime directory's owner: apikeyd's user; workers inherit the
+ * mapping and never open the file). *created tells which. NULL on failure,
+ * with err (also for a file or directory that fails the trust check).
  */
 apikey_usage_t *apikey_usage_open(const char *path, size_t size,
-    unsigned slots, int uid, int gid, int *created, char *err,
-    size_t err_len);
+    unsigned slots, int *created, char *err, size_t err_len);
 void apikey_usage_close(apikey_usage_t *usage);
 
 /* Worker start/exit: a slot index, or -1 when none is free. */

@@ -2,9 +2,6 @@
 // ring. Every entry point is noexcept; the hot path (push, count) does no
 // allocation and no syscall.
 
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -46,8 +43,8 @@ std::uint8_t padded_len(size_t len, size_t cap) noexcept {
 extern "C" {
 
 apikey_usage_t* apikey_usage_open(const char* path, size_t size,
-                                  unsigned slots, int uid, int gid,
-                                  int* created, char* err, size_t err_len) {
+                                  unsigned slots, int* created, char* err,
+                                  size_t err_len) {
     try {
         apikey::UsageLayout layout =
             apikey::usage_layout_for(size, static_cast<std::uint32_t>(slots));
@@ -60,20 +57,14 @@ apikey_usage_t* apikey_usage_open(const char* path, size_t size,
         auto usage = std::make_unique<apikey_usage_s>();
         bool fresh = false;
         std::string why;
-        // 0660: nginx workers inherit the master's mapping; apikeyd opens
-        // the file and must run as the worker user or in its group.
+        // 0600: nginx workers inherit the master's mapping, so no process
+        // of the worker user (a PHP pool, say) can open the file to forge
+        // or hide usage; apikeyd owns it.
         apikey::SegmentStatus s =
-            usage->segment.open_or_create(path, layout, 0660, &fresh, &why);
+            usage->segment.open_or_create(path, layout, 0600, &fresh, &why);
         if (s != apikey::SegmentStatus::kOk) {
             apikey::copy_error(why, err, err_len);
             return nullptr;
-        }
-        if (fresh && (uid >= 0 || gid >= 0) && geteuid() == 0) {
-            if (chown(path, uid, gid) != 0) {
-                apikey::copy_error(std::string("chown failed: ") + std::strerror(errno),
-                           err, err_len);
-                return nullptr;
-            }
         }
         *created = fresh ? 1 : 0;
         return usage.release();

@@ -1452,7 +1452,7 @@ ngx_http_apikey_init(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_apikey_init_module(ngx_cycle_t *cycle)
 {
-    int                           created, uid, gid;
+    int                           created;
     u_char                        err[256];
     ngx_uint_t                    slots;
     ngx_core_conf_t              *ccf;
@@ -1479,13 +1479,9 @@ ngx_http_apikey_init_module(ngx_cycle_t *cycle)
                     NGX_HTTP_APIKEY_SLOTS_PER_WORKER
                     * (ngx_uint_t) ccf->worker_processes);
 
-    uid = (geteuid() == 0) ? (int) ccf->user : -1;
-    gid = (geteuid() == 0) ? (int) ccf->group : -1;
-
     amcf->usage = apikey_usage_open((char *) amcf->usage_path.data,
                                     amcf->usage_size, (unsigned) slots,
-                                    uid, gid, &created, (char *) err,
-                                    sizeof(err));
+                                    &created, (char *) err, sizeof(err));
     if (amcf->usage == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "apikey_usage \"%V\": %s", &amcf->usage_path, err);

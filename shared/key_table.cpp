@@ -368,11 +368,6 @@ KeyTableWriter KeyTableWriter::create(const std::string& path,
                                       std::uint64_t capacity) {
     const std::uint64_t cap = round_capacity(capacity);
     const std::string tmp = path + ".tmp";
-    // A fresh inode: never truncate a file someone might still map.
-    if (unlink(tmp.c_str()) != 0 && errno != ENOENT) {
-        throw std::runtime_error("unlink(\"" + tmp +
-                                 "\") failed: " + std::strerror(errno));
-    }
     KeyTableWriter w;
     w.path_ = path;
     std::string error;

@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime_dir.h"
+
 namespace apikey {
 
 void describe_errno(std::string* error, const char* what, const char* path,
@@ -43,6 +45,19 @@ void describe_error(std::string* error, const char* kind, const char* path,
 
 namespace {
 
+SegmentStatus segment_status_for(TrustStatus t) noexcept {
+    switch (t) {
+    case TrustStatus::kTrusted:
+        return SegmentStatus::kOk;
+    case TrustStatus::kMissing:
+        return SegmentStatus::kMissing;
+    case TrustStatus::kUntrusted:
+        return SegmentStatus::kUntrusted;
+    case TrustStatus::kIoError:
+        break;
+    }
+    return SegmentStatus::kIoError;
+}
 
 // Maps fd and closes it either way (the mapping keeps the file alive).
 SegmentStatus map_and_close(int fd, const char* path, std::size_t size,
@@ -76,6 +91,8 @@ const char* segment_status_name(SegmentStatus s) noexcept {
         return "unsupported layout version";
     case SegmentStatus::kBadSize:
         return "bad size";
+    case SegmentStatus::kUntrusted:
+        return "refused";
     }
     return "unknown";
 }
@@ -110,12 +127,15 @@ void MappedFile::reset() noexcept {
 SegmentStatus MappedFile::open(const char* path, bool writable,
                                std::string* error) noexcept {
     reset();
-    const int fd = ::open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    RuntimeDir dir;
+    TrustStatus trust = dir.open_for(path, error);
+    if (trust != TrustStatus::kTrusted) {
+        return segment_status_for(trust);
+    }
+    const int fd = dir.open_file(path_base_name(path),
+                                 writable ? O_RDWR : O_RDONLY, &trust, error);
     if (fd < 0) {
-        const int err = errno;
-        describe_errno(error, "open", path, err);
-        return err == ENOENT ? SegmentStatus::kMissing
-                             : SegmentStatus::kIoError;
+        return segment_status_for(trust);
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -145,19 +165,13 @@ SegmentStatus MappedFile::create(const char* path, std::size_t size,
         describe_error(error, "", path, "cannot create an empty segment");
         return SegmentStatus::kBadSize;
     }
-    const int fd = ::open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
-                          static_cast<mode_t>(mode));
-    if (fd < 0) {
-        const int err = errno;
-        describe_errno(error, "open", path, err);
-        return SegmentStatus::kIoError;
+    RuntimeDir dir;
+    const TrustStatus trust = dir.open_for(path, error);
+    if (trust != TrustStatus::kTrusted) {
+        return segment_status_for(trust);
     }
-    // open()'s mode is filtered through the umask; readers running as
-    // another user depend on the exact mode.
-    if (fchmod(fd, static_cast<mode_t>(mode)) != 0) {
-        const int err = errno;
-        close(fd);
-        describe_errno(error, "fchmod", path, err);
+    const int fd = dir.create_file(path_base_name(path), mode, error);
+    if (fd < 0) {
         return SegmentStatus::kIoError;
     }
     if (ftruncate(fd, static_cast<off_t>(size)) != 0) {

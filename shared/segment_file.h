@@ -1,5 +1,6 @@
 // A shared file mapped into memory: the base of the key-table and usage-ring
-// segments. RAII; move-only; no exceptions.
+// segments. RAII; move-only; no exceptions. Every file is opened and created
+// through its runtime directory's trust check (runtime_dir.h).
 #pragma once
 
 #include <cstddef>
@@ -14,6 +15,7 @@ enum class SegmentStatus {
     kBadMagic,       // not one of our segments
     kBadVersion,     // our segment, another layout version
     kBadSize,        // header and file size disagree
+    kUntrusted,      // refused: see runtime_dir.h for the rule
 };
 
 const char* segment_status_name(SegmentStatus s) noexcept;
@@ -37,11 +39,14 @@ public:
     MappedFile& operator=(const MappedFile&) = delete;
 
     // Maps an existing file; `writable` selects PROT_READ|PROT_WRITE and
-    // O_RDWR. On failure returns the status and sets *error (errno text).
+    // O_RDWR. On failure returns the status and sets *error (errno text,
+    // or why the file or its directory is not trusted: kUntrusted).
     SegmentStatus open(const char* path, bool writable,
                        std::string* error) noexcept;
-    // Creates (or truncates) `path` with `mode`, sizes it to `size` bytes
-    // (zero-filled) and maps it read-write.
+    // Creates `path` as a new file (a stale one is removed first, never
+    // truncated) with exactly `mode`, owned by the directory's owner when
+    // root creates it, sizes it to `size` bytes (zero-filled) and maps it
+    // read-write.
     SegmentStatus create(const char* path, std::size_t size, unsigned mode,
                          std::string* error) noexcept;
     void reset() noexcept;

@@ -211,7 +211,8 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
             adopt(std::move(old));
             return SegmentStatus::kOk;
         }
-    } else if (old_status == SegmentStatus::kIoError) {
+    } else if (old_status == SegmentStatus::kIoError ||
+               old_status == SegmentStatus::kUntrusted) {
         return old_status;  // exists but unusable: not ours to clobber
     }
     if (error != nullptr) {
@@ -225,11 +226,8 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
         describe_error(error, "usage segment", path, "path too long");
         return SegmentStatus::kIoError;
     }
-    // A fresh inode: truncating a file someone still maps would fault them.
-    if (unlink(tmp) != 0 && errno != ENOENT) {
-        describe_errno(error, "unlink", tmp, errno);
-        return SegmentStatus::kIoError;
-    }
+    // create() makes a fresh inode: truncating a file someone still maps
+    // would fault them.
     MappedFile fresh;
     SegmentStatus status = fresh.create(tmp, layout.file_size, mode, error);
     if (status != SegmentStatus::kOk) {

@@ -3,9 +3,13 @@
 # - the key table (TEST_NGINX_APIKEY_KEYS): mode 0644 exactly, owned by
 #   apikeyd's user; nginx's workers (nobody when the suite runs as root) can
 #   read it (a valid key gets 200) but not write it;
-# - the usage segment: mode 0660, owned by the worker user (nobody) when the
-#   master runs as root, also after a reload that replaces it; other users
-#   cannot read it (it holds client addresses and user agents);
+# - the runtime directory holding both: 0750, so only its owner (apikeyd's
+#   user) may create files there;
+# - the usage segment: mode 0600, owned by the runtime directory's owner
+#   (apikeyd's user), also after a reload that replaces it; the workers use
+#   the master's mapping, so no other user, the worker user included, can
+#   open it (it holds client addresses and user agents, and a writer could
+#   forge usage);
 # - the spool: a directory apikeyd creates is 0700, spool files are 0600
 #   and gone once replayed;
 # - no *.tmp file lingers after publishing, creating or replacing.
@@ -24,7 +28,6 @@ my $ROOT = $> == 0;
 # --- helpers --------------------------------------------------------------------
 
 sub mode_of  { my @st = stat $_[0]; return @st ? sprintf('%04o', $st[2] & 07777) : 'missing' }
-sub owner_of { my @st = stat $_[0]; return @st ? "$st[4]:$st[5]" : 'missing' }
 
 # "uid:gid" (effective) of a running process.
 sub process_ids {
@@ -42,7 +45,9 @@ sub test_as {
     return $rc;
 }
 
-sub leftovers { return [ map { s{.*/}{}r } glob("$ENV{TEST_NGINX_SERVROOT}/*.tmp") ] }
+sub leftovers {
+    return [ map { s{.*/}{}r } glob("$ENV{TEST_NGINX_SERVROOT}/*.tmp $ENV{TEST_NGINX_RUNTIME_DIR}/*.tmp") ];
+}
 
 # --- setup ----------------------------------------------------------------------
 
@@ -84,7 +89,7 @@ SKIP: {
               "the workers run as nobody ($uid:$gid), and got 200 from the key table above");
     is(test_as('nobody', '-r', $keys), 0, 'nobody can read the key table');
     isnt(test_as('nobody', '-w', $keys), 0, 'nobody cannot write the key table');
-    is(test_as('nobody', '-w', $root), 1, 'nobody cannot write the directory holding it '
+    is(test_as('nobody', '-w', $ENV{TEST_NGINX_RUNTIME_DIR}), 1, 'nobody cannot write the directory holding it '
        . '(so it cannot replace the file either)');
 }
 
@@ -97,13 +102,14 @@ is(mode_of($keys), '0644', 'key table after updates: still 0644');
 
 # --- the usage segment --------------------------------------------------------------------
 
-is(mode_of($usage), '0660', 'usage segment: mode 0660 (no access for other users)');
+is(mode_of($ENV{TEST_NGINX_RUNTIME_DIR}), '0750', 'runtime directory: mode 0750');
+is(mode_of($usage), '0600', 'usage segment: mode 0600 (no access for other users)');
+is((stat $usage)[4], (stat $ENV{TEST_NGINX_RUNTIME_DIR})[4],
+   "usage segment: owned by the runtime directory's owner (apikeyd's user)");
 SKIP: {
-    skip 'not root: nginx does not chown the segment', 3 unless $ROOT;
-    my (undef, undef, $uid, $gid) = getpwnam('nobody');
-    is(owner_of($usage), "$uid:$gid", "usage segment: owned by the worker user nobody ($uid:$gid)");
+    skip 'not root: workers run as the same user', 2 unless $ROOT;
     isnt(test_as('postgres', '-r', $usage), 0, 'another user (postgres) cannot read the usage segment');
-    is(test_as('nobody', '-w', $usage), 0, 'the worker user can write it');
+    isnt(test_as('nobody', '-r', $usage), 0, 'the worker user cannot open it either (workers use the master\'s mapping)');
 }
 is_deeply(leftovers(), [], 'no *.tmp left after apikeyd published and nginx created the segment');
 
@@ -114,18 +120,15 @@ is_deeply(leftovers(), [], 'no *.tmp left after apikeyd published and nginx crea
     my $created = () = nginx_error_log() =~ /apikey: created usage segment/g;
     is($created, 2, 'size change: nginx created a new usage segment');
     isnt((stat $usage)[1], $inode, 'size change: a new file');
-    is(mode_of($usage), '0660', 'the new segment: mode 0660');
-    SKIP: {
-        skip 'not root', 1 unless $ROOT;
-        my (undef, undef, $uid, $gid) = getpwnam('nobody');
-        is(owner_of($usage), "$uid:$gid", 'the new segment: owned by nobody');
-    }
+    is(mode_of($usage), '0600', 'the new segment: mode 0600');
+    is((stat $usage)[4], (stat $ENV{TEST_NGINX_RUNTIME_DIR})[4],
+       "the new segment: owned by the runtime directory's owner");
     is_deeply(leftovers(), [], 'no *.tmp left after the segment was replaced');
     # PATH.old.* is a hard link to the replaced file (same inode, same
     # mode), there until apikeyd has drained it
     my @kept = glob("$usage.old.*");
-    is_deeply([ map { mode_of($_) } @kept ], [ ('0660') x @kept ],
-              'the replaced file kept for apikeyd (PATH.old.*), while there, is still 0660');
+    is_deeply([ map { mode_of($_) } @kept ], [ ('0600') x @kept ],
+              'the replaced file kept for apikeyd (PATH.old.*), while there, is still 0600');
     $ok = eval { wait_until(sub { !glob("$usage.old.*") }, 10, 'old segment deleted'); 1 };
     ok($ok, 'apikeyd deletes the replaced segment once drained') or diag($@);
 }

@@ -1,4 +1,5 @@
 #include "api_auth.h"
+#include "scratch_dir.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -49,8 +50,7 @@ class ApiAuthTest : public ::testing::Test {
     void SetUp() override {
         const auto* test =
             ::testing::UnitTest::GetInstance()->current_test_info();
-        path_ = std::string("/dev/shm/apikey-auth-test-") + test->name() + "-" +
-                std::to_string(getpid());
+        path_ = scratch_.file(test->name());
         cleanup();
     }
     void TearDown() override { cleanup(); }
@@ -73,6 +73,7 @@ class ApiAuthTest : public ::testing::Test {
         return a.authenticate({"Bearer " + key}, now);
     }
 
+    apikey::testing::ScratchDir scratch_;
     std::string path_;
 };
 

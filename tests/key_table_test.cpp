@@ -1,4 +1,5 @@
 #include "key_table.h"
+#include "scratch_dir.h"
 
 #include <atomic>
 #include <chrono>
@@ -77,8 +78,7 @@ class KeyTableTest : public ::testing::Test {
 protected:
     void SetUp() override {
         const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-        path_ = std::string("/dev/shm/apikey-test-") + test->name() + "-" +
-                std::to_string(getpid());
+        path_ = scratch_.file(test->name());
         cleanup();
     }
     void TearDown() override { cleanup(); }
@@ -93,6 +93,7 @@ protected:
         return w;
     }
 
+    apikey::testing::ScratchDir scratch_;
     std::string path_;
 };
 

@@ -202,9 +202,9 @@ Options (also accepted as "name = value" lines in a --config file):
   --db CONNINFO            libpq conninfo or URI (default: PG* environment)
   --node NAME              this host's name in usage records (default: hostname)
   --keys PATH              key-table segment to publish
-                           (default: /dev/shm/apikey_keys; nginx: apikey_keys)
+                           (default: /run/apikey/keys; nginx: apikey_keys)
   --usage PATH             usage-ring segment to drain
-                           (default: /dev/shm/apikey_usage; nginx: apikey_usage)
+                           (default: /run/apikey/usage; nginx: apikey_usage)
   --listen HOST:PORT       HTTP API, dashboard, /metrics, /healthz
                            (default: 127.0.0.1:8089)
   --spool DIR              on-disk spool while PostgreSQL is unreachable

@@ -11,8 +11,8 @@ namespace apikey {
 struct DaemonConfig {
     std::string db;  // libpq conninfo or URI; "" = PG* environment
     std::string node;
-    std::string keys_path = "/dev/shm/apikey_keys";
-    std::string usage_path = "/dev/shm/apikey_usage";
+    std::string keys_path = "/run/apikey/keys";
+    std::string usage_path = "/run/apikey/usage";
     std::string listen_host = "127.0.0.1";
     int listen_port = 8089;
     std::string spool_dir = "/var/spool/apikeyd";

@@ -1,5 +1,5 @@
 // apikeyd: publishes the key table, drains usage into PostgreSQL, serves the
-// analytics API. See `apikeyd --help` and docs/operations.md.
+// analytics API. See `apikeyd --help` and docs/apikeyd.md.
 
 #include <atomic>
 #include <chrono>
@@ -12,12 +12,28 @@
 #include "http_server.h"
 #include "key_publisher.h"
 #include "log.h"
+#include "runtime_dir.h"
 
 namespace {
 
 std::atomic<bool> g_stop{false};
 
 void on_signal(int) { g_stop = true; }
+
+// The directories of --keys and --usage must pass the trust rule that nginx
+// applies too: refusing here says so at once instead of in every retry.
+bool runtime_dirs_trusted(const apikey::DaemonConfig& config) {
+    for (const std::string* path : {&config.keys_path, &config.usage_path}) {
+        apikey::RuntimeDir dir;
+        std::string why;
+        if (dir.open_for(path->c_str(), &why) !=
+            apikey::TrustStatus::kTrusted) {
+            std::fprintf(stderr, "apikeyd: %s\n", why.c_str());
+            return false;
+        }
+    }
+    return true;
+}
 
 }  // namespace
 
@@ -32,6 +48,9 @@ int main(int argc, char** argv) {
         }
     } catch (const UsageError& e) {
         std::fprintf(stderr, "apikeyd: %s\n", e.what());
+        return 2;
+    }
+    if (!runtime_dirs_trusted(config)) {
         return 2;
     }
 

@@ -1,5 +1,7 @@
 // Micro-benchmarks of the per-request work in the module: checksum check,
 // SHA-256 of the key, key-table lookup.
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -63,11 +65,23 @@ void BM_OpenSslOneShotSha256(benchmark::State& state) {
 }
 BENCHMARK(BM_OpenSslOneShotSha256);
 
-// A published 100k-key table in /dev/shm, built once for all lookups.
+// A private directory in /dev/shm (a file straight in it is refused as a
+// segment: anyone may create one there).
+std::string bench_dir() {
+    char tmpl[] = "/dev/shm/apikey-bench.XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) {
+        std::perror("mkdtemp");
+        std::exit(1);
+    }
+    return tmpl;
+}
+
+// A published 100k-key table, built once for all lookups.
 class KeyTableFixture {
 public:
     KeyTableFixture()
-        : path_("/dev/shm/apikey-bench-" + std::to_string(getpid())),
+        : dir_(bench_dir()),
+          path_(dir_ + "/keys"),
           writer_(KeyTableWriter::create(path_, kTableKeys * 2)) {
         for (std::size_t i = 0; i < kTableKeys; ++i) {
             KeyInfo info{};
@@ -82,7 +96,10 @@ public:
         writer_.publish();
         reader_.attach(path_.c_str(), nullptr);
     }
-    ~KeyTableFixture() { unlink(path_.c_str()); }
+    ~KeyTableFixture() {
+        unlink(path_.c_str());
+        rmdir(dir_.c_str());
+    }
 
     static std::string key_for(std::size_t i) {
         return "bench-key-" + std::to_string(i);
@@ -91,6 +108,7 @@ public:
     const KeyTableReader& reader() const { return reader_; }
 
 private:
+    std::string dir_;
     std::string path_;
     KeyTableWriter writer_;
     KeyTableReader reader_;

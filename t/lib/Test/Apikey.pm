@@ -56,7 +56,7 @@ BEGIN {
 }
 
 # internal
-use Test::Apikey::Util qw(servroot);
+use Test::Apikey::Util qw(servroot make_runtime_dir);
 use Test::Apikey::Blocks qw(parse_blocks section has_section);
 use Test::Apikey::Nginx qw(nginx_version module_path truncate_error_log);
 
@@ -80,15 +80,18 @@ sub no_shuffle     { }    # blocks always run in file order
 
 _init_env();
 
-# Per-file environment: server root, ports, static files, segment paths.
+# Per-file environment: server root, ports, static files, segment paths (in a
+# private runtime directory, as /run/apikey is in production).
 sub _init_env {
     my $root = servroot();
     $ENV{TEST_NGINX_SERVROOT}      = $root;
     $ENV{TEST_NGINX_HTML_DIR}      = "$root/html";
     $ENV{TEST_NGINX_SERVER_PORT}   = free_port();
     $ENV{TEST_NGINX_UPSTREAM_PORT} = free_port();
-    $ENV{TEST_NGINX_APIKEY_KEYS}   = "$root/apikey_keys";
-    $ENV{TEST_NGINX_APIKEY_USAGE}  = "$root/apikey_usage";
+    my $run = make_runtime_dir("$root/run");
+    $ENV{TEST_NGINX_RUNTIME_DIR}   = $run;
+    $ENV{TEST_NGINX_APIKEY_KEYS}   = "$run/apikey_keys";
+    $ENV{TEST_NGINX_APIKEY_USAGE}  = "$run/apikey_usage";
     my %html = (
         'index.html' => "hello\n",
         't.txt'      => "hello\n",

@@ -21,7 +21,7 @@ our @EXPORT_OK = qw(
     repo_root build_path servroot servroot_path free_port
     is_root run_cmd spawn process_alive stop_process process_title
     wait_until slurp spew on_cleanup expand_vars
-    make_world_readable_dir
+    make_world_readable_dir make_runtime_dir
     valgrind_programs use_valgrind timeout_factor on_final stop_all
     add_title_hook
 );
@@ -100,6 +100,20 @@ sub make_world_readable_dir {
     my ($dir) = @_;
     make_path($dir) unless -d $dir;
     chmod 0755, $dir or die "chmod 0755 $dir: $!\n";
+    return $dir;
+}
+
+# The segments' directory as an operator makes /run/apikey: owned by the
+# suite's user (apikeyd's), group nginx's workers (nobody's group when root),
+# mode 0750, so only its owner may create files in it.
+sub make_runtime_dir {
+    my ($dir) = @_;
+    make_path($dir) unless -d $dir;
+    if (is_root()) {
+        my $gid = (getpwnam('nobody'))[3];
+        chown 0, $gid, $dir or die "chown $dir: $!\n" if defined $gid;
+    }
+    chmod 0750, $dir or die "chmod 0750 $dir: $!\n";
     return $dir;
 }
 
