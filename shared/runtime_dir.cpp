@@ -170,7 +170,9 @@ int RuntimeDir::open_file(const char* name, int flags, TrustStatus* status,
         shown = path_ + "/" + name;
     } catch (...) {
     }
-    const int fd = openat(fd_, name, flags | O_NOFOLLOW | O_CLOEXEC);
+    // O_NONBLOCK: a fifo at the name must be refused, not waited on.
+    const int fd =
+        openat(fd_, name, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
         if (err == ELOOP) {

@@ -55,7 +55,8 @@ constexpr std::size_t kSeqAt = offsetof(KeyTableSlot, seq);
 constexpr std::size_t kStateAt = offsetof(KeyTableSlot, state);
 constexpr std::size_t kInfoAt = offsetof(KeyTableSlot, info);
 
-std::string g_path;
+std::string g_dir;   // private scratch directory
+std::string g_path;  // the key table in it
 
 template <typename T>
 T get(const std::string& s, std::size_t at) {
@@ -105,7 +106,10 @@ void write_file(const std::string& bytes) {
     ::close(fd);
 }
 
-void remove_file() { ::unlink(g_path.c_str()); }
+void remove_file() {
+    ::unlink(g_path.c_str());
+    ::rmdir(g_dir.c_str());
+}
 
 void check_entry(const KeyInfo& got, const KeyHash& hash, const std::string& f,
                  std::uint64_t cap) {
@@ -133,12 +137,11 @@ void check_entry(const KeyInfo& got, const KeyHash& hash, const std::string& f,
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-    std::string base = fuzz_scratch_dir();
-    std::string templ = base + "/apikey-fuzz-keys-XXXXXX";
-    int fd = ::mkstemp(templ.data());
-    FUZZ_CHECK(fd >= 0);
-    ::close(fd);
-    g_path = templ;
+    // A private directory: a file straight in /dev/shm or /tmp is refused.
+    std::string templ = fuzz_scratch_dir() + "/apikey-fuzz-keys-XXXXXX";
+    FUZZ_CHECK(::mkdtemp(templ.data()) != nullptr);
+    g_dir = templ;
+    g_path = g_dir + "/keys";
     std::atexit(remove_file);
     return 0;
 }

@@ -22,7 +22,8 @@ jobs=${APIKEY_FUZZ_JOBS:-$(nproc)}
 
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(key_format api_params sanitize_text
-                                     spool_file key_table_attach config_text)
+                                     spool_file key_table_attach config_text
+                                     runtime_dir)
 
 # Largest input per target: a spool frame is 12 + 288 * n bytes, a key
 # table 4096 + 256 * capacity (capacity 32 fits).
@@ -31,6 +32,7 @@ max_len() {
         key_format) echo 256 ;;
         spool_file) echo 8192 ;;
         key_table_attach) echo 16384 ;;
+        runtime_dir) echo 16 ;;
         *) echo 4096 ;;
     esac
 }
