@@ -55,8 +55,7 @@ is(sprintf('%04o', (stat $ENV{TEST_NGINX_SERVROOT})[2] & 07777), '0755',
 start_nginx(config => 'location = /v { return 200 "v1\n"; }');
 is(http_get('/v')->{body}, "v1\n", 'start_nginx from Perl');
 reload_nginx(config => 'location = /v { return 200 "v2\n"; }');
-wait_until(sub { http_get('/v')->{body} eq "v2\n" }, 5, 'reloaded config served');
-pass('reload_nginx: the new config is served');
+ok_eventually(sub { http_get('/v')->{body} eq "v2\n" }, 5, 'reload_nginx: the new config is served');
 like((eval { reload_nginx(config => 'bogus_directive;'); 1 } ? '' : $@),
      qr/nginx rejected the reload:.*unknown directive "bogus_directive"/s,
      'reload_nginx dies with the [emerg] line');

@@ -43,14 +43,12 @@ push @missing, "$CHROMIUM (apt-get install chromium)" unless -x $CHROMIUM;
 push @missing, 'node (apt-get install nodejs npm)' unless $NODE;
 push @missing, 'tools/browser-test/node_modules/playwright-core (npm ci --prefix tools/browser-test)'
     unless -f "$ROOT/tools/browser-test/node_modules/playwright-core/package.json";
-if (@missing) {
-    fail('browser test prerequisites');
+if (!ok(!@missing, 'chromium, node and playwright-core are there')) {
     diag("missing: $_") for @missing;
     diag('tools/test installs them');
     done_testing();
     exit;
 }
-ok(1, 'chromium, node and playwright-core are there');
 
 # --- the pages: headers, bodies, no inline code --------------------------------------
 
@@ -156,7 +154,8 @@ UPDATE api_keys SET last_used_at = now() - interval '2 minutes', last_used_ip = 
        request_count = (SELECT sum(requests) FROM api_key_usage_hourly WHERE key_id = :'key')
  WHERE id = :'key';
 SQL
-ok(1, 'checkout-web: 35 days of rollup rows');
+cmp_ok(psql_one(q{SELECT count(DISTINCT date_trunc('day', bucket)) FROM api_key_usage_daily WHERE key_id = :'key'},
+                { key => $CHECKOUT }), '>=', 35, 'checkout-web: 35 days of rollup rows');
 
 # The batch key: real requests through nginx (3 x 200, 2 x 404).
 my $html = $ENV{TEST_NGINX_HTML_DIR};
@@ -171,12 +170,11 @@ is_deeply(\@statuses, [200, 200, 200, 404, 404], 'batch key: real traffic throug
 
 my @ADMIN = ("Authorization: Bearer $K{'dashboard admin'}{key}");
 my $LIST = "/api/orgs/$ORG/api-keys/usage?dormant_days=30";
-wait_until(sub {
+ok_eventually(sub {
     my ($k) = grep { $_->{name} eq $BATCH } @{ apikeyd_get($LIST, \@ADMIN)->{json}{keys} };
     $k && $k->{request_count} == 5;
-}, 15, 'batch traffic ingested');
+}, 15, 'batch traffic visible through the API');
 stop_nginx();
-ok(1, 'batch traffic visible through the API');
 
 # --- the browser ---------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ our %PUBLIC;
 BEGIN {
     %PUBLIC = (
         'Test::Apikey::Util'     => [qw(
-            wait_until free_port run_cmd slurp spew servroot_path process_title
+            wait_until ok_eventually free_port run_cmd slurp spew servroot_path
+            process_title
             timeout_factor
         )],
         'Test::Apikey::Http'     => [qw(http_get http_request build_request)],

@@ -20,7 +20,7 @@ use Time::HiRes qw(sleep time);
 our @EXPORT_OK = qw(
     repo_root build_path servroot servroot_path free_port
     is_root run_cmd spawn process_alive stop_process process_title
-    wait_until slurp spew on_cleanup expand_vars
+    wait_until ok_eventually slurp spew on_cleanup expand_vars
     make_world_readable_dir make_runtime_dir
     valgrind_programs use_valgrind timeout_factor on_final stop_all
     add_title_hook
@@ -329,6 +329,15 @@ sub wait_until {
         }
         sleep 0.05;
     }
+}
+
+# ok_eventually(sub { ... }, $timeout_s, $name) -> a test that passes once
+# the sub returns true within the timeout (wait_until's polling), and fails
+# with wait_until's reason otherwise, so the file goes on.
+sub ok_eventually {
+    my ($cond, $timeout, $name) = @_;
+    my $ok = eval { wait_until($cond, $timeout, $name); 1 };
+    return Test::More::ok($ok, $name) || Test::More::diag($@);
 }
 
 # on_cleanup(NAME, CODE): run CODE at END (last registered runs first).
