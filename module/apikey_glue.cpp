@@ -12,6 +12,7 @@
 
 #include "key_format.h"
 #include "key_hash.h"
+#include "key_memo.h"
 #include "key_redact.h"
 #include "key_table.h"
 #include "uuid.h"

@@ -4,7 +4,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <string_view>
 
 namespace apikey {
@@ -14,84 +13,5 @@ using KeyHash = std::array<std::uint8_t, 32>;
 // SHA-256 through OpenSSL with a digest fetched once per thread: no
 // allocation per call. Returns false only if OpenSSL fails.
 bool sha256_key(std::string_view key, KeyHash* out) noexcept;
-
-// 64-bit FNV-1a of a scope name, as stored in the key table and computed by
-// the module at configuration time.
-std::uint64_t scope_hash(std::string_view scope) noexcept;
-
-// SipHash-2-4 with a 128-bit tag (the reference algorithm of Aumasson and
-// Bernstein): a pseudorandom function for short inputs under a secret key.
-struct SipKey {
-    std::uint64_t k0;
-    std::uint64_t k1;
-};
-struct Tag128 {
-    std::uint64_t lo;
-    std::uint64_t hi;
-};
-Tag128 siphash24_128(const SipKey& key, std::string_view data) noexcept;
-
-// The same tag from AES-128 as a CBC-MAC over exactly three blocks: a
-// length byte, the data, zero padding (so inputs of up to 47 bytes map
-// one-to-one onto 48-byte messages, for which CBC-MAC is a PRF). Needs the
-// CPU's AES instructions (x86-64 AES-NI); returns false without them.
-bool aes128_cbc_mac_tag(const std::uint8_t key[16], std::string_view data,
-                        Tag128* tag) noexcept;
-bool cpu_has_aes() noexcept;
-
-// SHA-256 of the keys a worker saw recently, so that a key that comes back
-// (the common case: a client sends the same key on every request) costs one
-// keyed tag instead of the format check and a SHA-256.
-//
-// It never holds a key. An entry is the key's 128-bit tag under a secret
-// of the memo's own (random, drawn once, never leaves the process) and the
-// key's SHA-256, which the key table holds anyway. The tag is AES-128
-// CBC-MAC where the CPU has AES instructions (a few dozen instructions per
-// key), SipHash-2-4-128 elsewhere: both are PRFs, so without the secret,
-// making another string collide with a remembered key takes ~2^128
-// guesses, each one a request. Only well-formed keys are remembered, so a
-// hit also stands for the format check.
-//
-// Direct-mapped, a fixed size, no allocation after construction; a
-// colliding key evicts the older one. Not thread-safe: one per thread
-// (an nginx worker has one).
-class KeyHashMemo {
-public:
-    static constexpr std::size_t kEntries = 1024;  // 48 KiB
-
-    struct Probe {
-        Tag128 tag;
-        std::size_t index;
-        bool usable;  // false: not a candidate (length), or no secret
-    };
-
-    // Draws the secret. Without one (the CSPRNG failed) the memo stays
-    // empty and find() always misses. use_aes false: SipHash even where
-    // AES instructions exist (tests).
-    explicit KeyHashMemo(bool use_aes = true) noexcept;
-    ~KeyHashMemo();
-    KeyHashMemo(const KeyHashMemo&) = delete;
-    KeyHashMemo& operator=(const KeyHashMemo&) = delete;
-
-    // True with the remembered SHA-256 in *hash if `key` was remembered.
-    // Fills *probe either way, for remember().
-    bool find(std::string_view key, Probe* probe, KeyHash* hash) noexcept;
-    // Remembers the SHA-256 of the (well-formed) key that `probe` is for.
-    void remember(const Probe& probe, const KeyHash& hash) noexcept;
-
-    bool uses_aes() const noexcept { return aes_; }
-
-private:
-    struct Entry {
-        Tag128 tag;
-        KeyHash hash;
-    };
-    struct Secret;  // AES round keys or the SipHash key
-    std::unique_ptr<Secret> secret_;
-    bool seeded_ = false;
-    bool aes_ = false;
-    std::unique_ptr<std::uint8_t[]> used_;
-    std::unique_ptr<Entry[]> entries_;
-};
 
 }  // namespace apikey

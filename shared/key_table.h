@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "key_hash.h"
+#include "scope.h"
 #include "segment_file.h"
 #include "uuid.h"
 

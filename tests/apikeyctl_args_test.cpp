@@ -121,14 +121,6 @@ TEST(ParseScopes, AtMostEightDistinct) {
     EXPECT_EQ(parse_scopes("a,b,c,d,e,f,g,h,a").size(), 8u);
 }
 
-TEST(ScopeIsValid, MatchesTheDocumentedPattern) {
-    EXPECT_TRUE(scope_is_valid("a"));
-    EXPECT_TRUE(scope_is_valid("0"));
-    EXPECT_TRUE(scope_is_valid("usage:read"));
-    EXPECT_FALSE(scope_is_valid(""));
-    EXPECT_FALSE(scope_is_valid("A"));
-}
-
 // --- names
 // -----------------------------------------------------------------------
 

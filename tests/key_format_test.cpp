@@ -1,5 +1,6 @@
 #include "key_format.h"
 #include "key_hash.h"
+#include "key_memo.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -404,12 +405,6 @@ TEST(KeyHashMemo, ManyKeysEvictButNeverConfuse) {
     EXPECT_LE(hits, KeyHashMemo::kEntries);
 }
 
-TEST(ScopeHash, IsFnv1a64) {
-    EXPECT_EQ(scope_hash(""), 0xcbf29ce484222325ULL);
-    EXPECT_EQ(scope_hash("a"), 0xaf63dc4c8601ec8cULL);
-    EXPECT_EQ(scope_hash("foobar"), 0x85944171f73967e8ULL);
-    EXPECT_NE(scope_hash("usage:read"), scope_hash("usage:write"));
-}
 
 }  // namespace
 }  // namespace apikey

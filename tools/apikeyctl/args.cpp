@@ -377,17 +377,6 @@ std::chrono::seconds parse_duration(std::string_view text) {
     return std::chrono::seconds(static_cast<std::int64_t>(total));
 }
 
-bool scope_is_valid(std::string_view scope) noexcept {
-    if (scope.empty() || scope.size() > kMaxScopeLen) return false;
-    auto alnum = [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-    };
-    if (!alnum(scope[0])) return false;
-    return std::all_of(scope.begin() + 1, scope.end(), [&](char c) {
-        return alnum(c) || c == ':' || c == '.' || c == '_' || c == '-';
-    });
-}
-
 std::vector<std::string> parse_scopes(std::string_view text) {
     std::vector<std::string> scopes;
     if (text.empty()) return scopes;
@@ -400,7 +389,7 @@ std::vector<std::string> parse_scopes(std::string_view text) {
         if (scope.empty()) {
             throw UsageError("empty scope in " + quoted(text));
         }
-        if (!scope_is_valid(scope)) {
+        if (!apikey::scope_is_valid(scope)) {
             throw UsageError("invalid scope " + quoted(scope) +
                              ": scopes are 1 to 64 characters a-z, 0-9, "
                              "':', '.', '_', '-', starting with a letter or "

@@ -10,15 +10,20 @@
 #include <string_view>
 #include <vector>
 
+#include "key_table.h"
+#include "scope.h"
+
 namespace apikey::ctl {
 
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;  // database or runtime failure
 inline constexpr int kExitUsage = 2;    // bad command line
 
-inline constexpr std::size_t kMaxNameBytes = 100;
-inline constexpr std::size_t kMaxScopes = 8;
-inline constexpr std::size_t kMaxScopeLen = 64;
+// A key's name and scopes must fit the key table's entry (one definition,
+// shared/key_table.h and shared/scope.h); org names share the name limit.
+inline constexpr std::size_t kMaxNameBytes = apikey::kMaxNameLen;
+using apikey::kMaxScopeLen;
+using apikey::kMaxScopes;
 inline constexpr int kDefaultDormantDays = 30;
 inline constexpr int kMaxDormantDays = 36500;
 inline constexpr std::chrono::seconds kDefaultGrace = std::chrono::hours(24);
@@ -76,7 +81,6 @@ std::chrono::seconds parse_duration(std::string_view text);
 // Comma-separated scopes, each [a-z0-9][a-z0-9:._-]{0,63}; duplicates are
 // dropped, at most 8 remain; "" means none. Throws UsageError.
 std::vector<std::string> parse_scopes(std::string_view text);
-bool scope_is_valid(std::string_view scope) noexcept;
 
 // 1..100 bytes, no control characters. Throws UsageError naming `what`.
 void check_name(std::string_view name, std::string_view what);
