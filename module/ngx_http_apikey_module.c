@@ -296,8 +296,11 @@ ngx_http_apikey_reject(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
 
     if (ctx->verdict.result == APIKEY_UNAVAILABLE) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "apikey: no key table is readable, "
-                      "rejecting request with 503");
+                      "apikey: %s, rejecting request with 503",
+                      ngx_http_apikey_worker.table != NULL
+                      && apikey_table_ready(ngx_http_apikey_worker.table)
+                      ? "key table entry locked mid-update"
+                      : "no key table is readable");
         return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 

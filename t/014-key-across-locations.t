@@ -3,12 +3,15 @@
 # request checked in one location is recorded once, wherever it ends after
 # internal redirects (try_files, error_page, X-Accel-Redirect, rewrite
 # ... last); a verdict read at server level, before the location is known,
-# does not decide for a location with another apikey_header.
+# does not decide for a location with another apikey_header; a key-table
+# slot left locked by a dead writer costs a request microseconds and a 503.
 
 use strict;
 use warnings;
 use lib 't/lib';
 use Test::Apikey;
+use Digest::SHA qw(sha256);
+use Time::HiRes ();
 
 # --- keys -----------------------------------------------------------------------
 
@@ -70,6 +73,37 @@ sub rows {
     return [ map { $_->[0] } @{ psql(
         q{SELECT endpoint || ' ' || status_code || ' ' || result FROM api_key_usage
            WHERE key_id = :'id' ORDER BY ts}, { id => $U{$name}{key_id} }) } ];
+}
+
+# --- the key table (shared/key_table.h) -------------------------------------------
+# A 4 KiB header (capacity, a u64, at +16), then 256-byte slots: the seqlock
+# counter (u32) at +0, the key's SHA-256 at +8; linear probing from the slot
+# the hash's first 8 bytes (little-endian) pick.
+
+# key_slot_offset($key) -> the file offset of the key's slot
+sub key_slot_offset {
+    my ($key) = @_;
+    my $hash = sha256($key);
+    open my $fh, '<:raw', $ENV{TEST_NGINX_APIKEY_KEYS} or die "open key table: $!\n";
+    sysseek($fh, 16, 0) && sysread($fh, my $c, 8) == 8 or die "read key table header\n";
+    my $cap = unpack('Q<', $c);
+    my $i = unpack('Q<', substr($hash, 0, 8)) & ($cap - 1);
+    for (1 .. $cap) {
+        my $off = 4096 + $i * 256;
+        sysseek($fh, $off, 0) && sysread($fh, my $s, 40) == 40 or die "read key table slot\n";
+        return $off if substr($s, 8, 32) eq $hash;
+        $i = ($i + 1) & ($cap - 1);
+    }
+    die "key not in the key table\n";
+}
+
+# flip_seq($offset): odd (a writer holds the slot) <-> even, in place
+sub flip_seq {
+    my ($off) = @_;
+    open my $fh, '+<:raw', $ENV{TEST_NGINX_APIKEY_KEYS} or die "open key table: $!\n";
+    sysseek($fh, $off, 0) && sysread($fh, my $s, 4) == 4 or die "read seq\n";
+    sysseek($fh, $off, 0) && syswrite($fh, pack('V', unpack('V', $s) + 1)) == 4
+        or die "write seq\n";
 }
 
 run_tests();
@@ -451,5 +485,42 @@ X-API-Key: $TEST_NGINX_UREV
 upstream
 --- check
 is_deeply(rows('rev'), ['/api/ 200 revoked'], "$block->{name}: exactly one row");
+--- no_error_log
+[error]
+
+
+
+=== TEST 16: a key-table slot stuck mid-update (its writer died): 503 unavailable at once, other keys unaffected
+--- init
+our $stuck = key_slot_offset($ENV{TEST_NGINX_KEY2});
+flip_seq($stuck);
+--- http_config
+apikey_keys $TEST_NGINX_APIKEY_KEYS;
+--- config
+location /t.txt { apikey on; add_header X-Result $apikey_result always; }
+--- raw_request eval
+["GET /t.txt HTTP/1.0\r\nX-API-Key: $ENV{TEST_NGINX_KEY2}\r\n\r\n",
+ "GET /t.txt HTTP/1.0\r\nX-API-Key: $ENV{TEST_NGINX_KEY}\r\n\r\n"]
+--- error_code eval
+[503, 200]
+--- response_headers eval
+["X-Result: unavailable", "X-Result: ok"]
+--- check
+my (@ms, %st);
+for (1 .. 21) {
+    my $t0 = Time::HiRes::time();
+    $st{ http_get('/t.txt', ["X-API-Key: $ENV{TEST_NGINX_KEY2}"])->{status} }++;
+    push @ms, (Time::HiRes::time() - $t0) * 1000;
+}
+@ms = sort { $a <=> $b } @ms;
+flip_seq($stuck);
+is_deeply(\%st, { 503 => 21 }, "$block->{name}: 21 more requests, all 503");
+ok($ms[10] < 50, "$block->{name}: the median request with the stuck slot took < 50 ms")
+    or diag("median $ms[10] ms");
+note(sprintf 'stuck slot: median request %.2f ms', $ms[10]);
+is(http_get('/t.txt', ["X-API-Key: $ENV{TEST_NGINX_KEY2}"])->{status}, 200,
+   "$block->{name}: the slot released, the key works again");
+--- error_log
+apikey: key table entry locked mid-update, rejecting request with 503
 --- no_error_log
 [error]
