@@ -55,6 +55,20 @@ wait_key_results({ $k1->{key} => 'ok', $gone->{key} => 'unknown',
                    map { ($U{$_}{key} => 'ok') } 1 .. 7 },
                  10, 'key table has every test key in its final state');
 
+# --- nginx configuration ------------------------------------------------------------
+
+# http_config with an upstream that says which key headers reached it (and
+# X-Foo, a header that must get through).
+sub echo_http {
+    return apikey_http_config(upstream =>
+        'location / { return 200 "key=$up_key auth=$up_auth foo=$http_x_foo\n"; }')
+        . qq{map \$http_x_api_key \$up_key { "" none; default present; }\n}
+        . qq{map \$http_authorization \$up_auth { "" none; default present; }\n};
+}
+
+# http_config with usage capture (and an upstream, if given).
+sub usage_http { return apikey_http_config(usage => '1m', upstream => $_[0]) }
+
 # --- usage rows -----------------------------------------------------------------
 
 # A request on the sentinel key (a /sentinel/ location in each usage block):
@@ -111,14 +125,8 @@ run_tests();
 __DATA__
 
 === TEST 1: error_page 401 = @proxied: a rejected key never reaches the upstream
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-map $http_x_api_key $up_key { "" none; default present; }
-map $http_authorization $up_auth { "" none; default present; }
-server {
-    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
-    location / { return 200 "key=$up_key auth=$up_auth foo=$http_x_foo\n"; }
-}
+--- http_config eval
+echo_http()
 --- config
 location /api/ { apikey on; error_page 401 = @proxied; }
 location @proxied {
@@ -149,14 +157,8 @@ key=none auth=none foo=kept
 
 
 === TEST 2: error_page 403 = @proxied: a key without the scope never reaches the upstream
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-map $http_x_api_key $up_key { "" none; default present; }
-map $http_authorization $up_auth { "" none; default present; }
-server {
-    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
-    location / { return 200 "key=$up_key auth=$up_auth\n"; }
-}
+--- http_config eval
+echo_http()
 --- config
 location /admin/ { apikey on; apikey_scope admin; error_page 403 = @proxied; }
 location @proxied { proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_PORT; }
@@ -165,21 +167,15 @@ location @proxied { proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_PORT; }
  "GET /admin/x HTTP/1.0\r\nAuthorization: Bearer $ENV{TEST_NGINX_KEY}\r\n\r\n"]
 --- error_code: 200
 --- response_body
-key=none auth=none
+key=none auth=none foo=
 --- no_error_log
 [error]
 
 
 
 === TEST 3: positive control: with apikey_hide_key off the same upstream sees the rejected key
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-map $http_x_api_key $up_key { "" none; default present; }
-map $http_authorization $up_auth { "" none; default present; }
-server {
-    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
-    location / { return 200 "key=$up_key auth=$up_auth\n"; }
-}
+--- http_config eval
+echo_http()
 --- config
 location /api/ { apikey on; apikey_hide_key off; error_page 401 = @proxied; }
 location @proxied { proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_PORT; }
@@ -188,21 +184,15 @@ location @proxied { proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_PORT; }
  "GET /api/x HTTP/1.0\r\nAuthorization: Bearer $ENV{TEST_NGINX_GONE_KEY}\r\n\r\n"]
 --- error_code: 200
 --- response_body eval
-["key=present auth=none\n", "key=none auth=present\n"]
+["key=present auth=none foo=\n", "key=none auth=present foo=\n"]
 --- no_error_log
 [error]
 
 
 
 === TEST 4: satisfy any + allow: whatever the verdict, the upstream never sees the key
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-map $http_x_api_key $up_key { "" none; default present; }
-map $http_authorization $up_auth { "" none; default present; }
-server {
-    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
-    location / { return 200 "key=$up_key auth=$up_auth\n"; }
-}
+--- http_config eval
+echo_http()
 --- config
 location /api/ {
     satisfy any;
@@ -224,7 +214,7 @@ location /api/ {
  ""]
 --- error_code: 200
 --- response_body
-key=none auth=none
+key=none auth=none foo=
 --- response_headers eval
 ["X-Result: ok", "X-Result: ok", "X-Result: malformed", "X-Result: malformed",
  "X-Result: unknown", "X-Result: revoked", "X-Result: expired", "X-Result: missing"]
@@ -310,9 +300,8 @@ X-Token: $TEST_NGINX_KEY
 
 
 === TEST 8: usage after try_files into a location without apikey: one row, under the checking location
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
+--- http_config eval
+usage_http()
 --- config
 location /sentinel/ { apikey on; alias $TEST_NGINX_HTML_DIR/; }
 location /api/ { apikey on; try_files $uri /plain/t.txt; }
@@ -331,13 +320,8 @@ is_deeply(rows(1), ['/api/ 200 ok'], "$block->{name}: exactly one row");
 
 
 === TEST 9: usage after error_page into a proxied named location without apikey
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
-server {
-    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
-    location / { return 200 "upstream\n"; }
-}
+--- http_config eval
+usage_http('location / { return 200 "upstream\\n"; }')
 --- config
 location /sentinel/ { apikey on; alias $TEST_NGINX_HTML_DIR/; }
 location /api/ { apikey on; log_not_found off; error_page 404 = @up; }
@@ -356,13 +340,8 @@ is_deeply(rows(2), ['/api/ 200 ok'], "$block->{name}: exactly one row");
 
 
 === TEST 10: usage after X-Accel-Redirect into an internal location without apikey
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
-server {
-    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
-    location / { add_header X-Accel-Redirect /internal/t.txt; return 204; }
-}
+--- http_config eval
+usage_http('location / { add_header X-Accel-Redirect /internal/t.txt; return 204; }')
 --- config
 location /sentinel/ { apikey on; alias $TEST_NGINX_HTML_DIR/; }
 location /api/ { apikey on; proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_PORT; }
@@ -381,9 +360,8 @@ is_deeply(rows(3), ['/api/ 200 ok'], "$block->{name}: exactly one row");
 
 
 === TEST 11: usage after try_files then rewrite ... last into a location without apikey
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
+--- http_config eval
+usage_http()
 --- config
 location /sentinel/ { apikey on; alias $TEST_NGINX_HTML_DIR/; }
 location /api/ { apikey on; try_files $uri /r/; }
@@ -403,9 +381,8 @@ is_deeply(rows(4), ['/api/ 200 ok'], "$block->{name}: exactly one row");
 
 
 === TEST 12: apikey_usage off where the request ends does not drop it: the checking location decides
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
+--- http_config eval
+usage_http()
 --- config
 location /sentinel/ { apikey on; alias $TEST_NGINX_HTML_DIR/; }
 location /api/ { apikey on; apikey_endpoint "checked"; try_files $uri /quiet/t.txt; }
@@ -424,9 +401,8 @@ is_deeply(rows(5), ['checked 200 ok'], "$block->{name}: exactly one row");
 
 
 === TEST 13: apikey_usage off in the checking location: no row, wherever the request ends
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
+--- http_config eval
+usage_http()
 --- config
 location /sentinel/ { apikey on; alias $TEST_NGINX_HTML_DIR/; }
 location /nocap/ { apikey on; apikey_usage off; try_files $uri /plain/t.txt; }
@@ -445,9 +421,8 @@ is_deeply(rows(6), [], "$block->{name}: no row");
 
 
 === TEST 14: a redirect between two apikey locations: one row, under the last one that checked
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
+--- http_config eval
+usage_http()
 --- config
 location /sentinel/ { apikey on; alias $TEST_NGINX_HTML_DIR/; }
 location /api/ { apikey on; try_files $uri /v2/t.txt; }
@@ -466,13 +441,8 @@ is_deeply(rows(7), ['/v2/ 200 ok'], "$block->{name}: exactly one row");
 
 
 === TEST 15: a rejected key proxied by error_page 401 = @named: one row with its result
---- http_config
-apikey_keys $TEST_NGINX_APIKEY_KEYS;
-apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
-server {
-    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
-    location / { return 200 "upstream\n"; }
-}
+--- http_config eval
+usage_http('location / { return 200 "upstream\\n"; }')
 --- config
 location /sentinel/ { apikey on; alias $TEST_NGINX_HTML_DIR/; }
 location /api/ { apikey on; error_page 401 = @up; }
