@@ -66,6 +66,7 @@ int apikey_table_attach(apikey_table_t* table, const char* path, char* err,
                         size_t err_len) {
     try {
         auto fresh = std::make_unique<apikey::KeyTableReader>();
+        fresh->set_busy_wait_ns(apikey::kEventLoopSlotWaitNs);
         std::string why;
         apikey::SegmentStatus s = fresh->attach(path, &why);
         if (s != apikey::SegmentStatus::kOk) {
@@ -121,8 +122,14 @@ apikey_result_e apikey_verify(apikey_table_t* table,
     }
 
     apikey::KeyInfo info;
-    if (!table->reader->lookup_brief(hash, &info)) {
+    switch (table->reader->lookup_brief(hash, &info)) {
+    case apikey::LookupResult::kFound:
+        break;
+    case apikey::LookupResult::kAbsent:
         return verdict->result = APIKEY_UNKNOWN;
+    case apikey::LookupResult::kBusy:
+        // a slot on the way stayed locked mid-update: fail closed
+        return verdict->result = APIKEY_UNAVAILABLE;
     }
     if (!remembered) {
         // Only keys the table knows: unknown keys cannot evict real ones.

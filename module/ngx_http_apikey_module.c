@@ -47,10 +47,13 @@ typedef struct {
 
 
 typedef struct {
-    apikey_verdict_t           verdict;      /* result: as last decided */
-    apikey_result_e            key_result;   /* the key's own, no scopes */
-    ngx_table_elt_t           *key_header;   /* apikey_header, if sent */
-    ngx_table_elt_t           *bearer_header; /* Authorization: Bearer */
+    apikey_verdict_t             verdict;    /* result: as last decided */
+    apikey_result_e              key_result; /* the key's own, no scopes */
+    ngx_table_elt_t             *key_header; /* apikey_header, if sent */
+    ngx_table_elt_t             *bearer_header; /* Authorization: Bearer */
+    ngx_http_apikey_loc_conf_t  *found_with; /* whose apikey_header */
+    ngx_http_apikey_loc_conf_t  *checked;    /* last "apikey on" to decide */
+    unsigned                     extra_keys:1; /* the key header repeated */
 } ngx_http_apikey_ctx_t;
 
 
@@ -72,6 +75,8 @@ static void ngx_http_apikey_record(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx, ngx_http_apikey_loc_conf_t *alcf);
 static void ngx_http_apikey_claim_slot(ngx_log_t *log);
 static ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(ngx_http_request_t *r);
+static ngx_http_apikey_ctx_t *ngx_http_apikey_create_ctx(
+    ngx_http_request_t *r);
 static ngx_inline ngx_http_apikey_ctx_t *ngx_http_apikey_get_ctx(
     ngx_http_request_t *r);
 static ngx_http_apikey_ctx_t *ngx_http_apikey_find_ctx(ngx_http_request_t *r);
@@ -79,6 +84,8 @@ static void ngx_http_apikey_cleanup(void *data);
 static ngx_int_t ngx_http_apikey_find_key(ngx_http_request_t *r,
     ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
     ngx_http_apikey_ctx_t *ctx);
+static ngx_inline ngx_uint_t ngx_http_apikey_is_key_header(
+    ngx_table_elt_t *h, ngx_http_apikey_loc_conf_t *alcf);
 static ngx_int_t ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key);
 static ngx_int_t ngx_http_apikey_hide(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx);
@@ -244,6 +251,23 @@ ngx_http_apikey_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* from here on the verdict stands, and this location records it */
+
+    ctx->checked = alcf;
+
+    /*
+     * Hidden whatever the verdict: error_page or "satisfy any" may still
+     * pass a rejected request to an upstream.
+     */
+
+    if (alcf->hide_key
+        && (ctx->key_header != NULL || ctx->bearer_header != NULL))
+    {
+        if (ngx_http_apikey_hide(r, ctx) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
     /* scopes are per location: decided again after an internal redirect */
 
     ctx->verdict.result = ctx->key_result;
@@ -260,14 +284,6 @@ ngx_http_apikey_handler(ngx_http_request_t *r)
         return ngx_http_apikey_reject(r, ctx);
     }
 
-    if (alcf->hide_key
-        && (ctx->key_header != NULL || ctx->bearer_header != NULL))
-    {
-        if (ngx_http_apikey_hide(r, ctx) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
     return NGX_OK;
 }
 
@@ -280,8 +296,11 @@ ngx_http_apikey_reject(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
 
     if (ctx->verdict.result == APIKEY_UNAVAILABLE) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "apikey: no key table is readable, "
-                      "rejecting request with 503");
+                      "apikey: %s, rejecting request with 503",
+                      ngx_http_apikey_worker.table != NULL
+                      && apikey_table_ready(ngx_http_apikey_worker.table)
+                      ? "key table entry locked mid-update"
+                      : "no key table is readable");
         return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
@@ -336,16 +355,26 @@ ngx_http_apikey_log_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
-
-    if (!alcf->enable || !alcf->capture) {
-        return NGX_OK;
-    }
-
     /* no ctx: the request was answered before any key lookup */
 
     ctx = ngx_http_apikey_get_ctx(r);
     if (ctx == NULL) {
+        return NGX_OK;
+    }
+
+    /*
+     * The location that checked the key records the request, wherever
+     * internal redirects took it since; otherwise (a variable looked the
+     * key up, the access phase never came) the location it ended in.
+     */
+
+    alcf = ctx->checked;
+
+    if (alcf == NULL) {
+        alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
+    }
+
+    if (!alcf->enable || !alcf->capture) {
         return NGX_OK;
     }
 
@@ -505,7 +534,9 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
 /*
  * The verdict for this request, computed once: by the first variable that
  * needs it (possibly in an earlier phase, e.g. limit_req) or by the access
- * handler.
+ * handler. A verdict computed before the location was chosen (a variable
+ * read at server level) is computed again in a location with another
+ * apikey_header, unless an access check already acted on it.
  */
 
 static ngx_http_apikey_ctx_t *
@@ -514,31 +545,30 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
     ngx_str_t                    key;
     ngx_time_t                  *tp;
     ngx_http_apikey_ctx_t       *ctx;
-    ngx_pool_cleanup_t          *cln;
-    ngx_http_apikey_loc_conf_t  *alcf;
+    ngx_http_apikey_loc_conf_t  *alcf, *prev;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
 
     ctx = ngx_http_apikey_get_ctx(r);
-    if (ctx != NULL) {
-        return ctx;
+
+    if (ctx == NULL) {
+        ctx = ngx_http_apikey_create_ctx(r);
+        if (ctx == NULL) {
+            return NULL;
+        }
+
+    } else {
+        prev = ctx->found_with;
+
+        if (ctx->checked != NULL
+            || prev == alcf
+            || (prev->header_lc.len == alcf->header_lc.len
+                && ngx_memcmp(prev->header_lc.data, alcf->header_lc.data,
+                              alcf->header_lc.len) == 0))
+        {
+            return ctx;
+        }
     }
-
-    /*
-     * The cleanup keeps the ctx findable across internal redirects: what
-     * ngx_pool_cleanup_add() does, with one allocation for both.
-     */
-
-    cln = ngx_palloc(r->pool,
-                     sizeof(ngx_pool_cleanup_t) + sizeof(ngx_http_apikey_ctx_t));
-    if (cln == NULL) {
-        return NULL;
-    }
-
-    ctx = (ngx_http_apikey_ctx_t *) (cln + 1);
-
-    cln->handler = ngx_http_apikey_cleanup;
-    cln->data = ctx;
-    cln->next = r->pool->cleanup;
-    r->pool->cleanup = cln;
 
     /*
      * Not all of the ctx is zeroed: apikey_verify() fills the verdict's
@@ -549,16 +579,15 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
 
     ctx->key_header = NULL;
     ctx->bearer_header = NULL;
+    ctx->extra_keys = 0;
+    ctx->found_with = alcf;
+    ctx->checked = NULL;
     ctx->verdict.scope_count = 0;
     ctx->verdict.name_len = 0;
 
     /* ids too (32 bytes): no stale pool memory can reach a usage record */
     ngx_memzero(ctx->verdict.key_id, sizeof(ctx->verdict.key_id));
     ngx_memzero(ctx->verdict.org_id, sizeof(ctx->verdict.org_id));
-
-    ngx_http_set_ctx(r, ctx, ngx_http_apikey_module);
-
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
 
     ctx->verdict.result = ngx_http_apikey_find_key(r, alcf, &key, ctx);
     ctx->key_result = ctx->verdict.result;
@@ -586,6 +615,36 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
                                     (int64_t) tp->sec * 1000000
                                     + (int64_t) tp->msec * 1000,
                                     &ctx->verdict);
+
+    return ctx;
+}
+
+
+static ngx_http_apikey_ctx_t *
+ngx_http_apikey_create_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t     *cln;
+    ngx_http_apikey_ctx_t  *ctx;
+
+    /*
+     * The cleanup keeps the ctx findable across internal redirects: what
+     * ngx_pool_cleanup_add() does, with one allocation for both.
+     */
+
+    cln = ngx_palloc(r->pool, sizeof(ngx_pool_cleanup_t)
+                              + sizeof(ngx_http_apikey_ctx_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    ctx = (ngx_http_apikey_ctx_t *) (cln + 1);
+
+    cln->handler = ngx_http_apikey_cleanup;
+    cln->data = ctx;
+    cln->next = r->pool->cleanup;
+    r->pool->cleanup = cln;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_apikey_module);
 
     return ctx;
 }
@@ -637,7 +696,8 @@ ngx_http_apikey_cleanup(void *data)
  * Finds the key in the configured header or in "Authorization: Bearer".
  * Returns APIKEY_OK with the key, APIKEY_MISSING, or APIKEY_MALFORMED when
  * the request carries more than one key (or two different ones). Empty
- * headers count as absent. Remembers both headers, to hide them.
+ * headers count as absent. Remembers the headers (or that the key header
+ * is repeated), to hide them all.
  */
 
 static ngx_int_t
@@ -667,26 +727,15 @@ ngx_http_apikey_find_key(ngx_http_request_t *r,
             i = 0;
         }
 
-        if ((h[i].hash != alcf->header_hash && alcf->header_hash != 0)
-            || h[i].value.len == 0
-            || h[i].key.len != alcf->header_lc.len)
-        {
-            continue;
-        }
-
-        /* nginx sets lowcase_key; a third-party module might not */
-
-        if (h[i].lowcase_key != NULL
-            ? ngx_memcmp(h[i].lowcase_key, alcf->header_lc.data,
-                         alcf->header_lc.len) != 0
-            : ngx_strncasecmp(h[i].key.data, alcf->header_lc.data,
-                              alcf->header_lc.len) != 0)
+        if (h[i].value.len == 0
+            || !ngx_http_apikey_is_key_header(&h[i], alcf))
         {
             continue;
         }
 
         if (ctx->key_header) {
-            return APIKEY_MALFORMED;
+            ctx->extra_keys = 1;
+            continue;
         }
 
         *key = h[i].value;
@@ -710,11 +759,39 @@ ngx_http_apikey_find_key(ngx_http_request_t *r,
         }
     }
 
+    if (ctx->extra_keys) {
+        return APIKEY_MALFORMED;
+    }
+
     if (key->len == 0) {
         return APIKEY_MISSING;
     }
 
     return APIKEY_OK;
+}
+
+
+/* Named as alcf's apikey_header (case-insensitive), whatever its value. */
+
+static ngx_inline ngx_uint_t
+ngx_http_apikey_is_key_header(ngx_table_elt_t *h,
+    ngx_http_apikey_loc_conf_t *alcf)
+{
+    if ((h->hash != alcf->header_hash && alcf->header_hash != 0)
+        || h->key.len != alcf->header_lc.len)
+    {
+        return 0;
+    }
+
+    /* nginx sets lowcase_key; a third-party module might not */
+
+    if (h->lowcase_key != NULL) {
+        return ngx_memcmp(h->lowcase_key, alcf->header_lc.data,
+                          alcf->header_lc.len) == 0;
+    }
+
+    return ngx_strncasecmp(h->key.data, alcf->header_lc.data,
+                           alcf->header_lc.len) == 0;
 }
 
 
@@ -752,12 +829,12 @@ ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key)
 
 
 /*
- * Removes the key headers from the request headers that upstreams see.
- * Elements cannot be unlinked in place (other pointers, such as
- * r->headers_in.host, point into the list), so the list is rebuilt as one
- * part without them, copying the runs between them; the old elements stay
- * valid in the request pool. When the key header came last, the part
- * is only shortened.
+ * Removes the key headers (every one, if the key header was repeated) from
+ * the request headers that upstreams see. Elements cannot be unlinked in
+ * place (other pointers, such as r->headers_in.host, point into the list),
+ * so the list is rebuilt as one part without them, copying the runs between
+ * them; the old elements stay valid in the request pool. When the key
+ * header came last, the part is only shortened.
  */
 
 static ngx_int_t
@@ -780,6 +857,7 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
 
     if (list->part.next == NULL
         && (ctx->key_header == NULL || ctx->bearer_header == NULL)
+        && !ctx->extra_keys
         && key >= h && key < h + n)
     {
         /* one part, one key header: the usual request */
@@ -823,7 +901,10 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
         start = 0;
 
         for (i = 0; i < part->nelts; i++) {
-            if (&h[i] != ctx->key_header && &h[i] != ctx->bearer_header) {
+            if (&h[i] != ctx->key_header && &h[i] != ctx->bearer_header
+                && !(ctx->extra_keys
+                     && ngx_http_apikey_is_key_header(&h[i], ctx->found_with)))
+            {
                 continue;
             }
 
@@ -845,6 +926,7 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
 
     ctx->key_header = NULL;
     ctx->bearer_header = NULL;
+    ctx->extra_keys = 0;
 
     return NGX_OK;
 }

@@ -38,11 +38,9 @@ constexpr unsigned kKeyTableMode = 0644;  // workers run as another user
 constexpr std::uint64_t kMaxLoadNumerator = 7;
 constexpr std::uint64_t kMaxLoadDenominator = 10;
 // A slot the writer holds (odd sequence) is retried: spinning first, then
-// yielding, for up to kMaxSlotWaitNs. An update takes ~100 ns, but on a
-// loaded machine the writer can be preempted in the middle of one for a
-// scheduler slice or more; only a writer that died mid-update (apikeyd's
-// restart republishes a fresh file) should make a reader give up.
+// yielding (long waits only), for up to the reader's busy wait.
 constexpr unsigned kSpinRetries = 64;
+constexpr std::int64_t kYieldingWaitNs = 1000 * 1000;
 
 
 constexpr std::uint32_t kEmpty = static_cast<std::uint32_t>(SlotState::kEmpty);
@@ -72,8 +70,8 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
-inline void backoff(unsigned attempt) noexcept {
-    if (attempt < kSpinRetries) {
+inline void backoff(unsigned attempt, std::int64_t max_wait_ns) noexcept {
+    if (attempt < kSpinRetries || max_wait_ns < kYieldingWaitNs) {
         cpu_relax();
     } else {
         sched_yield();  // the writer may be preempted mid-update
@@ -196,7 +194,8 @@ enum class SlotRead { kEmpty, kSkip, kMatch, kBusy };
 // *out only when its hash matches (kBrief: only what lookup_brief() says).
 std::int64_t monotonic_ns() noexcept {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    // not _COARSE: its ticks (1-4 ms) are coarser than a short busy wait
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
@@ -214,7 +213,7 @@ SlotRead read_slot(const KeyTableSlot& slot, const KeyHash& hash,
             }
         }
         if (attempt > 0) {
-            backoff(attempt);
+            backoff(attempt, max_wait_ns);
         }
         const std::uint32_t before = slot.seq.load(std::memory_order_acquire);
         if (before & 1) {
@@ -331,18 +330,19 @@ std::int64_t KeyTableReader::synced_at_us() const noexcept {
 }
 
 bool KeyTableReader::lookup(const KeyHash& hash, KeyInfo* out) const noexcept {
-    return find<false>(hash, out);
+    return find<false>(hash, out) == LookupResult::kFound;
 }
 
-bool KeyTableReader::lookup_brief(const KeyHash& hash,
-                                  KeyInfo* out) const noexcept {
+LookupResult KeyTableReader::lookup_brief(const KeyHash& hash,
+                                          KeyInfo* out) const noexcept {
     return find<true>(hash, out);
 }
 
 template <bool kBrief>
-bool KeyTableReader::find(const KeyHash& hash, KeyInfo* out) const noexcept {
+LookupResult KeyTableReader::find(const KeyHash& hash,
+                                  KeyInfo* out) const noexcept {
     if (header_ == nullptr) {
-        return false;
+        return LookupResult::kAbsent;
     }
     std::uint64_t i = home_index(hash) & mask_;
     // Bounded by capacity: a corrupt table without empty slots cannot
@@ -350,16 +350,17 @@ bool KeyTableReader::find(const KeyHash& hash, KeyInfo* out) const noexcept {
     for (std::uint64_t probe = 0; probe <= mask_; ++probe) {
         switch (read_slot<kBrief>(slots_[i], hash, out, busy_wait_ns_)) {
         case SlotRead::kMatch:
-            return true;
+            return LookupResult::kFound;
         case SlotRead::kEmpty:
+            return LookupResult::kAbsent;
         case SlotRead::kBusy:
-            return false;
+            return LookupResult::kBusy;
         case SlotRead::kSkip:
             break;
         }
         i = (i + 1) & mask_;
     }
-    return false;
+    return LookupResult::kAbsent;
 }
 
 // --- writer -------------------------------------------------------------

@@ -81,6 +81,16 @@ static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
 std::size_t key_table_file_size(std::uint64_t capacity) noexcept;
 
+// kBusy: a slot on the probe path stayed held by the writer past the
+// reader's busy wait, so the key's state is unknown.
+enum class LookupResult { kFound, kAbsent, kBusy };
+
+// The busy wait an event loop can afford (nginx workers): an update holds
+// a slot for ~100 ns, so only a writer descheduled or dead mid-update
+// outlasts it, and the request is answered "unavailable" instead of
+// stalling every connection of the worker.
+inline constexpr std::int64_t kEventLoopSlotWaitNs = 50 * 1000;
+
 // Read side (nginx workers, apikeyd's own API auth). noexcept throughout.
 class KeyTableReader {
 public:
@@ -112,25 +122,27 @@ public:
 
     // Copies the entry for `hash` into *out. Lock-free and allocation-free;
     // retries a slot that the writer is changing, and gives up (false)
-    // only if the writer holds one slot for many milliseconds (it died
-    // mid-update; its restart publishes a new file).
+    // only if the writer holds one slot past the busy wait (it died
+    // mid-update, whose restart publishes a new file, or is descheduled).
     bool lookup(const KeyHash& hash, KeyInfo* out) const noexcept;
     // lookup() that copies only what a request needs: the hash, ids,
     // times, scope_count and name_len, the first scope_count scope hashes
     // and the first name_len bytes of the name. The rest of *out is left
     // as it was. (The nginx worker's per-request path.)
-    bool lookup_brief(const KeyHash& hash, KeyInfo* out) const noexcept;
+    LookupResult lookup_brief(const KeyHash& hash,
+                              KeyInfo* out) const noexcept;
 
     // How long a lookup waits for a slot the writer holds before giving
-    // up (false): 200 ms by default. The writer needs ~100 ns per update
-    // but can be preempted mid-update on a loaded machine; only a writer
-    // that died mid-update should make a reader give up.
+    // up: 200 ms by default (apikeyd's threads), where a writer preempted
+    // mid-update on a loaded machine is waited for. Event loops set
+    // kEventLoopSlotWaitNs; a wait under 1 ms only spins, never yields the
+    // CPU (a yield can cost a scheduler slice).
     void set_busy_wait_ns(std::int64_t ns) noexcept { busy_wait_ns_ = ns; }
 
 private:
     std::int64_t busy_wait_ns_ = 200 * 1000 * 1000;
     template <bool kBrief>
-    bool find(const KeyHash& hash, KeyInfo* out) const noexcept;
+    LookupResult find(const KeyHash& hash, KeyInfo* out) const noexcept;
 
     const KeyTableHeader* header_ = nullptr;
     const KeyTableSlot* slots_ = nullptr;

@@ -1,6 +1,7 @@
 #include "key_table.h"
 #include "scratch_dir.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -325,7 +326,7 @@ TEST_F(KeyTableTest, BriefLookupCopiesWhatARequestNeedsAndNothingElse) {
             ASSERT_TRUE(r.lookup(hash_of(n), &full));
             KeyInfo brief;
             std::memset(&brief, 0xa5, sizeof brief);  // "not copied" marker
-            ASSERT_TRUE(r.lookup_brief(hash_of(n), &brief));
+            ASSERT_EQ(r.lookup_brief(hash_of(n), &brief), LookupResult::kFound);
             EXPECT_EQ(brief.key_hash, full.key_hash);
             EXPECT_EQ(brief.key_id, full.key_id);
             EXPECT_EQ(brief.org_id, full.org_id);
@@ -345,7 +346,48 @@ TEST_F(KeyTableTest, BriefLookupCopiesWhatARequestNeedsAndNothingElse) {
         }
     }
     KeyInfo out{};
-    EXPECT_FALSE(r.lookup_brief(hash_of(999999), &out));
+    EXPECT_EQ(r.lookup_brief(hash_of(999999), &out), LookupResult::kAbsent);
+}
+
+// A writer that died between the two sequence stores leaves its slot odd.
+TEST_F(KeyTableTest, SlotStuckMidUpdateIsBusyWithinTheEventLoopBound) {
+    KeyTableWriter w = published();
+    ASSERT_TRUE(w.upsert(info_for(hash_of(1), 1)));
+    ASSERT_TRUE(w.upsert(info_for(hash_of(2), 2)));
+    {
+        MappedFile map;
+        ASSERT_EQ(map.open(path_.c_str(), true, nullptr), SegmentStatus::kOk);
+        auto* slots = reinterpret_cast<KeyTableSlot*>(
+            static_cast<char*>(map.data()) + kKeyTableHeaderSize);
+        bool stuck = false;
+        for (std::uint64_t i = 0; i < w.capacity() && !stuck; ++i) {
+            if (slots[i].info.key_hash == hash_of(1)) {
+                slots[i].seq.fetch_add(1);
+                stuck = true;
+            }
+        }
+        ASSERT_TRUE(stuck);
+    }
+
+    KeyTableReader r;
+    ASSERT_EQ(r.attach(path_.c_str(), nullptr), SegmentStatus::kOk);
+    r.set_busy_wait_ns(kEventLoopSlotWaitNs);
+    KeyInfo out{};
+    EXPECT_EQ(r.lookup_brief(hash_of(2), &out), LookupResult::kFound);
+    EXPECT_FALSE(r.lookup(hash_of(1), &out));
+
+    // The median: one lookup may be preempted on a loaded machine.
+    std::vector<std::int64_t> ns;
+    for (int i = 0; i < 21; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        EXPECT_EQ(r.lookup_brief(hash_of(1), &out), LookupResult::kBusy);
+        ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         std::chrono::steady_clock::now() - t0)
+                         .count());
+    }
+    std::sort(ns.begin(), ns.end());
+    EXPECT_GE(ns.front(), kEventLoopSlotWaitNs) << "gave up without waiting";
+    EXPECT_LT(ns[ns.size() / 2], 1000 * 1000) << "median wait in ns";
 }
 
 TEST_F(KeyTableTest, OutOfRangeCountsAreClampedByTheWriter) {
