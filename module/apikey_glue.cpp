@@ -152,6 +152,13 @@ uint64_t apikey_scope_hash(const unsigned char* scope, size_t len) {
         std::string_view(reinterpret_cast<const char*>(scope), len));
 }
 
+int apikey_scope_is_valid(const unsigned char* scope, size_t len) {
+    return apikey::scope_is_valid(
+               std::string_view(reinterpret_cast<const char*>(scope), len))
+               ? 1
+               : 0;
+}
+
 int apikey_verdict_has_scopes(const apikey_verdict_t* verdict,
                               const uint64_t* required, size_t n) {
     for (size_t i = 0; i < n; i++) {

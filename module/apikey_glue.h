@@ -74,6 +74,8 @@ apikey_result_e apikey_verify(apikey_table_t *table,
     apikey_verdict_t *verdict);
 
 uint64_t apikey_scope_hash(const unsigned char *scope, size_t len);
+/* 1: the scope has the syntax apikeyctl accepts (shared/scope.h). */
+int apikey_scope_is_valid(const unsigned char *scope, size_t len);
 
 /* All of the required scopes are among the key's scopes. */
 int apikey_verdict_has_scopes(const apikey_verdict_t *verdict,

@@ -1434,7 +1434,6 @@ ngx_http_apikey_scope(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_apikey_loc_conf_t  *alcf = conf;
 
-    u_char      *p, c;
     uint64_t    *hash;
     ngx_str_t   *value;
     ngx_uint_t   i;
@@ -1462,25 +1461,7 @@ ngx_http_apikey_scope(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         /* the syntax apikeyctl accepts: [a-z0-9][a-z0-9:._-]{0,63} */
 
-        for (p = value[i].data; p < value[i].data + value[i].len; p++) {
-            c = *p;
-
-            if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
-                continue;
-            }
-
-            if (p > value[i].data
-                && (c == ':' || c == '.' || c == '_' || c == '-'))
-            {
-                continue;
-            }
-
-            break;
-        }
-
-        if (value[i].len == 0 || value[i].len > 64
-            || p != value[i].data + value[i].len)
-        {
+        if (!apikey_scope_is_valid(value[i].data, value[i].len)) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid apikey_scope scope \"%V\"",
                                &value[i]);
