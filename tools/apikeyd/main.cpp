@@ -10,6 +10,7 @@
 #include "config.h"
 #include "drainer.h"
 #include "http_server.h"
+#include "key_index.h"
 #include "key_publisher.h"
 #include "log.h"
 
@@ -43,7 +44,9 @@ int main(int argc, char** argv) {
 
     KeyPublisherStats key_stats;
     DrainerStats drain_stats;
-    Drainer drainer(config, &drain_stats);
+    KeyIndex key_index;
+    Drainer drainer(config, &drain_stats, &key_index);
+    if (!drainer.claim_node()) return 1;
     DaemonState state{&config, &key_stats, &drain_stats, &drainer};
 
     HttpServer http(state);
@@ -59,7 +62,7 @@ int main(int argc, char** argv) {
              ", listening on " + config.listen_host + ":" +
              std::to_string(config.listen_port));
 
-    KeyPublisher publisher(config, &key_stats);
+    KeyPublisher publisher(config, &key_stats, &key_index);
     std::thread keys_thread([&] { publisher.run(g_stop); });
     std::thread drain_thread([&] { drainer.run(g_stop); });
     std::thread http_thread([&] { http.serve(); });
