@@ -72,6 +72,7 @@ struct Drainer::Source {
     bool owners_here = false;
     bool owners_warned = false;
     std::int64_t next_owner_check_us = 0;
+    std::map<std::uint32_t, std::int32_t> kept_logged;  // slot -> pid
 };
 
 Drainer::Drainer(const DaemonConfig& config, DrainerStats* stats,
@@ -506,7 +507,16 @@ void Drainer::retire_dead_owners(Source& src) {
     for (std::uint32_t s : gone) {
         UsageSlot& slot = seg.slot(s);
         std::int32_t pid = slot.owner_pid.load();
-        if (pid_used_in_nested_namespace(pid)) continue;
+        if (pid_used_in_nested_namespace(pid)) {
+            auto [at, fresh] = src.kept_logged.emplace(s, pid);
+            if (fresh || at->second != pid) {
+                at->second = pid;
+                log_info("drainer: no process " + std::to_string(pid) +
+                         " here, but one in a nested PID namespace has that "
+                         "pid: ring " + std::to_string(s) + " kept");
+            }
+            continue;
+        }
         std::uint32_t expected = kOwned;
         if (slot.state.compare_exchange_strong(
                 expected,
