@@ -72,7 +72,8 @@ struct Drainer::Source {
     bool owners_here = false;
     bool owners_warned = false;
     std::int64_t next_owner_check_us = 0;
-    std::map<std::uint32_t, std::int32_t> kept_logged;  // slot -> pid
+    std::map<std::uint32_t, std::int32_t> kept;  // slot -> pid, nested
+    std::int64_t next_nested_scan_us = 0;
 };
 
 Drainer::Drainer(const DaemonConfig& config, DrainerStats* stats,
@@ -239,8 +240,8 @@ bool Drainer::keys_known() {
         return true;
     }
     if (!waiting_logged_) {
-        log_warn("drainer: no key table yet (PostgreSQL unreachable and "
-                 "none published before); usage stays in the rings");
+        log_info("drainer: waiting for the first key load (none published "
+                 "before) to check usage against; usage stays in the rings");
         waiting_logged_ = true;
     }
     stats_->waiting_for_keys = true;
@@ -462,11 +463,7 @@ bool Drainer::commit_to_database(const std::vector<UsageRecord>& batch) {
 // Slots of workers that are gone: retire those that died without saying
 // so (kill -9), and free retired ones once drained, for new workers.
 void Drainer::reap_slots(Source& src) {
-    std::int64_t now = now_us();
-    if (now >= src.next_owner_check_us) {
-        src.next_owner_check_us = now + kOwnerCheckEveryUs;
-        retire_dead_owners(src);
-    }
+    retire_dead_owners(src);
     UsageSegment& seg = src.segment;
     for (std::uint32_t s = 0; s < seg.slot_count(); ++s) {
         if (seg.free_if_drained(s)) {
@@ -480,6 +477,10 @@ void Drainer::reap_slots(Source& src) {
 void Drainer::retire_dead_owners(Source& src) {
     constexpr auto kOwned = static_cast<std::uint32_t>(SlotOwnership::kOwned);
     UsageSegment& seg = src.segment;
+    // Reading /proc for evidence: once a second at most, until found.
+    std::int64_t now = now_us();
+    bool look = !src.owners_here && now >= src.next_owner_check_us;
+    if (look) src.next_owner_check_us = now + kOwnerCheckEveryUs;
     std::vector<std::uint32_t> gone;
     for (std::uint32_t s = 0; s < seg.slot_count(); ++s) {
         UsageSlot& slot = seg.slot(s);
@@ -487,7 +488,7 @@ void Drainer::retire_dead_owners(Source& src) {
         if (slot.state.load() != kOwned || pid <= 0) continue;
         if (!process_exists(pid)) {
             gone.push_back(s);
-        } else if (!src.owners_here &&
+        } else if (look && !src.owners_here &&
                    owner_seen_here(pid, slot.claimed_at_us.load())) {
             src.owners_here = true;
             log_debug("drainer: ring owners run in apikeyd's PID namespace");
@@ -504,19 +505,26 @@ void Drainer::retire_dead_owners(Source& src) {
         }
         return;
     }
+    // Rings kept for a nested namespace's process: looked at again once a
+    // second (a scan of /proc), not on every pass.
+    bool rescan = now >= src.next_nested_scan_us;
+    if (rescan) src.next_nested_scan_us = now + kOwnerCheckEveryUs;
     for (std::uint32_t s : gone) {
         UsageSlot& slot = seg.slot(s);
         std::int32_t pid = slot.owner_pid.load();
+        auto known = src.kept.find(s);
+        bool was_kept = known != src.kept.end() && known->second == pid;
+        if (was_kept && !rescan) continue;
         if (pid_used_in_nested_namespace(pid)) {
-            auto [at, fresh] = src.kept_logged.emplace(s, pid);
-            if (fresh || at->second != pid) {
-                at->second = pid;
+            if (!was_kept) {
+                src.kept[s] = pid;
                 log_info("drainer: no process " + std::to_string(pid) +
                          " here, but one in a nested PID namespace has that "
                          "pid: ring " + std::to_string(s) + " kept");
             }
             continue;
         }
+        src.kept.erase(s);
         std::uint32_t expected = kOwned;
         if (slot.state.compare_exchange_strong(
                 expected,

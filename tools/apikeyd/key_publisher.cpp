@@ -118,12 +118,13 @@ std::size_t KeyPublisher::UuidHash::operator()(const Uuid& u) const noexcept {
 
 KeyPublisher::KeyPublisher(const DaemonConfig& config,
                            KeyPublisherStats* stats, KeyIndex* index)
-    : config_(config), stats_(stats), index_(index) {}
+    : config_(config), stats_(stats), index_(index) {
+    seed_index();  // before the drainer starts
+}
 
 void KeyPublisher::run(const std::atomic<bool>& stop) {
     int backoff_ms = 250;
     std::int64_t next_full_sync_us = 0;
-    seed_index();
 
     while (!stop.load()) {
         try {

@@ -47,7 +47,8 @@ KeyInfo key_info_from_row(const KeyRow& row);
 
 class KeyPublisher {
 public:
-    // Keeps `index` (which outlives it) in step with the published table.
+    // Keeps `index` (which outlives it) in step with the published table;
+    // fills it at once from the table published before, if there is one.
     KeyPublisher(const DaemonConfig& config, KeyPublisherStats* stats,
                  KeyIndex* index);
 

@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
     KeyPublisherStats key_stats;
     DrainerStats drain_stats;
     KeyIndex key_index;
+    KeyPublisher publisher(config, &key_stats, &key_index);
     Drainer drainer(config, &drain_stats, &key_index);
     if (!drainer.claim_node()) return 1;
     DaemonState state{&config, &key_stats, &drain_stats, &drainer};
@@ -62,7 +63,6 @@ int main(int argc, char** argv) {
              ", listening on " + config.listen_host + ":" +
              std::to_string(config.listen_port));
 
-    KeyPublisher publisher(config, &key_stats, &key_index);
     std::thread keys_thread([&] { publisher.run(g_stop); });
     std::thread drain_thread([&] { drainer.run(g_stop); });
     std::thread http_thread([&] { http.serve(); });
