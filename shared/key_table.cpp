@@ -363,6 +363,33 @@ LookupResult KeyTableReader::find(const KeyHash& hash,
     return LookupResult::kAbsent;
 }
 
+bool KeyTableReader::entry_at(std::uint64_t index,
+                              KeyInfo* out) const noexcept {
+    if (header_ == nullptr || index > mask_) {
+        return false;
+    }
+    const KeyTableSlot& slot = slots_[index];
+    for (unsigned attempt = 0; attempt < 64 * kSpinRetries; ++attempt) {
+        if (attempt > 0) {
+            backoff(attempt);
+        }
+        const std::uint32_t before = slot.seq.load(std::memory_order_acquire);
+        if (before & 1) {
+            continue;
+        }
+        const bool live =
+            slot.state.load(std::memory_order_relaxed) == kLive;
+        if (live) {
+            load_info(slot.info, out);
+        }
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (slot.seq.load(std::memory_order_relaxed) == before) {
+            return live;
+        }
+    }
+    return false;
+}
+
 // --- writer -------------------------------------------------------------
 
 KeyTableWriter KeyTableWriter::create(const std::string& path,

@@ -132,6 +132,13 @@ public:
     LookupResult lookup_brief(const KeyHash& hash,
                               KeyInfo* out) const noexcept;
 
+    // For walking the whole table (apikeyd reading back what it published):
+    // the number of slots (0 when detached), and a consistent copy of slot
+    // `index`'s entry if it is live. False for an empty slot, a tombstone,
+    // an index out of range, or a slot the writer holds for too long.
+    std::uint64_t capacity() const noexcept { return header_ ? mask_ + 1 : 0; }
+    bool entry_at(std::uint64_t index, KeyInfo* out) const noexcept;
+
     // How long a lookup waits for a slot the writer holds before giving
     // up: 200 ms by default (apikeyd's threads), where a writer preempted
     // mid-update on a loaded machine is waited for. Event loops set

@@ -634,5 +634,38 @@ TEST_F(KeyTableTest, PublishOverAForeignFileReplacesIt) {
     EXPECT_EQ(r.attach(path_.c_str(), nullptr), SegmentStatus::kOk);
 }
 
+TEST_F(KeyTableTest, WalkingTheTableYieldsEachLiveEntryOnce) {
+    KeyTableWriter w = published();
+    for (std::uint64_t n = 1; n <= 100; ++n) {
+        ASSERT_TRUE(w.upsert(info_for(hash_of(n), n)));
+    }
+    ASSERT_TRUE(w.remove(hash_of(7)));  // a tombstone is not an entry
+
+    KeyTableReader r;
+    ASSERT_EQ(r.attach(path_.c_str(), nullptr), SegmentStatus::kOk);
+    ASSERT_EQ(r.capacity(), w.capacity());
+    std::vector<int> seen(101, 0);
+    KeyInfo out{};
+    for (std::uint64_t i = 0; i < r.capacity(); ++i) {
+        if (r.entry_at(i, &out)) {
+            const std::uint64_t v = version_of(out);
+            ASSERT_TRUE(v >= 1 && v <= 100);
+            EXPECT_TRUE(same_bytes(out, info_for(hash_of(v), v)));
+            seen[v]++;
+        }
+    }
+    for (std::uint64_t n = 1; n <= 100; ++n) {
+        EXPECT_EQ(seen[n], n == 7 ? 0 : 1) << "entry " << n;
+    }
+    EXPECT_FALSE(r.entry_at(r.capacity(), &out));
+}
+
+TEST_F(KeyTableTest, DetachedReaderHasNoEntries) {
+    KeyTableReader r;
+    KeyInfo out{};
+    EXPECT_EQ(r.capacity(), 0u);
+    EXPECT_FALSE(r.entry_at(0, &out));
+}
+
 }  // namespace
 }  // namespace apikey

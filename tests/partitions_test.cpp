@@ -69,5 +69,16 @@ TEST(Partitions, RawRowsKeptInsideTheWindowOnly) {
     EXPECT_FALSE(raw_month_kept(month(2099, 1), now, 13));
 }
 
+TEST(Partitions, RetentionStartsAtTheOldestKeptMonth) {
+    // 2024-03-15T12:00:00Z with 13 months kept: from 2023-02-01.
+    const std::int64_t now = 1710504000LL * kUs;
+    EXPECT_EQ(retention_start_us(now, 13), month_start_us(month(2023, 2)));
+    EXPECT_EQ(retention_start_us(now, 0), month_start_us(month(2024, 3)));
+    EXPECT_TRUE(raw_month_kept(month_of_us(retention_start_us(now, 13)),
+                               month_of_us(now), 13));
+    EXPECT_FALSE(raw_month_kept(
+        month_of_us(retention_start_us(now, 13) - 1), month_of_us(now), 13));
+}
+
 }  // namespace
 }  // namespace apikey

@@ -1,16 +1,17 @@
 #include "drainer.h"
 
 #include <dirent.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include "log.h"
+#include "partitions.h"
 #include "pg.h"
+#include "ring_owners.h"
 #include "spool.h"
 #include "time_util.h"
 #include "usage_store.h"
@@ -24,9 +25,15 @@ constexpr std::size_t kMaxBatch = 16384;
 constexpr int kIdleSleepMs = 20;
 constexpr std::int64_t kAttachRetryUs = 1000000;
 constexpr std::int64_t kMaintenanceEveryUs = 3600LL * 1000000;
+constexpr std::int64_t kOwnerCheckEveryUs = 1000000;
+constexpr std::int64_t kNodeRetryUs = 10 * 1000000LL;
+constexpr std::int64_t kNodeClaimWaitUs = 5 * 1000000LL;
+constexpr std::int64_t kRejectLogEveryUs = 60 * 1000000LL;
 
-bool process_is_gone(std::int32_t pid) {
-    return pid > 0 && kill(pid, 0) == -1 && errno == ESRCH;
+Uuid uuid_of(const std::uint8_t (&bytes)[16]) {
+    Uuid id;
+    std::memcpy(id.data(), bytes, id.size());
+    return id;
 }
 
 ino_t inode_of(const std::string& path) {
@@ -60,11 +67,20 @@ struct Drainer::Source {
     std::string path;
     ino_t inode = 0;
     UsageSegment segment;
+    // A ring owner was seen alive in our PID namespace: owner pids of this
+    // segment can be checked here (ring_owners.h).
+    bool owners_here = false;
+    bool owners_warned = false;
+    std::int64_t next_owner_check_us = 0;
+    std::map<std::uint32_t, std::int32_t> kept;  // slot -> pid, nested
+    std::int64_t next_nested_scan_us = 0;
 };
 
-Drainer::Drainer(const DaemonConfig& config, DrainerStats* stats)
+Drainer::Drainer(const DaemonConfig& config, DrainerStats* stats,
+                 const KeyIndex* keys)
     : config_(config),
       stats_(stats),
+      keys_(keys),
       store_(std::make_unique<UsageStore>(config)),
       spool_(std::make_unique<Spool>(
           config.spool_dir,
@@ -75,13 +91,38 @@ Drainer::Drainer(const DaemonConfig& config, DrainerStats* stats)
 
 Drainer::~Drainer() = default;
 
+bool Drainer::claim_node() {
+    const std::int64_t give_up = now_us() + kNodeClaimWaitUs;
+    while (true) {
+        try {
+            store_->connect();
+            return true;
+        } catch (const NodeInUse& e) {
+            // A previous apikeyd of this node may just have exited and its
+            // session not ended yet.
+            if (now_us() >= give_up) {
+                log_error(std::string("apikeyd: ") + e.what());
+                return false;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(250));
+        } catch (const std::exception& e) {
+            log_warn(std::string("drainer: PostgreSQL not reachable (") +
+                     e.what() + "); the node lock is taken on connecting");
+            return true;
+        }
+    }
+}
+
 void Drainer::run(const std::atomic<bool>& stop) {
     while (true) {
         bool stopping = stop.load();
         std::size_t n = 0;
         try {
             attach_segments();
-            maintain_partitions();
+            if (!node_in_use_) {
+                maintain_partitions();
+                prune_offsets();
+            }
             n = drain_once();
         } catch (const std::exception& e) {
             log_error(std::string("drainer: ") + e.what());
@@ -188,10 +229,64 @@ void Drainer::resume_from_database() {
     resumed_ = true;
 }
 
+// The key publisher fills the index from PostgreSQL or, before that, from
+// the table published before this start. Without either there is nothing
+// to check records against: wait, leaving them in the rings.
+bool Drainer::keys_known() {
+    if (keys_->ready()) {
+        if (waiting_logged_) log_info("drainer: keys known, draining");
+        waiting_logged_ = false;
+        stats_->waiting_for_keys = false;
+        return true;
+    }
+    if (!waiting_logged_) {
+        log_info("drainer: waiting for the first key load (none published "
+                 "before) to check usage against; usage stays in the rings");
+        waiting_logged_ = true;
+    }
+    stats_->waiting_for_keys = true;
+    return false;
+}
+
+// While another apikeyd holds this node's lock, nothing is drained (its
+// records would be taken for ours); the lock is tried again now and then.
+bool Drainer::node_usable() {
+    if (!node_in_use_) return true;
+    std::int64_t now = now_us();
+    if (now < next_node_retry_us_) return false;
+    next_node_retry_us_ = now + kNodeRetryUs;
+    try {
+        store_->connect();
+    } catch (const std::exception&) {
+        return false;
+    }
+    node_in_use_ = false;
+    stats_->node_in_use = false;
+    log_info("drainer: node \"" + config_.node +
+             "\" is ours again; draining");
+    return true;
+}
+
+void Drainer::node_lost() {
+    if (!node_in_use_) {
+        log_error("drainer: node \"" + config_.node +
+                  "\" is in use by another apikeyd connected to this "
+                  "database; not draining until it stops (each host needs "
+                  "its own --node)");
+    }
+    node_in_use_ = true;
+    stats_->node_in_use = true;
+    next_node_retry_us_ = now_us() + kNodeRetryUs;
+}
+
 std::size_t Drainer::drain_once() {
+    if (!node_usable()) return 0;
     if (!resumed_ && !sources_.empty()) {
         try {
             resume_from_database();
+        } catch (const NodeInUse&) {
+            node_lost();
+            return 0;
         } catch (const pg::Error&) {
             // Not now; commits still skip what is already committed.
         }
@@ -199,13 +294,19 @@ std::size_t Drainer::drain_once() {
 
     std::vector<UsageRecord> batch;
     std::vector<RingEnd> ends;
-    for (auto& src : sources_) {
-        collect(*src, &batch, &ends);
+    std::size_t read = 0;
+    if (keys_known()) {
+        for (auto& src : sources_) {
+            collect(*src, &batch, &ends);
+        }
+        for (const RingEnd& end : ends) read += end.count;
+        report_rejections(now_us());
     }
 
-    if (!batch.empty() || !spool_->empty()) {
-        store_batch(batch);
+    if (!ends.empty() || !spool_->empty()) {
+        if (!store_batch(batch)) return 0;  // node lost: leave the rings
     }
+    stats_->drained += read;
 
     // Committed (to PostgreSQL or the spool): now the rings may move on.
     for (const RingEnd& end : ends) {
@@ -214,33 +315,85 @@ std::size_t Drainer::drain_once() {
     for (auto& src : sources_) {
         reap_slots(*src);
     }
-    return batch.size();
+    return read;
 }
 
+// Reads each ring from its tail. A record's identity is where it was read:
+// this slot, the slot's current generation (every record between tail and
+// head belongs to the current claim, as a slot is claimed again only once
+// drained and freed by us) and its ring position, which is exactly what
+// the producer stamps. So a record cannot pass for another ring's or skip
+// ahead, hiding later ones as duplicates.
 void Drainer::collect(Source& src, std::vector<UsageRecord>* batch,
                       std::vector<RingEnd>* ends) {
     UsageSegment& seg = src.segment;
+    const std::int64_t now = now_us();
+    std::size_t read = 0;
+    for (const RingEnd& end : *ends) read += end.count;
     for (std::uint32_t s = 0; s < seg.slot_count(); ++s) {
-        if (batch->size() >= kMaxBatch) return;
+        if (read >= kMaxBatch) return;
         UsageSlot& slot = seg.slot(s);
         std::uint64_t tail = slot.tail.load(std::memory_order_acquire);
-        std::size_t room = kMaxBatch - batch->size();
+        std::size_t room = kMaxBatch - read;
         std::size_t old_size = batch->size();
         batch->resize(old_size + room);
         std::size_t n = seg.peek(s, tail, batch->data() + old_size, room);
-        batch->resize(old_size + n);
+        const std::uint64_t generation =
+            slot.generation.load(std::memory_order_acquire);
+        std::size_t kept = old_size;
+        for (std::size_t i = 0; i < n; ++i) {
+            UsageRecord& r = (*batch)[old_size + i];
+            r.slot = s;
+            r.generation = generation;
+            r.sequence = tail + i;
+            if (!admit(r, now)) continue;
+            if (kept != old_size + i) (*batch)[kept] = r;
+            ++kept;
+        }
+        batch->resize(kept);
+        read += n;
         if (n > 0) {
-            ends->push_back({&src, s, tail + n});
+            ends->push_back({&src, s, tail + n, n});
         }
     }
 }
 
+// Only usage of keys in our own key table, for their own org, is stored;
+// checked before the spool, which holds only what was admitted.
+bool Drainer::admit(const UsageRecord& r, std::int64_t now) {
+    switch (keys_->check(uuid_of(r.key_id), uuid_of(r.org_id), now)) {
+    case KeyVerdict::kKnown:
+        return true;
+    case KeyVerdict::kUnknownKey:
+        stats_->rejected_unknown_key++;
+        unreported_unknown_++;
+        return false;
+    case KeyVerdict::kOrgMismatch:
+        stats_->rejected_org_mismatch++;
+        unreported_mismatch_++;
+        return false;
+    }
+    return false;
+}
+
+// A line a minute at most: a forging process must not flood the log.
+void Drainer::report_rejections(std::int64_t now) {
+    if (unreported_unknown_ + unreported_mismatch_ == 0 ||
+        now < next_reject_log_us_) {
+        return;
+    }
+    log_warn("drainer: rejected usage records not matching the key table: " +
+             std::to_string(unreported_unknown_) + " of unknown keys, " +
+             std::to_string(unreported_mismatch_) + " with another org");
+    unreported_unknown_ = unreported_mismatch_ = 0;
+    next_reject_log_us_ = now + kRejectLogEveryUs;
+}
+
 // Order matters for exactly-once: whatever is in the spool is older than
 // this batch, so it is replayed first, and while anything stays spooled the
-// new batch is spooled behind it.
-void Drainer::store_batch(const std::vector<UsageRecord>& batch) {
-    stats_->drained += batch.size();
-
+// new batch is spooled behind it. False when nothing may be stored (the
+// node is another apikeyd's): the records stay in the rings.
+bool Drainer::store_batch(const std::vector<UsageRecord>& batch) {
     if (!spool_->empty()) {
         spool_->replay([this](const std::vector<UsageRecord>& old) {
             return commit_to_database(old);
@@ -250,9 +403,11 @@ void Drainer::store_batch(const std::vector<UsageRecord>& batch) {
             log_info("drainer: spool replayed into PostgreSQL");
         }
     }
+    if (node_in_use_) return false;
 
-    if (batch.empty()) return;
-    if (spool_->empty() && commit_to_database(batch)) return;
+    if (batch.empty()) return true;
+    if (spool_->empty() && commit_to_database(batch)) return true;
+    if (node_in_use_) return false;
 
     if (spool_->append(batch)) {
         stats_->spooled += batch.size();
@@ -270,6 +425,7 @@ void Drainer::store_batch(const std::vector<UsageRecord>& batch) {
         }
     }
     stats_->spool_bytes = spool_->bytes();
+    return true;
 }
 
 bool Drainer::commit_to_database(const std::vector<UsageRecord>& batch) {
@@ -291,6 +447,9 @@ bool Drainer::commit_to_database(const std::vector<UsageRecord>& batch) {
             stats_->newest_committed_us = newest;
         }
         return true;
+    } catch (const NodeInUse&) {
+        node_lost();
+        return false;
     } catch (const std::exception& e) {
         stats_->db_errors++;
         if (stats_->db_connected.exchange(false)) {
@@ -304,25 +463,104 @@ bool Drainer::commit_to_database(const std::vector<UsageRecord>& batch) {
 // Slots of workers that are gone: retire those that died without saying
 // so (kill -9), and free retired ones once drained, for new workers.
 void Drainer::reap_slots(Source& src) {
+    retire_dead_owners(src);
     UsageSegment& seg = src.segment;
     for (std::uint32_t s = 0; s < seg.slot_count(); ++s) {
-        UsageSlot& slot = seg.slot(s);
-        std::uint32_t state = slot.state.load();
-        if (state == static_cast<std::uint32_t>(SlotOwnership::kOwned) &&
-            process_is_gone(slot.owner_pid.load())) {
-            std::uint32_t expected = state;
-            if (slot.state.compare_exchange_strong(
-                    expected,
-                    static_cast<std::uint32_t>(SlotOwnership::kRetired))) {
-                log_info("drainer: worker " +
-                         std::to_string(slot.owner_pid.load()) +
-                         " of ring " + std::to_string(s) +
-                         " is gone; ring retired");
-            }
-        }
         if (seg.free_if_drained(s)) {
             log_debug("drainer: ring " + std::to_string(s) + " freed");
         }
+    }
+}
+
+// Owner pids mean something only in the PID namespace the workers run in:
+// see ring_owners.h for when a missing pid is taken as a dead worker.
+void Drainer::retire_dead_owners(Source& src) {
+    constexpr auto kOwned = static_cast<std::uint32_t>(SlotOwnership::kOwned);
+    UsageSegment& seg = src.segment;
+    // Reading /proc for evidence: once a second at most, until found.
+    std::int64_t now = now_us();
+    bool look = !src.owners_here && now >= src.next_owner_check_us;
+    if (look) src.next_owner_check_us = now + kOwnerCheckEveryUs;
+    std::vector<std::uint32_t> gone;
+    for (std::uint32_t s = 0; s < seg.slot_count(); ++s) {
+        UsageSlot& slot = seg.slot(s);
+        std::int32_t pid = slot.owner_pid.load(std::memory_order_acquire);
+        if (slot.state.load() != kOwned || pid <= 0) continue;
+        if (!process_exists(pid)) {
+            gone.push_back(s);
+        } else if (look && !src.owners_here &&
+                   owner_seen_here(pid, slot.claimed_at_us.load())) {
+            src.owners_here = true;
+            log_debug("drainer: ring owners run in apikeyd's PID namespace");
+        }
+    }
+    if (gone.empty()) return;
+    if (!src.owners_here) {
+        if (!src.owners_warned) {
+            log_warn("drainer: no worker of usage segment " + src.path +
+                     " seen in apikeyd's PID namespace: rings of workers "
+                     "that died are not retired by pid (run nginx and "
+                     "apikeyd in one PID namespace)");
+            src.owners_warned = true;
+        }
+        return;
+    }
+    // Rings kept for a nested namespace's process: looked at again once a
+    // second (a scan of /proc), not on every pass.
+    bool rescan = now >= src.next_nested_scan_us;
+    if (rescan) src.next_nested_scan_us = now + kOwnerCheckEveryUs;
+    for (std::uint32_t s : gone) {
+        UsageSlot& slot = seg.slot(s);
+        std::int32_t pid = slot.owner_pid.load();
+        auto known = src.kept.find(s);
+        bool was_kept = known != src.kept.end() && known->second == pid;
+        if (was_kept && !rescan) continue;
+        if (pid_used_in_nested_namespace(pid)) {
+            if (!was_kept) {
+                src.kept[s] = pid;
+                log_info("drainer: no process " + std::to_string(pid) +
+                         " here, but one in a nested PID namespace has that "
+                         "pid: ring " + std::to_string(s) + " kept");
+            }
+            continue;
+        }
+        src.kept.erase(s);
+        std::uint32_t expected = kOwned;
+        if (slot.state.compare_exchange_strong(
+                expected,
+                static_cast<std::uint32_t>(SlotOwnership::kRetired))) {
+            log_info("drainer: worker " + std::to_string(pid) + " of ring " +
+                     std::to_string(s) + " is gone; ring retired");
+        }
+    }
+}
+
+// usage_offsets rows of finished rings (none of the mapped segments has
+// that slot and generation) last advanced before the retention window.
+// Only with a segment mapped: otherwise we cannot tell which rings live.
+void Drainer::prune_offsets() {
+    std::int64_t now = now_us();
+    if (now < next_prune_us_ || sources_.empty()) return;
+    std::vector<std::pair<std::uint32_t, std::uint64_t>> live;
+    for (const auto& src : sources_) {
+        for (std::uint32_t s = 0; s < src->segment.slot_count(); ++s) {
+            live.emplace_back(s, src->segment.slot(s).generation.load());
+        }
+    }
+    std::int64_t before = retention_start_us(now, config_.retention_months);
+    try {
+        std::size_t n = store_->prune_offsets(before, live);
+        if (n > 0) {
+            log_info("drainer: pruned " + std::to_string(n) +
+                     " usage_offsets rows of finished rings");
+        }
+        next_prune_us_ = now + kMaintenanceEveryUs;
+    } catch (const NodeInUse&) {
+        node_lost();
+        next_prune_us_ = now + kNodeRetryUs;
+    } catch (const std::exception& e) {
+        log_debug(std::string("drainer: pruning usage_offsets: ") + e.what());
+        next_prune_us_ = now + 10 * 1000000LL;  // retry soon
     }
 }
 

@@ -3,6 +3,12 @@
 // positions, and only then is each ring's tail advanced. While PostgreSQL is
 // unreachable, batches go to the on-disk spool (fsync'd) before the tail
 // moves, and are replayed in order when it is back.
+//
+// What a record says about itself is not trusted: its (slot, generation,
+// sequence) are those of the ring position it was read from, and it is
+// stored only if its key and org are in apikeyd's own key table (KeyIndex).
+// One apikeyd per --node and database: the drainer's connection holds an
+// advisory lock on the node name, and it does not drain without it.
 #pragma once
 
 #include <atomic>
@@ -15,6 +21,7 @@
 #include <vector>
 
 #include "config.h"
+#include "key_index.h"
 #include "usage_ring.h"
 
 namespace apikey {
@@ -34,6 +41,11 @@ struct DrainerStats {
     std::atomic<std::uint64_t> last_batch_size{0};
     std::atomic<std::uint64_t> last_batch_us{0};
     std::atomic<std::uint64_t> db_errors{0};
+    // Not stored: the key is not in the key table, or the org is not its.
+    std::atomic<std::uint64_t> rejected_unknown_key{0};
+    std::atomic<std::uint64_t> rejected_org_mismatch{0};
+    std::atomic<bool> waiting_for_keys{false};  // no key set known yet
+    std::atomic<bool> node_in_use{false};  // another apikeyd has this node
     std::atomic<bool> db_connected{false};
     std::atomic<bool> segment_attached{false};
     std::atomic<std::int64_t> newest_committed_us{0};
@@ -56,8 +68,16 @@ struct SegmentSnapshot {
 
 class Drainer {
 public:
-    Drainer(const DaemonConfig& config, DrainerStats* stats);
+    // `keys` (maintained by the key publisher) outlives the drainer.
+    Drainer(const DaemonConfig& config, DrainerStats* stats,
+            const KeyIndex* keys);
     ~Drainer();
+
+    // Takes this node's lock in PostgreSQL, waiting a few seconds for a
+    // previous apikeyd's session to end. False when another apikeyd holds
+    // it (the caller should exit); true too when PostgreSQL cannot be
+    // reached now (the lock is taken on every connection). Call before run().
+    bool claim_node();
 
     // Runs until `stop` becomes true, then drains once more; never throws.
     void run(const std::atomic<bool>& stop);
@@ -73,21 +93,30 @@ private:
         Source* source;
         std::uint32_t slot;
         std::uint64_t position;
+        std::size_t count;  // records read (stored or rejected)
     };
 
     void attach_segments();
     void attach_one(const std::string& path, bool newest);
     void resume_from_database();
     std::size_t drain_once();
+    bool keys_known();
+    bool node_usable();
+    void node_lost();
     void collect(Source& src, std::vector<UsageRecord>* batch,
                  std::vector<RingEnd>* ends);
-    void store_batch(const std::vector<UsageRecord>& batch);
+    bool admit(const UsageRecord& r, std::int64_t now);
+    void report_rejections(std::int64_t now);
+    bool store_batch(const std::vector<UsageRecord>& batch);
     bool commit_to_database(const std::vector<UsageRecord>& batch);
     void reap_slots(Source& src);
+    void retire_dead_owners(Source& src);
     void maintain_partitions();
+    void prune_offsets();
 
     const DaemonConfig& config_;
     DrainerStats* stats_;
+    const KeyIndex* keys_;
     std::unique_ptr<UsageStore> store_;
     std::unique_ptr<Spool> spool_;
     // Changed only by the drainer thread, under the mutex; /metrics reads
@@ -98,8 +127,15 @@ private:
     bool resumed_ = false;
     std::int64_t next_attach_us_ = 0;
     std::int64_t next_maintenance_us_ = 0;
+    std::int64_t next_prune_us_ = 0;
     std::int64_t next_drop_log_us_ = 0;
     std::uint64_t unlogged_drops_ = 0;
+    bool node_in_use_ = false;
+    std::int64_t next_node_retry_us_ = 0;
+    bool waiting_logged_ = false;
+    std::uint64_t unreported_unknown_ = 0;
+    std::uint64_t unreported_mismatch_ = 0;
+    std::int64_t next_reject_log_us_ = 0;
 };
 
 }  // namespace apikey

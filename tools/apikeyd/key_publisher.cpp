@@ -17,11 +17,18 @@ namespace {
 
 // Keys that nginx should know: live ones, and dead ones recent enough that
 // a request with them is answered "revoked"/"expired" rather than "unknown".
+// Times in µs since the epoch; 'infinity' is NULL (never), and the rest is
+// clamped to years 1..99999: PostgreSQL's last timestamps (year 294276)
+// overflow a bigint of µs, which would fail the whole query.
 constexpr const char* kSelectKeys = R"sql(
 SELECT id, org_id, name, encode(key_hash, 'hex'),
        array_to_string(scopes, ','),
-       (extract(epoch FROM expires_at) * 1000000)::bigint,
-       (extract(epoch FROM revoked_at) * 1000000)::bigint
+       CASE WHEN expires_at <> 'infinity' THEN
+         (extract(epoch FROM least(greatest(expires_at, '0001-01-01Z'),
+                                   '99999-01-01Z')) * 1000000)::bigint END,
+       CASE WHEN revoked_at <> 'infinity' THEN
+         (extract(epoch FROM least(greatest(revoked_at, '0001-01-01Z'),
+                                   '99999-01-01Z')) * 1000000)::bigint END
   FROM api_keys
  WHERE (revoked_at IS NULL OR revoked_at > now() - make_interval(days => $1))
    AND (expires_at IS NULL OR expires_at > now() - make_interval(days => $1))
@@ -110,8 +117,10 @@ std::size_t KeyPublisher::UuidHash::operator()(const Uuid& u) const noexcept {
 }
 
 KeyPublisher::KeyPublisher(const DaemonConfig& config,
-                           KeyPublisherStats* stats)
-    : config_(config), stats_(stats) {}
+                           KeyPublisherStats* stats, KeyIndex* index)
+    : config_(config), stats_(stats), index_(index) {
+    seed_index();  // before the drainer starts
+}
 
 void KeyPublisher::run(const std::atomic<bool>& stop) {
     int backoff_ms = 250;
@@ -148,6 +157,29 @@ void KeyPublisher::run(const std::atomic<bool>& stop) {
             backoff_ms = std::min(backoff_ms * 2, kMaxBackoffMs);
         }
     }
+}
+
+// Until the first full load, the table published before this start is what
+// nginx's workers accept: the drainer may accept the same keys (it would
+// otherwise wait, while PostgreSQL is down, with the rings filling up).
+void KeyPublisher::seed_index() {
+    KeyTableReader reader;
+    std::string why;
+    if (reader.attach(config_.keys_path.c_str(), &why) != SegmentStatus::kOk ||
+        !reader.ready()) {
+        return;
+    }
+    std::size_t n = 0;
+    KeyInfo info;
+    for (std::uint64_t i = 0; i < reader.capacity(); ++i) {
+        if (reader.entry_at(i, &info)) {
+            index_->put(info.key_id, info.org_id);
+            ++n;
+        }
+    }
+    index_->mark_ready();
+    log_info("key publisher: " + std::to_string(n) + " keys known from " +
+             config_.keys_path + " until the first full load");
 }
 
 void KeyPublisher::connect() {
@@ -204,6 +236,8 @@ void KeyPublisher::rebuild(const std::vector<KeyInfo>& keys) {
     KeyTableWriter fresh =
         KeyTableWriter::create(config_.keys_path, capacity_for(keys.size()));
     hash_by_id_.clear();
+    std::vector<Uuid> ids;
+    ids.reserve(keys.size());
     for (const KeyInfo& k : keys) {
         auto old = hash_by_id_.find(k.key_id);
         if (old != hash_by_id_.end()) fresh.remove(old->second);
@@ -211,11 +245,16 @@ void KeyPublisher::rebuild(const std::vector<KeyInfo>& keys) {
             throw std::runtime_error("key table sized too small");
         }
         hash_by_id_[k.key_id] = k.key_hash;
+        index_->put(k.key_id, k.org_id);
+        ids.push_back(k.key_id);
     }
     fresh.set_ready();
     fresh.mark_synced(now_us());
     fresh.publish();
     table_.emplace(std::move(fresh));
+    // Only now: workers may have used the old table up to the rename.
+    index_->retain_only(ids, now_us());
+    index_->mark_ready();
 }
 
 void KeyPublisher::upsert(const KeyInfo& info) {
@@ -223,6 +262,7 @@ void KeyPublisher::upsert(const KeyInfo& info) {
     if (old != hash_by_id_.end() && old->second != info.key_hash) {
         table_->remove(old->second);
     }
+    index_->put(info.key_id, info.org_id);  // before any worker can use it
     if (!table_->upsert(info)) {
         // Full: rebuild twice as big from what we know plus this key.
         std::vector<KeyInfo> all;
@@ -244,6 +284,7 @@ void KeyPublisher::remove_id(const Uuid& id) {
     if (it == hash_by_id_.end()) return;
     table_->remove(it->second);
     hash_by_id_.erase(it);
+    index_->remove(id, now_us());
 }
 
 void KeyPublisher::apply_notified(const std::vector<std::string>& ids) {

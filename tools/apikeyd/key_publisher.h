@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "config.h"
+#include "key_index.h"
 #include "key_table.h"
 #include "pg.h"
 
@@ -46,7 +47,10 @@ KeyInfo key_info_from_row(const KeyRow& row);
 
 class KeyPublisher {
 public:
-    KeyPublisher(const DaemonConfig& config, KeyPublisherStats* stats);
+    // Keeps `index` (which outlives it) in step with the published table;
+    // fills it at once from the table published before, if there is one.
+    KeyPublisher(const DaemonConfig& config, KeyPublisherStats* stats,
+                 KeyIndex* index);
 
     // Runs until `stop` becomes true; never throws.
     void run(const std::atomic<bool>& stop);
@@ -56,6 +60,7 @@ private:
         std::size_t operator()(const Uuid& u) const noexcept;
     };
 
+    void seed_index();
     void connect();
     void full_sync();
     void apply_notified(const std::vector<std::string>& ids);
@@ -67,6 +72,7 @@ private:
 
     const DaemonConfig& config_;
     KeyPublisherStats* stats_;
+    KeyIndex* index_;
     std::unique_ptr<pg::Connection> conn_;
     std::optional<KeyTableWriter> table_;
     std::unordered_map<Uuid, KeyHash, UuidHash> hash_by_id_;

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "drainer.h"
 #include "http_server.h"
+#include "key_index.h"
 #include "key_publisher.h"
 #include "log.h"
 #include "runtime_dir.h"
@@ -62,7 +63,10 @@ int main(int argc, char** argv) {
 
     KeyPublisherStats key_stats;
     DrainerStats drain_stats;
-    Drainer drainer(config, &drain_stats);
+    KeyIndex key_index;
+    KeyPublisher publisher(config, &key_stats, &key_index);
+    Drainer drainer(config, &drain_stats, &key_index);
+    if (!drainer.claim_node()) return 1;
     DaemonState state{&config, &key_stats, &drain_stats, &drainer};
 
     HttpServer http(state);
@@ -78,7 +82,6 @@ int main(int argc, char** argv) {
              ", listening on " + config.listen_host + ":" +
              std::to_string(config.listen_port));
 
-    KeyPublisher publisher(config, &key_stats);
     std::thread keys_thread([&] { publisher.run(g_stop); });
     std::thread drain_thread([&] { drainer.run(g_stop); });
     std::thread http_thread([&] { http.serve(); });

@@ -112,6 +112,23 @@ std::string format_metrics(const KeyPublisherStats& keys,
                      keys.db_connected.load()
                  ? 1
                  : 0);
+    w.family("apikey_usage_rejected_total", "counter",
+             "Usage records not stored: their key is not in apikeyd's key "
+             "table (unknown_key), or their org is not the key's "
+             "(org_mismatch).");
+    w.sample("apikey_usage_rejected_total", drain.rejected_unknown_key.load(),
+             "reason=\"unknown_key\"");
+    w.sample("apikey_usage_rejected_total",
+             drain.rejected_org_mismatch.load(), "reason=\"org_mismatch\"");
+    w.single("apikey_usage_waiting_for_keys", "gauge",
+             "1 while no key set is known to check usage against (nothing "
+             "loaded from PostgreSQL, none published before): usage stays "
+             "in the rings.",
+             drain.waiting_for_keys.load() ? 1 : 0);
+    w.single("apikey_node_in_use", "gauge",
+             "1 while another apikeyd holds this --node in PostgreSQL: "
+             "nothing is drained.",
+             drain.node_in_use.load() ? 1 : 0);
     w.single("apikey_usage_segment_attached", "gauge",
              "1 while the usage segment nginx created is mapped.",
              drain.segment_attached.load() ? 1 : 0);

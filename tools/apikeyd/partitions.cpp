@@ -138,6 +138,11 @@ bool raw_month_kept(MonthIndex month, MonthIndex current,
            month <= current + kPartitionMonthsAhead;
 }
 
+std::int64_t retention_start_us(std::int64_t now_us,
+                                int retention_months) noexcept {
+    return month_start_us(month_of_us(now_us) - retention_months);
+}
+
 PartitionPlan plan_partitions(MonthIndex current, int retention_months,
                               const std::vector<MonthIndex>& existing) {
     PartitionPlan plan;

@@ -36,6 +36,11 @@ std::optional<MonthIndex> parse_usage_partition_name(std::string_view name);
 bool raw_month_kept(MonthIndex month, MonthIndex current,
                     int retention_months) noexcept;
 
+// The start of the retention window: the first day of the oldest month
+// whose raw rows are kept. Ring offsets last advanced before it are pruned.
+std::int64_t retention_start_us(std::int64_t now_us,
+                                int retention_months) noexcept;
+
 struct PartitionPlan {
     std::vector<MonthIndex> create;  // ascending
     std::vector<MonthIndex> drop;    // ascending

@@ -227,18 +227,44 @@ UPDATE api_keys AS k
  WHERE k.id = u.id
 )sql";
 
+// This node's usage_offsets rows nobody needs any more: their last
+// advance lies before the retention window, and their ring is not mapped.
+constexpr const char* kPruneOffsets = R"sql(
+DELETE FROM usage_offsets AS o
+ WHERE o.node = $1::text AND o.updated_at < $2::timestamptz
+   AND NOT EXISTS (SELECT 1
+                     FROM unnest($3::int[], $4::bigint[]) AS u(slot, generation)
+                    WHERE u.slot = o.slot AND u.generation = o.generation)
+)sql";
+
+// A session lock, held as long as the connection: one apikeyd per node.
+// The key is 64 bits of a hash of the node name.
+constexpr const char* kLockNode = R"sql(
+SELECT pg_try_advisory_lock(
+         ('x' || left(md5('apikeyd node ' || $1), 16))::bit(64)::bigint)
+)sql";
+
+// The server drops the session (and its lock) of a host that vanished
+// within about a minute, not after the kernel's two-hour default; no effect
+// over a unix socket.
+constexpr const char* kKeepalives =
+    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
+    "SET tcp_keepalives_count = 3";
+
 const Statement kStInsertOffsets{"apikey_insert_offsets", kInsertOffsets};
 const Statement kStLockOffsets{"apikey_lock_offsets", kLockOffsets};
 const Statement kStAdvanceOffsets{"apikey_advance_offsets", kAdvanceOffsets};
 const Statement kStSelectPositions{"apikey_select_positions",
                                    kSelectPositions};
+const Statement kStPruneOffsets{"apikey_prune_offsets", kPruneOffsets};
 const Statement kStLockKeys{"apikey_lock_keys", kLockKeys};
 const Statement kStUpdateKeys{"apikey_update_keys", kUpdateKeys};
 
 std::vector<const Statement*> all_statements() {
     std::vector<const Statement*> all = {
         &kStInsertOffsets, &kStLockOffsets, &kStAdvanceOffsets,
-        &kStSelectPositions, &kStLockKeys, &kStUpdateKeys};
+        &kStSelectPositions, &kStPruneOffsets, &kStLockKeys,
+        &kStUpdateKeys};
     for (const RollupSql* r : {&hourly_sql(), &daily_sql()}) {
         for (const Statement* st :
              {&r->upsert, &r->select_mine, &r->update, &r->repair}) {
@@ -402,6 +428,11 @@ struct Param {
 
     static Param text(std::string_view t) {
         return {kTextOid, std::string(t)};
+    }
+    static Param time(std::int64_t unix_us) {
+        Param p{kTimestamptzOid, {}};
+        put_i64(&p.value, pg_time(unix_us));
+        return p;
     }
     static Param array(const ArrayParam& a) { return {a.type(), a.encode()}; }
 };
@@ -996,6 +1027,12 @@ pg::Connection& UsageStore::connection() {
         auto conn = std::make_unique<pg::Connection>(db_, "apikeyd");
         // Text goes out as UTF-8 whatever the environment says.
         conn->exec("SET client_encoding = 'UTF8'");
+        conn->exec_script(kKeepalives);
+        if (conn->exec(kLockNode, {node_}).get(0, 0) != "t") {
+            throw NodeInUse("node \"" + node_ +
+                            "\" is in use by another apikeyd connected to "
+                            "this database (each host needs its own --node)");
+        }
         prepare_statements(conn->get());
         if (raw_events_) {
             std::vector<MonthIndex> months = list_usage_partitions(*conn);
@@ -1187,6 +1224,27 @@ std::vector<SlotPosition> UsageStore::committed_positions() {
                 static_cast<std::uint64_t>(std::stoll(res.get(i, 2)))});
         }
         return out;
+    });
+}
+
+void UsageStore::connect() {
+    or_abandon([&] { connection(); });
+}
+
+std::size_t UsageStore::prune_offsets(
+    std::int64_t before_us,
+    const std::vector<std::pair<std::uint32_t, std::uint64_t>>& live) {
+    return or_abandon([&] {
+        ArrayParam slots(kInt4Oid), generations(kInt8Oid);
+        for (const auto& [slot, generation] : live) {
+            slots.add_i32(static_cast<std::int32_t>(slot));
+            generations.add_i64(clamp_i64(generation));
+        }
+        pg::Result res = exec_params(
+            connection().get(), kStPruneOffsets,
+            {Param::text(node_), Param::time(before_us), Param::array(slots),
+             Param::array(generations)});
+        return affected_rows(res);
     });
 }
 

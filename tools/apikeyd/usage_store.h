@@ -17,7 +17,9 @@
 // rows take a slower locked path). docs/data-model.md has the details.
 //
 // One UsageStore per thread; it owns one connection (statements prepared
-// on connect, so the schema must be migrated first).
+// on connect, so the schema must be migrated first). That connection holds
+// a session advisory lock on the node name: two apikeyd with the same
+// --node would take each other's records for duplicates.
 #pragma once
 
 #include <cstddef>
@@ -25,6 +27,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config.h"
@@ -35,6 +38,12 @@
 namespace apikey {
 
 class RollupCache;
+
+// Another apikeyd's connection holds this node's lock.
+class NodeInUse : public pg::Error {
+public:
+    using pg::Error::Error;
+};
 
 struct SlotPosition {
     std::uint32_t slot;
@@ -86,6 +95,17 @@ public:
                              std::vector<std::string>* created,
                              std::vector<std::string>* dropped);
 
+    // Deletes this node's usage_offsets rows last advanced before
+    // `before_us`, except those of the (slot, generation) in `live` (rings
+    // still in a mapped segment). Returns how many were deleted. Throws
+    // pg::Error (and drops the connection).
+    std::size_t prune_offsets(
+        std::int64_t before_us,
+        const std::vector<std::pair<std::uint32_t, std::uint64_t>>& live);
+
+    // Connects (taking the node's lock) unless connected. Throws NodeInUse
+    // or pg::Error.
+    void connect();
     bool connected() const;
     void disconnect();
 

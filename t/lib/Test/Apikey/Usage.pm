@@ -8,6 +8,7 @@ use strict;
 use warnings;
 
 use Exporter qw(import);
+use Time::HiRes ();
 
 use Test::Apikey::Util qw(wait_until);
 use Test::Apikey::Daemon qw(apikeyd_get);
@@ -18,6 +19,7 @@ our @EXPORT_OK = qw(
     usage_rows wait_usage_rows usage_duplicates key_request_count
     usage_segment_read usage_segment_u64 usage_slot_count usage_slot_offset
     usage_slot_state usage_ring_head usage_ring_tail
+    usage_slot_generation usage_ring_forge
 );
 
 # --- /metrics ---------------------------------------------------------------------
@@ -121,5 +123,40 @@ sub usage_ring_head { return usage_segment_u64(usage_slot_offset($_[0]) + 64) }
 # usage_ring_tail($slot [, $new]): the consumer position (apikeyd's); $new
 # moves it (for crash simulations, with apikeyd stopped).
 sub usage_ring_tail { return usage_segment_u64(usage_slot_offset($_[0]) + 128, $_[1]) }
+
+# usage_slot_generation($slot) -> the generation of the slot's current claim
+# (u64 at +8).
+sub usage_slot_generation { return usage_segment_u64(usage_slot_offset($_[0]) + 8) }
+
+# usage_ring_forge($slot, key_id => UUID, org_id => UUID, %fields) -> the
+# ring position written: what a process able to write the segment can do.
+# Writes one record (shared/usage_record.h) at the slot's head and moves
+# the head past it, as the producer does; only while that ring's worker is
+# idle. %fields: slot, generation, sequence (the record's claimed identity,
+# default 0), endpoint ('/forged'), method (GET), status (200), result (0 =
+# ok), time_us (now).
+sub usage_ring_forge {
+    my ($slot, %f) = @_;
+    my $uuid = sub { my $h = $_[0] =~ tr/-//dr; die "bad uuid $_[0]\n" unless $h =~ /^[0-9a-f]{32}$/i;
+                     return pack 'H32', $h };
+    my $endpoint = $f{endpoint} // '/forged';
+    my $method   = $f{method}   // 'GET';
+    my $rec = pack 'v C C v C C C x7 V x4 Q< Q< q< Q< Q< a16 a16 a16 a16 a96 a64',
+        1, $f{result} // 0, 0, $f{status} // 200, length $method, length $endpoint, 0,
+        $f{slot} // 0, $f{generation} // 0, $f{sequence} // 0,
+        $f{time_us} // int(Time::HiRes::time() * 1e6), 1000, 6,
+        $uuid->($f{key_id}), $uuid->($f{org_id}), '', $method, $endpoint, '';
+    die "record is " . length($rec) . " bytes\n" unless length $rec == 288;
+    my $slots = usage_slot_count();
+    my $cap   = usage_segment_u64(24);
+    my $head  = usage_ring_head($slot);
+    my $at    = $HEADER_SIZE + $SLOT_SIZE * $slots + ($slot * $cap + ($head & ($cap - 1))) * 288;
+    open my $fh, '+<:raw', $ENV{TEST_NGINX_APIKEY_USAGE} or die "open usage segment: $!\n";
+    sysseek($fh, $at, 0) or die "seek usage segment: $!\n";
+    syswrite($fh, $rec) == 288 or die "write usage segment: $!\n";
+    close $fh;
+    usage_segment_u64(usage_slot_offset($slot) + 64, $head + 1);
+    return $head;
+}
 
 1;
