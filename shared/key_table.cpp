@@ -371,7 +371,7 @@ bool KeyTableReader::entry_at(std::uint64_t index,
     const KeyTableSlot& slot = slots_[index];
     for (unsigned attempt = 0; attempt < 64 * kSpinRetries; ++attempt) {
         if (attempt > 0) {
-            backoff(attempt);
+            backoff(attempt, busy_wait_ns_);
         }
         const std::uint32_t before = slot.seq.load(std::memory_order_acquire);
         if (before & 1) {

@@ -149,6 +149,13 @@ sub forged_segment {
     my $n = 20;
     stop_apikeyd();
     is_deeply(request_burst($k->{key}, $n), { 200 => $n }, "$n requests while apikeyd is stopped");
+    # The log phase runs after the response: wait for every record before
+    # copying the rings.
+    ok_eventually(sub {
+        my $depth = 0;
+        $depth += usage_ring_head($_) - usage_ring_tail($_) for 0 .. usage_slot_count() - 1;
+        $depth == $n;
+    }, 5, "the rings hold the $n records");
 
     my $forged  = forged_segment(1000);
     my $control = forged_segment(2000);    # taken now: the rings still hold the records
