@@ -34,10 +34,10 @@ sub usage_conf {
 }
 
 # percentile($p, @values) -> the value at rank $p % of the sorted values
-# (nearest rank); undef when there is none.
+# (nearest rank); 0 when there is none.
 sub percentile {
     my ($p, @v) = @_;
-    return undef unless @v;
+    return 0 unless @v;
     @v = sort { $a <=> $b } @v;
     return $v[ int($p / 100 * $#v + 0.5) ];
 }
