@@ -62,6 +62,12 @@ my $k = new_key($org->{org_id}, 'probe');
 %ENV = (%ENV, TEST_NGINX_KEY => $k->{key}, TEST_NGINX_KEY_ID => $k->{key_id},
         TEST_NGINX_ORG_ID => $org->{org_id});
 wait_key_results({ $k->{key} => 'ok' }, 10, 'key published');
+our $HTTP = apikey_http_config(usage => '1m');
+# TEST 1 and 2: two requests with the key (rows), one without (counted)
+sub probe_requests {
+    return [ ("GET /t.txt HTTP/1.0\r\nX-API-Key: $ENV{TEST_NGINX_KEY}\r\n\r\n") x 2,
+             "GET /t.txt HTTP/1.0\r\n\r\n" ];
+}
 run_tests();
 __DATA__
 EOF
@@ -101,16 +107,10 @@ done_testing();
 __DATA__
 
 === TEST 1: right expectations
---- http_config eval
-apikey_http_config(usage => '1m')
---- config
-location /t.txt { apikey on; }
---- raw_request eval
-["GET /t.txt HTTP/1.0\r\nX-API-Key: $ENV{TEST_NGINX_KEY}\r\n\r\n",
- "GET /t.txt HTTP/1.0\r\nX-API-Key: $ENV{TEST_NGINX_KEY}\r\n\r\n",
- "GET /t.txt HTTP/1.0\r\n\r\n"]
---- error_code eval
-[200, 200, 401]
+--- http_config eval: $HTTP
+--- config: location /t.txt { apikey on; }
+--- raw_request eval: probe_requests()
+--- error_code eval: [200, 200, 401]
 --- usage_rows
 key   | endpoint | method | status | result | count
 probe | /t.txt   | GET    | 200    | ok     | 2
@@ -141,16 +141,10 @@ stderr like: invalid org id
 
 
 === TEST 2: wrong expectations
---- http_config eval
-apikey_http_config(usage => '1m')
---- config
-location /t.txt { apikey on; }
---- raw_request eval
-["GET /t.txt HTTP/1.0\r\nX-API-Key: $ENV{TEST_NGINX_KEY}\r\n\r\n",
- "GET /t.txt HTTP/1.0\r\nX-API-Key: $ENV{TEST_NGINX_KEY}\r\n\r\n",
- "GET /t.txt HTTP/1.0\r\n\r\n"]
---- error_code eval
-[200, 200, 401]
+--- http_config eval: $HTTP
+--- config: location /t.txt { apikey on; }
+--- raw_request eval: probe_requests()
+--- error_code eval: [200, 200, 401]
 --- usage_rows
 key   | endpoint | method | status | result | count
 probe | /t.txt   | GET    | 200    | ok     | 1
@@ -170,10 +164,8 @@ stderr like: no such thing
 
 
 === TEST 3: a row too few
---- http_config eval
-apikey_http_config(usage => '1m')
---- config
-location /t.txt { apikey on; }
+--- http_config eval: $HTTP
+--- config: location /t.txt { apikey on; }
 --- request
 GET /t.txt
 --- more_headers

@@ -253,7 +253,6 @@ Content-Type: application/json
 Cache-Control: no-store
 --- check
 my $r = $responses->[0];
-push @ALL_BODIES, [ 'listing', $r->{raw} ];
 my $j = $r->{json};
 is($j->{org_id}, $A, 'org listing: org_id');
 my %by = map { $_->{key_id} => $_ } @{ $j->{keys} };
