@@ -21,7 +21,7 @@ start_apikeyd();
 
 our $org = apikeyctl('org', 'create', 'leaks');
 our %K;    # name -> { key, key_id, ... }
-sub mk { my $n = shift; $K{$n} = apikeyctl('key', 'create', '--org', $org->{org_id}, '--name', $n, @_) }
+sub mk { my $n = shift; $K{$n} = new_key($org->{org_id}, $n, @_) }
 mk('valid');
 mk('bearer');
 mk('scoped');

@@ -19,7 +19,7 @@ start_postgres();
 start_apikeyd();
 
 my $org = apikeyctl('org', 'create', 'across');
-sub key { apikeyctl('key', 'create', '--org', $org->{org_id}, '--name', @_) }
+sub key { new_key($org->{org_id}, @_) }
 
 my $k1      = key('k1');
 my $k2      = key('k2');

@@ -26,29 +26,19 @@ sub sentinel_then_exact {
     is(key_request_count($k->{key_id}), $want, "$tag $count_name");
 }
 
-sub percentile {
-    my ($p, @v) = @_;
-    @v = sort { $a <=> $b } @v;
-    return $v[ int($p / 100 * $#v + 0.5) ];
-}
-
 # --- setup ----------------------------------------------------------------------
 
 start_postgres();
 start_apikeyd();
 
 my $org = apikeyctl('org', 'create', 'usage-faults');
-my %K = map { ($_ => apikeyctl('key', 'create', '--org', $org->{org_id}, '--name', $_)) }
+my %K = map { ($_ => new_key($org->{org_id}, $_)) }
     qw(pg kill worker running stopped);
 
 my $html = $ENV{TEST_NGINX_HTML_DIR};
 sub conf {
-    my ($size) = @_;
-    return (
-        workers     => 1,
-        http_config => apikey_http_config(usage => $size),
-        config      => "location /t.txt { apikey on; }\nlocation /open/ { alias $html/; }",
-    );
+    return usage_conf(size => $_[0],
+                      config => "location /t.txt { apikey on; }\nlocation /open/ { alias $html/; }");
 }
 start_nginx(conf('4m'));
 wait_until(sub { get_with_key($K{pg}{key}, '/open/t.txt')->{status} == 200

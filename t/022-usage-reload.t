@@ -51,20 +51,16 @@ start_postgres();
 start_apikeyd();
 
 my $org = apikeyctl('org', 'create', 'usage-reload');
-my %K = map { ($_ => apikeyctl('key', 'create', '--org', $org->{org_id}, '--name', $_)) }
+my %K = map { ($_ => new_key($org->{org_id}, $_)) }
     qw(reload resize down check);
 
 # /slow/ goes to a one-shot upstream (below) that answers after 2 s: a
 # request in flight keeps an old worker alive across a reload.
 my $slow_port = $ENV{TEST_NGINX_UPSTREAM_PORT};
 sub conf {
-    my ($size) = @_;
-    return (
-        workers     => 2,
-        http_config => apikey_http_config(usage => $size),
-        config      => "location /t.txt { apikey on; }\n"
-                     . "location /slow/ { apikey on; proxy_pass http://127.0.0.1:$slow_port; }",
-    );
+    return usage_conf(size => $_[0], workers => 2,
+                      config => "location /t.txt { apikey on; }\n"
+                              . "location /slow/ { apikey on; proxy_pass http://127.0.0.1:$slow_port; }");
 }
 
 # A forked upstream that answers one request once the file $release exists

@@ -89,7 +89,7 @@ is(apikeyd_get('/app.jsx')->{status}, 404, 'route patterns are exact (/app.jsx i
 my $ORG   = apikeyctl('org', 'create', 'Acme Retail')->{org_id};
 my $OTHER = apikeyctl('org', 'create', 'Someone Else')->{org_id};
 my %K;
-sub mk { my ($name, @args) = @_; return $K{$name} = apikeyctl('key', 'create', '--org', $ORG, '--name', $name, @args) }
+sub mk { my ($name, @args) = @_; return $K{$name} = new_key($ORG, $name, @args) }
 mk('dashboard admin', '--scopes', 'usage:read');
 mk('checkout-web', '--scopes', 'orders.read,orders.write,payments');
 mk('batch <b>nightly</b> & "export"', '--scopes', 'orders.read');

@@ -195,16 +195,12 @@ start_postgres();
 start_apikeyd();
 
 my $org = apikeyctl('org', 'create', 'fault-storms');
-my %K = map { ($_ => apikeyctl('key', 'create', '--org', $org->{org_id}, '--name', $_)) }
+my %K = map { ($_ => new_key($org->{org_id}, $_)) }
     qw(kill reload resize);
 
 sub conf {
-    my ($size) = @_;
-    return (
-        workers     => 2,
-        http_config => apikey_http_config(usage => $size),
-        config      => 'location /t.txt { apikey on; add_header X-Worker $pid always; }',
-    );
+    return usage_conf(size => $_[0], workers => 2,
+                      config => 'location /t.txt { apikey on; add_header X-Worker $pid always; }');
 }
 # 16m: 8 rings of 4096 records, about a second of the streams below per
 # ring even if apikeyd stalls

@@ -23,13 +23,6 @@ use Time::HiRes qw(time sleep);
 
 my $CLIENTS = $ENV{TEST_APIKEY_ANALYTICS_CLIENTS} || 100;
 
-sub percentile {
-    my ($p, @v) = @_;
-    return 0 unless @v;
-    @v = sort { $a <=> $b } @v;
-    return $v[ int($p / 100 * $#v + 0.5) ];
-}
-
 # --- setup: an org with 2000 more keys, and 400 days of history ------------------
 
 start_postgres();

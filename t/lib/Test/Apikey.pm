@@ -45,6 +45,8 @@ BEGIN {
             get_with_key request_burst format_statuses status_total
             request_stream stream_progress stream_go wait_stream
         )],
+        'Test::Apikey::Helpers'  => [qw(new_key usage_conf percentile)],
+        'Test::Apikey::Outcome'  => [qw(usage_settle)],
         'Test::Apikey::Keys'     => [qw(
             key_checksum make_key key_typo key_secrets secrets_in wait_key_results
         )],
@@ -60,6 +62,8 @@ BEGIN {
 use Test::Apikey::Util qw(servroot make_runtime_dir);
 use Test::Apikey::Blocks qw(parse_blocks section has_section);
 use Test::Apikey::Nginx qw(nginx_version module_path truncate_error_log);
+use Test::Apikey::Outcome qw(outcome_baseline outcome_check);
+use JSON::PP ();
 
 BEGIN { Test::More->import }    # so that Exporter can re-export them
 
@@ -67,13 +71,16 @@ BEGIN { Test::More->import }    # so that Exporter can re-export them
 # needs no `our $TODO`), the block runner, then %PUBLIC.
 our @EXPORT = (
     (grep { !/^\$/ } @Test::More::EXPORT), '$TODO',
-    qw(run_tests blocks repeat_each no_long_string no_shuffle),
+    qw(run_tests blocks repeat_each no_long_string no_shuffle all_responses),
     map { @$_ } @PUBLIC{ sort keys %PUBLIC },
 );
 
 my $REPEAT = 1;
 my @BLOCKS;
 my $PARSED;
+my @ALL_RESPONSES;
+# checked after nginx stopped (Test::Apikey::Outcome)
+my @OUTCOME = qw(usage_rows metrics sql apikeyctl);
 
 sub repeat_each    { $REPEAT = shift if @_; return $REPEAT }
 sub no_long_string { }    # Test::Nginx compatibility; nothing to do
@@ -161,8 +168,11 @@ sub _nginx_sections {
 sub _run_requests {
     my ($b) = @_;
     my %conf = _nginx_sections($b);
+    my $nginx = _needs_nginx($b);
     my @requests = _requests($b);
-    if (!eval { start_nginx(%conf); 1 }) {
+    my $outcome = outcome_baseline($b->{name},
+        { map { ($_ => section($b, $_)) } grep { has_section($b, $_) } @OUTCOME });
+    if ($nginx && !eval { start_nginx(%conf); 1 }) {
         Test::More::fail("$b->{name} - nginx started");
         Test::More::diag($@);
         return;
@@ -171,8 +181,11 @@ sub _run_requests {
     for my $rep (1 .. $REPEAT) {
         for my $i (0 .. $#requests) {
             my $r = http_request($requests[$i]{raw}, method => $requests[$i]{method},
-                                 timeout => section($b, 'timeout'));
+                                 timeout => section($b, 'timeout'),
+                                 (has_section($b, 'port') ? (port => section($b, 'port')) : ()));
+            _decode_json($r);
             push @responses, $r;
+            push @ALL_RESPONSES, [ $b->{name}, $r ];
             my $label = $b->{name}
                 . (@requests > 1 ? ' (req ' . ($i + 1) . ')' : '')
                 . ($REPEAT > 1 ? " (repeat $rep)" : '');
@@ -182,8 +195,32 @@ sub _run_requests {
     _run_code($b, 'check', \@responses);
     sleep(section($b, 'wait')) if has_section($b, 'wait');
     stop_nginx();
-    _check_logs($b, nginx_error_log(), 'error.log');
+    outcome_check($b->{name}, $outcome);
+    _check_logs($b, nginx_error_log(), 'error.log') if $nginx;
 }
+
+# A block with --- port and no nginx configuration sends its requests
+# elsewhere (apikeyd's API) and starts no nginx.
+sub _needs_nginx {
+    my ($b) = @_;
+    return 1 unless has_section($b, 'port');
+    return 1 if grep { has_section($b, $_) } qw(main_config http_config config);
+    die "$b->{name}: error_log and no_error_log need nginx (a --- config), "
+        . "and this block has --- port and none\n"
+        if grep { has_section($b, $_) } qw(error_log no_error_log);
+    return 0;
+}
+
+sub _decode_json {
+    my ($r) = @_;
+    return unless ($r->{headers}{'content-type'} // '') =~ m{^application/json}
+        && defined $r->{body};
+    $r->{json} = eval { JSON::PP->new->decode($r->{body}) };
+}
+
+# all_responses() -> [block name, response] of every request the blocks sent
+# so far, in order (for checks over a whole file, e.g. no key material).
+sub all_responses { return @ALL_RESPONSES }
 
 # must_die: `nginx -t` must fail, or else starting nginx must fail. The
 # error_log sections then match nginx's stderr plus its error.log.

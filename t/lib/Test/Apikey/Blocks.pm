@@ -25,6 +25,7 @@ my %KNOWN = map { $_ => 1 } qw(
     response_headers response_headers_like
     error_log no_error_log must_die wait
     init check skip skip_nginx
+    port usage_rows metrics sql apikeyctl
 );
 my %PERL_CODE = map { $_ => 1 } qw(init check);    # no substitution, no filters
 my %FILTERS   = map { $_ => 1 } qw(eval chomp);
