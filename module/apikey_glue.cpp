@@ -15,6 +15,7 @@
 #include "key_memo.h"
 #include "key_redact.h"
 #include "key_table.h"
+#include "usage_record.h"
 #include "uuid.h"
 
 struct apikey_table_s {
@@ -26,12 +27,6 @@ struct apikey_table_s {
 };
 
 namespace {
-
-const char* const kResultNames[] = {
-    "ok",      "missing", "malformed", "unknown",
-    "expired", "revoked", "forbidden", "unavailable",
-};
-
 
 void fill_verdict(const apikey::KeyInfo& info,
                   apikey_verdict_t* verdict) noexcept {
@@ -183,10 +178,7 @@ void apikey_uuid_format(const unsigned char id[16], unsigned char* out) {
 }
 
 const char* apikey_result_name(apikey_result_e result) {
-    unsigned i = static_cast<unsigned>(result);
-    return i < sizeof(kResultNames) / sizeof(kResultNames[0])
-               ? kResultNames[i]
-               : "unknown";
+    return apikey::auth_result_name(static_cast<apikey::AuthResult>(result));
 }
 
 void apikey_redact_keys(unsigned char* buf, size_t len, int truncated) {

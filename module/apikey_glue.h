@@ -9,22 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* apikey_result_e and apikey_result_is_recorded(), shared with the core */
+#include "auth_result.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-
-/* Values of $apikey_result; the order is part of the usage record. */
-typedef enum {
-    APIKEY_OK = 0,
-    APIKEY_MISSING,
-    APIKEY_MALFORMED,
-    APIKEY_UNKNOWN,
-    APIKEY_EXPIRED,
-    APIKEY_REVOKED,
-    APIKEY_FORBIDDEN,
-    APIKEY_UNAVAILABLE
-} apikey_result_e;
 
 #define APIKEY_MAX_SCOPES    8
 #define APIKEY_MAX_NAME_LEN  100
@@ -153,7 +143,10 @@ void apikey_usage_retire(apikey_usage_t *usage, int slot);
 int apikey_usage_push(apikey_usage_t *usage, int slot,
     const apikey_usage_fields_t *fields);
 
-/* Requests without a usable key are counted per result, not recorded. */
+/*
+ * A request whose result is not recorded (apikey_result_is_recorded) is
+ * counted per result.
+ */
 void apikey_usage_count(apikey_usage_t *usage, int slot,
     apikey_result_e result);
 

@@ -387,16 +387,10 @@ ngx_http_apikey_log_handler(ngx_http_request_t *r)
         }
     }
 
-    switch (ctx->verdict.result) {
-
-    case APIKEY_OK:
-    case APIKEY_EXPIRED:
-    case APIKEY_REVOKED:
-    case APIKEY_FORBIDDEN:
+    if (apikey_result_is_recorded(ctx->verdict.result)) {
         ngx_http_apikey_record(r, ctx, alcf);
-        break;
 
-    default:
+    } else {
         apikey_usage_count(ngx_http_apikey_worker.usage,
                            ngx_http_apikey_worker.slot, ctx->verdict.result);
     }
