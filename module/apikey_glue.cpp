@@ -1,6 +1,6 @@
 // extern "C" glue between the nginx shim and the C++ core. Each entry point
-// is noexcept; the core's reader side does not throw, and the few calls that
-// could (allocation in apikey_table_new) are wrapped.
+// is noexcept; the core's reader side does not throw, and what could
+// (allocation) is nothrow or caught.
 
 #include "apikey_glue.h"
 #include "apikey_glue_errors.h"
@@ -15,6 +15,7 @@
 #include "key_memo.h"
 #include "key_redact.h"
 #include "key_table.h"
+#include "usage_record.h"
 #include "uuid.h"
 
 struct apikey_table_s {
@@ -26,12 +27,6 @@ struct apikey_table_s {
 };
 
 namespace {
-
-const char* const kResultNames[] = {
-    "ok",      "missing", "malformed", "unknown",
-    "expired", "revoked", "forbidden", "unavailable",
-};
-
 
 void fill_verdict(const apikey::KeyInfo& info,
                   apikey_verdict_t* verdict) noexcept {
@@ -56,14 +51,14 @@ static_assert(APIKEY_UUID_TEXT_LEN == apikey::kUuidTextLen);
 
 extern "C" {
 
-apikey_table_t* apikey_table_new(void) {
+apikey_table_t* apikey_table_new(void) noexcept {
     return new (std::nothrow) apikey_table_s();
 }
 
-void apikey_table_free(apikey_table_t* table) { delete table; }
+void apikey_table_free(apikey_table_t* table) noexcept { delete table; }
 
 int apikey_table_attach(apikey_table_t* table, const char* path, char* err,
-                        size_t err_len) {
+                        size_t err_len) noexcept {
     try {
         auto fresh = std::make_unique<apikey::KeyTableReader>();
         fresh->set_busy_wait_ns(apikey::kEventLoopSlotWaitNs);
@@ -86,17 +81,18 @@ int apikey_table_attach(apikey_table_t* table, const char* path, char* err,
     }
 }
 
-int apikey_table_needs_attach(const apikey_table_t* table) {
+int apikey_table_needs_attach(const apikey_table_t* table) noexcept {
     return table->reader == nullptr || table->reader->superseded();
 }
 
-int apikey_table_ready(const apikey_table_t* table) {
+int apikey_table_ready(const apikey_table_t* table) noexcept {
     return table->reader != nullptr && table->reader->ready();
 }
 
 apikey_result_e apikey_verify(apikey_table_t* table,
                               const unsigned char* key, size_t len,
-                              int64_t now_us, apikey_verdict_t* verdict) {
+                              int64_t now_us,
+                              apikey_verdict_t* verdict) noexcept {
     std::string_view text(reinterpret_cast<const char*>(key), len);
 
     if (table == nullptr) {
@@ -147,12 +143,12 @@ apikey_result_e apikey_verify(apikey_table_t* table,
     return verdict->result = APIKEY_OK;
 }
 
-uint64_t apikey_scope_hash(const unsigned char* scope, size_t len) {
+uint64_t apikey_scope_hash(const unsigned char* scope, size_t len) noexcept {
     return apikey::scope_hash(
         std::string_view(reinterpret_cast<const char*>(scope), len));
 }
 
-int apikey_scope_is_valid(const unsigned char* scope, size_t len) {
+int apikey_scope_is_valid(const unsigned char* scope, size_t len) noexcept {
     return apikey::scope_is_valid(
                std::string_view(reinterpret_cast<const char*>(scope), len))
                ? 1
@@ -160,7 +156,7 @@ int apikey_scope_is_valid(const unsigned char* scope, size_t len) {
 }
 
 int apikey_verdict_has_scopes(const apikey_verdict_t* verdict,
-                              const uint64_t* required, size_t n) {
+                              const uint64_t* required, size_t n) noexcept {
     for (size_t i = 0; i < n; i++) {
         bool found = false;
         for (unsigned j = 0; j < verdict->scope_count; j++) {
@@ -176,20 +172,19 @@ int apikey_verdict_has_scopes(const apikey_verdict_t* verdict,
     return 1;
 }
 
-void apikey_uuid_format(const unsigned char id[16], unsigned char* out) {
+void apikey_uuid_format(const unsigned char id[16],
+                        unsigned char* out) noexcept {
     apikey::Uuid uuid;
     std::memcpy(uuid.data(), id, 16);
     apikey::uuid_format(uuid, reinterpret_cast<char*>(out));
 }
 
-const char* apikey_result_name(apikey_result_e result) {
-    unsigned i = static_cast<unsigned>(result);
-    return i < sizeof(kResultNames) / sizeof(kResultNames[0])
-               ? kResultNames[i]
-               : "unknown";
+const char* apikey_result_name(apikey_result_e result) noexcept {
+    return apikey::auth_result_name(static_cast<apikey::AuthResult>(result));
 }
 
-void apikey_redact_keys(unsigned char* buf, size_t len, int truncated) {
+void apikey_redact_keys(unsigned char* buf, size_t len,
+                        int truncated) noexcept {
     apikey::redact_keys(reinterpret_cast<char*>(buf), len, truncated != 0);
 }
 

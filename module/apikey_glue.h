@@ -1,6 +1,7 @@
 /*
  * The C API between the nginx shim and the C++ core. Every function is
- * noexcept on the C++ side: nothing throws into nginx.
+ * declared noexcept for C++ (APIKEY_NOEXCEPT) and catches inside whatever
+ * could throw: nothing throws into nginx.
  */
 
 #ifndef APIKEY_GLUE_H
@@ -9,22 +10,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* apikey_result_e and apikey_result_is_recorded(), shared with the core */
+#include "auth_result.h"
+
 #ifdef __cplusplus
+#define APIKEY_NOEXCEPT  noexcept
 extern "C" {
+#else
+#define APIKEY_NOEXCEPT
 #endif
-
-
-/* Values of $apikey_result; the order is part of the usage record. */
-typedef enum {
-    APIKEY_OK = 0,
-    APIKEY_MISSING,
-    APIKEY_MALFORMED,
-    APIKEY_UNKNOWN,
-    APIKEY_EXPIRED,
-    APIKEY_REVOKED,
-    APIKEY_FORBIDDEN,
-    APIKEY_UNAVAILABLE
-} apikey_result_e;
 
 #define APIKEY_MAX_SCOPES    8
 #define APIKEY_MAX_NAME_LEN  100
@@ -46,21 +40,21 @@ typedef struct {
 typedef struct apikey_table_s  apikey_table_t;
 
 
-apikey_table_t *apikey_table_new(void);
-void apikey_table_free(apikey_table_t *table);
+apikey_table_t *apikey_table_new(void) APIKEY_NOEXCEPT;
+void apikey_table_free(apikey_table_t *table) APIKEY_NOEXCEPT;
 
 /*
  * Maps the key-table segment at path (read-only). Returns 0 on success;
  * otherwise writes a reason (no key material) into err.
  */
 int apikey_table_attach(apikey_table_t *table, const char *path, char *err,
-    size_t err_len);
+    size_t err_len) APIKEY_NOEXCEPT;
 
 /* No table mapped yet, or apikeyd replaced it with a newer file. */
-int apikey_table_needs_attach(const apikey_table_t *table);
+int apikey_table_needs_attach(const apikey_table_t *table) APIKEY_NOEXCEPT;
 
 /* A table is mapped and apikeyd finished its first full load. */
-int apikey_table_ready(const apikey_table_t *table);
+int apikey_table_ready(const apikey_table_t *table) APIKEY_NOEXCEPT;
 
 /*
  * Checks a key's format, then its hash against the table. Fills verdict
@@ -71,27 +65,31 @@ int apikey_table_ready(const apikey_table_t *table);
  */
 apikey_result_e apikey_verify(apikey_table_t *table,
     const unsigned char *key, size_t len, int64_t now_us,
-    apikey_verdict_t *verdict);
+    apikey_verdict_t *verdict) APIKEY_NOEXCEPT;
 
-uint64_t apikey_scope_hash(const unsigned char *scope, size_t len);
+uint64_t apikey_scope_hash(const unsigned char *scope, size_t len)
+    APIKEY_NOEXCEPT;
 /* 1: the scope has the syntax apikeyctl accepts (shared/scope.h). */
-int apikey_scope_is_valid(const unsigned char *scope, size_t len);
+int apikey_scope_is_valid(const unsigned char *scope, size_t len)
+    APIKEY_NOEXCEPT;
 
 /* All of the required scopes are among the key's scopes. */
 int apikey_verdict_has_scopes(const apikey_verdict_t *verdict,
-    const uint64_t *required, size_t n);
+    const uint64_t *required, size_t n) APIKEY_NOEXCEPT;
 
 /* Writes exactly APIKEY_UUID_TEXT_LEN characters. */
-void apikey_uuid_format(const unsigned char id[16], unsigned char *out);
+void apikey_uuid_format(const unsigned char id[16], unsigned char *out)
+    APIKEY_NOEXCEPT;
 
 /* The name of a result, as $apikey_result shows it. */
-const char *apikey_result_name(apikey_result_e result);
+const char *apikey_result_name(apikey_result_e result) APIKEY_NOEXCEPT;
 
 /*
  * Masks key-shaped tokens in an error-log message in place (everything
  * after the hint becomes '*'); truncated: nginx cut the message short.
  */
-void apikey_redact_keys(unsigned char *buf, size_t len, int truncated);
+void apikey_redact_keys(unsigned char *buf, size_t len, int truncated)
+    APIKEY_NOEXCEPT;
 
 
 /* Usage capture: the per-worker rings in the usage segment. */
@@ -132,7 +130,7 @@ typedef struct {
  * boundary to fit, zero-padded. Returns the length kept.
  */
 size_t apikey_usage_pad_text(unsigned char *dst, size_t cap,
-    const unsigned char *text, size_t len);
+    const unsigned char *text, size_t len) APIKEY_NOEXCEPT;
 
 /*
  * nginx master, at configuration load: maps the segment at path, reusing it
@@ -142,26 +140,31 @@ size_t apikey_usage_pad_text(unsigned char *dst, size_t cap,
  * with err (also for a file or directory that fails the trust check).
  */
 apikey_usage_t *apikey_usage_open(const char *path, size_t size,
-    unsigned slots, int *created, char *err, size_t err_len);
-void apikey_usage_close(apikey_usage_t *usage);
+    unsigned slots, int *created, char *err, size_t err_len) APIKEY_NOEXCEPT;
+void apikey_usage_close(apikey_usage_t *usage) APIKEY_NOEXCEPT;
 
 /* Worker start/exit: a slot index, or -1 when none is free. */
-int apikey_usage_claim(apikey_usage_t *usage, int pid, int64_t now_us);
-void apikey_usage_retire(apikey_usage_t *usage, int slot);
+int apikey_usage_claim(apikey_usage_t *usage, int pid, int64_t now_us)
+    APIKEY_NOEXCEPT;
+void apikey_usage_retire(apikey_usage_t *usage, int slot) APIKEY_NOEXCEPT;
 
 /* Never blocks: 0 if the ring was full (the drop is counted). */
 int apikey_usage_push(apikey_usage_t *usage, int slot,
-    const apikey_usage_fields_t *fields);
+    const apikey_usage_fields_t *fields) APIKEY_NOEXCEPT;
 
-/* Requests without a usable key are counted per result, not recorded. */
+/*
+ * A request whose result is not recorded (apikey_result_is_recorded) is
+ * counted per result.
+ */
 void apikey_usage_count(apikey_usage_t *usage, int slot,
-    apikey_result_e result);
+    apikey_result_e result) APIKEY_NOEXCEPT;
 
 /* A request that could not be recorded because the worker has no slot. */
-void apikey_usage_count_unslotted(apikey_usage_t *usage);
+void apikey_usage_count_unslotted(apikey_usage_t *usage) APIKEY_NOEXCEPT;
 
 /* Ring capacity and slot count, for the startup log line. */
-uint64_t apikey_usage_ring_capacity(const apikey_usage_t *usage);
+uint64_t apikey_usage_ring_capacity(const apikey_usage_t *usage)
+    APIKEY_NOEXCEPT;
 
 
 #ifdef __cplusplus

@@ -44,7 +44,7 @@ extern "C" {
 
 apikey_usage_t* apikey_usage_open(const char* path, size_t size,
                                   unsigned slots, int* created, char* err,
-                                  size_t err_len) {
+                                  size_t err_len) noexcept {
     try {
         apikey::UsageLayout layout =
             apikey::usage_layout_for(size, static_cast<std::uint32_t>(slots));
@@ -74,13 +74,14 @@ apikey_usage_t* apikey_usage_open(const char* path, size_t size,
     }
 }
 
-void apikey_usage_close(apikey_usage_t* usage) { delete usage; }
+void apikey_usage_close(apikey_usage_t* usage) noexcept { delete usage; }
 
-int apikey_usage_claim(apikey_usage_t* usage, int pid, int64_t now_us) {
+int apikey_usage_claim(apikey_usage_t* usage, int pid,
+                       int64_t now_us) noexcept {
     return usage->segment.claim_slot(pid, now_us);
 }
 
-void apikey_usage_retire(apikey_usage_t* usage, int slot) {
+void apikey_usage_retire(apikey_usage_t* usage, int slot) noexcept {
     usage->segment.retire_slot(static_cast<std::uint32_t>(slot));
 }
 
@@ -88,7 +89,7 @@ static_assert(APIKEY_METHOD_FIELD_LEN == apikey::kUsageMethodLen);
 static_assert(APIKEY_ENDPOINT_FIELD_LEN == apikey::kUsageEndpointLen);
 
 size_t apikey_usage_pad_text(unsigned char* dst, size_t cap,
-                             const unsigned char* src, size_t len) {
+                             const unsigned char* src, size_t len) noexcept {
     std::memset(dst, 0, cap);
     return apikey::copy_truncated(reinterpret_cast<char*>(dst), cap,
                                   text(src, len));
@@ -97,7 +98,7 @@ size_t apikey_usage_pad_text(unsigned char* dst, size_t cap,
 // Written straight into the ring (reserve/publish): no record on the
 // stack, no second copy.
 int apikey_usage_push(apikey_usage_t* usage, int slot,
-                      const apikey_usage_fields_t* f) {
+                      const apikey_usage_fields_t* f) noexcept {
     const auto s = static_cast<std::uint32_t>(slot);
     apikey::UsageRecord* rec = usage->segment.reserve(s);
     if (rec == nullptr) {
@@ -148,17 +149,17 @@ int apikey_usage_push(apikey_usage_t* usage, int slot,
 }
 
 void apikey_usage_count(apikey_usage_t* usage, int slot,
-                        apikey_result_e result) {
+                        apikey_result_e result) noexcept {
     usage->segment.count_unrecorded(static_cast<std::uint32_t>(slot),
                                     counter_for(result));
 }
 
-void apikey_usage_count_unslotted(apikey_usage_t* usage) {
+void apikey_usage_count_unslotted(apikey_usage_t* usage) noexcept {
     usage->segment.header().unslotted_drops.fetch_add(
         1, std::memory_order_relaxed);
 }
 
-uint64_t apikey_usage_ring_capacity(const apikey_usage_t* usage) {
+uint64_t apikey_usage_ring_capacity(const apikey_usage_t* usage) noexcept {
     return usage->segment.header().ring_capacity;
 }
 

@@ -9,6 +9,8 @@
 #include <string_view>
 #include <type_traits>
 
+#include "auth_result.h"
+
 namespace apikey {
 
 inline constexpr std::uint16_t kUsageRecordVersion = 1;
@@ -16,18 +18,27 @@ inline constexpr std::size_t kUsageMethodLen = 16;
 inline constexpr std::size_t kUsageEndpointLen = 96;
 inline constexpr std::size_t kUsageUserAgentLen = 64;
 
-// Values of $apikey_result (and the module's apikey_result_e).
+// The result of a key check, as apikey_result_e (auth_result.h) defines it
+// for the C shim and C++ alike.
 enum class AuthResult : std::uint8_t {
-    kOk = 0,
-    kMissing,
-    kMalformed,
-    kUnknown,
-    kExpired,
-    kRevoked,
-    kForbidden,
-    kUnavailable,
+    kOk = APIKEY_OK,
+    kMissing = APIKEY_MISSING,
+    kMalformed = APIKEY_MALFORMED,
+    kUnknown = APIKEY_UNKNOWN,
+    kExpired = APIKEY_EXPIRED,
+    kRevoked = APIKEY_REVOKED,
+    kForbidden = APIKEY_FORBIDDEN,
+    kUnavailable = APIKEY_UNAVAILABLE,
 };
-inline constexpr int kAuthResultCount = 8;
+inline constexpr int kAuthResultCount = APIKEY_RESULT_COUNT;
+static_assert(APIKEY_RESULT_COUNT == APIKEY_UNAVAILABLE + 1);
+
+// A request with this result becomes a usage record (a known key); the
+// others are only counted. Any byte, as read from a ring.
+inline bool result_is_recorded(AuthResult r) noexcept {
+    return apikey_result_is_recorded(static_cast<unsigned>(r)) != 0;
+}
+
 const char* auth_result_name(AuthResult r) noexcept;
 
 enum class IpFamily : std::uint8_t { kNone = 0, kV4 = 4, kV6 = 6 };

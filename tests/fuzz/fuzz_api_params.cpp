@@ -22,7 +22,7 @@
 // reference reading of "Bearer <token>" (scheme case-insensitive, spaces
 // and tabs around), and check_key() says malformed or unavailable without
 // touching a table. (The nginx module's own Bearer parsing,
-// ngx_http_apikey_bearer() in module/ngx_http_apikey_module.c, is C on
+// ngx_http_apikey_bearer() in module/ngx_http_apikey_access.c, is C on
 // nginx types and is not fuzzed here.)
 #include <cstddef>
 #include <cstdint>

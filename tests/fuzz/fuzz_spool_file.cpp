@@ -167,10 +167,8 @@ void remove_root() {
 bool storable(const UsageRecord& r) {
     constexpr std::int64_t kMin = 946684800LL * 1000000;   // 2000
     constexpr std::int64_t kMax = 7258118400LL * 1000000;  // 2200
-    const bool known_key =
-        r.result == AuthResult::kOk || r.result == AuthResult::kExpired ||
-        r.result == AuthResult::kRevoked || r.result == AuthResult::kForbidden;
-    return known_key && r.time_us >= kMin && r.time_us < kMax;
+    return result_is_recorded(r.result) && r.time_us >= kMin &&
+           r.time_us < kMax;
 }
 
 void check_rows(const std::vector<RollupRow>& rows, std::uint64_t records) {

@@ -1,0 +1,627 @@
+
+/*
+ * The access phase: finds the key in the request (and hides it from
+ * upstreams), asks the core for a verdict against this worker's key table,
+ * keeps it in the request ctx, and answers 401/403/503 or lets the request
+ * through.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_apikey.h"
+
+
+/* This worker's key table (its usage ring is in ngx_http_apikey_log.c). */
+
+typedef struct {
+    apikey_table_t            *table;
+    ngx_msec_t                 last_attach;
+    ngx_msec_t                 last_check;   /* for a newer table file */
+    unsigned                   attach_tried:1;
+} ngx_http_apikey_table_state_t;
+
+
+static ngx_int_t ngx_http_apikey_reject(ngx_http_request_t *r,
+    ngx_http_apikey_ctx_t *ctx);
+static ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(ngx_http_request_t *r);
+static ngx_http_apikey_ctx_t *ngx_http_apikey_create_ctx(
+    ngx_http_request_t *r);
+static void ngx_http_apikey_cleanup(void *data);
+static ngx_int_t ngx_http_apikey_find_key(ngx_http_request_t *r,
+    ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
+    ngx_http_apikey_ctx_t *ctx);
+static ngx_inline ngx_uint_t ngx_http_apikey_is_key_header(
+    ngx_table_elt_t *h, ngx_http_apikey_loc_conf_t *alcf);
+static ngx_int_t ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key);
+static ngx_int_t ngx_http_apikey_hide(ngx_http_request_t *r,
+    ngx_http_apikey_ctx_t *ctx);
+static void ngx_http_apikey_refresh_table(ngx_log_t *log);
+
+
+static ngx_str_t  ngx_http_apikey_challenge = ngx_string("ApiKey");
+
+static ngx_http_apikey_table_state_t  ngx_http_apikey_worker;
+
+
+ngx_int_t
+ngx_http_apikey_handler(ngx_http_request_t *r)
+{
+    ngx_http_apikey_ctx_t       *ctx;
+    ngx_http_apikey_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
+
+    if (!alcf->enable) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_apikey_lookup(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* from here on the verdict stands, and this location records it */
+
+    ctx->checked = alcf;
+
+    /*
+     * Hidden whatever the verdict: error_page or "satisfy any" may still
+     * pass a rejected request to an upstream.
+     */
+
+    if (alcf->hide_key
+        && (ctx->key_header != NULL || ctx->bearer_header != NULL))
+    {
+        if (ngx_http_apikey_hide(r, ctx) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    /* scopes are per location: decided again after an internal redirect */
+
+    ctx->verdict.result = ctx->key_result;
+
+    if (ctx->key_result == APIKEY_OK
+        && alcf->scopes != NULL
+        && !apikey_verdict_has_scopes(&ctx->verdict, alcf->scopes->elts,
+                                      alcf->scopes->nelts))
+    {
+        ctx->verdict.result = APIKEY_FORBIDDEN;
+    }
+
+    if (ctx->verdict.result != APIKEY_OK) {
+        return ngx_http_apikey_reject(r, ctx);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_reject(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
+{
+    u_char            id[APIKEY_UUID_TEXT_LEN];
+    ngx_table_elt_t  *h;
+
+    if (ctx->verdict.result == APIKEY_UNAVAILABLE) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apikey: %s, rejecting request with 503",
+                      ngx_http_apikey_worker.table != NULL
+                      && apikey_table_ready(ngx_http_apikey_worker.table)
+                      ? "key table entry locked mid-update"
+                      : "no key table is readable");
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    if (ctx->verdict.result == APIKEY_FORBIDDEN) {
+        apikey_uuid_format(ctx->verdict.key_id, id);
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apikey: key %*s lacks a required scope",
+                      (size_t) APIKEY_UUID_TEXT_LEN, id);
+        return NGX_HTTP_FORBIDDEN;
+    }
+
+    if (ctx->verdict.result == APIKEY_EXPIRED
+        || ctx->verdict.result == APIKEY_REVOKED)
+    {
+        apikey_uuid_format(ctx->verdict.key_id, id);
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apikey: key %*s is %s",
+                      (size_t) APIKEY_UUID_TEXT_LEN, id,
+                      apikey_result_name(ctx->verdict.result));
+
+    } else {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "apikey: request rejected, key %s",
+                      apikey_result_name(ctx->verdict.result));
+    }
+
+    /* once, even if an error_page location rejects again */
+
+    if (r->headers_out.www_authenticate == NULL) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "WWW-Authenticate");
+        h->value = ngx_http_apikey_challenge;
+        r->headers_out.www_authenticate = h;
+    }
+
+    return NGX_HTTP_UNAUTHORIZED;
+}
+
+
+/*
+ * The verdict for this request, computed once: by the first variable that
+ * needs it (possibly in an earlier phase, e.g. limit_req) or by the access
+ * handler. A verdict computed before the location was chosen (a variable
+ * read at server level) is computed again in a location with another
+ * apikey_header, unless an access check already acted on it.
+ */
+
+static ngx_http_apikey_ctx_t *
+ngx_http_apikey_lookup(ngx_http_request_t *r)
+{
+    ngx_str_t                    key;
+    ngx_time_t                  *tp;
+    ngx_http_apikey_ctx_t       *ctx;
+    ngx_http_apikey_loc_conf_t  *alcf, *prev;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
+
+    ctx = ngx_http_apikey_get_ctx(r);
+
+    if (ctx == NULL) {
+        ctx = ngx_http_apikey_create_ctx(r);
+        if (ctx == NULL) {
+            return NULL;
+        }
+
+    } else {
+        prev = ctx->found_with;
+
+        if (ctx->checked != NULL
+            || prev == alcf
+            || (prev->header_lc.len == alcf->header_lc.len
+                && ngx_memcmp(prev->header_lc.data, alcf->header_lc.data,
+                              alcf->header_lc.len) == 0))
+        {
+            return ctx;
+        }
+    }
+
+    /*
+     * Not all of the ctx is zeroed: apikey_verify() fills the verdict's
+     * ids, scopes and name whenever the key is known, and nothing reads
+     * them otherwise (the variables and the usage record check the result
+     * first); the name and scope counts are read for every result.
+     */
+
+    ctx->key_header = NULL;
+    ctx->bearer_header = NULL;
+    ctx->extra_keys = 0;
+    ctx->found_with = alcf;
+    ctx->checked = NULL;
+    ctx->verdict.scope_count = 0;
+    ctx->verdict.name_len = 0;
+
+    /* ids too (32 bytes): no stale pool memory can reach a usage record */
+    ngx_memzero(ctx->verdict.key_id, sizeof(ctx->verdict.key_id));
+    ngx_memzero(ctx->verdict.org_id, sizeof(ctx->verdict.org_id));
+
+    ctx->verdict.result = ngx_http_apikey_find_key(r, alcf, &key, ctx);
+    ctx->key_result = ctx->verdict.result;
+
+    if (ctx->verdict.result != APIKEY_OK) {
+        return ctx;
+    }
+
+    /* a newer table file: looked for once per millisecond tick at most */
+
+    if (ngx_http_apikey_worker.table != NULL
+        && ngx_http_apikey_worker.last_check != ngx_current_msec)
+    {
+        ngx_http_apikey_worker.last_check = ngx_current_msec;
+
+        if (apikey_table_needs_attach(ngx_http_apikey_worker.table)) {
+            ngx_http_apikey_refresh_table(r->connection->log);
+        }
+    }
+
+    tp = ngx_timeofday();
+
+    ctx->key_result = apikey_verify(ngx_http_apikey_worker.table, key.data,
+                                    key.len,
+                                    (int64_t) tp->sec * 1000000
+                                    + (int64_t) tp->msec * 1000,
+                                    &ctx->verdict);
+
+    return ctx;
+}
+
+
+/* The verdict for a variable: ngx_http_apikey_lookup() for other files. */
+
+ngx_http_apikey_ctx_t *
+ngx_http_apikey_request_ctx(ngx_http_request_t *r)
+{
+    return ngx_http_apikey_lookup(r);
+}
+
+
+static ngx_http_apikey_ctx_t *
+ngx_http_apikey_create_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t     *cln;
+    ngx_http_apikey_ctx_t  *ctx;
+
+    /*
+     * The cleanup keeps the ctx findable across internal redirects: what
+     * ngx_pool_cleanup_add() does, with one allocation for both.
+     */
+
+    cln = ngx_palloc(r->pool, sizeof(ngx_pool_cleanup_t)
+                              + sizeof(ngx_http_apikey_ctx_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    ctx = (ngx_http_apikey_ctx_t *) (cln + 1);
+
+    cln->handler = ngx_http_apikey_cleanup;
+    cln->data = ctx;
+    cln->next = r->pool->cleanup;
+    r->pool->cleanup = cln;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_apikey_module);
+
+    return ctx;
+}
+
+
+/* an internal redirect cleared the module ctx: find it again */
+
+ngx_http_apikey_ctx_t *
+ngx_http_apikey_find_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t     *cln;
+    ngx_http_apikey_ctx_t  *ctx;
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_apikey_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_apikey_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_apikey_cleanup(void *data)
+{
+    /* nothing to free: the handler only marks the ctx's cleanup entry */
+}
+
+
+/*
+ * Finds the key in the configured header or in "Authorization: Bearer".
+ * Returns APIKEY_OK with the key, APIKEY_MISSING, or APIKEY_MALFORMED when
+ * the request carries more than one key (or two different ones). Empty
+ * headers count as absent. Remembers the headers (or that the key header
+ * is repeated), to hide them all.
+ */
+
+static ngx_int_t
+ngx_http_apikey_find_key(ngx_http_request_t *r,
+    ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
+    ngx_http_apikey_ctx_t *ctx)
+{
+    ngx_str_t          bearer;
+    ngx_uint_t         i;
+    ngx_list_part_t   *part;
+    ngx_table_elt_t   *h;
+
+    ngx_str_null(key);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].value.len == 0
+            || !ngx_http_apikey_is_key_header(&h[i], alcf))
+        {
+            continue;
+        }
+
+        if (ctx->key_header) {
+            ctx->extra_keys = 1;
+            continue;
+        }
+
+        *key = h[i].value;
+        ctx->key_header = &h[i];
+    }
+
+    if (r->headers_in.authorization != NULL
+        && ngx_http_apikey_bearer(r->headers_in.authorization, &bearer)
+           == NGX_OK
+        && bearer.len > 0)
+    {
+        ctx->bearer_header = r->headers_in.authorization;
+
+        if (ctx->key_header == NULL) {
+            *key = bearer;
+
+        } else if (bearer.len != key->len
+                   || ngx_memcmp(bearer.data, key->data, key->len) != 0)
+        {
+            return APIKEY_MALFORMED;
+        }
+    }
+
+    if (ctx->extra_keys) {
+        return APIKEY_MALFORMED;
+    }
+
+    if (key->len == 0) {
+        return APIKEY_MISSING;
+    }
+
+    return APIKEY_OK;
+}
+
+
+/* Named as alcf's apikey_header (case-insensitive), whatever its value. */
+
+static ngx_inline ngx_uint_t
+ngx_http_apikey_is_key_header(ngx_table_elt_t *h,
+    ngx_http_apikey_loc_conf_t *alcf)
+{
+    if ((h->hash != alcf->header_hash && alcf->header_hash != 0)
+        || h->key.len != alcf->header_lc.len)
+    {
+        return 0;
+    }
+
+    /* nginx sets lowcase_key; a third-party module might not */
+
+    if (h->lowcase_key != NULL) {
+        return ngx_memcmp(h->lowcase_key, alcf->header_lc.data,
+                          alcf->header_lc.len) == 0;
+    }
+
+    return ngx_strncasecmp(h->key.data, alcf->header_lc.data,
+                           alcf->header_lc.len) == 0;
+}
+
+
+static ngx_int_t
+ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key)
+{
+    u_char  *p, *last;
+
+    p = h->value.data;
+    last = p + h->value.len;
+
+    if (h->value.len < sizeof("Bearer ") - 1
+        || ngx_strncasecmp(p, (u_char *) "Bearer", sizeof("Bearer") - 1)
+           != 0
+        || (p[6] != ' ' && p[6] != '\t'))
+    {
+        return NGX_DECLINED;
+    }
+
+    p += sizeof("Bearer") - 1;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
+        last--;
+    }
+
+    key->data = p;
+    key->len = last - p;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Removes the key headers (every one, if the key header was repeated) from
+ * the request headers that upstreams see. Elements cannot be unlinked in
+ * place (other pointers, such as r->headers_in.host, point into the list),
+ * so the list is rebuilt as one part without them, copying the runs between
+ * them; the old elements stay valid in the request pool. When the key
+ * header came last, the part is only shortened.
+ */
+
+static ngx_int_t
+ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
+{
+    ngx_uint_t        i, n, start;
+    ngx_list_t       *list;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *elts, *d, *key;
+
+    list = &r->headers_in.headers;
+
+    if (ctx->bearer_header != NULL) {
+        r->headers_in.authorization = NULL;
+    }
+
+    key = ctx->key_header ? ctx->key_header : ctx->bearer_header;
+    h = list->part.elts;
+    n = list->part.nelts;
+
+    if (list->part.next == NULL
+        && (ctx->key_header == NULL || ctx->bearer_header == NULL)
+        && !ctx->extra_keys
+        && key >= h && key < h + n)
+    {
+        /* one part, one key header: the usual request */
+
+        i = key - h;
+
+        if (i < n - 1) {
+            elts = ngx_palloc(r->pool, (n - 1) * sizeof(ngx_table_elt_t));
+            if (elts == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(elts, h, i * sizeof(ngx_table_elt_t));
+            ngx_memcpy(&elts[i], &h[i + 1],
+                       (n - 1 - i) * sizeof(ngx_table_elt_t));
+
+            list->part.elts = elts;
+            list->nalloc = n - 1;
+        }
+
+        list->part.nelts = n - 1;
+        ctx->key_header = NULL;
+        ctx->bearer_header = NULL;
+        return NGX_OK;
+    }
+
+    n = 0;
+    for (part = &list->part; part; part = part->next) {
+        n += part->nelts;
+    }
+
+    elts = ngx_palloc(r->pool, (n ? n : 1) * sizeof(ngx_table_elt_t));
+    if (elts == NULL) {
+        return NGX_ERROR;
+    }
+
+    d = elts;
+
+    for (part = &list->part; part; part = part->next) {
+        h = part->elts;
+        start = 0;
+
+        for (i = 0; i < part->nelts; i++) {
+            if (&h[i] != ctx->key_header && &h[i] != ctx->bearer_header
+                && !(ctx->extra_keys
+                     && ngx_http_apikey_is_key_header(&h[i], ctx->found_with)))
+            {
+                continue;
+            }
+
+            ngx_memcpy(d, &h[start], (i - start) * sizeof(ngx_table_elt_t));
+            d += i - start;
+            start = i + 1;
+        }
+
+        ngx_memcpy(d, &h[start],
+                   (part->nelts - start) * sizeof(ngx_table_elt_t));
+        d += part->nelts - start;
+    }
+
+    list->part.elts = elts;
+    list->part.nelts = d - elts;
+    list->part.next = NULL;
+    list->last = &list->part;
+    list->nalloc = n ? n : 1;
+
+    ctx->key_header = NULL;
+    ctx->bearer_header = NULL;
+    ctx->extra_keys = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * (Re)maps the key table: at the first request, when apikeyd replaced the
+ * file, or while none is readable -- at most once a second, so a missing
+ * daemon costs no syscalls per request.
+ */
+
+static void
+ngx_http_apikey_refresh_table(ngx_log_t *log)
+{
+    u_char                       err[256];
+    ngx_http_apikey_main_conf_t  *amcf;
+
+    if (ngx_http_apikey_worker.table == NULL) {
+        return;
+    }
+
+    if (ngx_http_apikey_worker.attach_tried
+        && ngx_current_msec - ngx_http_apikey_worker.last_attach
+           < NGX_HTTP_APIKEY_RETRY_INTERVAL)
+    {
+        return;
+    }
+
+    ngx_http_apikey_worker.attach_tried = 1;
+    ngx_http_apikey_worker.last_attach = ngx_current_msec;
+
+    amcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_apikey_module);
+
+    if (amcf == NULL || amcf->keys_path.len == 0) {
+        return;
+    }
+
+    if (apikey_table_attach(ngx_http_apikey_worker.table,
+                            (char *) amcf->keys_path.data, (char *) err,
+                            sizeof(err))
+        != 0)
+    {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "apikey: key table \"%V\" not readable: %s",
+                      &amcf->keys_path, err);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                  "apikey: key table \"%V\" mapped", &amcf->keys_path);
+}
+
+
+/* At worker start: the key table, mapped at once if apikeyd published it. */
+
+ngx_int_t
+ngx_http_apikey_open_table(ngx_cycle_t *cycle)
+{
+    ngx_http_apikey_worker.table = apikey_table_new();
+    if (ngx_http_apikey_worker.table == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* a missing table is not fatal: requests get 503 until apikeyd runs */
+
+    ngx_http_apikey_refresh_table(cycle->log);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_apikey_close_table(void)
+{
+    apikey_table_free(ngx_http_apikey_worker.table);
+    ngx_http_apikey_worker.table = NULL;
+}

@@ -1,0 +1,274 @@
+
+/*
+ * The log phase: one usage record per request with a known key, written
+ * into this worker's ring in the usage segment without blocking; the other
+ * requests are counted per result.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_apikey.h"
+
+
+/* This worker's usage ring (its key table is in ngx_http_apikey_access.c). */
+
+typedef struct {
+    apikey_usage_t            *usage;
+    ngx_int_t                  slot;         /* -1: none claimed */
+    ngx_msec_t                 last_claim;
+} ngx_http_apikey_ring_state_t;
+
+
+static const u_char *ngx_http_apikey_method_field(ngx_uint_t method);
+static void ngx_http_apikey_record(ngx_http_request_t *r,
+    ngx_http_apikey_ctx_t *ctx, ngx_http_apikey_loc_conf_t *alcf);
+static void ngx_http_apikey_claim_slot(ngx_log_t *log);
+
+
+static ngx_http_apikey_ring_state_t  ngx_http_apikey_worker = { NULL, -1, 0 };
+
+
+ngx_int_t
+ngx_http_apikey_log_handler(ngx_http_request_t *r)
+{
+    ngx_http_apikey_ctx_t       *ctx;
+    ngx_http_apikey_loc_conf_t  *alcf;
+
+    if (ngx_http_apikey_worker.usage == NULL || r != r->main) {
+        return NGX_OK;
+    }
+
+    /* no ctx: the request was answered before any key lookup */
+
+    ctx = ngx_http_apikey_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_OK;
+    }
+
+    /*
+     * The location that checked the key records the request, wherever
+     * internal redirects took it since; otherwise (a variable looked the
+     * key up, the access phase never came) the location it ended in.
+     */
+
+    alcf = ctx->checked;
+
+    if (alcf == NULL) {
+        alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
+    }
+
+    if (!alcf->enable || !alcf->capture) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_apikey_worker.slot < 0) {
+        ngx_http_apikey_claim_slot(r->connection->log);
+
+        if (ngx_http_apikey_worker.slot < 0) {
+            apikey_usage_count_unslotted(ngx_http_apikey_worker.usage);
+            return NGX_OK;
+        }
+    }
+
+    if (apikey_result_is_recorded(ctx->verdict.result)) {
+        ngx_http_apikey_record(r, ctx, alcf);
+
+    } else {
+        apikey_usage_count(ngx_http_apikey_worker.usage,
+                           ngx_http_apikey_worker.slot, ctx->verdict.result);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The common methods as zero-padded record fields: copied as one block
+ * (names as nginx's parser matched them, so equal to r->method_name).
+ */
+
+static const u_char *
+ngx_http_apikey_method_field(ngx_uint_t method)
+{
+    static const u_char  fields[][APIKEY_METHOD_FIELD_LEN] = {
+        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"
+    };
+
+    switch (method) {
+    case NGX_HTTP_GET:     return fields[0];
+    case NGX_HTTP_HEAD:    return fields[1];
+    case NGX_HTTP_POST:    return fields[2];
+    case NGX_HTTP_PUT:     return fields[3];
+    case NGX_HTTP_DELETE:  return fields[4];
+    case NGX_HTTP_OPTIONS: return fields[5];
+    case NGX_HTTP_PATCH:   return fields[6];
+    default:               return NULL;
+    }
+}
+
+
+/* One usage record for a request with a known key; never blocks. */
+
+static void
+ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
+    ngx_http_apikey_loc_conf_t *alcf)
+{
+    ngx_str_t                  endpoint;
+    ngx_time_t                *tp;
+    ngx_msec_int_t             ms;
+    struct sockaddr_in        *sin;
+    apikey_usage_fields_t      f;
+#if (NGX_HAVE_INET6)
+    struct sockaddr_in6       *sin6;
+#endif
+
+    /* every field is set below: no ngx_memzero() of the struct */
+
+    f.verdict = &ctx->verdict;
+
+    /* the same clock and resolution as $request_time */
+
+    tp = ngx_timeofday();
+    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                           + (tp->msec - r->start_msec));
+    f.time_us = (int64_t) r->start_sec * 1000000
+                + (int64_t) r->start_msec * 1000;
+    f.response_time_us = (uint64_t) ngx_max(ms, 0) * 1000;
+
+    if (r->err_status) {
+        f.status = r->err_status;
+
+    } else if (r->headers_out.status) {
+        f.status = r->headers_out.status;
+
+    } else {
+        f.status = 0;
+    }
+
+    f.bytes_sent = r->connection->sent;
+
+    f.ip_family = 0;
+    f.ip = NULL;
+
+    switch (r->connection->sockaddr->sa_family) {
+
+    case AF_INET:
+        sin = (struct sockaddr_in *) r->connection->sockaddr;
+        f.ip_family = 4;
+        f.ip = (u_char *) &sin->sin_addr;
+        break;
+
+#if (NGX_HAVE_INET6)
+    case AF_INET6:
+        sin6 = (struct sockaddr_in6 *) r->connection->sockaddr;
+        f.ip_family = 6;
+        f.ip = sin6->sin6_addr.s6_addr;
+        break;
+#endif
+    }
+
+    f.method = ngx_http_apikey_method_field(r->method);
+    f.padded = f.method ? APIKEY_PADDED_METHOD : 0;
+
+    if (f.method == NULL) {
+        f.method = r->method_name.data;
+    }
+
+    f.method_len = r->method_name.len;
+
+    if (alcf->endpoint_field) {
+        f.endpoint = alcf->endpoint_field;
+        f.endpoint_len = alcf->endpoint_field_len;
+        f.padded |= APIKEY_PADDED_ENDPOINT;
+
+    } else {
+        if (ngx_http_complex_value(r, alcf->endpoint, &endpoint) != NGX_OK) {
+            ngx_str_null(&endpoint);
+        }
+
+        f.endpoint = endpoint.data;
+        f.endpoint_len = endpoint.len;
+    }
+
+    if (r->headers_in.user_agent) {
+        f.user_agent = r->headers_in.user_agent->value.data;
+        f.user_agent_len = r->headers_in.user_agent->value.len;
+
+    } else {
+        f.user_agent = NULL;
+        f.user_agent_len = 0;
+    }
+
+    if (!apikey_usage_push(ngx_http_apikey_worker.usage,
+                           ngx_http_apikey_worker.slot, &f))
+    {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "apikey: usage ring full, record dropped");
+    }
+}
+
+
+/*
+ * A ring of our own in the usage segment: at worker start, and retried at
+ * most once a second while apikeyd has not yet freed enough slots.
+ */
+
+static void
+ngx_http_apikey_claim_slot(ngx_log_t *log)
+{
+    ngx_time_t  *tp;
+
+    if (ngx_http_apikey_worker.last_claim
+        && ngx_current_msec - ngx_http_apikey_worker.last_claim
+           < NGX_HTTP_APIKEY_RETRY_INTERVAL)
+    {
+        return;
+    }
+
+    ngx_http_apikey_worker.last_claim = ngx_current_msec
+                                        ? ngx_current_msec : 1;
+
+    tp = ngx_timeofday();
+
+    ngx_http_apikey_worker.slot = apikey_usage_claim(
+        ngx_http_apikey_worker.usage, (int) ngx_pid,
+        (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000);
+
+    if (ngx_http_apikey_worker.slot < 0) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "apikey: no free usage ring slot (is apikeyd "
+                      "draining?), usage of this worker is not recorded "
+                      "for now");
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, log, 0,
+                  "apikey: worker claimed usage ring slot %i",
+                  ngx_http_apikey_worker.slot);
+}
+
+
+/* At worker start: the usage segment the master mapped, and a ring in it. */
+
+void
+ngx_http_apikey_claim_ring(ngx_cycle_t *cycle, apikey_usage_t *usage)
+{
+    ngx_http_apikey_worker.usage = usage;
+    ngx_http_apikey_claim_slot(cycle->log);
+}
+
+
+void
+ngx_http_apikey_retire_ring(void)
+{
+    /* the ring's records stay for apikeyd; it frees the slot once drained */
+
+    if (ngx_http_apikey_worker.usage && ngx_http_apikey_worker.slot >= 0) {
+        apikey_usage_retire(ngx_http_apikey_worker.usage,
+                            ngx_http_apikey_worker.slot);
+        ngx_http_apikey_worker.slot = -1;
+    }
+}
