@@ -99,6 +99,10 @@ protected:
                std::to_string(line.size()) + "\r\n\r\n" + line;
     }
 
+    std::uint64_t refused(HttpRefusal r) const {
+        return stats_.refused[static_cast<int>(r)].load();
+    }
+
     HttpStats stats_;
     std::unique_ptr<HttpFront> front_;
     std::thread thread_;
@@ -148,7 +152,7 @@ TEST_F(Front, LargeBodyRefusedWithoutReadingIt) {
     EXPECT_EQ(r.rfind("HTTP/1.1 413 ", 0), 0u) << r;
     EXPECT_NE(r.find("{\"error\":\"request body too large\"}"),
               std::string::npos);
-    EXPECT_EQ(stats_.refused[static_cast<int>(HttpRefusal::kBodyTooLarge)], 1u);
+    EXPECT_EQ(refused(HttpRefusal::kBodyTooLarge), 1u);
     close(fd);
 }
 
@@ -166,7 +170,7 @@ TEST_F(Front, SlowHeadGets408AtTheHeaderTimeout) {
     EXPECT_EQ(r.rfind("HTTP/1.1 408 ", 0), 0u) << r;
     EXPECT_GE(waited, 250ms);
     EXPECT_LT(waited, 2s);
-    EXPECT_EQ(stats_.refused[static_cast<int>(HttpRefusal::kTimeout)], 1u);
+    EXPECT_EQ(refused(HttpRefusal::kTimeout), 1u);
     close(fd);
 }
 
@@ -177,7 +181,7 @@ TEST_F(Front, IdleKeepAliveClosesSilently) {
     int fd = connect_client();
     send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
     EXPECT_EQ(read_to_eof(fd), ok("GET /a HTTP/1.1"));
-    EXPECT_EQ(stats_.refused[static_cast<int>(HttpRefusal::kTimeout)], 0u);
+    EXPECT_EQ(refused(HttpRefusal::kTimeout), 0u);
     close(fd);
 }
 
@@ -198,12 +202,12 @@ TEST_F(Front, FullSlowLaneAnswers503WhileTheFastLaneServes) {
         std::this_thread::sleep_for(5ms);
     }
     ASSERT_EQ(stats_.api_queued, 1);
-    int refused = connect_client();
-    send_all(refused, "GET /slow?x=1 HTTP/1.1\r\n\r\n");
-    std::string r = read_to_eof(refused);
+    int over = connect_client();
+    send_all(over, "GET /slow?x=1 HTTP/1.1\r\n\r\n");
+    std::string r = read_to_eof(over);
     EXPECT_EQ(r.rfind("HTTP/1.1 503 ", 0), 0u) << r;
     EXPECT_NE(r.find("\r\nRetry-After: 1\r\n"), std::string::npos) << r;
-    EXPECT_EQ(stats_.refused[static_cast<int>(HttpRefusal::kBusy)], 1u);
+    EXPECT_EQ(refused(HttpRefusal::kBusy), 1u);
 
     int fast = connect_client();
     send_all(fast, "GET /healthz HTTP/1.1\r\n\r\n");
@@ -216,7 +220,7 @@ TEST_F(Front, FullSlowLaneAnswers503WhileTheFastLaneServes) {
               ok("GET /slow HTTP/1.1"));
     EXPECT_EQ(read_n(waiting, ok("GET /slow HTTP/1.1").size()),
               ok("GET /slow HTTP/1.1"));
-    for (int fd : {running, waiting, refused, fast}) close(fd);
+    for (int fd : {running, waiting, over, fast}) close(fd);
 }
 
 TEST_F(Front, ConnectionsBeyondTheCapAreRefused) {

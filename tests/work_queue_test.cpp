@@ -11,6 +11,17 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// Occupies one worker of `q` until `release` is set.
+void block_a_worker(WorkQueue& q, std::promise<void>& release) {
+    std::shared_future<void> gate = release.get_future().share();
+    std::promise<void> started;
+    ASSERT_TRUE(q.try_push([&started, gate] {
+        started.set_value();
+        gate.wait();
+    }));
+    ASSERT_EQ(started.get_future().wait_for(5s), std::future_status::ready);
+}
+
 TEST(WorkQueue, RunsJobs) {
     WorkQueue q(2, 8);
     std::promise<void> done;
@@ -21,13 +32,7 @@ TEST(WorkQueue, RunsJobs) {
 TEST(WorkQueue, RefusesWhenTheQueueIsFull) {
     WorkQueue q(1, 2);
     std::promise<void> release;
-    std::shared_future<void> gate = release.get_future().share();
-    std::promise<void> started;
-    ASSERT_TRUE(q.try_push([&] {
-        started.set_value();
-        gate.wait();
-    }));
-    ASSERT_EQ(started.get_future().wait_for(5s), std::future_status::ready);
+    block_a_worker(q, release);
     std::atomic<int> ran{0};
     EXPECT_TRUE(q.try_push([&] { ++ran; }));
     EXPECT_TRUE(q.try_push([&] { ++ran; }));
@@ -44,13 +49,7 @@ TEST(WorkQueue, RefusesWhenTheQueueIsFull) {
 TEST(WorkQueue, StopDropsWaitingJobsAndRefusesNewOnes) {
     WorkQueue q(1, 4);
     std::promise<void> release;
-    std::shared_future<void> gate = release.get_future().share();
-    std::promise<void> started;
-    ASSERT_TRUE(q.try_push([&] {
-        started.set_value();
-        gate.wait();
-    }));
-    ASSERT_EQ(started.get_future().wait_for(5s), std::future_status::ready);
+    block_a_worker(q, release);
     std::atomic<int> ran{0};
     ASSERT_TRUE(q.try_push([&] { ++ran; }));
     std::thread releaser([&] {

@@ -404,9 +404,12 @@ struct HttpFront::Impl {
         if (c.started) handle_buffered(c);  // a pipelined request
     }
 
-    // Closes our side and reads what the client still sends for a while, so
-    // that closing with unread input does not reset the connection before
-    // the client has read the answer.
+    // Closes our side and reads what the client still sends, up to a small
+    // budget, so that closing with unread input does not reset the
+    // connection while the answer may still be on its way (Linux keeps an
+    // answer that arrived readable after a reset; the budget is for the
+    // one still in flight). One read per event: a flood cannot make one
+    // turn of the loop long for the others.
     void start_linger(Conn& c) {
         if (c.peer_closed) return close_conn(c);
         shutdown(c.fd, SHUT_WR);
@@ -417,8 +420,6 @@ struct HttpFront::Impl {
         watch(c, EPOLLIN);
     }
 
-    // One read per event: a client flooding us cannot make one turn of the
-    // loop long for everyone else.
     void linger(Conn& c) {
         char buf[kReadChunk];
         ssize_t n = recv(c.fd, buf, sizeof(buf), 0);

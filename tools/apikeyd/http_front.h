@@ -39,7 +39,7 @@ struct FrontLimits {
     // After answering and closing our side, input is read and dropped this
     // long (and this much) so the client sees the answer, not a reset.
     std::chrono::milliseconds linger_timeout{1000};
-    std::size_t linger_max_bytes = 256 * 1024;
+    std::size_t linger_max_bytes = 64 * 1024;
     std::size_t fast_workers = 2;
     std::size_t fast_queue = 256;
     std::size_t slow_workers = 4;

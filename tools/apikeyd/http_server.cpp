@@ -75,8 +75,9 @@ bool is_analytics_path(std::string_view path) {
     return path.substr(0, kAnalyticsPrefix.size()) == kAnalyticsPrefix;
 }
 
-HttpServer::HttpServer(const DaemonState& state, const FrontLimits& limits)
+HttpServer::HttpServer(const DaemonState& state)
     : state_(state), router_(std::make_unique<HttpRouter>()) {
+    const FrontLimits limits;
     // What the Keep-Alive header announces; the front enforces both.
     router_->set_keep_alive_max_count(
         static_cast<size_t>(limits.keep_alive_requests));

@@ -35,8 +35,7 @@ bool is_analytics_path(std::string_view path);
 
 class HttpServer {
 public:
-    explicit HttpServer(const DaemonState& state,
-                        const FrontLimits& limits = FrontLimits());
+    explicit HttpServer(const DaemonState& state);
     ~HttpServer();
 
     // Binds --listen; throws std::runtime_error with a clear reason.
