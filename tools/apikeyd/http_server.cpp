@@ -2,6 +2,8 @@
 
 #include <httplib.h>
 
+#include <algorithm>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -11,7 +13,17 @@
 #include "time_util.h"
 
 namespace apikey {
+
+// cpp-httplib's server, used only to parse a request and run its route:
+// process_request() is protected in httplib::Server.
+class HttpRouter : public httplib::Server {
+public:
+    using httplib::Server::process_request;
+};
+
 namespace {
+
+constexpr std::string_view kAnalyticsPrefix = "/api/";
 
 void send_json(httplib::Response& res, int status, const nlohmann::json& j) {
     res.status = status;
@@ -19,23 +31,82 @@ void send_json(httplib::Response& res, int status, const nlohmann::json& j) {
     res.set_content(j.dump(), "application/json");
 }
 
+// One complete request in, the response bytes out: what httplib reads and
+// writes never touches the socket (the connection loop owns it).
+class MemoryStream final : public httplib::Stream {
+public:
+    MemoryStream(std::string_view in, const Peer& peer)
+        : in_(in), peer_(peer) {}
+
+    bool is_readable() const override { return true; }
+    bool is_writable() const override { return true; }
+    ssize_t read(char* ptr, size_t size) override {
+        size_t n = std::min(size, in_.size());
+        std::memcpy(ptr, in_.data(), n);
+        in_.remove_prefix(n);
+        return static_cast<ssize_t>(n);
+    }
+    ssize_t write(const char* ptr, size_t size) override {
+        out_.append(ptr, size);
+        return static_cast<ssize_t>(size);
+    }
+    void get_remote_ip_and_port(std::string& ip, int& port) const override {
+        ip = peer_.ip;
+        port = peer_.port;
+    }
+    void get_local_ip_and_port(std::string& ip, int& port) const override {
+        ip.clear();
+        port = 0;
+    }
+    // No descriptor: httplib would refuse one above FD_SETSIZE.
+    socket_t socket() const override { return INVALID_SOCKET; }
+
+    std::string take_output() { return std::move(out_); }
+
+private:
+    std::string_view in_;
+    const Peer& peer_;
+    std::string out_;
+};
+
 }  // namespace
 
+bool is_analytics_path(std::string_view path) {
+    return path.substr(0, kAnalyticsPrefix.size()) == kAnalyticsPrefix;
+}
+
 HttpServer::HttpServer(const DaemonState& state)
-    : state_(state), server_(std::make_unique<httplib::Server>()) {
-    // cpp-httplib's default also sets SO_REUSEPORT, which would let a second
-    // apikeyd share the port and split requests: a busy port must fail.
-    server_->set_socket_options([](socket_t sock) {
-        int yes = 1;
-        setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    });
+    : state_(state), router_(std::make_unique<HttpRouter>()) {
+    const FrontLimits limits;
+    // What the Keep-Alive header announces; the front enforces both.
+    router_->set_keep_alive_max_count(
+        static_cast<size_t>(limits.keep_alive_requests));
+    router_->set_keep_alive_timeout(
+        std::chrono::duration_cast<std::chrono::seconds>(
+            limits.keep_alive_timeout)
+            .count());
+    router_->set_payload_max_length(limits.head.max_body_bytes);
     add_routes();
+    front_ = std::make_unique<HttpFront>(
+        limits, &stats_,
+        [this](std::string_view request, const Peer& peer, bool last) {
+            return handle(request, peer, last);
+        },
+        is_analytics_path);
 }
 
 HttpServer::~HttpServer() = default;
 
+Reply HttpServer::handle(std::string_view request, const Peer& peer,
+                         bool last) {
+    MemoryStream stream(request, peer);
+    bool closed = false;
+    bool ok = router_->process_request(stream, last, closed, nullptr);
+    return Reply{stream.take_output(), last || closed || !ok};
+}
+
 void HttpServer::add_routes() {
-    server_->Get("/healthz", [this](const httplib::Request&,
+    router_->Get("/healthz", [this](const httplib::Request&,
                                     httplib::Response& res) {
         const KeyPublisherStats& k = *state_.keys;
         std::int64_t synced = k.synced_at_us.load();
@@ -52,18 +123,19 @@ void HttpServer::add_routes() {
         send_json(res, 200, body);
     });
 
-    server_->Get("/metrics", [this](const httplib::Request&,
+    router_->Get("/metrics", [this](const httplib::Request&,
                                     httplib::Response& res) {
         res.set_content(format_metrics(*state_.keys, *state_.drain,
-                                       state_.drainer->snapshot(), now_us()),
+                                       state_.drainer->snapshot(), now_us()) +
+                            format_http_metrics(stats_),
                         "text/plain; version=0.0.4");
     });
 
     analytics_ = std::make_unique<api::AnalyticsApi>(state_);
-    analytics_->add_routes(*server_);
-    add_dashboard_routes(*server_);
+    analytics_->add_routes(*router_);
+    add_dashboard_routes(*router_);
 
-    server_->set_error_handler([](const httplib::Request&,
+    router_->set_error_handler([](const httplib::Request&,
                                   httplib::Response& res) {
         if (res.body.empty()) {
             const char* what = res.status == 404   ? "not found"
@@ -72,7 +144,7 @@ void HttpServer::add_routes() {
             send_json(res, res.status, {{"error", what}});
         }
     });
-    server_->set_exception_handler([](const httplib::Request&,
+    router_->set_exception_handler([](const httplib::Request&,
                                       httplib::Response& res,
                                       std::exception_ptr) {
         send_json(res, 500, {{"error", "internal error"}});
@@ -81,15 +153,11 @@ void HttpServer::add_routes() {
 
 void HttpServer::bind() {
     const DaemonConfig& c = *state_.config;
-    if (!server_->bind_to_port(c.listen_host, c.listen_port)) {
-        throw std::runtime_error("cannot listen on " + c.listen_host + ":" +
-                                 std::to_string(c.listen_port) +
-                                 " (address in use or not local?)");
-    }
+    front_->listen(c.listen_host, c.listen_port);
 }
 
-void HttpServer::serve() { server_->listen_after_bind(); }
+void HttpServer::serve() { front_->run(); }
 
-void HttpServer::stop() { server_->stop(); }
+void HttpServer::stop() { front_->stop(); }
 
 }  // namespace apikey

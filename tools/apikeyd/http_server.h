@@ -1,17 +1,18 @@
-// apikeyd's HTTP side (cpp-httplib): /healthz, /metrics; the analytics API
-// and the dashboard are added as routes here.
+// apikeyd's HTTP side: /healthz, /metrics, the analytics API and the
+// dashboard. Sockets, deadlines and worker lanes belong to the connection
+// loop (http_front.h); cpp-httplib only parses each complete request and
+// routes it, in memory, on a worker thread.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "config.h"
 #include "drainer.h"
+#include "http_front.h"
+#include "http_stats.h"
 #include "key_publisher.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace apikey {
 
@@ -26,6 +27,12 @@ struct DaemonState {
     const Drainer* drainer = nullptr;
 };
 
+class HttpRouter;
+
+// True for the paths of the analytics API: they wait on PostgreSQL, so they
+// take the bounded slow lane; everything else answers from memory.
+bool is_analytics_path(std::string_view path);
+
 class HttpServer {
 public:
     explicit HttpServer(const DaemonState& state);
@@ -39,12 +46,15 @@ public:
 
 private:
     void add_routes();
+    Reply handle(std::string_view request, const Peer& peer, bool last);
 
     DaemonState state_;
-    // Declared before server_, so the server (whose routes call into it)
-    // goes first.
+    HttpStats stats_;
+    // In this order: the front's workers call the router, whose routes call
+    // the analytics API; the front goes first.
     std::unique_ptr<api::AnalyticsApi> analytics_;
-    std::unique_ptr<httplib::Server> server_;
+    std::unique_ptr<HttpRouter> router_;
+    std::unique_ptr<HttpFront> front_;
 };
 
 }  // namespace apikey

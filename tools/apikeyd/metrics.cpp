@@ -158,4 +158,29 @@ std::string format_metrics(const KeyPublisherStats& keys,
     return w.str();
 }
 
+std::string format_http_metrics(const HttpStats& http) {
+    Writer w;
+    w.single("apikey_http_connections", "gauge",
+             "Open HTTP connections.",
+             http.connections.load());
+    w.single("apikey_http_connections_refused_total", "counter",
+             "Connections closed at once because the cap was reached.",
+             http.connections_refused.load());
+    w.single("apikey_http_api_queued", "gauge",
+             "Analytics requests waiting for a worker.",
+             http.api_queued.load());
+    w.single("apikey_http_write_timeouts_total", "counter",
+             "Connections closed because the client stopped reading.",
+             http.write_timeouts.load());
+    w.family("apikey_http_refused_total", "counter",
+             "Requests answered by the connection loop itself, by status: "
+             "400 malformed, 408 head not in time, 411 chunked body, 413 "
+             "body too large, 431 head too large, 503 workers busy.");
+    for (int r = 0; r < static_cast<int>(HttpRefusal::kCount); ++r) {
+        w.sample("apikey_http_refused_total", http.refused[r].load(),
+                 "status=\"" + std::to_string(kHttpRefusalStatus[r]) + "\"");
+    }
+    return w.str();
+}
+
 }  // namespace apikey

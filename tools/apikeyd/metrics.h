@@ -6,6 +6,7 @@
 #include <string>
 
 #include "drainer.h"
+#include "http_stats.h"
 #include "key_publisher.h"
 
 namespace apikey {
@@ -13,5 +14,8 @@ namespace apikey {
 std::string format_metrics(const KeyPublisherStats& keys,
                            const DrainerStats& drain,
                            const SegmentSnapshot& rings, std::int64_t now_us);
+
+// The HTTP server's own families, appended to the above.
+std::string format_http_metrics(const HttpStats& http);
 
 }  // namespace apikey

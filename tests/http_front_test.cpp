@@ -1,0 +1,269 @@
+// The connection loop against real loopback sockets, with a stand-in
+// handler and small limits.
+#include "http_front.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+namespace apikey {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// Answers 200 with the request line as the body; "/slow" waits for `gate`,
+// "/throw" throws.
+class Front : public ::testing::Test {
+protected:
+    void start(FrontLimits limits) {
+        front_ = std::make_unique<HttpFront>(
+            limits, &stats_,
+            [this](std::string_view req, const Peer& peer, bool last) {
+                std::string line(req.substr(0, req.find("\r\n")));
+                if (line.find(" /throw ") != std::string::npos) {
+                    throw std::runtime_error("boom");
+                }
+                if (line.find(" /slow ") != std::string::npos) {
+                    ++slow_started_;
+                    gate_.wait();
+                }
+                peer_ip_ = peer.ip;
+                std::string body = line;
+                return Reply{"HTTP/1.1 200 OK\r\nContent-Length: " +
+                                 std::to_string(body.size()) + "\r\n\r\n" +
+                                 body,
+                             last};
+            },
+            [](std::string_view path) { return path == "/slow"; });
+        front_->listen("127.0.0.1", 0);
+        thread_ = std::thread([this] { front_->run(); });
+    }
+
+    void TearDown() override {
+        release_.set_value();
+        if (front_) front_->stop();
+        if (thread_.joinable()) thread_.join();
+        EXPECT_EQ(stats_.connections.load(), 0);
+    }
+
+    int connect_client() {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        timeval tv{5, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(static_cast<uint16_t>(front_->port()));
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+        return fd;
+    }
+
+    static void send_all(int fd, const std::string& s) {
+        ASSERT_EQ(send(fd, s.data(), s.size(), MSG_NOSIGNAL),
+                  static_cast<ssize_t>(s.size()));
+    }
+
+    // Everything until EOF (or the 5 s receive timeout).
+    static std::string read_to_eof(int fd) {
+        std::string out;
+        char buf[4096];
+        ssize_t n;
+        while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, n);
+        return out;
+    }
+
+    // At least `n` bytes (or what came before EOF/timeout).
+    static std::string read_n(int fd, std::size_t n) {
+        std::string out;
+        char buf[4096];
+        while (out.size() < n) {
+            ssize_t got = recv(fd, buf, sizeof(buf), 0);
+            if (got <= 0) break;
+            out.append(buf, got);
+        }
+        return out;
+    }
+
+    static std::string ok(const std::string& line) {
+        return "HTTP/1.1 200 OK\r\nContent-Length: " +
+               std::to_string(line.size()) + "\r\n\r\n" + line;
+    }
+
+    std::uint64_t refused(HttpRefusal r) const {
+        return stats_.refused[static_cast<int>(r)].load();
+    }
+
+    HttpStats stats_;
+    std::unique_ptr<HttpFront> front_;
+    std::thread thread_;
+    std::promise<void> release_;
+    std::shared_future<void> gate_ = release_.get_future().share();
+    std::atomic<int> slow_started_{0};
+    std::string peer_ip_;
+};
+
+TEST_F(Front, KeepsAliveAndAnswersPipelinedRequestsInOrder) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_n(fd, ok("GET /a HTTP/1.1").size()), ok("GET /a HTTP/1.1"));
+    send_all(fd, "GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n");
+    std::string both = ok("GET /b HTTP/1.1") + ok("GET /c HTTP/1.1");
+    EXPECT_EQ(read_n(fd, both.size()), both);
+    EXPECT_EQ(peer_ip_, "127.0.0.1");
+    close(fd);
+}
+
+TEST_F(Front, AnswersARequestFollowedByEof) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
+    shutdown(fd, SHUT_WR);
+    EXPECT_EQ(read_to_eof(fd), ok("GET /a HTTP/1.1"));
+    close(fd);
+}
+
+TEST_F(Front, LastRequestOfAConnectionCloses) {
+    FrontLimits l;
+    l.keep_alive_requests = 2;
+    start(l);
+    int fd = connect_client();
+    send_all(fd, "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(fd), ok("GET /a HTTP/1.1") + ok("GET /b HTTP/1.1"));
+    close(fd);
+}
+
+TEST_F(Front, LargeBodyRefusedWithoutReadingIt) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /a HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n" +
+                     std::string(65536, 'x'));
+    std::string r = read_to_eof(fd);
+    EXPECT_EQ(r.rfind("HTTP/1.1 413 ", 0), 0u) << r;
+    EXPECT_NE(r.find("{\"error\":\"request body too large\"}"),
+              std::string::npos);
+    EXPECT_EQ(refused(HttpRefusal::kBodyTooLarge), 1u);
+    close(fd);
+}
+
+TEST_F(Front, SlowHeadGets408AtTheHeaderTimeout) {
+    FrontLimits l;
+    l.header_timeout = 300ms;
+    start(l);
+    int fd = connect_client();
+    Clock::time_point t0 = Clock::now();
+    send_all(fd, "GET /a HT");
+    std::this_thread::sleep_for(100ms);
+    send_all(fd, "TP/1.1\r\n");  // a trickle does not extend the deadline
+    std::string r = read_to_eof(fd);
+    auto waited = Clock::now() - t0;
+    EXPECT_EQ(r.rfind("HTTP/1.1 408 ", 0), 0u) << r;
+    EXPECT_GE(waited, 250ms);
+    EXPECT_LT(waited, 2s);
+    EXPECT_EQ(refused(HttpRefusal::kTimeout), 1u);
+    close(fd);
+}
+
+TEST_F(Front, IdleKeepAliveClosesSilently) {
+    FrontLimits l;
+    l.keep_alive_timeout = 200ms;
+    start(l);
+    int fd = connect_client();
+    send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(fd), ok("GET /a HTTP/1.1"));
+    EXPECT_EQ(refused(HttpRefusal::kTimeout), 0u);
+    close(fd);
+}
+
+TEST_F(Front, FullSlowLaneAnswers503WhileTheFastLaneServes) {
+    FrontLimits l;
+    l.slow_workers = 1;
+    l.slow_queue = 1;
+    start(l);
+    int running = connect_client();
+    send_all(running, "GET /slow HTTP/1.1\r\n\r\n");
+    for (int i = 0; i < 500 && slow_started_ == 0; ++i) {
+        std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_EQ(slow_started_, 1);
+    int waiting = connect_client();
+    send_all(waiting, "GET /slow HTTP/1.1\r\n\r\n");
+    for (int i = 0; i < 500 && stats_.api_queued == 0; ++i) {
+        std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_EQ(stats_.api_queued, 1);
+    int over = connect_client();
+    send_all(over, "GET /slow?x=1 HTTP/1.1\r\n\r\n");
+    std::string r = read_to_eof(over);
+    EXPECT_EQ(r.rfind("HTTP/1.1 503 ", 0), 0u) << r;
+    EXPECT_NE(r.find("\r\nRetry-After: 1\r\n"), std::string::npos) << r;
+    EXPECT_EQ(refused(HttpRefusal::kBusy), 1u);
+
+    int fast = connect_client();
+    send_all(fast, "GET /healthz HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_n(fast, ok("GET /healthz HTTP/1.1").size()),
+              ok("GET /healthz HTTP/1.1"));
+
+    release_.set_value();
+    release_ = std::promise<void>();  // TearDown sets it again
+    EXPECT_EQ(read_n(running, ok("GET /slow HTTP/1.1").size()),
+              ok("GET /slow HTTP/1.1"));
+    EXPECT_EQ(read_n(waiting, ok("GET /slow HTTP/1.1").size()),
+              ok("GET /slow HTTP/1.1"));
+    for (int fd : {running, waiting, over, fast}) close(fd);
+}
+
+TEST_F(Front, ConnectionsBeyondTheCapAreRefused) {
+    FrontLimits l;
+    l.max_connections = 2;
+    start(l);
+    int a = connect_client();
+    int b = connect_client();
+    send_all(b, "GET /b HTTP/1.1\r\n\r\n");
+    ASSERT_EQ(read_n(b, ok("GET /b HTTP/1.1").size()), ok("GET /b HTTP/1.1"));
+    int c = connect_client();
+    std::string r = read_to_eof(c);
+    EXPECT_EQ(r.rfind("HTTP/1.1 503 ", 0), 0u) << r;
+    EXPECT_NE(r.find("too many connections"), std::string::npos);
+    EXPECT_EQ(stats_.connections_refused, 1u);
+    EXPECT_EQ(stats_.connections, 2);
+    for (int fd : {a, b, c}) close(fd);
+}
+
+TEST_F(Front, HandlerExceptionIs500) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /throw HTTP/1.1\r\n\r\n");
+    std::string r = read_to_eof(fd);
+    EXPECT_EQ(r.rfind("HTTP/1.1 500 ", 0), 0u) << r;
+    close(fd);
+}
+
+TEST_F(Front, BusyPortIsAClearError) {
+    start({});
+    HttpStats other_stats;
+    HttpFront other({}, &other_stats, nullptr, nullptr);
+    try {
+        other.listen("127.0.0.1", front_->port());
+        FAIL() << "listened on a busy port";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("cannot listen on 127.0.0.1:"),
+                  std::string::npos)
+            << e.what();
+        EXPECT_NE(std::string(e.what()).find("in use"), std::string::npos)
+            << e.what();
+    }
+}
+
+}  // namespace
+}  // namespace apikey
