@@ -5,12 +5,11 @@
 # 5 s, apikey_ingest_lag_seconds under 5 s right after the traffic), every
 # request is still recorded exactly once, and every query is answered 200.
 #
-# apikeyd's HTTP server (cpp-httplib) queues requests for its worker
-# threads instead of refusing them, and its PostgreSQL pool opens a session
-# per busy thread: nothing answers 503 for saturation. A 503 (with
-# Retry-After: 1) only comes from the 5 s statement_timeout or an
-# unreachable database (tools/apikeyd/analytics_api.cpp); neither may
-# happen here, so the test wants 200 for all 100.
+# apikeyd's analytics lane runs 4 queries at once and queues 128 more
+# (docs/apikeyd.md, "Limits"): 100 queries all fit, so none may get the
+# 503 "busy; retry". A 503 could otherwise only come from the 5 s
+# statement_timeout or an unreachable database; neither may happen here,
+# so the test wants 200 for all 100.
 # Settings: TEST_APIKEY_ANALYTICS_CLIENTS (default 100).
 
 use strict;

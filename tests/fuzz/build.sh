@@ -30,6 +30,7 @@ declare -A sources=(
     [spool_file]="$d/spool.cpp $d/rollup.cpp $s/usage_record.cpp $s/uuid.cpp $s/key_format.cpp"
     [key_table_attach]="$s/key_table.cpp $s/segment_file.cpp $s/runtime_dir.cpp $s/key_hash.cpp $s/uuid.cpp"
     [runtime_dir]="$s/segment_file.cpp $s/runtime_dir.cpp"
+    [http_head]="$d/http_head.cpp"
     [config_text]="$d/config.cpp"
 )
 libs=(-lcrypto)
@@ -37,7 +38,7 @@ libs=(-lcrypto)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(key_format api_params sanitize_text
                                      spool_file key_table_attach config_text
-                                     runtime_dir)
+                                     runtime_dir http_head)
 
 pids=()
 for t in "${targets[@]}"; do

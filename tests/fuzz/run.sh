@@ -23,7 +23,7 @@ jobs=${APIKEY_FUZZ_JOBS:-$(nproc)}
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(key_format api_params sanitize_text
                                      spool_file key_table_attach config_text
-                                     runtime_dir)
+                                     runtime_dir http_head)
 
 # Largest input per target: a spool frame is 12 + 288 * n bytes, a key
 # table 4096 + 256 * capacity (capacity 32 fits).
@@ -33,6 +33,7 @@ max_len() {
         spool_file) echo 8192 ;;
         key_table_attach) echo 16384 ;;
         runtime_dir) echo 16 ;;
+        http_head) echo 10240 ;;
         *) echo 4096 ;;
     esac
 }
