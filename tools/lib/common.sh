@@ -60,10 +60,11 @@ ensure_browser_test() {
     fi
 }
 
+# Arguments go to cmake's configure step (e.g. -DAPIKEY_COVERAGE=ON).
 build_all() {
     echo "==> building in $APIKEY_BUILD"
     cmake -S "$APIKEY_REPO" -B "$APIKEY_BUILD" \
-        -DCMAKE_BUILD_TYPE="${APIKEY_BUILD_TYPE:-RelWithDebInfo}" >/dev/null
+        -DCMAKE_BUILD_TYPE="${APIKEY_BUILD_TYPE:-RelWithDebInfo}" "$@" >/dev/null
     cmake --build "$APIKEY_BUILD" -j"$(nproc)"
 }
 
