@@ -61,5 +61,5 @@ if ($c_all * 100 >= $min * $t_all) {
     print "    gate: ${min}% passed\n";
     exit 0;
 }
-printf "    gate: FAILED, %s is under %d%%\n", show($c_all, $t_all), $min;
+printf "    gate: FAILED, %s is under %d%%\n", show($c_all, $t_all) =~ s/^ +//r, $min;
 exit 1;
