@@ -294,8 +294,10 @@ GET /big.txt
 --- response_headers
 Content-Length: 65536
 --- check
-my @w = nginx_error_log() =~ /start worker process \d+/g;
-is(scalar @w, 2, "$block->{name} - two workers");
+# the master logs each worker's start as it forks it: poll, the request may
+# have been answered by the first before the second is logged
+ok_eventually(sub { (() = nginx_error_log() =~ /start worker process \d+/g) == 2 },
+              5, "$block->{name} - two workers");
 --- error_log
 exiting
 --- no_error_log
