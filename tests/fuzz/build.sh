@@ -30,7 +30,7 @@ declare -A sources=(
     [spool_file]="$d/spool.cpp $d/rollup.cpp $s/usage_record.cpp $s/uuid.cpp $s/key_format.cpp"
     [key_table_attach]="$s/key_table.cpp $s/segment_file.cpp $s/runtime_dir.cpp $s/key_hash.cpp $s/uuid.cpp"
     [runtime_dir]="$s/segment_file.cpp $s/runtime_dir.cpp"
-    [config_text]="$d/config.cpp"
+    [config_text]="$d/config.cpp $d/daemon_options.cpp"
 )
 libs=(-lcrypto)
 
