@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "daemon_options.h"
+
 namespace apikey {
 namespace {
 
@@ -37,19 +39,29 @@ bool parse_on_off(const std::string& name, const std::string& value) {
                      "\": expected on or off");
 }
 
-void parse_listen(const std::string& value, DaemonConfig* config) {
+void parse_listen(const DaemonOption& o, const std::string& value,
+                  DaemonConfig* config) {
+    // The message quotes the whole value, not only the port in it.
+    auto bad = [&](const std::string& expected) {
+        return UsageError("invalid --" + std::string(o.name) + " \"" + value +
+                          "\": expected " + expected);
+    };
     size_t colon = value.rfind(':');
     if (colon == std::string::npos || colon == 0) {
-        throw UsageError("invalid --listen \"" + value +
-                         "\": expected HOST:PORT");
+        throw bad("HOST:PORT");
     }
     std::string host = value.substr(0, colon);
     if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
         host = host.substr(1, host.size() - 2);
     }
-    config->listen_port = parse_int("listen", value.substr(colon + 1), 1,
-                                    65535);
-    config->listen_host = host;
+    try {
+        config->*o.number =
+            parse_int(o.name, value.substr(colon + 1), o.min, o.max);
+    } catch (const UsageError&) {
+        throw bad("HOST:PORT with a PORT from " + std::to_string(o.min) +
+                  " to " + std::to_string(o.max));
+    }
+    config->*o.text = host;
 }
 
 std::string require_nonempty(const std::string& name,
@@ -60,47 +72,48 @@ std::string require_nonempty(const std::string& name,
     return value;
 }
 
-const char* const kOptionNames[] = {
-    "config", "db",    "node",         "keys",       "usage",
-    "listen", "spool", "spool-max-mb", "raw-events", "retention-months",
-    "key-resync", "keep-dead-keys-days",
-};
-
-bool is_known_option(const std::string& name) {
-    for (const char* known : kOptionNames) {
-        if (name == known) return true;
-    }
-    return false;
-}
-
-// Sets one option by its flag name (without dashes).
-void set_option(const std::string& name, const std::string& value,
-                DaemonConfig* c) {
-    if (name == "db") {
-        c->db = value;
-    } else if (name == "node") {
-        c->node = require_nonempty(name, value);
-    } else if (name == "keys") {
-        c->keys_path = require_nonempty(name, value);
-    } else if (name == "usage") {
-        c->usage_path = require_nonempty(name, value);
-    } else if (name == "listen") {
-        parse_listen(value, c);
-    } else if (name == "spool") {
-        c->spool_dir = require_nonempty(name, value);
-    } else if (name == "spool-max-mb") {
-        c->spool_max_mb = parse_int(name, value, 1, 1 << 20);
-    } else if (name == "raw-events") {
-        c->raw_events = parse_on_off(name, value);
-    } else if (name == "retention-months") {
-        c->retention_months = parse_int(name, value, 1, 1200);
-    } else if (name == "key-resync") {
-        c->key_resync_seconds = parse_int(name, value, 1, 86400);
-    } else if (name == "keep-dead-keys-days") {
-        c->keep_dead_keys_days = parse_int(name, value, 0, 3650);
-    } else {
+const DaemonOption& option_named(const std::string& name) {
+    const DaemonOption* o = find_daemon_option(name);
+    if (o == nullptr) {
         throw UsageError("unknown option --" + name +
                          " (see apikeyd --help)");
+    }
+    return *o;
+}
+
+void read_config_file(const std::string& path, DaemonConfig* config) {
+    std::ifstream f(path);
+    if (!f) {
+        throw UsageError("cannot read config file \"" + path + "\"");
+    }
+    std::stringstream text;
+    text << f.rdbuf();
+    apply_config_text(text.str(), path, config);
+}
+
+// Sets one option from its text, a flag's and a config line's alike.
+void set_option(const DaemonOption& o, const std::string& value,
+                DaemonConfig* c) {
+    switch (o.kind) {
+    case OptionKind::kText:
+        c->*o.text = value;
+        break;
+    case OptionKind::kNonEmpty:
+        c->*o.text = require_nonempty(o.name, value);
+        break;
+    case OptionKind::kInt:
+        c->*o.number = parse_int(o.name, value, o.min, o.max);
+        break;
+    case OptionKind::kOnOff:
+        c->*o.flag = parse_on_off(o.name, value);
+        break;
+    case OptionKind::kListen:
+        parse_listen(o, value, c);
+        break;
+    case OptionKind::kConfigFile:
+        c->*o.text = value;
+        read_config_file(value, c);
+        break;
     }
 }
 
@@ -114,6 +127,14 @@ std::string default_node_name() {
 
 }  // namespace
 
+DaemonConfig::DaemonConfig() {
+    for (const DaemonOption& o : daemon_options()) {
+        if (o.default_value != nullptr) {
+            set_option(o, o.default_value, this);
+        }
+    }
+}
+
 void apply_config_text(const std::string& text, const std::string& origin,
                        DaemonConfig* config) {
     std::istringstream in(text);
@@ -125,16 +146,20 @@ void apply_config_text(const std::string& text, const std::string& origin,
         if (t.empty() || t[0] == '#') {
             continue;
         }
+        std::string where = origin + ":" + std::to_string(lineno) + ": ";
         size_t eq = t.find('=');
         if (eq == std::string::npos) {
-            throw UsageError(origin + ":" + std::to_string(lineno) +
-                             ": expected \"name = value\"");
+            throw UsageError(where + "expected \"name = value\"");
         }
         try {
-            set_option(trim(t.substr(0, eq)), trim(t.substr(eq + 1)), config);
+            const DaemonOption& o = option_named(trim(t.substr(0, eq)));
+            if (!o.in_config_file) {
+                throw UsageError("--" + std::string(o.name) +
+                                 " is not allowed in a config file");
+            }
+            set_option(o, trim(t.substr(eq + 1)), config);
         } catch (const UsageError& e) {
-            throw UsageError(origin + ":" + std::to_string(lineno) + ": " +
-                             e.what());
+            throw UsageError(where + e.what());
         }
     }
 }
@@ -143,7 +168,7 @@ bool parse_daemon_args(const std::vector<std::string>& args,
                        DaemonConfig* config) {
     // Split "--name value" and "--name=value" into pairs first, so that a
     // --config file can be applied before the flags that override it.
-    std::vector<std::pair<std::string, std::string>> flags;
+    std::vector<std::pair<const DaemonOption*, std::string>> flags;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
         if (a == "-h" || a == "--help" || a == "help") {
@@ -154,73 +179,27 @@ bool parse_daemon_args(const std::vector<std::string>& args,
                              "\" (see apikeyd --help)");
         }
         size_t eq = a.find('=');
+        const DaemonOption& o = option_named(a.substr(2, eq - 2));
         if (eq != std::string::npos) {
-            flags.emplace_back(a.substr(2, eq - 2), a.substr(eq + 1));
-            continue;
-        }
-        if (i + 1 >= args.size()) {
-            if (!is_known_option(a.substr(2))) {
-                throw UsageError("unknown option " + a +
-                                 " (see apikeyd --help)");
-            }
+            flags.emplace_back(&o, a.substr(eq + 1));
+        } else if (i + 1 < args.size()) {
+            flags.emplace_back(&o, args[++i]);
+        } else {
             throw UsageError("option " + a + " needs a value");
         }
-        flags.emplace_back(a.substr(2), args[++i]);
     }
 
-    for (const auto& [name, value] : flags) {
-        if (name == "config") {
-            std::ifstream f(value);
-            if (!f) {
-                throw UsageError("cannot read config file \"" + value + "\"");
+    for (bool files : {true, false}) {
+        for (const auto& [o, value] : flags) {
+            if ((o->kind == OptionKind::kConfigFile) == files) {
+                set_option(*o, value, config);
             }
-            std::stringstream text;
-            text << f.rdbuf();
-            config->config_file = value;
-            apply_config_text(text.str(), value, config);
-        }
-    }
-    for (const auto& [name, value] : flags) {
-        if (name != "config") {
-            set_option(name, value, config);
         }
     }
     if (config->node.empty()) {
         config->node = default_node_name();
     }
     return true;
-}
-
-const char* daemon_usage() {
-    return R"(Usage: apikeyd [OPTIONS]
-
-Publishes the API-key table from PostgreSQL for nginx's apikey module, drains
-the usage rings into PostgreSQL, and serves the usage analytics API.
-
-Options (also accepted as "name = value" lines in a --config file):
-  --config FILE            read options from FILE first; flags override it
-  --db CONNINFO            libpq conninfo or URI (default: PG* environment)
-  --node NAME              this host's name in usage records (default: hostname)
-  --keys PATH              key-table segment to publish
-                           (default: /run/apikey/keys; nginx: apikey_keys)
-  --usage PATH             usage-ring segment to drain
-                           (default: /run/apikey/usage; nginx: apikey_usage)
-  --listen HOST:PORT       HTTP API, dashboard, /metrics, /healthz
-                           (default: 127.0.0.1:8089)
-  --spool DIR              on-disk spool while PostgreSQL is unreachable
-                           (default: /var/spool/apikeyd)
-  --spool-max-mb N         spool bound; beyond it records are dropped and
-                           counted (default: 1024)
-  --raw-events on|off      keep one api_key_usage row per request (default: on)
-  --retention-months N     drop raw usage partitions older than N months
-                           (default: 13)
-  --key-resync SECONDS     full key-table resync period (default: 60)
-  --keep-dead-keys-days N  keep revoked/expired keys in the table N days so
-                           nginx reports them as such (default: 30)
-  -h, --help               this text
-
-Signals: SIGTERM/SIGINT stop cleanly.
-)";
 }
 
 }  // namespace apikey

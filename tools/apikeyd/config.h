@@ -8,21 +8,26 @@
 
 namespace apikey {
 
+// The options' names, bounds, defaults and help text are in one table,
+// daemon_options.cpp; the fields here only hold the values.
 struct DaemonConfig {
+    // Every option at its default from the table.
+    DaemonConfig();
+
     std::string db;  // libpq conninfo or URI; "" = PG* environment
     std::string node;
-    std::string keys_path = "/run/apikey/keys";
-    std::string usage_path = "/run/apikey/usage";
-    std::string listen_host = "127.0.0.1";
-    int listen_port = 8089;
-    std::string spool_dir = "/var/spool/apikeyd";
-    int spool_max_mb = 1024;  // beyond this, records are dropped (counted)
-    bool raw_events = true;
-    int retention_months = 13;
-    int key_resync_seconds = 60;
+    std::string keys_path;
+    std::string usage_path;
+    std::string listen_host;
+    int listen_port = 0;
+    std::string spool_dir;
+    int spool_max_mb = 0;  // beyond this, records are dropped (counted)
+    bool raw_events = false;
+    int retention_months = 0;
+    int key_resync_seconds = 0;
     // Revoked or expired keys stay in the key table this long, so nginx can
     // say "revoked"/"expired" (and record usage) rather than "unknown".
-    int keep_dead_keys_days = 30;
+    int keep_dead_keys_days = 0;
     std::string config_file;
 };
 
@@ -37,10 +42,12 @@ public:
 bool parse_daemon_args(const std::vector<std::string>& args,
                        DaemonConfig* config);
 
-// Applies the `name = value` lines of a config file's text.
+// Applies the `name = value` lines of a config file's text (every option
+// but --config itself).
 void apply_config_text(const std::string& text, const std::string& origin,
                        DaemonConfig* config);
 
+// The --help text, built from the options table.
 const char* daemon_usage();
 
 }  // namespace apikey
