@@ -77,6 +77,8 @@ for my $args ([ '--no-such-flag', 'x' ], [ '--no-such-flag=x' ], [ '--no-such-fl
     is($out, '', 'apikeyctl with an unreachable --db - stdout empty');
     one_line_error('apikeyctl', $err, 'apikeyctl with an unreachable --db');
     like($err, qr/connect|connection/i, 'apikeyctl with an unreachable --db - says it cannot connect');
+    like($err, qr/failed: .+ Is the server running/,
+         "apikeyctl with an unreachable --db - libpq's hint kept on the line");
 }
 
 {
