@@ -353,8 +353,6 @@ pg::Connection& UsageStore::connection() {
     if (conn_ && !conn_->ok()) disconnect();
     if (!conn_) {
         auto conn = std::make_unique<pg::Connection>(db_, "apikeyd");
-        // Text goes out as UTF-8 whatever the environment says.
-        conn->exec("SET client_encoding = 'UTF8'");
         conn->exec_script(usage_sql::kKeepalives);
         if (conn->exec(usage_sql::kLockNode, {node_}).get(0, 0) != "t") {
             throw NodeInUse("node \"" + node_ +

@@ -142,12 +142,14 @@ Connection::Connection(const std::string& conninfo,
     // Defaults come first so that the conninfo (expanded where "dbname"
     // stands, later) overrides them: a bounded connect, and keepalives that
     // notice a dead server or a cut network within about a minute.
+    // client_encoding comes after it, so that nothing overrides it.
     const char* keywords[] = {"connect_timeout",
                               "keepalives_idle",
                               "keepalives_interval",
                               "keepalives_count",
                               "dbname",
                               "fallback_application_name",
+                              "client_encoding",
                               nullptr};
     const char* values[] = {
         "10",
@@ -156,6 +158,7 @@ Connection::Connection(const std::string& conninfo,
         "3",
         conninfo.c_str(),
         application_name.empty() ? nullptr : application_name.c_str(),
+        "UTF8",
         nullptr};
     conn_.reset(PQconnectdbParams(keywords, values, 1));
     if (!conn_) throw Error("out of memory allocating a libpq connection");

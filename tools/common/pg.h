@@ -83,6 +83,8 @@ class Connection {
 public:
     // conninfo: a libpq conninfo string or URI; "" uses the PG* environment.
     // application_name is used unless conninfo or PGAPPNAME sets one.
+    // client_encoding is UTF8 whatever conninfo, PGCLIENTENCODING or the
+    // locale say: names, JSON and usage text are UTF-8 on every session.
     // Throws pg::Error with libpq's message (trimmed) on failure. Notices are
     // discarded until set_notice_handler() says otherwise, so nothing reaches
     // stderr behind the caller's back.
