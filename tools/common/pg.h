@@ -85,9 +85,9 @@ public:
     // application_name is used unless conninfo or PGAPPNAME sets one.
     // client_encoding is UTF8 whatever conninfo, PGCLIENTENCODING or the
     // locale say: names, JSON and usage text are UTF-8 on every session.
-    // Throws pg::Error with libpq's message (trimmed) on failure. Notices are
-    // discarded until set_notice_handler() says otherwise, so nothing reaches
-    // stderr behind the caller's back.
+    // Throws pg::Error with libpq's message (on one line) on failure.
+    // Notices are discarded until set_notice_handler() says otherwise, so
+    // nothing reaches stderr behind the caller's back.
     explicit Connection(const std::string& conninfo,
                         const std::string& application_name = {});
     Connection(Connection&&) noexcept = default;
