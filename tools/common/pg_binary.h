@@ -155,51 +155,37 @@ class ArrayParam {
 public:
     explicit ArrayParam(Oid elem) : elem_(elem) {}
 
-    void add_int4(std::int32_t v) {
-        add([&](auto* s) { put_int4_field(s, v); });
-    }
-    void add_int8(std::int64_t v) {
-        add([&](auto* s) { put_int8_field(s, v); });
-    }
-    void add_float8(double v) {
-        add([&](auto* s) { put_float8_field(s, v); });
-    }
+    void add_int4(std::int32_t v) { put_int4_field(next(), v); }
+    void add_int8(std::int64_t v) { put_int8_field(next(), v); }
+    void add_float8(double v) { put_float8_field(next(), v); }
     void add_timestamptz(std::int64_t unix_us) {
-        add([&](auto* s) { put_timestamptz_field(s, unix_us); });
+        put_timestamptz_field(next(), unix_us);
     }
-    void add_uuid(const std::uint8_t* bytes) {
-        add([&](auto* s) { put_uuid_field(s, bytes); });
-    }
-    void add_text(std::string_view text) {
-        add([&](auto* s) { put_bytes_field(s, text); });
-    }
-    void add_inet4(const std::uint8_t* addr) {
-        add([&](auto* s) { put_inet4_field(s, addr); });
-    }
-    void add_inet6(const std::uint8_t* addr) {
-        add([&](auto* s) { put_inet6_field(s, addr); });
-    }
+    void add_uuid(const std::uint8_t* bytes) { put_uuid_field(next(), bytes); }
+    void add_text(std::string_view text) { put_bytes_field(next(), text); }
+    void add_inet4(const std::uint8_t* addr) { put_inet4_field(next(), addr); }
+    void add_inet6(const std::uint8_t* addr) { put_inet6_field(next(), addr); }
     void add_null() {
         has_null_ = true;
-        add([](auto* s) { put_null_field(s); });
+        put_null_field(next());
     }
     // An element whose value append_value(std::string*) appends.
     template <typename Fn>
     void add_encoded(Fn&& append_value) {
-        const std::size_t at = begin_field(&body_);
-        append_value(&body_);
-        end_field(&body_, at);
-        ++count_;
+        std::string* out = next();
+        const std::size_t at = begin_field(out);
+        append_value(out);
+        end_field(out, at);
     }
 
     std::size_t size() const { return count_; }
     BinaryParam param() const;
 
 private:
-    template <typename Fn>
-    void add(Fn&& put_field) {
-        put_field(&body_);
+    // Where the next element goes (counted).
+    std::string* next() {
         ++count_;
+        return &body_;
     }
 
     Oid elem_;
