@@ -77,6 +77,8 @@ for my $args ([ '--no-such-flag', 'x' ], [ '--no-such-flag=x' ], [ '--no-such-fl
     is($out, '', 'apikeyctl with an unreachable --db - stdout empty');
     one_line_error('apikeyctl', $err, 'apikeyctl with an unreachable --db');
     like($err, qr/connect|connection/i, 'apikeyctl with an unreachable --db - says it cannot connect');
+    like($err, qr/failed: .+ Is the server running/,
+         "apikeyctl with an unreachable --db - libpq's hint kept on the line");
 }
 
 {
@@ -161,6 +163,24 @@ for my $case (
 }
 
 is(psql(q{select count(*) from api_keys})->[0][0], 0, 'failed key creations left no rows');
+
+{   # names go in and come out as UTF-8 whatever the conninfo or the
+    # environment say about client_encoding
+    my $name = "Z\xc3\xbcrich \xe2\x82\xac";    # "Zürich €" in UTF-8 bytes
+    local $ENV{PGCLIENTENCODING} = 'LATIN1';
+    my ($rc, $out, $err) = run_cmd(
+        [ $APIKEYCTL, '--db', "$ENV{TEST_APIKEY_DB} client_encoding=LATIN1", '--json',
+          'org', 'create', $name ], timeout => 30);
+    is($rc, 0, 'apikeyctl org create with client_encoding=LATIN1 exits 0') or diag($err);
+    my $created = eval { JSON::PP->new->decode($out) } // {};
+    my $stored = psql_one(q{SELECT encode(convert_to(name, 'UTF8'), 'hex') FROM orgs
+                             WHERE id = :'id'}, { id => $created->{org_id} // '' });
+    is($stored, unpack('H*', $name), 'the org name is stored as the UTF-8 it was given');
+    ($rc, $out, $err) = run_cmd(
+        [ $APIKEYCTL, '--db', "$ENV{TEST_APIKEY_DB} client_encoding=LATIN1", 'org', 'list' ],
+        timeout => 30);
+    like($out, qr/\Q$name\E/, 'apikeyctl org list prints it back as UTF-8') or diag($err);
+}
 
 {   # a database without the schema: the error says to run migrate
     psql(q{CREATE DATABASE unmigrated});

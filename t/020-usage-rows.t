@@ -11,7 +11,9 @@ use lib 't/lib';
 use Test::Apikey;
 
 start_postgres();
-start_apikeyd();
+# Every apikeyd session talks UTF-8 whatever its conninfo says: with
+# LATIN1 here, the UTF-8 user agents below would be stored as mojibake.
+start_apikeyd(db => "$ENV{TEST_APIKEY_DB} client_encoding=LATIN1");
 
 our $org  = apikeyctl('org', 'create', 'usage-rows');
 our $k    = new_key($org->{org_id}, 'main', '--scopes', 'read');

@@ -387,10 +387,6 @@ void cmd_key_revoke(const Options& opts, pg::Connection& conn,
 }  // namespace
 
 void run_command(const Options& opts, pg::Connection& conn, std::ostream& out) {
-    // Names and JSON are UTF-8 whatever the server or locale says.
-    if (PQsetClientEncoding(conn.get(), "UTF8") != 0) {
-        throw CommandError("cannot set client_encoding to UTF8");
-    }
     switch (opts.command) {
         case Command::kMigrate:
             return cmd_migrate(opts, conn, out);

@@ -61,9 +61,6 @@ std::vector<KeySummary> read_key_summaries(const pg::Result& r) {
 }
 
 void setup_session(pg::Connection& conn) {
-    if (PQsetClientEncoding(conn.get(), "UTF8") != 0) {
-        throw pg::Error("cannot set client_encoding to UTF8");
-    }
     conn.exec(
         "SELECT set_config('statement_timeout', $1, false),"
         " set_config('TimeZone', 'UTC', false),"

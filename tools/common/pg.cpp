@@ -5,42 +5,35 @@
 namespace apikey::pg {
 namespace {
 
-std::string trim(const char* text) {
-    std::string s = text ? text : "";
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' ' ||
-                          s.back() == '\t' || s.back() == '\r')) {
-        s.pop_back();
-    }
-    return s;
-}
-
-// The primary message only: DETAIL and CONTEXT can carry row values.
-[[noreturn]] void throw_result_error(PGconn* conn, const PGresult* res) {
-    std::string message;
-    std::string sqlstate;
-    if (res != nullptr) {
-        if (const char* primary =
-                PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)) {
-            message = primary;
+// libpq's messages end in a newline and may continue on an indented line
+// ("\tIs the server running ..."): one line, single spaces.
+std::string one_line(const char* text) {
+    std::string line;
+    bool gap = false;
+    for (const char* p = text; p != nullptr && *p != '\0'; ++p) {
+        if (*p == '\n' || *p == '\r' || *p == '\t' || *p == ' ') {
+            gap = true;
+            continue;
         }
-        if (const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE)) {
-            sqlstate = state;
-        }
-        if (message.empty()) message = trim(PQresultErrorMessage(res));
+        if (gap && !line.empty()) line.push_back(' ');
+        gap = false;
+        line.push_back(*p);
     }
-    // No result or no message: the connection itself failed.
-    if (message.empty()) message = trim(PQerrorMessage(conn));
-    if (message.empty() && res != nullptr) {
-        message = std::string("unexpected result ") +
-                  PQresStatus(PQresultStatus(res));
-    }
-    if (message.empty()) message = "unknown libpq error";
-    throw Error(message, sqlstate);
+    return line;
 }
 
 void dispatch_notice(void* arg, const char* message) {
     auto* handler = static_cast<NoticeHandler*>(arg);
-    if (handler != nullptr && *handler) (*handler)(trim(message));
+    if (handler != nullptr && *handler) (*handler)(one_line(message));
+}
+
+// A statement's result: rows or a completed command, else an Error.
+void check_ok(PGconn* conn, const Result& res) {
+    ExecStatusType status = PQresultStatus(res.get());
+    if (res.get() == nullptr ||
+        (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)) {
+        throw_error(conn, res.get());
+    }
 }
 
 int hex_value(char c) {
@@ -52,6 +45,34 @@ int hex_value(char c) {
 
 }  // namespace
 
+// The primary message only: DETAIL and CONTEXT can carry row values.
+Error error_from(PGconn* conn, const PGresult* res) {
+    std::string message;
+    std::string sqlstate;
+    if (res != nullptr) {
+        if (const char* primary =
+                PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)) {
+            message = primary;
+        }
+        if (const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE)) {
+            sqlstate = state;
+        }
+        if (message.empty()) message = one_line(PQresultErrorMessage(res));
+    }
+    // No result or no message: the connection itself failed.
+    if (message.empty()) message = one_line(PQerrorMessage(conn));
+    if (message.empty() && res != nullptr) {
+        message = std::string("unexpected result ") +
+                  PQresStatus(PQresultStatus(res));
+    }
+    if (message.empty()) message = "unknown libpq error";
+    return Error(message, sqlstate);
+}
+
+void throw_error(PGconn* conn, const PGresult* res) {
+    throw error_from(conn, res);
+}
+
 std::string Result::get(int row, int col) const {
     if (is_null(row, col)) return {};
     return std::string(raw(row, col),
@@ -61,6 +82,13 @@ std::string Result::get(int row, int col) const {
 std::optional<std::string> Result::get_optional(int row, int col) const {
     if (is_null(row, col)) return std::nullopt;
     return get(row, col);
+}
+
+std::size_t Result::affected_rows() const {
+    const char* n = PQcmdTuples(res_.get());
+    return n != nullptr && *n != '\0'
+               ? static_cast<std::size_t>(std::stoull(n))
+               : 0;
 }
 
 std::string bytea_param(const void* data, std::size_t size) {
@@ -114,17 +142,28 @@ Connection::Connection(const std::string& conninfo,
     // Defaults come first so that the conninfo (expanded where "dbname"
     // stands, later) overrides them: a bounded connect, and keepalives that
     // notice a dead server or a cut network within about a minute.
-    const char* keywords[] = {"connect_timeout",    "keepalives_idle",
-                              "keepalives_interval", "keepalives_count",
-                              "dbname",             "fallback_application_name",
+    // client_encoding comes after it, so that nothing overrides it.
+    const char* keywords[] = {"connect_timeout",
+                              "keepalives_idle",
+                              "keepalives_interval",
+                              "keepalives_count",
+                              "dbname",
+                              "fallback_application_name",
+                              "client_encoding",
                               nullptr};
     const char* values[] = {
-        "10", "30", "10", "3", conninfo.c_str(),
-        application_name.empty() ? nullptr : application_name.c_str(), nullptr};
+        "10",
+        "30",
+        "10",
+        "3",
+        conninfo.c_str(),
+        application_name.empty() ? nullptr : application_name.c_str(),
+        "UTF8",
+        nullptr};
     conn_.reset(PQconnectdbParams(keywords, values, 1));
     if (!conn_) throw Error("out of memory allocating a libpq connection");
     if (PQstatus(conn_.get()) != CONNECTION_OK) {
-        std::string message = trim(PQerrorMessage(conn_.get()));
+        std::string message = one_line(PQerrorMessage(conn_.get()));
         if (message.empty()) message = "could not connect to the database";
         throw Error(message);
     }
@@ -143,11 +182,7 @@ Result Connection::exec(const std::string& sql,
     Result res(PQexecParams(conn_.get(), sql.c_str(),
                             static_cast<int>(values.size()), nullptr,
                             values.data(), nullptr, nullptr, 0));
-    ExecStatusType status = PQresultStatus(res.get());
-    if (res.get() == nullptr ||
-        (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)) {
-        throw_result_error(conn_.get(), res.get());
-    }
+    check_ok(conn_.get(), res);
     return res;
 }
 
@@ -157,8 +192,24 @@ void Connection::exec_script(const std::string& sql) {
     if (res.get() == nullptr ||
         (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK &&
          status != PGRES_EMPTY_QUERY)) {
-        throw_result_error(conn_.get(), res.get());
+        throw_error(conn_.get(), res.get());
     }
+}
+
+void Connection::prepare(const std::string& name, const std::string& sql) {
+    Result res(
+        PQprepare(conn_.get(), name.c_str(), sql.c_str(), 0, nullptr));
+    check_ok(conn_.get(), res);
+}
+
+Result Connection::exec_prepared(const std::string& name,
+                                 const std::vector<BinaryParam>& params) {
+    BoundParams b(params);
+    Result res(PQexecPrepared(conn_.get(), name.c_str(), b.count(),
+                              b.values.data(), b.lengths.data(),
+                              b.formats.data(), 0));
+    check_ok(conn_.get(), res);
+    return res;
 }
 
 }  // namespace apikey::pg

@@ -14,6 +14,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "pg_binary.h"
+
 namespace apikey::pg {
 
 // A libpq failure. what() is the server's primary message (or libpq's, for
@@ -29,6 +31,13 @@ public:
 private:
     std::string sqlstate_;
 };
+
+// The one way a libpq failure becomes an Error: the result's primary
+// message and SQLSTATE, else the connection's message; libpq's own
+// messages span lines, so every run of whitespace becomes one space and a
+// log line stays whole. res may be null (a call that returns no result).
+Error error_from(PGconn* conn, const PGresult* res);
+[[noreturn]] void throw_error(PGconn* conn, const PGresult* res);
 
 class Result {
 public:
@@ -47,6 +56,8 @@ public:
     int length(int row, int col) const {
         return PQgetlength(res_.get(), row, col);
     }
+    // Rows an INSERT, UPDATE, DELETE ... touched (0 for other commands).
+    std::size_t affected_rows() const;
     PGresult* get() const { return res_.get(); }
 
 private:
@@ -72,9 +83,11 @@ class Connection {
 public:
     // conninfo: a libpq conninfo string or URI; "" uses the PG* environment.
     // application_name is used unless conninfo or PGAPPNAME sets one.
-    // Throws pg::Error with libpq's message (trimmed) on failure. Notices are
-    // discarded until set_notice_handler() says otherwise, so nothing reaches
-    // stderr behind the caller's back.
+    // client_encoding is UTF8 whatever conninfo, PGCLIENTENCODING or the
+    // locale say: names, JSON and usage text are UTF-8 on every session.
+    // Throws pg::Error with libpq's message (on one line) on failure.
+    // Notices are discarded until set_notice_handler() says otherwise, so
+    // nothing reaches stderr behind the caller's back.
     explicit Connection(const std::string& conninfo,
                         const std::string& application_name = {});
     Connection(Connection&&) noexcept = default;
@@ -89,6 +102,12 @@ public:
     // an open transaction it joins that transaction; otherwise the whole
     // script runs as one implicit transaction.
     void exec_script(const std::string& sql);
+    // Prepares `sql` under `name` for this session; parameter types come
+    // from the casts in the SQL.
+    void prepare(const std::string& name, const std::string& sql);
+    // Runs a prepared statement with binary parameters (text results).
+    Result exec_prepared(const std::string& name,
+                         const std::vector<BinaryParam>& params);
 
     PGconn* get() const { return conn_.get(); }
     bool ok() const { return PQstatus(conn_.get()) == CONNECTION_OK; }
