@@ -74,10 +74,7 @@ constexpr std::int64_t kMaxRecordTimeUs = 7258118400LL * 1000000;  // 2200
 // A record with a known key and a sane time; the rest only move the ring
 // position on.
 bool storable(const UsageRecord& r) {
-    const bool known_key =
-        r.result == AuthResult::kOk || r.result == AuthResult::kExpired ||
-        r.result == AuthResult::kRevoked || r.result == AuthResult::kForbidden;
-    return known_key && r.time_us >= kMinRecordTimeUs &&
+    return result_is_recorded(r.result) && r.time_us >= kMinRecordTimeUs &&
            r.time_us < kMaxRecordTimeUs;
 }
 

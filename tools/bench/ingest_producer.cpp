@@ -50,7 +50,8 @@ apikey::UsageRecord make_record(std::mt19937_64& rng, std::uint32_t keys,
     } else {
         key = static_cast<std::uint32_t>(rng() % keys);
     }
-    // Key k belongs to org k / 10; ids are synthetic, rows need no FK.
+    // Key k belongs to org k / 10 (tools/bench/ingest inserts both: apikeyd
+    // stores usage of known keys only).
     std::memcpy(r.key_id, &key, sizeof(key));
     r.key_id[6] = 0x40;
     r.key_id[8] = 0x80;
@@ -92,7 +93,7 @@ int main(int argc, char** argv) {
     apikey::UsageSegment seg;
     bool created = false;
     std::string err;
-    if (seg.open_or_create(path, layout, 0660, &created, &err) !=
+    if (seg.open_or_create(path, layout, 0600, &created, &err) !=
         apikey::SegmentStatus::kOk) {
         std::fprintf(stderr, "producer: %s\n", err.c_str());
         return 1;
