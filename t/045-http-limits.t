@@ -371,13 +371,18 @@ diag(sprintf 'storm %.1f s: /healthz %d probes p50 %.1f ms p95 %.1f ms p99 %.1f 
     # the overflow is answered at once; the others wait for the lock
     my (%answer, @busy);
     my $sel = IO::Select->new(@socks);
-    my $end = time + 1.5;
-    while (time < $end) {
+    # until the overflow has all been answered (the loop may take a while
+    # to read 150 requests on a loaded machine), and a moment more
+    my $overflow = $n - $API_WORKERS - $API_QUEUE;
+    my $end = time + 10 * timeout_factor();
+    my $settle;
+    while (time < $end && (!$settle || time < $settle)) {
         for my $s ($sel->can_read(0.2)) {
             $answer{ fileno $s } = read_all($s, 1);
             push @busy, $answer{ fileno $s };
             $sel->remove($s);
         }
+        $settle //= time + 0.5 if @busy >= $overflow;
     }
     my $queued = apikeyd_metrics()->{apikey_http_api_queued};
     my @h = map { apikeyd_get('/healthz', [], timeout => 5) } 1 .. 10;
