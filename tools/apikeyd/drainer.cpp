@@ -77,7 +77,7 @@ struct Drainer::Source {
 };
 
 Drainer::Drainer(const DaemonConfig& config, DrainerStats* stats,
-                 const KeyIndex* keys)
+                 KeyIndex* keys)
     : config_(config),
       stats_(stats),
       keys_(keys),
@@ -295,7 +295,9 @@ std::size_t Drainer::drain_once() {
     std::vector<UsageRecord> batch;
     std::vector<RingEnd> ends;
     std::size_t read = 0;
-    if (keys_known()) {
+    const std::int64_t started = now_us();
+    const bool reading = keys_known();
+    if (reading) {
         for (auto& src : sources_) {
             collect(*src, &batch, &ends);
         }
@@ -314,6 +316,12 @@ std::size_t Drainer::drain_once() {
     }
     for (auto& src : sources_) {
         reap_slots(*src);
+    }
+    // Every ring was read up to its head (the batch had room), so every
+    // record written before `started` is read: keys removed more than a
+    // grace period before that have no record left to come.
+    if (reading && read < kMaxBatch) {
+        keys_->forget_removed_before(started - kRemovedKeyGraceUs);
     }
     return read;
 }

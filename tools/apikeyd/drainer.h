@@ -68,9 +68,9 @@ struct SegmentSnapshot {
 
 class Drainer {
 public:
-    // `keys` (maintained by the key publisher) outlives the drainer.
-    Drainer(const DaemonConfig& config, DrainerStats* stats,
-            const KeyIndex* keys);
+    // `keys` (maintained by the key publisher) outlives the drainer, which
+    // forgets removed keys in it once it has read their last records.
+    Drainer(const DaemonConfig& config, DrainerStats* stats, KeyIndex* keys);
     ~Drainer();
 
     // Takes this node's lock in PostgreSQL, waiting a few seconds for a
@@ -116,7 +116,7 @@ private:
 
     const DaemonConfig& config_;
     DrainerStats* stats_;
-    const KeyIndex* keys_;
+    KeyIndex* keys_;
     std::unique_ptr<UsageStore> store_;
     std::unique_ptr<Spool> spool_;
     // Changed only by the drainer thread, under the mutex; /metrics reads

@@ -21,7 +21,7 @@ void KeyIndex::remove(const Uuid& key_id, std::int64_t now_us) {
     std::unique_lock<std::shared_mutex> lock(mutex_);
     auto it = keys_.find(key_id);
     if (it != keys_.end()) mark_removed(key_id, &it->second, now_us);
-    forget_expired(now_us);
+    forget_before(now_us - max_us_);
 }
 
 void KeyIndex::retain_only(const std::vector<Uuid>& keep,
@@ -31,7 +31,12 @@ void KeyIndex::retain_only(const std::vector<Uuid>& keep,
     for (auto& [id, entry] : keys_) {
         if (kept.count(id) == 0) mark_removed(id, &entry, now_us);
     }
-    forget_expired(now_us);
+    forget_before(now_us - max_us_);
+}
+
+void KeyIndex::forget_removed_before(std::int64_t cutoff_us) {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    forget_before(cutoff_us);
 }
 
 void KeyIndex::mark_removed(const Uuid& key_id, Entry* entry,
@@ -42,9 +47,8 @@ void KeyIndex::mark_removed(const Uuid& key_id, Entry* entry,
     removals_.emplace_back(now_us, key_id);
 }
 
-void KeyIndex::forget_expired(std::int64_t now_us) {
-    while (!removals_.empty() &&
-           now_us - removals_.front().first > grace_us_) {
+void KeyIndex::forget_before(std::int64_t cutoff_us) {
+    while (!removals_.empty() && removals_.front().first < cutoff_us) {
         auto it = keys_.find(removals_.front().second);
         // Not if it was put again (live) or removed again later.
         if (it != keys_.end() && it->second.removed &&
@@ -71,7 +75,7 @@ KeyVerdict KeyIndex::check(const Uuid& key_id, const Uuid& org_id,
     auto it = keys_.find(key_id);
     if (it == keys_.end()) return KeyVerdict::kUnknownKey;
     const Entry& e = it->second;
-    if (e.removed && now_us - e.removed_at_us > grace_us_) {
+    if (e.removed && now_us - e.removed_at_us > max_us_) {
         return KeyVerdict::kUnknownKey;
     }
     return e.org_id == org_id ? KeyVerdict::kKnown : KeyVerdict::kOrgMismatch;
