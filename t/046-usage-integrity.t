@@ -2,10 +2,12 @@
 # someone else (here: the test, as root) for an unknown key or another org
 # are not stored and are counted; a record that claims another identity
 # (slot, generation, jumped sequence) cannot hide the genuine records after
-# it. Also: keys that never expire ('infinity', the last timestamp
-# PostgreSQL has) load; a second apikeyd with the same --node is refused,
-# at start and after a reconnect; usage_offsets rows of finished rings are
-# pruned past retention; a worker in another PID namespace keeps its ring.
+# it; a record of a key written just after the key was deleted is stored
+# (a request checked before the deletion). Also: keys that never expire
+# ('infinity', the last timestamp PostgreSQL has) load; a second apikeyd
+# with the same --node is refused, at start and after a reconnect;
+# usage_offsets rows of finished rings are pruned past retention; a worker
+# in another PID namespace keeps its ring.
 
 use strict;
 use warnings;
@@ -81,6 +83,23 @@ sub sentinel {
     is(rows_at('/forged-org'), 0, 'org mismatch: no row for the forged record');
     is(rejected('org_mismatch'), 1, 'org mismatch: apikey_usage_rejected_total{reason="org_mismatch"} 1');
     is(key_request_count($ka->{key_id}), $genuine, 'org mismatch: request_count counts only the genuine requests');
+}
+
+{
+    # A request checked before its key was deleted writes its record when it
+    # ends: for a grace period after the removal, such records are stored,
+    # although the drainer has read every ring to its head many times since.
+    my $kd = apikeyctl('key', 'create', '--org', $org_a->{org_id}, '--name', 'deleted');
+    wait_until(sub { get_with_key($kd->{key})->{status} == 200 }, 5, 'key to delete published');
+    psql(q{DELETE FROM api_keys WHERE id = :'id'}, { id => $kd->{key_id} });
+    my $gone = eval { wait_until(sub { get_with_key($kd->{key})->{status} == 401 }, 5, 'key removed'); 1 };
+    ok($gone, 'deleted key: nginx refuses it') or diag($@);
+    usage_ring_forge($slot, key_id => $kd->{key_id}, org_id => $org_a->{org_id},
+                     endpoint => '/after-delete');
+    sentinel('deleted key:');
+    is(psql_one(q{SELECT count(*) FROM api_key_usage WHERE key_id = :'id' AND endpoint = '/after-delete'},
+                { id => $kd->{key_id} }), 1, 'deleted key: its record written after the deletion is stored');
+    is(rejected('unknown_key'), 1, 'deleted key: nothing more rejected');
 }
 
 {
