@@ -15,6 +15,8 @@
 #include <string>
 #include <thread>
 
+#include "process_limits.h"
+
 namespace apikey {
 namespace {
 
@@ -22,10 +24,13 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 // Answers 200 with the request line as the body; "/slow" waits for `gate`,
-// "/throw" throws.
+// "/throw" throws, "/throw-int" throws something else, "/empty" answers
+// nothing and "/big" answers kBigBody bytes.
+constexpr std::size_t kBigBody = 8 << 20;
+
 class Front : public ::testing::Test {
 protected:
-    void start(FrontLimits limits) {
+    void start(FrontLimits limits, const std::string& host = "127.0.0.1") {
         front_ = std::make_unique<HttpFront>(
             limits, &stats_,
             [this](std::string_view req, const Peer& peer, bool last) {
@@ -33,19 +38,26 @@ protected:
                 if (line.find(" /throw ") != std::string::npos) {
                     throw std::runtime_error("boom");
                 }
+                if (line.find(" /throw-int ") != std::string::npos) throw 42;
+                if (line.find(" /empty ") != std::string::npos) {
+                    return Reply{"", false};
+                }
                 if (line.find(" /slow ") != std::string::npos) {
                     ++slow_started_;
                     gate_.wait();
                 }
                 peer_ip_ = peer.ip;
                 std::string body = line;
+                if (line.find(" /big ") != std::string::npos) {
+                    body.assign(kBigBody, 'x');
+                }
                 return Reply{"HTTP/1.1 200 OK\r\nContent-Length: " +
                                  std::to_string(body.size()) + "\r\n\r\n" +
                                  body,
                              last};
             },
             [](std::string_view path) { return path == "/slow"; });
-        front_->listen("127.0.0.1", 0);
+        front_->listen(host, 0);
         thread_ = std::thread([this] { front_->run(); });
     }
 
@@ -56,15 +68,25 @@ protected:
         EXPECT_EQ(stats_.connections.load(), 0);
     }
 
-    int connect_client() {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
+    // A socket with a 5 s receive timeout (an unconnected one: connect_to).
+    static int client_socket(int family = AF_INET) {
+        int fd = socket(family, SOCK_STREAM, 0);
         timeval tv{5, 0};
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        return fd;
+    }
+
+    void connect_to(int fd) {
         sockaddr_in sa{};
         sa.sin_family = AF_INET;
         sa.sin_port = htons(static_cast<uint16_t>(front_->port()));
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    }
+
+    int connect_client() {
+        int fd = client_socket();
+        connect_to(fd);
         return fd;
     }
 
@@ -262,6 +284,153 @@ TEST_F(Front, BusyPortIsAClearError) {
             << e.what();
         EXPECT_NE(std::string(e.what()).find("in use"), std::string::npos)
             << e.what();
+    }
+}
+
+TEST_F(Front, ServesIpv6AndSeesThePeer) {
+    start({}, "::1");
+    int fd = client_socket(AF_INET6);
+    sockaddr_in6 sa{};
+    sa.sin6_family = AF_INET6;
+    sa.sin6_port = htons(static_cast<uint16_t>(front_->port()));
+    sa.sin6_addr = in6addr_loopback;
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_n(fd, ok("GET /a HTTP/1.1").size()), ok("GET /a HTTP/1.1"));
+    EXPECT_EQ(peer_ip_, "::1");
+    close(fd);
+}
+
+TEST_F(Front, NoPortBeforeListening) {
+    HttpFront f({}, &stats_, nullptr, nullptr);
+    EXPECT_EQ(f.port(), -1);
+}
+
+TEST_F(Front, AHostThatDoesNotResolveIsAClearError) {
+    HttpFront f({}, &stats_, nullptr, nullptr);
+    try {
+        f.listen("no such host", 8080);
+        FAIL() << "listened on a name that does not resolve";
+    } catch (const std::runtime_error& e) {
+        EXPECT_EQ(std::string(e.what()).rfind("cannot listen on no such host:8080 (", 0),
+                  0u)
+            << e.what();
+    }
+}
+
+TEST_F(Front, OutOfDescriptorsAtStartIsAClearError) {
+    testing::NoMoreDescriptors limit;
+    ASSERT_TRUE(limit.ok());
+    try {
+        HttpFront f({}, &stats_, nullptr, nullptr);
+        FAIL() << "made an epoll descriptor past RLIMIT_NOFILE";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("cannot create epoll"),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+TEST_F(Front, OutOfDescriptorsForTheSocketIsAClearError) {
+    HttpFront f({}, &stats_, nullptr, nullptr);
+    testing::NoMoreDescriptors limit;
+    ASSERT_TRUE(limit.ok());
+    try {
+        f.listen("127.0.0.1", 0);
+        FAIL() << "made a socket past RLIMIT_NOFILE";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("cannot listen on 127.0.0.1:0 ("),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+TEST_F(Front, OutOfDescriptorsAtAcceptWaitsAndThenServes) {
+    start({});
+    int fd = client_socket();
+    {
+        // The connection waits in the backlog: accept() fails with EMFILE
+        // and the loop pauses accepting instead of spinning.
+        testing::NoMoreDescriptors limit;
+        ASSERT_TRUE(limit.ok());
+        connect_to(fd);
+        send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
+        timeval tv{0, 300 * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        char byte;
+        EXPECT_EQ(recv(fd, &byte, 1, MSG_PEEK), -1) << "answered anyway";
+        EXPECT_EQ(stats_.connections, 0);
+    }
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    EXPECT_EQ(read_n(fd, ok("GET /a HTTP/1.1").size()), ok("GET /a HTTP/1.1"));
+    close(fd);
+}
+
+TEST_F(Front, AnyThrownValueIs500) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /throw-int HTTP/1.1\r\n\r\n");
+    std::string r = read_to_eof(fd);
+    EXPECT_EQ(r.rfind("HTTP/1.1 500 ", 0), 0u) << r;
+    close(fd);
+}
+
+TEST_F(Front, AnEmptyReplyClosesWithoutAnAnswer) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /empty HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(fd), "");
+    close(fd);
+}
+
+TEST_F(Front, ALargeAnswerGoesOutAsTheClientReads) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /big HTTP/1.1\r\n\r\n");
+    // The answer outgrows the socket buffers: the rest waits for EPOLLOUT.
+    std::this_thread::sleep_for(200ms);
+    std::string head = "HTTP/1.1 200 OK\r\nContent-Length: " +
+                       std::to_string(kBigBody) + "\r\n\r\n";
+    std::string r = read_n(fd, head.size() + kBigBody);
+    EXPECT_EQ(r.size(), head.size() + kBigBody);
+    EXPECT_EQ(r.substr(0, head.size()), head);
+    EXPECT_EQ(r.find_first_not_of('x', head.size()), std::string::npos);
+    EXPECT_EQ(stats_.write_timeouts, 0u);
+    close(fd);
+}
+
+TEST_F(Front, AReaderThatStallsIsClosedAtTheWriteTimeout) {
+    FrontLimits l;
+    l.write_timeout = 200ms;
+    start(l);
+    int fd = connect_client();
+    send_all(fd, "GET /big HTTP/1.1\r\n\r\n");
+    for (int i = 0; i < 400 && stats_.write_timeouts == 0; ++i) {
+        std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_EQ(stats_.write_timeouts, 1u);
+    EXPECT_LT(read_to_eof(fd).size(), kBigBody) << "cut short";
+    close(fd);
+}
+
+TEST_F(Front, AResetMidRequestClosesTheConnection) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /a HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < 400 && stats_.connections == 0; ++i) {
+        std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_EQ(stats_.connections, 1);
+    linger abort{1, 0};  // close() sends RST
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof(abort));
+    close(fd);
+    for (int i = 0; i < 400 && stats_.connections != 0; ++i) {
+        std::this_thread::sleep_for(5ms);
+    }
+    EXPECT_EQ(stats_.connections, 0);
+    for (int r = 0; r < static_cast<int>(HttpRefusal::kCount); ++r) {
+        EXPECT_EQ(refused(static_cast<HttpRefusal>(r)), 0u) << r;
     }
 }
 
