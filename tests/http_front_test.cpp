@@ -414,6 +414,23 @@ TEST_F(Front, AReaderThatStallsIsClosedAtTheWriteTimeout) {
     close(fd);
 }
 
+TEST_F(Front, AResetWhileAnswerWaitsClosesTheConnection) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /big HTTP/1.1\r\n\r\n");
+    // The first bytes arrive: the rest of the answer waits for room.
+    char byte;
+    ASSERT_EQ(recv(fd, &byte, 1, 0), 1);
+    linger abort{1, 0};  // close() sends RST
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof(abort));
+    close(fd);
+    for (int i = 0; i < 400 && stats_.connections != 0; ++i) {
+        std::this_thread::sleep_for(5ms);
+    }
+    EXPECT_EQ(stats_.connections, 0);
+    EXPECT_EQ(stats_.write_timeouts, 0u) << "closed at the reset, not later";
+}
+
 TEST_F(Front, AResetMidRequestClosesTheConnection) {
     start({});
     int fd = connect_client();
