@@ -175,6 +175,24 @@ TEST_F(ApiAuthTest, FollowsAReplacedTable) {
     EXPECT_EQ(auth(a, key).status, AuthStatus::kRevoked);
 }
 
+TEST_F(ApiAuthTest, CheckKeyRefusesAMalformedKeyBeforeTheTable) {
+    std::string key = generate_key("ak");
+    KeyTableWriter w = publish({entry(key, "usage:read")});
+    KeyTableReader table;
+    std::string why;
+    ASSERT_EQ(table.attach(path_.c_str(), &why), SegmentStatus::kOk) << why;
+    EXPECT_EQ(check_key(table, key, kNow).status, AuthStatus::kOk);
+    EXPECT_EQ(check_key(table, key.substr(1), kNow).status,
+              AuthStatus::kMalformed);
+    EXPECT_EQ(check_key(KeyTableReader(), key, kNow).status,
+              AuthStatus::kUnavailable);
+}
+
+TEST(AuthStatusMessage, NothingToSayForOkOrUnavailable) {
+    EXPECT_EQ(auth_status_message(AuthStatus::kOk), "");
+    EXPECT_EQ(auth_status_message(AuthStatus::kUnavailable), "");
+}
+
 TEST(AuthStatusMessage, SaysWhyWithoutTheKey) {
     EXPECT_EQ(auth_status_message(AuthStatus::kRevoked), "revoked API key");
     EXPECT_EQ(auth_status_message(AuthStatus::kExpired), "expired API key");

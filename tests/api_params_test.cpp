@@ -85,6 +85,11 @@ TEST(ParseQuery, IgnoresAFragment) {
 // --- time parsing
 // ------------------------------------------------------------------
 
+TEST(IntervalName, AsTheQueryNamesIt) {
+    EXPECT_EQ(interval_name(Interval::kHour), "hour");
+    EXPECT_EQ(interval_name(Interval::kDay), "day");
+}
+
 TEST(ParseTime, RFC3339WithZ) {
     EXPECT_EQ(at("1970-01-01T00:00:00Z"), 0);
     EXPECT_EQ(at("2024-05-15T10:30:00Z"), kNow);
@@ -133,6 +138,7 @@ TEST(ParseTime, RejectsMalformed) {
              "2024-05-15T10:30:00+0200",  // offset without colon
              "2024-05-15T10:30:00+02",
              "2024-05-15T10:30:00ZZ",
+             "2024-05-15T10:30:00X",      // no such zone designator
              "2024-05-15T10:30:00Z ",
              " 2024-05-15",
              "2024-05-15x",

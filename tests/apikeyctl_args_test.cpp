@@ -401,6 +401,15 @@ TEST(ParseArgs, HelpCommandTakesATopic) {
     EXPECT_THROW(parse({"help", "key", "bogus"}), UsageError);
 }
 
+TEST(ParseArgs, HelpRefusesWordsAfterItsTopic) {
+    try {
+        parse({"help", "org", "list", "extra"});
+        FAIL() << "took a word after the topic";
+    } catch (const UsageError& e) {
+        EXPECT_STREQ(e.what(), "unexpected argument \"extra\" for 'help'");
+    }
+}
+
 TEST(Usage, EachTopicDescribesItsCommand) {
     EXPECT_NE(usage("").find("key rotate KEY_ID"), std::string::npos);
     EXPECT_NE(usage("").find("Exit status"), std::string::npos);

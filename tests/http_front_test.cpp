@@ -15,6 +15,8 @@
 #include <string>
 #include <thread>
 
+#include "process_limits.h"
+
 namespace apikey {
 namespace {
 
@@ -22,10 +24,13 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 // Answers 200 with the request line as the body; "/slow" waits for `gate`,
-// "/throw" throws.
+// "/throw" throws, "/throw-int" throws something else, "/empty" answers
+// nothing and "/big" answers kBigBody bytes.
+constexpr std::size_t kBigBody = 8 << 20;
+
 class Front : public ::testing::Test {
 protected:
-    void start(FrontLimits limits) {
+    void start(FrontLimits limits, const std::string& host = "127.0.0.1") {
         front_ = std::make_unique<HttpFront>(
             limits, &stats_,
             [this](std::string_view req, const Peer& peer, bool last) {
@@ -33,19 +38,26 @@ protected:
                 if (line.find(" /throw ") != std::string::npos) {
                     throw std::runtime_error("boom");
                 }
+                if (line.find(" /throw-int ") != std::string::npos) throw 42;
+                if (line.find(" /empty ") != std::string::npos) {
+                    return Reply{"", false};
+                }
                 if (line.find(" /slow ") != std::string::npos) {
                     ++slow_started_;
                     gate_.wait();
                 }
                 peer_ip_ = peer.ip;
                 std::string body = line;
+                if (line.find(" /big ") != std::string::npos) {
+                    body.assign(kBigBody, 'x');
+                }
                 return Reply{"HTTP/1.1 200 OK\r\nContent-Length: " +
                                  std::to_string(body.size()) + "\r\n\r\n" +
                                  body,
                              last};
             },
             [](std::string_view path) { return path == "/slow"; });
-        front_->listen("127.0.0.1", 0);
+        front_->listen(host, 0);
         thread_ = std::thread([this] { front_->run(); });
     }
 
@@ -56,15 +68,25 @@ protected:
         EXPECT_EQ(stats_.connections.load(), 0);
     }
 
-    int connect_client() {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
+    // A socket with a 5 s receive timeout (an unconnected one: connect_to).
+    static int client_socket(int family = AF_INET) {
+        int fd = socket(family, SOCK_STREAM, 0);
         timeval tv{5, 0};
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        return fd;
+    }
+
+    void connect_to(int fd) {
         sockaddr_in sa{};
         sa.sin_family = AF_INET;
         sa.sin_port = htons(static_cast<uint16_t>(front_->port()));
         sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    }
+
+    int connect_client() {
+        int fd = client_socket();
+        connect_to(fd);
         return fd;
     }
 
@@ -97,6 +119,32 @@ protected:
     static std::string ok(const std::string& line) {
         return "HTTP/1.1 200 OK\r\nContent-Length: " +
                std::to_string(line.size()) + "\r\n\r\n" + line;
+    }
+
+    // Polls for up to 4 s until `done` holds.
+    template <typename Cond>
+    static void wait_for(Cond done) {
+        for (int i = 0; i < 800 && !done(); ++i) {
+            std::this_thread::sleep_for(5ms);
+        }
+    }
+
+    // Closes with a reset (RST) instead of a FIN.
+    static void reset(int fd) {
+        linger abort{1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof(abort));
+        close(fd);
+    }
+
+    // What `fn` threw as std::runtime_error ("" when nothing).
+    template <typename Fn>
+    static std::string error_of(Fn fn) {
+        try {
+            fn();
+        } catch (const std::runtime_error& e) {
+            return e.what();
+        }
+        return "";
     }
 
     std::uint64_t refused(HttpRefusal r) const {
@@ -240,28 +288,151 @@ TEST_F(Front, ConnectionsBeyondTheCapAreRefused) {
     for (int fd : {a, b, c}) close(fd);
 }
 
-TEST_F(Front, HandlerExceptionIs500) {
+TEST_F(Front, HandlerExceptionIs500WhateverIsThrown) {
     start({});
-    int fd = connect_client();
-    send_all(fd, "GET /throw HTTP/1.1\r\n\r\n");
-    std::string r = read_to_eof(fd);
-    EXPECT_EQ(r.rfind("HTTP/1.1 500 ", 0), 0u) << r;
-    close(fd);
+    for (const char* path : {"/throw", "/throw-int"}) {
+        int fd = connect_client();
+        send_all(fd, std::string("GET ") + path + " HTTP/1.1\r\n\r\n");
+        std::string r = read_to_eof(fd);
+        EXPECT_EQ(r.rfind("HTTP/1.1 500 ", 0), 0u) << path << ": " << r;
+        close(fd);
+    }
 }
 
 TEST_F(Front, BusyPortIsAClearError) {
     start({});
     HttpStats other_stats;
     HttpFront other({}, &other_stats, nullptr, nullptr);
-    try {
-        other.listen("127.0.0.1", front_->port());
-        FAIL() << "listened on a busy port";
-    } catch (const std::runtime_error& e) {
-        EXPECT_NE(std::string(e.what()).find("cannot listen on 127.0.0.1:"),
-                  std::string::npos)
-            << e.what();
-        EXPECT_NE(std::string(e.what()).find("in use"), std::string::npos)
-            << e.what();
+    std::string what =
+        error_of([&] { other.listen("127.0.0.1", front_->port()); });
+    EXPECT_EQ(what.rfind("cannot listen on 127.0.0.1:", 0), 0u) << what;
+    EXPECT_NE(what.find("in use"), std::string::npos) << what;
+}
+
+TEST_F(Front, ServesIpv6AndSeesThePeer) {
+    start({}, "::1");
+    int fd = client_socket(AF_INET6);
+    sockaddr_in6 sa{};
+    sa.sin6_family = AF_INET6;
+    sa.sin6_port = htons(static_cast<uint16_t>(front_->port()));
+    sa.sin6_addr = in6addr_loopback;
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_n(fd, ok("GET /a HTTP/1.1").size()), ok("GET /a HTTP/1.1"));
+    EXPECT_EQ(peer_ip_, "::1");
+    close(fd);
+}
+
+TEST_F(Front, NoPortBeforeListening) {
+    HttpFront f({}, &stats_, nullptr, nullptr);
+    EXPECT_EQ(f.port(), -1);
+}
+
+TEST_F(Front, AHostThatDoesNotResolveIsAClearError) {
+    HttpFront f({}, &stats_, nullptr, nullptr);
+    std::string what = error_of([&] { f.listen("no such host", 8080); });
+    EXPECT_EQ(what.rfind("cannot listen on no such host:8080 (", 0), 0u)
+        << what;
+}
+
+TEST_F(Front, OutOfDescriptorsAtStartIsAClearError) {
+    testing::NoMoreDescriptors limit;
+    ASSERT_TRUE(limit.ok());
+    std::string what =
+        error_of([&] { HttpFront f({}, &stats_, nullptr, nullptr); });
+    EXPECT_EQ(what.rfind("http: cannot create epoll: ", 0), 0u) << what;
+}
+
+TEST_F(Front, OutOfDescriptorsForTheSocketIsAClearError) {
+    HttpFront f({}, &stats_, nullptr, nullptr);
+    testing::NoMoreDescriptors limit;
+    ASSERT_TRUE(limit.ok());
+    std::string what = error_of([&] { f.listen("127.0.0.1", 0); });
+    EXPECT_EQ(what.rfind("cannot listen on 127.0.0.1:0 (", 0), 0u) << what;
+}
+
+TEST_F(Front, OutOfDescriptorsAtAcceptWaitsAndThenServes) {
+    start({});
+    int fd = client_socket();
+    {
+        // The connection waits in the backlog: accept() fails with EMFILE
+        // and the loop pauses accepting instead of spinning.
+        testing::NoMoreDescriptors limit;
+        ASSERT_TRUE(limit.ok());
+        connect_to(fd);
+        send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
+        timeval tv{0, 300 * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        char byte;
+        EXPECT_EQ(recv(fd, &byte, 1, MSG_PEEK), -1) << "answered anyway";
+        EXPECT_EQ(stats_.connections, 0);
+    }
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    EXPECT_EQ(read_n(fd, ok("GET /a HTTP/1.1").size()), ok("GET /a HTTP/1.1"));
+    close(fd);
+}
+
+TEST_F(Front, AnEmptyReplyClosesWithoutAnAnswer) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /empty HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(fd), "");
+    close(fd);
+}
+
+TEST_F(Front, ALargeAnswerGoesOutAsTheClientReads) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /big HTTP/1.1\r\n\r\n");
+    // The answer outgrows the socket buffers: the rest waits for EPOLLOUT.
+    std::this_thread::sleep_for(200ms);
+    std::string head = "HTTP/1.1 200 OK\r\nContent-Length: " +
+                       std::to_string(kBigBody) + "\r\n\r\n";
+    std::string r = read_n(fd, head.size() + kBigBody);
+    EXPECT_EQ(r.size(), head.size() + kBigBody);
+    EXPECT_EQ(r.substr(0, head.size()), head);
+    EXPECT_EQ(r.find_first_not_of('x', head.size()), std::string::npos);
+    EXPECT_EQ(stats_.write_timeouts, 0u);
+    close(fd);
+}
+
+TEST_F(Front, AReaderThatStallsIsClosedAtTheWriteTimeout) {
+    FrontLimits l;
+    l.write_timeout = 200ms;
+    start(l);
+    int fd = connect_client();
+    send_all(fd, "GET /big HTTP/1.1\r\n\r\n");
+    wait_for([&] { return stats_.write_timeouts != 0; });
+    EXPECT_EQ(stats_.write_timeouts, 1u);
+    EXPECT_LT(read_to_eof(fd).size(), kBigBody) << "cut short";
+    close(fd);
+}
+
+TEST_F(Front, AResetWhileAnswerWaitsClosesTheConnection) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /big HTTP/1.1\r\n\r\n");
+    // The first bytes arrive: the rest of the answer waits for room.
+    char byte;
+    ASSERT_EQ(recv(fd, &byte, 1, 0), 1);
+    reset(fd);
+    wait_for([&] { return stats_.connections == 0; });
+    EXPECT_EQ(stats_.connections, 0);
+    EXPECT_EQ(stats_.write_timeouts, 0u) << "closed at the reset, not later";
+}
+
+TEST_F(Front, AResetMidRequestClosesTheConnection) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /a HTTP/1.1\r\nHost: x\r\n");
+    wait_for([&] { return stats_.connections != 0; });
+    ASSERT_EQ(stats_.connections, 1);
+    reset(fd);
+    wait_for([&] { return stats_.connections == 0; });
+    EXPECT_EQ(stats_.connections, 0);
+    for (int r = 0; r < static_cast<int>(HttpRefusal::kCount); ++r) {
+        EXPECT_EQ(refused(static_cast<HttpRefusal>(r)), 0u) << r;
     }
 }
 

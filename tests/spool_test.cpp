@@ -1,12 +1,9 @@
 #include "spool.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -14,74 +11,15 @@
 
 #include <gtest/gtest.h>
 
+#include "spool_fixture.h"
+
 namespace apikey {
 namespace {
 
-class SpoolTest : public ::testing::Test {
-protected:
-    void SetUp() override {
-        std::string tmpl = ::testing::TempDir() + "spool_test_XXXXXX";
-        ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-        root_ = tmpl;
-        dir_ = root_ + "/spool";
-    }
-    void TearDown() override {
-        std::string cmd = "rm -rf '" + root_ + "'";
-        ASSERT_EQ(std::system(cmd.c_str()), 0);
-    }
-
-    std::vector<std::string> files() const {
-        std::vector<std::string> out;
-        if (DIR* d = ::opendir(dir_.c_str())) {
-            while (dirent* e = ::readdir(d)) {
-                if (std::strncmp(e->d_name, "spool-", 6) == 0) {
-                    out.push_back(dir_ + "/" + e->d_name);
-                }
-            }
-            ::closedir(d);
-        }
-        std::sort(out.begin(), out.end());
-        return out;
-    }
-
-    Spool::LogFn logger() {
-        return [this](const std::string& m) { logs_.push_back(m); };
-    }
-
-    std::string root_;
-    std::string dir_;
-    std::vector<std::string> logs_;
-};
-
-// A batch whose records carry (batch id, index) in sequence.
-std::vector<UsageRecord> batch(std::uint64_t id, std::size_t n) {
-    std::vector<UsageRecord> out(n);
-    for (std::size_t i = 0; i < n; ++i) {
-        UsageRecord& r = out[i];
-        std::memset(&r, 0, sizeof(r));
-        r.version = kUsageRecordVersion;
-        r.generation = id;
-        r.sequence = i;
-        r.time_us = static_cast<std::int64_t>(id * 1000 + i);
-        r.endpoint_len = 5;
-        std::memcpy(r.endpoint, "/item", 5);
-    }
-    return out;
-}
-
-std::uint64_t batch_id(const std::vector<UsageRecord>& b) {
-    return b.empty() ? 0 : b.front().generation;
-}
-
-// Replays everything, recording batch ids.
-std::vector<std::uint64_t> drain(Spool& s) {
-    std::vector<std::uint64_t> ids;
-    s.replay([&](const std::vector<UsageRecord>& b) {
-        ids.push_back(batch_id(b));
-        return true;
-    });
-    return ids;
-}
+using testing::batch;
+using testing::batch_id;
+using testing::drain;
+using testing::SpoolTest;
 
 TEST_F(SpoolTest, CreatesItsDirectoryPrivate) {
     Spool s(dir_ + "/nested", 1 << 20);

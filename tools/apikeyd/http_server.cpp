@@ -28,7 +28,11 @@ constexpr std::string_view kAnalyticsPrefix = "/api/";
 void send_json(httplib::Response& res, int status, const nlohmann::json& j) {
     res.status = status;
     res.set_header("Cache-Control", "no-store");
-    res.set_content(j.dump(), "application/json");
+    // Replaced, not thrown: a node name that is not UTF-8 must not turn
+    // /healthz into a 500.
+    res.set_content(
+        j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+        "application/json");
 }
 
 // One complete request in, the response bytes out: what httplib reads and
