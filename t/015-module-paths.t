@@ -184,3 +184,70 @@ is_deeply([ secrets_in($all, @main::SECRETS) ], [], "$block->{name} - no secret 
 --- usage_rows
 key  | endpoint | method | status | result
 main | /sl/     | GET    | 404    | ok
+
+
+
+=== TEST 7: redirected internally into an apikey location (no lookup before): the key is checked there
+--- http_config eval: $main::HTTP
+--- config
+location /pre/ { try_files /nothing-here /post/t.txt; }
+location /post/ { apikey on; alias html/; }
+--- raw_request eval
+[ build_request('GET /pre/x', ["X-API-Key: $ENV{TEST_NGINX_KEY}"]),
+  build_request('GET /pre/x', []) ]
+--- error_code eval
+[200, 401]
+--- usage_rows
+key  | endpoint | status | result
+main | /post/   | 200    | ok
+--- no_error_log
+[error]
+
+
+
+=== TEST 8: the key header after 24 others (past the first part of nginx's header list)
+--- http_config eval: $main::HTTP
+--- config
+location /t.txt { apikey on; }
+--- request
+GET /t.txt
+--- more_headers eval
+join('', map { "X-Filler-$_: $_\n" } 1 .. 24) . "X-API-Key: $ENV{TEST_NGINX_KEY}\n"
+--- response_body
+hello
+--- no_error_log
+[error]
+
+
+
+=== TEST 9: a Bearer key followed by a tab (nginx keeps it in the value): the tab is trimmed
+--- http_config eval: $main::HTTP
+--- config
+location /t.txt { apikey on; }
+--- raw_request eval
+"GET /t.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer \t$ENV{TEST_NGINX_KEY}\t\r\n\r\n"
+--- response_body
+hello
+--- no_error_log
+[error]
+
+
+
+=== TEST 10: a variable looked the key up at server level; a location with another header of the same length looks again
+--- http_config eval: $main::HTTP
+--- config
+set $early $apikey_result;
+location /tok/ { apikey on; apikey_header X-Token-K; alias html/; }
+location /same/ { apikey on; alias html/; }
+--- raw_request eval
+[ build_request('GET /tok/t.txt', ["X-Token-K: $ENV{TEST_NGINX_KEY}"]),
+  build_request('GET /tok/t.txt', ["X-API-Key: $ENV{TEST_NGINX_KEY}"]),
+  build_request('GET /same/t.txt', ["X-API-Key: $ENV{TEST_NGINX_KEY}"]) ]
+--- error_code eval
+[200, 401, 200]
+--- usage_rows
+key  | endpoint | status | result
+main | /tok/    | 200    | ok
+main | /same/   | 200    | ok
+--- no_error_log
+[error]
