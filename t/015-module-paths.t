@@ -251,3 +251,16 @@ main | /tok/    | 200    | ok
 main | /same/   | 200    | ok
 --- no_error_log
 [error]
+
+
+
+=== TEST 11: $apikey_result in an http block without apikey_keys: a well-formed key is unavailable, a malformed one malformed
+--- config
+location /r/ { return 200 "$apikey_result\n"; }
+--- raw_request eval
+[ build_request('GET /r/', ["X-API-Key: $ENV{TEST_NGINX_KEY}"]),
+  build_request('GET /r/', ["X-API-Key: not-a-key"]) ]
+--- response_body eval
+["unavailable\n", "malformed\n"]
+--- no_error_log
+[error]

@@ -6,7 +6,8 @@
 #      answered and counted as unslotted drops, and once apikeyd frees the
 #      rings the worker claims one (retrying at most once a second) and
 #      records again;
-#  (c) an error log on a full file system (a tiny tmpfs, root only): the
+#  (c) an OpenSSL that offers no SHA-256: keys are refused 503;
+#  (d) an error log on a full file system (a tiny tmpfs, root only): the
 #      requests are still answered, and the log resumes once there is room.
 
 use strict;
@@ -109,14 +110,35 @@ stop_apikeyd();    # nobody frees the rings of retired workers now
        '(b) every request not recorded is counted as an unslotted drop');
 }
 
-# --- (c) an error log on a full file system ----------------------------------
+# --- (c) an OpenSSL without SHA-256 ------------------------------------------
+
+{
+    # Only OpenSSL's null provider (as a broken or FIPS-only configuration
+    # would leave it): the master loads this configuration at start, the
+    # workers inherit it. A key cannot be hashed, so it cannot be checked.
+    my $cnf = "$ROOT/conf/null-provider.cnf";
+    spew($cnf, join "\n", 'openssl_conf = openssl_init', '[openssl_init]',
+         'providers = provider_sect', '[provider_sect]', 'null = null_sect',
+         '[null_sect]', 'activate = 1', '');
+    {
+        local $ENV{OPENSSL_CONF} = $cnf;
+        start_nginx(http_config => apikey_http_config(),
+                    config => 'location /t.txt { apikey on; }');
+    }
+    is(get_with_key($k->{key})->{status}, 503, '(c) a valid key is refused 503 (fail closed)');
+    is(get_with_key(key_typo($k->{key}))->{status}, 401, '(c) a malformed key is still 401');
+    stop_nginx();
+    unlike(nginx_error_log(), qr/exited on signal/, '(c) no worker crashed');
+}
+
+# --- (d) an error log on a full file system ----------------------------------
 
 SKIP: {
-    skip '(c) mounting a tmpfs needs root', 5 unless is_root();
+    skip '(d) mounting a tmpfs needs root', 5 unless is_root();
     my $mnt = "$ROOT/full";
     mkdir $mnt or die "mkdir $mnt: $!";
     my ($rc, undef, $err) = run_cmd(['mount', '-t', 'tmpfs', '-o', 'size=64k,mode=0755', 'tmpfs', $mnt]);
-    skip "(c) mount failed: $err", 5 if $rc != 0;
+    skip "(d) mount failed: $err", 5 if $rc != 0;
     our $MOUNTED = $mnt;
 
     start_nginx(http_config => apikey_http_config(),
@@ -130,9 +152,9 @@ SKIP: {
 
     my %st;
     $st{ get_with_key($k->{key}, "/full/t.txt?during-$_")->{status} }++ for 1 .. 5;
-    is_deeply(\%st, { 200 => 5 }, '(c) requests are answered while their log cannot be written')
+    is_deeply(\%st, { 200 => 5 }, '(d) requests are answered while their log cannot be written')
         or diag(format_statuses(\%st));
-    unlike(slurp("$mnt/full.log") // '', qr/during-5/, '(c) the file system was full indeed');
+    unlike(slurp("$mnt/full.log") // '', qr/during-5/, '(d) the file system was full indeed');
 
     unlink "$mnt/filler";
     # nginx skips writing for the rest of the second the disk filled: the
@@ -142,10 +164,10 @@ SKIP: {
         $n++;
         $answered++ if get_with_key($k->{key}, "/full/t.txt?after-room-$n")->{status} == 200;
         (slurp("$mnt/full.log") // '') =~ /after-room-/;
-    }, 5, '(c) once there is room, the log resumes');
-    is($answered, $n, '(c) every request after room was made is answered');
+    }, 5, '(d) once there is room, the log resumes');
+    is($answered, $n, '(d) every request after room was made is answered');
     stop_nginx();
-    unlike(nginx_error_log(), qr/exited on signal/, '(c) no worker crashed');
+    unlike(nginx_error_log(), qr/exited on signal/, '(d) no worker crashed');
     run_cmd(['umount', $mnt]);
     undef $MOUNTED;
 }
