@@ -724,6 +724,39 @@ TEST_F(KeyTableTest, WalkingTheTableYieldsEachLiveEntryOnce) {
     EXPECT_FALSE(r.entry_at(r.capacity(), &out));
 }
 
+// apikeyd walks the table to compare it with the database: a slot a dead
+// writer left odd is skipped after the bounded retries, not waited on.
+TEST_F(KeyTableTest, WalkingSkipsASlotStuckMidUpdate) {
+    KeyTableWriter w = published();
+    ASSERT_TRUE(w.upsert(info_for(hash_of(1), 1)));
+    ASSERT_TRUE(w.upsert(info_for(hash_of(2), 2)));
+    std::uint64_t stuck = w.capacity();
+    {
+        MappedFile map;
+        ASSERT_EQ(map.open(path_.c_str(), true, nullptr), SegmentStatus::kOk);
+        auto* slots = reinterpret_cast<KeyTableSlot*>(
+            static_cast<char*>(map.data()) + kKeyTableHeaderSize);
+        for (std::uint64_t i = 0; i < w.capacity(); ++i) {
+            if (slots[i].info.key_hash == hash_of(1)) {
+                slots[i].seq.fetch_add(1);
+                stuck = i;
+                break;
+            }
+        }
+    }
+    ASSERT_LT(stuck, w.capacity());
+
+    KeyTableReader r;
+    ASSERT_EQ(r.attach(path_.c_str(), nullptr), SegmentStatus::kOk);
+    KeyInfo out{};
+    EXPECT_FALSE(r.entry_at(stuck, &out));
+    std::vector<std::uint64_t> seen;
+    for (std::uint64_t i = 0; i < r.capacity(); ++i) {
+        if (r.entry_at(i, &out)) seen.push_back(version_of(out));
+    }
+    EXPECT_EQ(seen, std::vector<std::uint64_t>{2});
+}
+
 TEST_F(KeyTableTest, DetachedReaderHasNoEntries) {
     KeyTableReader r;
     KeyInfo out{};
