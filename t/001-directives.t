@@ -524,3 +524,41 @@ apikey_usage $TEST_NGINX_SERVROOT/no-such-dir/usage size=1m;
 --- must_die
 --- error_log eval
 qr{\[emerg\] .*apikey_usage "\Q$ENV{TEST_NGINX_SERVROOT}\E/no-such-dir/usage"}
+
+
+
+=== TEST 44: apikey_keys "" (empty)
+--- http_config
+apikey_keys "";
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_keys path ""/
+
+
+
+=== TEST 45: apikey_usage "" (empty path)
+--- http_config
+apikey_usage "";
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage path ""/
+
+
+
+=== TEST 46: apikey_usage off twice in one location
+--- config
+location / { apikey_usage off; apikey_usage off; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] "apikey_usage" directive is duplicate/
+
+
+
+=== TEST 47: a usage segment too small for one record per ring: nginx refuses to start and says why
+--- main_config
+worker_processes 1024;
+--- http_config
+apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
+--- must_die
+--- error_log eval
+qr{\[emerg\] .*apikey_usage "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": size too small for 4096 rings}

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -224,6 +225,69 @@ TEST_F(KeyTableTest, CapacityIsRoundedUpToAPowerOfTwo) {
     struct stat st;
     ASSERT_EQ(stat((path_ + ".tmp").c_str(), &st), 0);
     EXPECT_EQ(static_cast<std::size_t>(st.st_size), key_table_file_size(8192));
+}
+
+TEST_F(KeyTableTest, CapacityAboveTheLimitIsRefused) {
+    // 2^32 entries is the most a table may hold.
+    EXPECT_THROW(KeyTableWriter::create(path_, (1ULL << 32) + 1),
+                 std::runtime_error);
+    struct stat st;
+    EXPECT_NE(stat((path_ + ".tmp").c_str(), &st), 0) << "no file was made";
+}
+
+TEST_F(KeyTableTest, CreateInAMissingDirectoryThrowsWithThePath) {
+    const std::string path = scratch_.file("no-dir/keys");
+    try {
+        KeyTableWriter::create(path, 0);
+        ADD_FAILURE() << "create() did not throw";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find(scratch_.file("no-dir")),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+TEST_F(KeyTableTest, AttachRefusesAFileTooSmallForAHeader) {
+    std::ofstream(path_, std::ios::binary) << "keys";
+    ASSERT_EQ(chmod(path_.c_str(), 0644), 0);
+    KeyTableReader r;
+    std::string error;
+    EXPECT_EQ(r.attach(path_.c_str(), &error), SegmentStatus::kBadSize);
+    EXPECT_NE(error.find("file too small for a header"), std::string::npos)
+        << error;
+}
+
+TEST_F(KeyTableTest, PublishTwiceIsOnePublication) {
+    KeyTableWriter w = published();
+    ASSERT_TRUE(w.upsert(info_for(hash_of(1), 1)));
+    struct stat first;
+    ASSERT_EQ(stat(path_.c_str(), &first), 0);
+    w.publish();  // nothing left to rename: a no-op, not an error
+    struct stat again;
+    ASSERT_EQ(stat(path_.c_str(), &again), 0);
+    EXPECT_EQ(again.st_ino, first.st_ino);
+    KeyTableReader r;
+    ASSERT_EQ(r.attach(path_.c_str(), nullptr), SegmentStatus::kOk);
+    KeyInfo out{};
+    EXPECT_TRUE(r.lookup(hash_of(1), &out));
+}
+
+TEST_F(KeyTableTest, PublishOverADirectoryThrowsAndKeepsIt) {
+    KeyTableWriter w = KeyTableWriter::create(path_, 0);
+    ASSERT_EQ(mkdir(path_.c_str(), 0750), 0);
+    const std::string inside = path_ + "/file";
+    std::ofstream(inside) << "x";
+    try {
+        w.publish();
+        ADD_FAILURE() << "publish() did not throw";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("rename("), std::string::npos)
+            << e.what();
+    }
+    struct stat st;
+    EXPECT_EQ(stat(inside.c_str(), &st), 0) << "the directory is untouched";
+    unlink(inside.c_str());
+    rmdir(path_.c_str());
 }
 
 TEST_F(KeyTableTest, GenerationAdvancesOnEveryChange) {
@@ -658,6 +722,39 @@ TEST_F(KeyTableTest, WalkingTheTableYieldsEachLiveEntryOnce) {
         EXPECT_EQ(seen[n], n == 7 ? 0 : 1) << "entry " << n;
     }
     EXPECT_FALSE(r.entry_at(r.capacity(), &out));
+}
+
+// apikeyd walks the table to compare it with the database: a slot a dead
+// writer left odd is skipped after the bounded retries, not waited on.
+TEST_F(KeyTableTest, WalkingSkipsASlotStuckMidUpdate) {
+    KeyTableWriter w = published();
+    ASSERT_TRUE(w.upsert(info_for(hash_of(1), 1)));
+    ASSERT_TRUE(w.upsert(info_for(hash_of(2), 2)));
+    std::uint64_t stuck = w.capacity();
+    {
+        MappedFile map;
+        ASSERT_EQ(map.open(path_.c_str(), true, nullptr), SegmentStatus::kOk);
+        auto* slots = reinterpret_cast<KeyTableSlot*>(
+            static_cast<char*>(map.data()) + kKeyTableHeaderSize);
+        for (std::uint64_t i = 0; i < w.capacity(); ++i) {
+            if (slots[i].info.key_hash == hash_of(1)) {
+                slots[i].seq.fetch_add(1);
+                stuck = i;
+                break;
+            }
+        }
+    }
+    ASSERT_LT(stuck, w.capacity());
+
+    KeyTableReader r;
+    ASSERT_EQ(r.attach(path_.c_str(), nullptr), SegmentStatus::kOk);
+    KeyInfo out{};
+    EXPECT_FALSE(r.entry_at(stuck, &out));
+    std::vector<std::uint64_t> seen;
+    for (std::uint64_t i = 0; i < r.capacity(); ++i) {
+        if (r.entry_at(i, &out)) seen.push_back(version_of(out));
+    }
+    EXPECT_EQ(seen, std::vector<std::uint64_t>{2});
 }
 
 TEST_F(KeyTableTest, DetachedReaderHasNoEntries) {

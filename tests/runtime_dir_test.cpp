@@ -4,12 +4,14 @@
 
 #include <fcntl.h>
 #include <pwd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 
 namespace apikey {
 namespace {
@@ -219,6 +221,79 @@ TEST_F(RuntimeDirTest, MappedFileReportsARefusalAsUntrusted) {
               SegmentStatus::kUntrusted);
     EXPECT_STREQ(segment_status_name(SegmentStatus::kUntrusted), "refused");
     EXPECT_EQ(map.data(), nullptr);
+}
+
+TEST_F(RuntimeDirTest, MovesHandTheDirectoryOver) {
+    RuntimeDir a;
+    std::string why;
+    ASSERT_EQ(a.open_for((run_ + "/keys").c_str(), &why),
+              TrustStatus::kTrusted);
+    const int fd = a.fd();
+    RuntimeDir b(std::move(a));
+    EXPECT_FALSE(a.is_open());
+    EXPECT_EQ(b.fd(), fd);
+    EXPECT_EQ(b.path(), run_);
+
+    RuntimeDir c;
+    ASSERT_EQ(c.open_for((scratch_.path() + "/x").c_str(), &why),
+              TrustStatus::kTrusted);
+    const int old = c.fd();
+    c = std::move(b);  // c's own descriptor is closed first
+    EXPECT_FALSE(b.is_open());
+    EXPECT_EQ(c.fd(), fd);
+    EXPECT_EQ(c.path(), run_);
+    EXPECT_EQ(fcntl(old, F_GETFD), -1) << "the replaced descriptor is closed";
+    RuntimeDir& self = c;
+    c = std::move(self);
+    EXPECT_EQ(c.fd(), fd);
+    write_file(run_ + "/keys", 0644);
+    TrustStatus s;
+    const int file = c.open_file("keys", O_RDONLY, &s, &why);
+    EXPECT_GE(file, 0) << why;
+    if (file >= 0) close(file);
+}
+
+TEST_F(RuntimeDirTest, CreateReportsThatNoDescriptorIsLeft) {
+    RuntimeDir dir;
+    std::string why;
+    ASSERT_EQ(dir.open_for((run_ + "/usage").c_str(), &why),
+              TrustStatus::kTrusted);
+    // The lowest free descriptor becomes the limit: open() gets EMFILE.
+    const int probe = dup(0);
+    ASSERT_GE(probe, 0);
+    close(probe);
+    rlimit saved{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    rlimit lowered = saved;
+    lowered.rlim_cur = static_cast<rlim_t>(probe);
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lowered), 0);
+    const int fd = dir.create_file("usage", 0600, &why);
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    EXPECT_EQ(fd, -1);
+    EXPECT_NE(why.find("open(\"" + run_ + "/usage\") failed: "),
+              std::string::npos)
+        << why;
+    struct stat st;
+    EXPECT_NE(lstat((run_ + "/usage").c_str(), &st), 0);
+}
+
+TEST_F(RuntimeDirTest, RefusalsNeedNoErrorText) {
+    // A file owned by neither root nor the directory's owner, checked by a
+    // caller that passes no error string.
+    write_file(run_ + "/keys", 0644);
+    if (geteuid() == 0) {
+        ASSERT_EQ(chown((run_ + "/keys").c_str(), nobody_uid(), -1), 0);
+    }
+    const int fd = ::open((run_ + "/keys").c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    const uid_t other = st.st_uid + 1;
+    EXPECT_EQ(check_trusted_file(fd, other, "keys", nullptr),
+              TrustStatus::kUntrusted);
+    EXPECT_EQ(check_trusted_file(fd, st.st_uid, "keys", nullptr),
+              TrustStatus::kTrusted);
+    close(fd);
 }
 
 TEST(PathBaseName, TakesThePartAfterTheLastSlash) {

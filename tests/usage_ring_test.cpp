@@ -1,6 +1,7 @@
 #include "usage_ring.h"
 
 #include <atomic>
+#include <climits>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -364,6 +365,45 @@ TEST_F(UsageRingTest, AttachRefusesTruncatedFile) {
     EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadSize);
 }
 
+TEST_F(UsageRingTest, AttachRefusesAFileCutInsideTheHeader) {
+    { UsageSegment seg = create(2, 8); }
+    // The magic is there, the rest of the header is not.
+    ASSERT_EQ(truncate(path_.c_str(), 16), 0);
+    UsageSegment seg;
+    std::string error;
+    EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadSize);
+    EXPECT_NE(error.find("file too small for a header"), std::string::npos)
+        << error;
+}
+
+TEST_F(UsageRingTest, PathWithNoRoomForTheTemporaryNameIsRefused) {
+    // A path that opens (shorter than PATH_MAX) but whose ".tmp" sibling
+    // would not fit: directories of 200 characters down to it.
+    std::string dir = dir_;
+    std::vector<std::string> made;
+    const std::string name(200, 'd');
+    const std::size_t length = PATH_MAX - 2;  // +".tmp": over PATH_MAX
+    while (length - (dir.size() + 1) > 255) {
+        dir += "/" + name;
+        ASSERT_EQ(mkdir(dir.c_str(), 0700), 0) << dir.size();
+        made.push_back(dir);
+    }
+    const std::size_t base = length - (dir.size() + 1);
+    ASSERT_LE(base, 255u);
+    const std::string path = dir + "/" + std::string(base, 'u');
+    ASSERT_LT(path.size(), static_cast<std::size_t>(PATH_MAX));
+    UsageSegment seg;
+    bool created = true;
+    std::string error;
+    EXPECT_EQ(seg.open_or_create(path.c_str(), layout_of(1, 8), 0600,
+                                 &created, &error),
+              SegmentStatus::kIoError);
+    EXPECT_NE(error.find("path too long"), std::string::npos) << error;
+    for (auto it = made.rbegin(); it != made.rend(); ++it) {
+        rmdir(it->c_str());
+    }
+}
+
 TEST_F(UsageRingTest, AttachRefusesHeaderThatDisagreesWithSize) {
     { UsageSegment seg = create(2, 8); }
     const std::uint64_t cap = 16;  // file holds 8 per ring
@@ -457,6 +497,28 @@ TEST_F(UsageRingTest, PeekHonoursFromAndMaxAndDoesNotConsume) {
     // `from` below the tail starts at the tail.
     ASSERT_EQ(seg.peek(0, 0, out, 16), 4u);
     EXPECT_EQ(out[0].sequence, 6u);
+}
+
+TEST_F(UsageRingTest, PeekReadsAtMostOneRingPastACorruptHead) {
+    UsageSegment seg = create(1, 16);
+    ASSERT_EQ(seg.claim_slot(1, 1), 0);
+    for (std::uint64_t i = 0; i < 4; ++i) {
+        ASSERT_TRUE(seg.push(0, pattern_record(i)));
+    }
+    seg.slot(0).head.store(1000);  // a producer gone wrong
+    UsageRecord out[64];
+    EXPECT_EQ(seg.peek(0, 0, out, 64), 16u);
+}
+
+TEST_F(UsageRingTest, RetiringASlotOutOfRangeChangesNothing) {
+    UsageSegment seg = create(2, 8);
+    ASSERT_EQ(seg.claim_slot(1, 1), 0);
+    seg.retire_slot(2);
+    seg.retire_slot(1u << 20);
+    EXPECT_EQ(seg.slot(0).state.load(),
+              static_cast<std::uint32_t>(SlotOwnership::kOwned));
+    EXPECT_EQ(seg.slot(1).state.load(),
+              static_cast<std::uint32_t>(SlotOwnership::kFree));
 }
 
 TEST_F(UsageRingTest, CommitIsClampedToHeadAndNeverMovesBack) {
