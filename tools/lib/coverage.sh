@@ -3,8 +3,10 @@
 # shellcheck shell=bash
 
 # The gate: total line coverage below this (whole percent) fails. A ratchet:
-# raise it to the new figure, rounded down, whenever tests push it up.
-APIKEY_COVERAGE_MIN=92
+# raise it to the new figure rounded down, less one point, whenever tests
+# push it up; the point is headroom for lines that run or not with timing,
+# and for parts of tests that only run as root or with unshare.
+APIKEY_COVERAGE_MIN=96
 # Where the project wants to be: the total, and every directory.
 APIKEY_COVERAGE_GOAL=95
 APIKEY_COVERAGE_DIR_GOAL=90
