@@ -5,7 +5,8 @@
  *
  * The shim only translates between nginx and the C++ core (apikey_glue.h).
  * This file holds the directives, the configuration and the process hooks;
- * ngx_http_apikey.h lists the others.
+ * ngx_http_apikey.h lists the others. Its length is the directive setters'
+ * checks, one concern: nginx's configuration.
  */
 
 

@@ -1,3 +1,5 @@
+// One suite for shared/key_table: the writer, lock-free readers, seqlock
+// retries, swaps and the file checks. Long because the unit is.
 #include "key_table.h"
 #include "scratch_dir.h"
 

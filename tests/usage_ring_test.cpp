@@ -1,3 +1,5 @@
+// One suite for shared/usage_ring: layout, claims, the producer and the
+// consumer, replacement of a segment. Long because the unit is.
 #include "usage_ring.h"
 
 #include <atomic>

@@ -1,3 +1,6 @@
+// The drain loop (drainer.h says what it promises). Just over 600 lines, one
+// concern: reading the rings, admitting records, storing or spooling them,
+// and the ring and offset housekeeping that loop owns.
 #include "drainer.h"
 
 #include <dirent.h>
