@@ -14,6 +14,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use Test::Apikey;
+use Test::Apikey::Util qw(build_path);
 use Digest::SHA qw(sha256_hex);
 use POSIX ();
 
@@ -111,17 +112,24 @@ is(api($list, $admin->{key})->{status}, 200, 'the column back: 200 again');
     # this path.
     local $ENV{TEST_NGINX_APIKEY_KEYS} = "$ENV{TEST_NGINX_SERVROOT}/apikey_keys_never";
     start_apikeyd(db => 'host=/nonexistent-apikey-dir dbname=postgres user=postgres',
-                  node => "caf\xe9");
+                  node => "caf\xc3\xa9");
     my $r = api($list, $admin->{key});
     is($r->{status}, 503, 'no key table: 503');
     is($r->{json}{error}, 'key table not available yet; retry', 'no key table: says so');
     is($r->{headers}{'retry-after'}, '1', 'no key table: Retry-After');
 
-    # The node name is not UTF-8: /healthz still answers, the byte replaced.
+    # A node name beyond ASCII: /healthz shows it as it is.
     my $h = apikeyd_get('/healthz');
-    is($h->{status}, 200, 'a node name that is not UTF-8: /healthz 200');
-    is($h->{json}{node}, "caf\xef\xbf\xbd",    # U+FFFD in UTF-8
-       'a node name that is not UTF-8: replaced');
+    is($h->{status}, 200, 'a UTF-8 node name: /healthz 200');
+    is($h->{json}{node}, "caf\xc3\xa9", 'a UTF-8 node name: shown as given');
+}
+{
+    # One that is not UTF-8 would be refused by PostgreSQL on every commit
+    # (usage_offsets.node): apikeyd refuses it at start.
+    my ($rc, undef, $err) = run_cmd([ build_path('apikeyd'), '--node', "caf\xe9",
+                                      '--listen', '127.0.0.1:' . free_port() ], timeout => 10);
+    is($rc, 2, 'a node name that is not UTF-8: apikeyd exits 2');
+    like($err, qr/invalid --node: must be UTF-8 text without NUL bytes/, '... and says why');
 }
 start_apikeyd();
 ok_eventually(sub { api($list, $admin->{key})->{status} == 200 }, 10,

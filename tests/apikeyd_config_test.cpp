@@ -65,6 +65,8 @@ std::vector<std::string> good_values(const DaemonOption& o) {
         return {"", "host=/tmp port=5433"};
     case OptionKind::kNonEmpty:
         return {"/dev/shm/a b", "edge-1"};
+    case OptionKind::kName:
+        return {"edge-1", "z\xc3\xbcrich-1"};
     case OptionKind::kInt:
         return {min, max, std::to_string(o.min + (o.max - o.min) / 2)};
     case OptionKind::kOnOff:
@@ -85,6 +87,8 @@ std::vector<std::string> bad_values(const DaemonOption& o) {
     switch (o.kind) {
     case OptionKind::kNonEmpty:
         return {""};
+    case OptionKind::kName:
+        return {"", "edge-\xff", std::string("a\0b", 3)};
     case OptionKind::kInt:
         return {below, above, "", "x", "12x", "99999999999999999999"};
     case OptionKind::kOnOff:
@@ -329,6 +333,9 @@ std::string accepted_in_docs(const DaemonOption& o) {
         break;
     case OptionKind::kNonEmpty:
         text = "not empty";
+        break;
+    case OptionKind::kName:
+        text = "UTF-8, not empty";
         break;
     case OptionKind::kInt:
         text = std::to_string(o.min) + " to " + std::to_string(o.max);

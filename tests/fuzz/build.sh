@@ -31,7 +31,7 @@ declare -A sources=(
     [key_table_attach]="$s/key_table.cpp $s/segment_file.cpp $s/runtime_dir.cpp $s/key_hash.cpp $s/uuid.cpp"
     [runtime_dir]="$s/segment_file.cpp $s/runtime_dir.cpp"
     [http_head]="$d/http_head.cpp"
-    [config_text]="$d/config.cpp $d/daemon_options.cpp"
+    [config_text]="$d/config.cpp $d/daemon_options.cpp $d/rollup.cpp $s/usage_record.cpp $s/uuid.cpp"
 )
 libs=(-lcrypto)
 

@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "daemon_options.h"
+#include "rollup.h"
 
 #include "fuzz_check.h"
 
@@ -35,6 +36,9 @@ void check_config(const DaemonConfig& c) {
     for (const DaemonOption& o : daemon_options()) {
         if (o.kind == OptionKind::kInt || o.kind == OptionKind::kListen) {
             FUZZ_CHECK(c.*o.number >= o.min && c.*o.number <= o.max);
+        }
+        if (o.kind == OptionKind::kName) {
+            FUZZ_CHECK(text_is_clean(c.*o.text));
         }
         if (o.kind == OptionKind::kNonEmpty && o.default_value != nullptr) {
             FUZZ_CHECK(!(c.*o.text).empty());

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "daemon_options.h"
+#include "rollup.h"
 
 namespace apikey {
 namespace {
@@ -100,6 +101,15 @@ void set_option(const DaemonOption& o, const std::string& value,
         break;
     case OptionKind::kNonEmpty:
         c->*o.text = require_nonempty(o.name, value);
+        break;
+    case OptionKind::kName:
+        // The node name goes into usage_offsets: text PostgreSQL would
+        // refuse must be refused here, not on every commit.
+        if (!text_is_clean(require_nonempty(o.name, value))) {
+            throw UsageError(std::string("invalid --") + o.name +
+                             ": must be UTF-8 text without NUL bytes");
+        }
+        c->*o.text = value;
         break;
     case OptionKind::kInt:
         c->*o.number = parse_int(o.name, value, o.min, o.max);

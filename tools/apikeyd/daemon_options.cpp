@@ -73,7 +73,7 @@ std::vector<DaemonOption> build_options() {
         string_option("db", "CONNINFO", K::kText, &C::db, "",
                       "libpq's PG* environment", "libpq conninfo or URI"),
         // No literal default: parse_daemon_args() puts the host name in.
-        string_option("node", "NAME", K::kNonEmpty, &C::node, nullptr,
+        string_option("node", "NAME", K::kName, &C::node, nullptr,
                       "the host name", "this host's name in usage records"),
         string_option("keys", "PATH", K::kNonEmpty, &C::keys_path,
                       "/run/apikey/keys", nullptr,
@@ -198,6 +198,7 @@ std::string format_option(const DaemonOption& option,
         }
         case OptionKind::kText:
         case OptionKind::kNonEmpty:
+        case OptionKind::kName:
         case OptionKind::kConfigFile:
             break;
     }

@@ -14,6 +14,7 @@ namespace apikey {
 enum class OptionKind {
     kText,        // any string, "" included
     kNonEmpty,    // any string but ""
+    kName,        // not "", UTF-8 without NUL: PostgreSQL stores it
     kInt,         // a whole number from min to max
     kOnOff,       // "on" or "off"
     kListen,      // HOST:PORT or [HOST]:PORT, PORT from min to max
