@@ -1,4 +1,5 @@
 #include "http_head.h"
+#include "http_server.h"
 
 #include <gtest/gtest.h>
 
@@ -131,6 +132,26 @@ TEST(HttpHead, ErrorResponseIsCompleteJson) {
     EXPECT_EQ(
         error_response(413, "x").rfind("HTTP/1.1 413 Payload Too Large", 0),
         0u);
+}
+
+}  // namespace
+}  // namespace apikey
+
+namespace apikey {
+namespace {
+
+// cpp-httplib routes the decoded path: an escaped /api/ must not get the
+// fast lane that /healthz and /metrics need.
+TEST(AnalyticsLane, ApiPathsAndEveryEscapedPathTakeTheSlowLane) {
+    EXPECT_TRUE(is_analytics_path("/api/orgs/x/api-keys/usage"));
+    EXPECT_TRUE(is_analytics_path("/%61pi/orgs/x/api-keys/usage"));
+    EXPECT_TRUE(is_analytics_path("/%2Fapi/x"));
+    EXPECT_TRUE(is_analytics_path("/heal%74hz"));
+    EXPECT_FALSE(is_analytics_path("/healthz"));
+    EXPECT_FALSE(is_analytics_path("/metrics"));
+    EXPECT_FALSE(is_analytics_path("/"));
+    EXPECT_FALSE(is_analytics_path("/app.js"));
+    EXPECT_FALSE(is_analytics_path("/apix"));
 }
 
 }  // namespace

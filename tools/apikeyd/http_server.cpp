@@ -76,7 +76,12 @@ private:
 }  // namespace
 
 bool is_analytics_path(std::string_view path) {
-    return path.substr(0, kAnalyticsPrefix.size()) == kAnalyticsPrefix;
+    // cpp-httplib routes the percent-decoded path ("/%61pi/..." reaches an
+    // /api/ route): an encoded path takes the analytics lane too, so that no
+    // caller can run analytics queries in the lane /healthz needs. No route
+    // of the fast lane needs an escape.
+    return path.substr(0, kAnalyticsPrefix.size()) == kAnalyticsPrefix ||
+           path.find('%') != std::string_view::npos;
 }
 
 HttpServer::HttpServer(const DaemonState& state)
