@@ -162,14 +162,18 @@ TrustStatus RuntimeDir::open_for(const char* file_path,
     return TrustStatus::kTrusted;
 }
 
+// The file's full path, for messages only ("" if it cannot be allocated).
+std::string RuntimeDir::full_path(const char* name) const noexcept {
+    try {
+        return path_ + "/" + name;
+    } catch (...) {
+        return {};
+    }
+}
+
 int RuntimeDir::open_file(const char* name, int flags, TrustStatus* status,
                           std::string* error) const noexcept {
-    // The full path, for messages only.
-    std::string shown;
-    try {
-        shown = path_ + "/" + name;
-    } catch (...) {
-    }
+    const std::string shown = full_path(name);
     // O_NONBLOCK: a fifo at the name must be refused, not waited on.
     const int fd =
         openat(fd_, name, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -194,11 +198,7 @@ int RuntimeDir::open_file(const char* name, int flags, TrustStatus* status,
 
 int RuntimeDir::create_file(const char* name, unsigned mode,
                             std::string* error) const noexcept {
-    std::string shown;
-    try {
-        shown = path_ + "/" + name;
-    } catch (...) {
-    }
+    const std::string shown = full_path(name);
     // A fresh inode: never truncate a file someone might still map. Only
     // trusted users can have left one here (the directory is checked).
     if (unlinkat(fd_, name, 0) != 0 && errno != ENOENT) {

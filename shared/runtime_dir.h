@@ -65,6 +65,7 @@ public:
 
 private:
     void close_fd() noexcept;
+    std::string full_path(const char* name) const noexcept;
 
     int fd_ = -1;
     uid_t owner_ = 0;
