@@ -13,7 +13,9 @@
 #  - once the traffic is over and apikeyd settled, the new primary holds
 #    exactly the keyed requests nginx served, per key: nothing lost in the
 #    switch, nothing committed twice (rows, request_count, idempotency keys);
-#  - no request was refused for it (nginx answers from its key table).
+#  - no request was refused for it (nginx answers from its key table);
+#  - apikeyd's analytics session, pooled on the old primary, gives way to one
+#    on the new primary: the first query after the failover answers 200.
 
 use strict;
 use warnings;
@@ -35,8 +37,13 @@ start_apikeyd();
 my $org = apikeyctl('org', 'create', 'failover');
 my $traffic = make_traffic($org->{org_id});
 my $victim = new_key($org->{org_id}, 'victim');
-wait_key_results({ $traffic->{keys}{k1}{key} => 'ok', $victim->{key} => 'ok' }, 10,
-                 'keys published');
+my $reader = new_key($org->{org_id}, 'reader', '--scopes', 'usage:read');
+my $listing = "/api/orgs/$org->{org_id}/api-keys/usage";
+sub analytics { return apikeyd_get($listing, ["Authorization: Bearer $reader->{key}"]) }
+wait_key_results({ $traffic->{keys}{k1}{key} => 'ok', $victim->{key} => 'ok',
+                   $reader->{key} => 'ok' }, 10, 'keys published');
+# An analytics session is now kept idle in apikeyd's pool, on the primary.
+is(analytics()->{status}, 200, 'analytics answer before the failover');
 start_nginx(workers => 2, soak_nginx_config());    # wait_key_results stopped it
 
 sub probe { return get_with_key($_[0], '/probe')->{status} }
@@ -89,6 +96,11 @@ is_deeply({ map { ($name_of{$_} // $_ => $rows->{$_}) } keys %$rows }, \%want,
 is_deeply({ map { ($_ => key_request_count($traffic->{keys}{$_}{key_id})) } keys %want }, \%want,
           'request_count per key = the same numbers');
 is(usage_duplicates(), 0, 'no idempotency key twice');
+my $a = analytics();
+is($a->{status}, 200, 'analytics answer after the failover, at the first request')
+    or diag($a->{body});
+my ($k1) = grep { $_->{key_id} eq $traffic->{keys}{k1}{key_id} } @{ $a->{json}{keys} || [] };
+is($k1 && $k1->{request_count}, $want{k1}, 'analytics count every request of k1');
 my $t = ingest_totals(apikeyd_metrics());
 is($t->{drops}, 0, 'no record dropped');
 like(apikeyd_log(), qr/key publisher: connected to PostgreSQL.*\n(?s:.*)key publisher: connected to PostgreSQL/,
