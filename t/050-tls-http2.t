@@ -36,8 +36,10 @@ die "openssl req failed (exit $rc): $err" if $rc != 0;
     TEST_NGINX_TYPO_KEY   => key_typo($main->{key}),
     TEST_NGINX_TLS_PORT   => free_port(),
     TEST_NGINX_TLS_CERT   => $cert,
-    TEST_NGINX_TLS_KEY    => $pkey,
 );
+# The TLS + HTTP/2 listener each block adds to the test server.
+$ENV{TEST_NGINX_TLS_SERVER} = "listen 127.0.0.1:$ENV{TEST_NGINX_TLS_PORT} ssl http2;\n"
+    . "ssl_certificate $cert;\nssl_certificate_key $pkey;";
 
 # h2(path => P, headers => [...], method => M, data => BYTES, http => '2' |
 # '1.1', n => N) -> one { status, version, headers => { lc name => value },
@@ -84,9 +86,7 @@ __DATA__
 apikey_keys $TEST_NGINX_APIKEY_KEYS;
 apikey_usage $TEST_NGINX_APIKEY_USAGE;
 --- config
-listen 127.0.0.1:$TEST_NGINX_TLS_PORT ssl http2;
-ssl_certificate $TEST_NGINX_TLS_CERT;
-ssl_certificate_key $TEST_NGINX_TLS_KEY;
+$TEST_NGINX_TLS_SERVER
 location /t.txt { apikey on; add_header X-Result $apikey_result always; }
 --- check
 my %want = (
@@ -124,9 +124,7 @@ old  | /t.txt   | GET    | 401    | revoked | 1
 apikey_keys $TEST_NGINX_APIKEY_KEYS;
 apikey_usage $TEST_NGINX_APIKEY_USAGE;
 --- config
-listen 127.0.0.1:$TEST_NGINX_TLS_PORT ssl http2;
-ssl_certificate $TEST_NGINX_TLS_CERT;
-ssl_certificate_key $TEST_NGINX_TLS_KEY;
+$TEST_NGINX_TLS_SERVER
 location /t.txt { apikey on; }
 --- check
 my @r = h2(headers => ["X-API-Key: $ENV{TEST_NGINX_KEY}"], n => 20);
@@ -155,9 +153,7 @@ server {
     location / { return 200 "key=$up_key auth=$up_auth other=$http_x_other\n"; }
 }
 --- config
-listen 127.0.0.1:$TEST_NGINX_TLS_PORT ssl http2;
-ssl_certificate $TEST_NGINX_TLS_CERT;
-ssl_certificate_key $TEST_NGINX_TLS_KEY;
+$TEST_NGINX_TLS_SERVER
 location /api/ { apikey on; proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_PORT; }
 location /shown/ {
     apikey on;
@@ -199,9 +195,7 @@ server {
     }
 }
 --- config
-listen 127.0.0.1:$TEST_NGINX_TLS_PORT ssl http2;
-ssl_certificate $TEST_NGINX_TLS_CERT;
-ssl_certificate_key $TEST_NGINX_TLS_KEY;
+$TEST_NGINX_TLS_SERVER
 location /echo.Echo/ {
     apikey on;
     apikey_endpoint "grpc echo";
