@@ -214,7 +214,8 @@ for my $h ("x-api-key: $ENV{TEST_NGINX_KEY}", "authorization: Bearer $ENV{TEST_N
 }
 for my $h ("x-api-key: $ENV{TEST_NGINX_OLD_KEY}", 'x-other: 1') {
     my $r = h2(@grpc, headers => [@meta, $h]);
-    is("$r->{version} $r->{status}", '2 401', 'a gRPC call with ' . ($h =~ /api-key/ ? 'a revoked' : 'no') . ' key: 401');
+    my $what = $h =~ /api-key/ ? 'a revoked' : 'no';
+    is("$r->{version} $r->{status}", '2 401', "a gRPC call with $what key: 401");
 }
 --- usage_rows
 key  | endpoint  | method | status | result  | count

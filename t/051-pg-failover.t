@@ -77,8 +77,8 @@ diag(sprintf 'revocation seen %.0f ms after the promotion', 1000 * ($t_401 // 5)
 my $r = finish_wrk($wrk, $SECONDS + 60);
 is($r->{error}, undef, 'wrk counted every request');
 is($r->{answered}, $r->{issued}, 'every keyed request answered');
-is_deeply($r->{status}, { 200 => $r->{kinds}{k1} + $r->{kinds}{k2} + $r->{kinds}{k3},
-                          401 => $r->{issued} - $r->{kinds}{k1} - $r->{kinds}{k2} - $r->{kinds}{k3} },
+my $valid = $r->{kinds}{k1} + $r->{kinds}{k2} + $r->{kinds}{k3};
+is_deeply($r->{status}, { 200 => $valid, 401 => $r->{issued} - $valid },
           'valid keys 200 throughout, the others 401')
     or diag(format_statuses($r->{status}));
 diag(sprintf '%d keyed requests in %.1f s (%.0f/s)', $r->{issued}, $r->{elapsed}, $r->{rps});
@@ -103,7 +103,8 @@ my ($k1) = grep { $_->{key_id} eq $traffic->{keys}{k1}{key_id} } @{ $a->{json}{k
 is($k1 && $k1->{request_count}, $want{k1}, 'analytics count every request of k1');
 my $t = ingest_totals(apikeyd_metrics());
 is($t->{drops}, 0, 'no record dropped');
-like(apikeyd_log(), qr/key publisher: connected to PostgreSQL.*\n(?s:.*)key publisher: connected to PostgreSQL/,
-     'the key publisher connected twice (the primary, then the promoted standby)');
+my @connects = apikeyd_log() =~ /key publisher: connected to PostgreSQL/g;
+is(scalar @connects, 2,
+   'the key publisher connected twice (the primary, then the promoted standby)');
 
 done_testing();
