@@ -31,6 +31,7 @@ BEGIN {
         )],
         'Test::Apikey::Postgres' => [qw(
             start_postgres stop_postgres restart_postgres psql psql_one postgres_log
+            psql_at psql_target
         )],
         'Test::Apikey::Daemon'   => [qw(
             start_apikeyd stop_apikeyd kill_apikeyd restart_apikeyd apikeyd_log

@@ -15,7 +15,7 @@ use Test::Apikey::Daemon qw(apikeyd_get);
 use Test::Apikey::Postgres qw(psql_one);
 
 our @EXPORT_OK = qw(
-    apikeyd_metrics metric_sum
+    apikeyd_metrics metric_sum metrics_values
     usage_rows wait_usage_rows usage_duplicates key_request_count
     usage_segment_read usage_segment_u64 usage_slot_count usage_slot_offset
     usage_slot_state usage_ring_head usage_ring_tail
@@ -32,8 +32,15 @@ sub apikeyd_metrics {
     my (%opt) = @_;
     my $r = apikeyd_get('/metrics', [], timeout => 3, %opt);
     die "GET /metrics: status $r->{status}\n" unless $r->{status} == 200;
+    return metrics_values($r->{body});
+}
+
+# metrics_values($text) -> { 'name{labels}' => value } of Prometheus text
+# (comments and blank lines skipped).
+sub metrics_values {
+    my ($text) = @_;
     my %m;
-    for (split /\n/, $r->{body}) {
+    for (split /\n/, $text) {
         next if /^#/ || !/\S/;
         $m{$1} = $2 if /^(\S+)\s+(\S+)$/;
     }
