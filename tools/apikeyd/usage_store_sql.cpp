@@ -117,12 +117,43 @@ SELECT slot, generation, next_sequence
  ORDER BY slot, generation
 )sql"};
 
+// Both tables, in one round trip: the same rule for raw and aggregate
+// positions.
 const Statement kPruneOffsets{"apikey_prune_offsets", R"sql(
+WITH live AS (SELECT * FROM unnest($3::int[], $4::bigint[]) AS u(slot, generation)),
+raw AS (
 DELETE FROM usage_offsets AS o
  WHERE o.node = $1::text AND o.updated_at < $2::timestamptz
-   AND NOT EXISTS (SELECT 1
-                     FROM unnest($3::int[], $4::bigint[]) AS u(slot, generation)
+   AND NOT EXISTS (SELECT 1 FROM live AS u
                     WHERE u.slot = o.slot AND u.generation = o.generation)
+RETURNING 1),
+agg AS (
+DELETE FROM usage_aggregate_offsets AS o
+ WHERE o.node = $1::text AND o.updated_at < $2::timestamptz
+   AND NOT EXISTS (SELECT 1 FROM live AS u
+                    WHERE u.slot = o.slot AND u.generation = o.generation)
+RETURNING 1)
+SELECT (SELECT count(*) FROM raw) + (SELECT count(*) FROM agg)
+)sql"};
+
+const Statement kLockAggregateOffsets{"apikey_lock_aggregate_offsets", R"sql(
+SELECT o.slot, o.generation, o.epoch
+  FROM usage_aggregate_offsets AS o
+  JOIN unnest($2::int[], $3::bigint[]) AS u(slot, generation)
+    ON o.slot = u.slot AND o.generation = u.generation
+ WHERE o.node = $1::text
+ ORDER BY o.slot, o.generation
+   FOR UPDATE OF o
+)sql"};
+
+const Statement kAdvanceAggregateOffsets{"apikey_advance_aggregate_offsets",
+                                         R"sql(
+INSERT INTO usage_aggregate_offsets AS o (node, slot, generation, epoch)
+SELECT $1::text, u.slot, u.generation, u.epoch
+  FROM unnest($2::int[], $3::bigint[], $4::bigint[]) AS u(slot, generation, epoch)
+ON CONFLICT (node, slot, generation) DO UPDATE
+   SET epoch = EXCLUDED.epoch, updated_at = now()
+ WHERE o.epoch < EXCLUDED.epoch
 )sql"};
 
 const Statement kLockKeys{"apikey_lock_keys", R"sql(
@@ -153,8 +184,11 @@ const RollupSql& daily() {
 
 std::vector<const Statement*> all_statements() {
     std::vector<const Statement*> all = {
-        &kInsertOffsets, &kLockOffsets, &kAdvanceOffsets, &kSelectPositions,
-        &kPruneOffsets,  &kLockKeys,    &kUpdateKeys};
+        &kInsertOffsets,         &kLockOffsets,
+        &kAdvanceOffsets,        &kSelectPositions,
+        &kPruneOffsets,          &kLockAggregateOffsets,
+        &kAdvanceAggregateOffsets, &kLockKeys,
+        &kUpdateKeys};
     for (const RollupSql* r : {&hourly(), &daily()}) {
         for (const Statement* st :
              {&r->upsert, &r->select_mine, &r->update, &r->repair}) {
