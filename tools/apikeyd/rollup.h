@@ -1,7 +1,9 @@
-// Pure aggregation of a batch of usage records into what apikeyd stores
-// besides the raw rows: hourly and daily rollups per key x endpoint x method
-// (request and status-class counts, latency sum and histogram) and one
-// last-used update per key. No database, no I/O: unit-tested alone.
+// Pure aggregation into what apikeyd stores besides the raw rows: hourly
+// and daily rollups per key x endpoint x method (request and status-class
+// counts, latency sum and histogram) and one last-used update per key,
+// from the aggregates nginx workers keep in the usage segment (or, in
+// tests and tools, from usage records). No database, no I/O: unit-tested
+// alone.
 //
 // The latency histogram's buckets are defined here, once; the SQL side only
 // adds bucket counts up, and the analytics API reads percentiles back with
@@ -18,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "usage_agg.h"
 #include "usage_record.h"
 #include "uuid.h"
 
@@ -166,10 +169,9 @@ struct BatchRollup {
 // Orders rows as BatchRollup does.
 bool rollup_row_less(const RollupRow& a, const RollupRow& b) noexcept;
 
-// Aggregates records one at a time (so the caller can interleave it with
-// other work, e.g. streaming the same records to COPY). Records with equal
-// key, hour and sanitized endpoint and method land in one row. The records
-// must stay alive and unchanged until finish().
+// Aggregates records or aggregate entries one at a time. Those with equal
+// key, hour and sanitized endpoint and method land in one row. What is
+// added must stay alive and unchanged until finish().
 class RollupBuilder {
 public:
     RollupBuilder();
@@ -178,12 +180,23 @@ public:
     RollupBuilder& operator=(const RollupBuilder&) = delete;
 
     void reserve(std::size_t records);
+    // One request.
     void add(const UsageRecord& record);
+    // A worker's aggregate of requests; org_id is its key's org as apikeyd
+    // knows it (an entry carries none). Latency buckets past the last are
+    // counted in the last, as add_latency_us() does.
+    void add(const AggregateEntry& entry, const Uuid& org_id);
     // The rollup of everything added; the builder is empty afterwards.
     BatchRollup finish();
 
 private:
     struct Index;
+    RollupRow& row_for(const std::uint8_t* key_id, const Uuid& org_id,
+                       std::int64_t time_us, std::string_view endpoint,
+                       std::string_view method);
+    void note_use(const Uuid& key_id, std::uint64_t requests,
+                  std::int64_t time_us, IpFamily family,
+                  const std::uint8_t* ip);
     BatchRollup out_;
     std::deque<std::string> sanitized_;  // views into it stay valid
     std::unique_ptr<Index> index_;
@@ -193,6 +206,17 @@ private:
 // first).
 BatchRollup rollup_batch(const std::vector<const UsageRecord*>& records);
 BatchRollup rollup_batch(const std::vector<UsageRecord>& records);
+
+// An aggregate entry with its key's org (from apikeyd's key index).
+struct OrgEntry {
+    const AggregateEntry* entry;
+    Uuid org_id;
+};
+
+// Aggregates every entry given: hourly rows summed per key x hour x
+// endpoint x method, daily rows summed from them, and per key the latest
+// last_used_us with its IP and the sum of requests.
+BatchRollup rollup_aggregates(const std::vector<OrgEntry>& entries);
 
 // The record's text fields, clamped to their arrays (a length byte from a
 // corrupt record can say more than the array holds).
