@@ -228,7 +228,7 @@ qr/\[emerg\] "apikey_usage" directive is duplicate/
 
 === TEST 18: apikey_usage with three arguments
 --- http_config
-apikey_usage /x size=1m extra;
+apikey_usage /x size=1m aggregate=1024 extra;
 --- must_die
 --- error_log eval
 qr/\[emerg\] invalid number of arguments in "apikey_usage" directive/

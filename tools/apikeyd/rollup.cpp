@@ -40,35 +40,6 @@ inline std::size_t utf8_sequence_len(const unsigned char* p,
 
 constexpr std::string_view kReplacement = "\xef\xbf\xbd";  // U+FFFD
 
-// bound(j) = round(64 * 2^(j/8)) µs, j = 0 .. 160.
-constexpr double kEighthRoots[kLatencyBucketsPerOctave] = {
-    1.0,
-    1.0905077326652577,
-    1.1892071150027210,
-    1.2968395546510096,
-    1.4142135623730951,
-    1.5422108254079407,
-    1.6817928305074290,
-    1.8340080864093424,
-};
-
-constexpr std::array<std::uint64_t, kLatencyBoundCount> make_bounds() {
-    std::array<std::uint64_t, kLatencyBoundCount> b{};
-    for (std::size_t j = 0; j < kLatencyBoundCount; ++j) {
-        const double octave_start = static_cast<double>(
-            kLatencyFirstBoundUs << (j / kLatencyBucketsPerOctave));
-        b[j] = static_cast<std::uint64_t>(
-            octave_start * kEighthRoots[j % kLatencyBucketsPerOctave] + 0.5);
-    }
-    return b;
-}
-
-constexpr std::array<std::uint64_t, kLatencyBoundCount> kBounds =
-    make_bounds();
-static_assert(kBounds[0] == 64);
-static_assert(kBounds[8] == 128);
-static_assert(kBounds[kLatencyBoundCount - 1] == 64ull << 20);
-
 std::int64_t floor_to(std::int64_t t, std::int64_t unit) noexcept {
     std::int64_t q = t / unit;
     if (t % unit < 0) --q;
@@ -218,38 +189,7 @@ std::string sanitize_text(std::string_view text) {
     return out;
 }
 
-// --- status ------------------------------------------------------------------
-
-StatusClass status_class(std::uint16_t status) noexcept {
-    switch (status / 100) {
-    case 2: return StatusClass::k2xx;
-    case 3: return StatusClass::k3xx;
-    case 4: return StatusClass::k4xx;
-    case 5: return StatusClass::k5xx;
-    default: return StatusClass::kOther;
-    }
-}
-
 // --- histogram ---------------------------------------------------------------
-
-std::size_t latency_bucket(std::uint64_t response_time_us) noexcept {
-    return static_cast<std::size_t>(
-        std::upper_bound(kBounds.begin(), kBounds.end(), response_time_us) -
-        kBounds.begin());
-}
-
-std::uint64_t latency_bucket_lower_us(std::size_t bucket) noexcept {
-    if (bucket == 0) return 0;
-    if (bucket > kLatencyBoundCount) bucket = kLatencyBoundCount;
-    return kBounds[bucket - 1];
-}
-
-std::uint64_t latency_bucket_upper_us(std::size_t bucket) noexcept {
-    if (bucket >= kLatencyBoundCount) {
-        return std::numeric_limits<std::uint64_t>::max();
-    }
-    return kBounds[bucket];
-}
 
 void LatencyHistogram::add(std::size_t bucket, std::uint64_t count) {
     if (bucket >= kLatencyBucketCount) bucket = kLatencyBucketCount - 1;

@@ -80,11 +80,11 @@ sub key_request_count {
 
 # --- the usage segment ($TEST_NGINX_APIKEY_USAGE) ------------------------------------
 # shared/usage_ring.h: a 4 KiB header (slot_count, a u32, at +16), then one
-# 192-byte UsageSlot per ring: state (u32) at +0, head (u64) at +64, tail
+# 256-byte UsageSlot per ring: state (u32) at +0, head (u64) at +64, tail
 # (u64) at +128.
 
 my $HEADER_SIZE = 4096;
-my $SLOT_SIZE   = 192;
+my $SLOT_SIZE   = 256;
 
 # usage_segment_read($offset, $length) -> bytes of the segment file.
 sub usage_segment_read {
