@@ -44,6 +44,7 @@ std::size_t AggregateCollector::collect(UsageSegment* seg,
             st.next_close_us = now_us + kAggregateEveryUs;
             if (seg->agg_empty(s)) continue;
             epoch = seg->agg_close(s);
+            if (epoch == 0) continue;  // not closable (cannot happen here)
             st.closed_since_us = st.active_since_us;
             st.active_since_us = now_us;
             st.read = false;

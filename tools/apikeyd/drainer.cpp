@@ -591,7 +591,8 @@ void Drainer::prune_offsets() {
         std::size_t n = store_->prune_offsets(before, live);
         if (n > 0) {
             log_info("drainer: pruned " + std::to_string(n) +
-                     " usage_offsets rows of finished rings");
+                     " offset rows of finished rings (usage_offsets, "
+                     "usage_aggregate_offsets)");
         }
         next_prune_us_ = now + kMaintenanceEveryUs;
     } catch (const NodeInUse&) {
