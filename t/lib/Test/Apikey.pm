@@ -38,7 +38,7 @@ BEGIN {
         )],
         'Test::Apikey::Usage'    => [qw(
             apikeyd_metrics metric_sum usage_rows wait_usage_rows usage_duplicates
-            key_request_count usage_segment_read usage_segment_u64 usage_slot_count
+            key_request_count wait_request_count usage_segment_read usage_segment_u64 usage_slot_count
             usage_slot_offset usage_slot_state usage_ring_head usage_ring_tail
         )],
         'Test::Apikey::Traffic'  => [qw(

@@ -16,7 +16,7 @@ use Test::Apikey::Postgres qw(psql_one);
 
 our @EXPORT_OK = qw(
     apikeyd_metrics metric_sum
-    usage_rows wait_usage_rows usage_duplicates key_request_count
+    usage_rows wait_usage_rows usage_duplicates key_request_count wait_request_count
     usage_segment_read usage_segment_u64 usage_slot_count usage_slot_offset
     usage_slot_state usage_ring_head usage_ring_tail
     usage_slot_generation usage_ring_forge
@@ -76,6 +76,17 @@ sub usage_duplicates {
 sub key_request_count {
     my ($key_id) = @_;
     return psql_one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $key_id });
+}
+
+# wait_request_count($key_id, $n, $timeout_s [, $what]) -> elapsed seconds
+# once the key's request_count is at least $n; dies like wait_until. The
+# rollups and request_count come from the workers' aggregates, committed
+# apart from the raw rows (every 250 ms): a row being in says nothing about
+# them.
+sub wait_request_count {
+    my ($key_id, $n, $timeout, $what) = @_;
+    return wait_until(sub { (key_request_count($key_id) // 0) >= $n }, $timeout,
+                      $what // "request_count $n");
 }
 
 # --- the usage segment ($TEST_NGINX_APIKEY_USAGE) ------------------------------------
