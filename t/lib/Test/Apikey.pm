@@ -45,6 +45,9 @@ BEGIN {
             get_with_key request_burst format_statuses status_total
             request_stream stream_progress stream_go wait_stream
         )],
+        'Test::Apikey::Aggregates' => [qw(
+            usage_aggregates usage_agg_counters usage_agg_entries
+        )],
         'Test::Apikey::Helpers'  => [qw(new_key usage_conf percentile)],
         'Test::Apikey::Outcome'  => [qw(usage_settle)],
         'Test::Apikey::Keys'     => [qw(
