@@ -3,6 +3,30 @@
 namespace apikey::usage_sql {
 namespace {
 
+// A positions table's rows of the node for the (slot, generation) pairs
+// given, locked in that order: slot, generation, `column`.
+std::string lock_positions(const std::string& table,
+                           const std::string& column) {
+    return "SELECT o.slot, o.generation, o." + column + "\n"
+           "  FROM " + table + " AS o\n"
+           "  JOIN unnest($2::int[], $3::bigint[]) AS u(slot, generation)\n"
+           "    ON o.slot = u.slot AND o.generation = u.generation\n"
+           " WHERE o.node = $1::text\n"
+           " ORDER BY o.slot, o.generation\n"
+           "   FOR UPDATE OF o";
+}
+
+// Deletes the node's rows last advanced before $2 whose pair is not in
+// `live` (a CTE of the pairs still mapped).
+std::string prune_positions(const std::string& table) {
+    return "DELETE FROM " + table + " AS o\n"
+           " WHERE o.node = $1::text AND o.updated_at < $2::timestamptz\n"
+           "   AND NOT EXISTS (SELECT 1 FROM live AS u\n"
+           "                    WHERE u.slot = o.slot AND "
+           "u.generation = o.generation)\n"
+           "RETURNING 1";
+}
+
 RollupSql make_rollup_sql(const std::string& table) {
     const std::string status_sum =
         "t.status_2xx + t.status_3xx + t.status_4xx + t.status_5xx + "
@@ -91,15 +115,8 @@ SELECT $1::text, u.slot, u.generation, 0
 ON CONFLICT (node, slot, generation) DO NOTHING
 )sql"};
 
-const Statement kLockOffsets{"apikey_lock_offsets", R"sql(
-SELECT o.slot, o.generation, o.next_sequence
-  FROM usage_offsets AS o
-  JOIN unnest($2::int[], $3::bigint[]) AS u(slot, generation)
-    ON o.slot = u.slot AND o.generation = u.generation
- WHERE o.node = $1::text
- ORDER BY o.slot, o.generation
-   FOR UPDATE OF o
-)sql"};
+const Statement kLockOffsets{"apikey_lock_offsets",
+                             lock_positions("usage_offsets", "next_sequence")};
 
 const Statement kAdvanceOffsets{"apikey_advance_offsets", R"sql(
 UPDATE usage_offsets AS o
@@ -119,32 +136,17 @@ SELECT slot, generation, next_sequence
 
 // Both tables, in one round trip: the same rule for raw and aggregate
 // positions.
-const Statement kPruneOffsets{"apikey_prune_offsets", R"sql(
-WITH live AS (SELECT * FROM unnest($3::int[], $4::bigint[]) AS u(slot, generation)),
-raw AS (
-DELETE FROM usage_offsets AS o
- WHERE o.node = $1::text AND o.updated_at < $2::timestamptz
-   AND NOT EXISTS (SELECT 1 FROM live AS u
-                    WHERE u.slot = o.slot AND u.generation = o.generation)
-RETURNING 1),
-agg AS (
-DELETE FROM usage_aggregate_offsets AS o
- WHERE o.node = $1::text AND o.updated_at < $2::timestamptz
-   AND NOT EXISTS (SELECT 1 FROM live AS u
-                    WHERE u.slot = o.slot AND u.generation = o.generation)
-RETURNING 1)
-SELECT (SELECT count(*) FROM raw) + (SELECT count(*) FROM agg)
-)sql"};
+const Statement kPruneOffsets{
+    "apikey_prune_offsets",
+    "WITH live AS (SELECT * FROM unnest($3::int[], $4::bigint[]) "
+    "AS u(slot, generation)),\n"
+    "raw AS (" + prune_positions("usage_offsets") + "),\n"
+    "agg AS (" + prune_positions("usage_aggregate_offsets") + ")\n"
+    "SELECT (SELECT count(*) FROM raw) + (SELECT count(*) FROM agg)"};
 
-const Statement kLockAggregateOffsets{"apikey_lock_aggregate_offsets", R"sql(
-SELECT o.slot, o.generation, o.epoch
-  FROM usage_aggregate_offsets AS o
-  JOIN unnest($2::int[], $3::bigint[]) AS u(slot, generation)
-    ON o.slot = u.slot AND o.generation = u.generation
- WHERE o.node = $1::text
- ORDER BY o.slot, o.generation
-   FOR UPDATE OF o
-)sql"};
+const Statement kLockAggregateOffsets{
+    "apikey_lock_aggregate_offsets",
+    lock_positions("usage_aggregate_offsets", "epoch")};
 
 const Statement kAdvanceAggregateOffsets{"apikey_advance_aggregate_offsets",
                                          R"sql(
