@@ -21,7 +21,7 @@ wait_key_results({ $K{outage}{key} => 'ok', $K{commit}{key} => 'ok' }, 10, 'key 
 # --- (a) 15 s outage under load ----------------------------------------------------
 
 start_nginx(agg_nginx_config());
-agg_outage(key => $K{outage}, outage => $ENV{TEST_APIKEY_AGG_OUTAGE_SECONDS} // 15, tag => '(a)');
+agg_outage(key => $K{outage}, outage => 15, tag => '(a)');
 
 # --- (b) killed between COMMIT and clearing the buffer ------------------------------
 # The COMMIT of an aggregate transaction is held for 4 s by a deferred
