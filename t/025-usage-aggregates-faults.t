@@ -3,20 +3,23 @@
 # request_count equal the requests nginx served with the key, exactly;
 # (b) apikeyd killed after an aggregate COMMIT reached PostgreSQL but before
 # it cleared the buffer: the restart finds the buffer committed (a
-# duplicate) and counts nothing twice.
+# duplicate) and counts nothing twice; (c) aggregate entries forged in the
+# segment (an impossible time, a key id no key has) are not stored, and
+# counted by reason.
 
 use strict;
 use warnings;
 use lib 't/lib';
 use Test::Apikey;
 use Test::Apikey::AggOutage;
+use Test::Apikey::Aggregates qw(usage_aggregates);
 use Time::HiRes qw(time sleep);
 
 start_postgres();
 start_apikeyd();
 my $org = apikeyctl('org', 'create', 'agg-faults');
-my %K = map { ($_ => new_key($org->{org_id}, $_)) } qw(outage commit);
-wait_key_results({ $K{outage}{key} => 'ok', $K{commit}{key} => 'ok' }, 10, 'key table published');
+my %K = map { ($_ => new_key($org->{org_id}, $_)) } qw(outage commit corrupt unknown);
+wait_key_results({ map { ($K{$_}{key} => 'ok') } keys %K }, 10, 'key table published');
 
 # --- (a) 15 s outage under load ----------------------------------------------------
 
@@ -81,6 +84,48 @@ SQL
     is(key_request_count($id), 60, '(b) request_count = 60');
     ok(metric_sum(apikeyd_metrics(), 'apikey_agg_buffers_duplicate_total') >= 1,
        '(b) apikey_agg_buffers_duplicate_total counts the buffer found committed');
+}
+
+# --- (c) forged aggregate entries --------------------------------------------------
+# With apikeyd stopped, the workers' entries of two keys are rewritten in
+# the segment: one key's with a last use in 1970 (a corrupt entry), the
+# other's with a key id no key has (what a process able to write the
+# segment could do).
+
+{
+    stop_apikeyd();
+    start_nginx(agg_nginx_config());
+    my @st = (request_burst($K{corrupt}{key}, 5), request_burst($K{unknown}{key}, 5));
+    is_deeply(\@st, [ { 200 => 5 }, { 200 => 5 } ], '(c) 10 requests answered 200')
+        or diag(join ' / ', map { format_statuses($_) } @st);
+    my @e = grep { $_->{state} == 1 } usage_aggregates();
+    my @corrupt = grep { $_->{key_id} eq $K{corrupt}{key_id} } @e;
+    my @unknown = grep { $_->{key_id} eq $K{unknown}{key_id} } @e;
+    ok(@corrupt && @unknown, '(c) the workers aggregated both keys')
+        or diag(scalar(@e) . ' entries in active buffers');
+    usage_segment_u64($_->{offset} + 80, 0) for @corrupt;    # last_used_us
+    for (@unknown) {
+        usage_segment_u64($_->{offset}, 0x0123456789abcdef);  # key_id
+        usage_segment_u64($_->{offset} + 8, 0x0123456789abcdef);
+    }
+    start_apikeyd();
+    stop_nginx();
+    my $settled = eval { usage_settle(30) };
+    ok($settled, '(c) apikeyd committed everything after the restart') or diag($@);
+    my $m = apikeyd_metrics();
+    is($m->{'apikey_agg_entries_rejected_total{reason="corrupt"}'}, scalar @corrupt,
+       '(c) the corrupt entries counted in apikey_agg_entries_rejected_total{reason="corrupt"}');
+    is($m->{'apikey_agg_entries_rejected_total{reason="unknown_key"}'}, scalar @unknown,
+       '(c) the unknown key\'s entries counted in ...{reason="unknown_key"}');
+    for my $k (qw(corrupt unknown)) {
+        my $id = $K{$k}{key_id};
+        is(psql_one(q{SELECT count(*) FROM api_key_usage_hourly WHERE key_id = :'id'}, { id => $id }),
+           0, "(c) $k: no rollup row");
+        is(key_request_count($id), 0, "(c) $k: request_count 0");
+        is(usage_rows($id), 5, "(c) $k: the 5 raw records are stored (the records were not forged)");
+    }
+    like(apikeyd_log(), qr/\d+ aggregate entries of unknown keys/,
+         '(c) apikeyd says it rejected aggregate entries');
 }
 
 done_testing();

@@ -37,7 +37,8 @@ sub usage_agg_entries { return unpack 'V', usage_segment_read(128, 4) }
 # endpoint, hour, requests, s2xx, s3xx, s4xx, s5xx, other, rt_sum, bytes,
 # last_used_us, ip, hist } for every entry of every buffer of every slot
 # (state 1 active, 2 closed); key_id as UUID text, hour in hours since
-# 1970, ip as text, hist the histogram's total count.
+# 1970, ip as text, hist the histogram's total count, offset where the
+# entry is in the file (to forge it).
 sub usage_aggregates {
     my $l = _layout();
     my @out;
@@ -71,6 +72,7 @@ sub usage_aggregates {
                     rt_sum => $rt, bytes => $bytes, last_used_us => $last,
                     ip => $fam == 4 ? join('.', unpack 'C4', $ip) : $fam == 6 ? 'v6' : '',
                     hist => $hist{$i} // 0,
+                    offset => $base + $l->{entries_at} + 128 * $i,
                 };
                 $i++;
             }
