@@ -70,12 +70,11 @@ std::uint64_t make_seed() noexcept {
     return seed | 1;
 }
 
-// Drawn once per process lineage: nginx's master hashes constant labels at
-// configuration time, before its workers fork, so both see the same seed.
-std::uint64_t seed() noexcept {
-    static const std::uint64_t s = make_seed();
-    return s;
-}
+// Drawn once per process lineage, when the module (or program) is loaded:
+// nginx's master hashes constant labels at configuration time, before its
+// workers fork, so both see the same seed. Not a function-local static:
+// every request reads it, and a plain load costs no guard.
+const std::uint64_t g_seed = make_seed();
 
 inline std::uint64_t load_u64(const void* p) noexcept {
     std::uint64_t v;
@@ -83,18 +82,20 @@ inline std::uint64_t load_u64(const void* p) noexcept {
     return v;
 }
 
-inline std::uint64_t label_hash(const AggregateInput& in) noexcept {
-    const std::uint64_t e =
-        in.endpoint_hashed ? in.endpoint_hash : agg_text_hash(in.endpoint);
-    return fmix(agg_text_hash(in.method) ^ rotl(e, 23));
+// The method is a zero-padded 16-byte field: two words.
+inline std::uint64_t label_hash(std::uint64_t m0, std::uint64_t m1,
+                                std::uint64_t endpoint_hash) noexcept {
+    return fmix((m0 ^ g_seed) * kMul ^ rotl(m1 * kMul, 29) ^
+                rotl(endpoint_hash, 23));
 }
 
+// Key ids are the server's, not the client's: no seed needed.
 inline std::uint64_t entry_hash(const std::uint8_t* key, std::uint32_t label,
                                 std::int32_t hour) noexcept {
     const std::uint64_t lh =
         (std::uint64_t{label} << 32) | static_cast<std::uint32_t>(hour);
-    return fmix(seed() ^ load_u64(key) * kMul ^
-                rotl(load_u64(key + 8), 31) ^ rotl(lh * kMul, 17));
+    return fmix(load_u64(key) * kMul ^ rotl(load_u64(key + 8), 31) ^
+                rotl(lh * kMul, 17));
 }
 
 // A count only this process writes: no locked instruction needed.
@@ -137,7 +138,11 @@ inline std::uint32_t used(const std::atomic<std::uint32_t>& n,
 // between the two stores) are free slots.
 std::uint32_t find_label(const Buffer& b, const AggLayout& l,
                          const AggregateInput& in) noexcept {
-    const std::uint64_t h = label_hash(in);
+    const std::uint64_t m0 = load_u64(in.method);
+    const std::uint64_t m1 = load_u64(in.method + 8);
+    const std::uint64_t h = label_hash(
+        m0, m1,
+        in.endpoint_constant ? in.endpoint_hash : agg_text_hash(in.endpoint));
     const auto h32 = static_cast<std::uint32_t>(h);
     const std::uint32_t n =
         used(b.header->labels_used, l.labels, std::memory_order_relaxed);
@@ -154,24 +159,47 @@ std::uint32_t find_label(const Buffer& b, const AggLayout& l,
             std::memset(&lb, 0, sizeof lb);
             lb.hash = h32;
             lb.index_slot = i;
-            lb.method_len = static_cast<std::uint8_t>(in.method.size());
+            lb.method_len = in.method_len;
             lb.endpoint_len = static_cast<std::uint8_t>(in.endpoint.size());
-            std::memcpy(lb.method, in.method.data(), in.method.size());
+            std::memcpy(lb.method, in.method, sizeof lb.method);
             std::memcpy(lb.endpoint, in.endpoint.data(), in.endpoint.size());
             b.label_index[i] = n + 1;
             b.header->labels_used.store(n + 1, std::memory_order_relaxed);
             return n + 1;
         }
         const AggLabel& lb = b.labels[v - 1];
-        if (lb.hash == h32 && lb.method_len == in.method.size() &&
+        if (lb.hash == h32 && lb.method_len == in.method_len &&
             lb.endpoint_len == in.endpoint.size() &&
-            std::memcmp(lb.method, in.method.data(), in.method.size()) == 0 &&
+            load_u64(lb.method) == m0 && load_u64(lb.method + 8) == m1 &&
             std::memcmp(lb.endpoint, in.endpoint.data(), in.endpoint.size()) ==
                 0) {
             return v;
         }
     }
     return kAggOtherLabel;  // an index full of garbage
+}
+
+// find_label() through the worker's memo, for a constant label.
+std::uint32_t label_of(AggLabelMemo& memos, const Buffer& b,
+                       const AggLayout& l, std::uint32_t slot,
+                       std::uint64_t epoch, const AggregateInput& in) noexcept {
+    if (!in.endpoint_constant) {
+        return find_label(b, l, in);
+    }
+    const std::uint64_t m0 = load_u64(in.method);
+    const std::uint64_t m1 = load_u64(in.method + 8);
+    const auto at = reinterpret_cast<std::uintptr_t>(in.endpoint.data());
+    AggLabelMemoEntry& memo = memos[((at >> 4) ^ m0) % memos.size()];
+    if (memo.endpoint == in.endpoint.data() && memo.epoch == epoch &&
+        memo.slot == slot && memo.m0 == m0 && memo.m1 == m1 &&
+        memo.method_len == in.method_len) {
+        return memo.label;
+    }
+    const std::uint32_t label = find_label(b, l, in);
+    if (label != kAggOtherLabel) {
+        memo = {in.endpoint.data(), m0, m1, epoch, slot, label, in.method_len};
+    }
+    return label;
 }
 
 // The entry of (key, label, hour), added (zeroed) if new; nullptr when the
@@ -281,7 +309,7 @@ AggLayout agg_layout_for(std::uint32_t entries) noexcept {
 std::uint64_t agg_text_hash(std::string_view text) noexcept {
     const char* p = text.data();
     const std::size_t n = text.size();
-    std::uint64_t h = seed() ^ (n * kMul);
+    std::uint64_t h = g_seed ^ (n * kMul);
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         h = rotl((h ^ load_u64(p + i)) * kMul, 31);
@@ -321,7 +349,7 @@ bool UsageSegment::aggregate(std::uint32_t slot,
         e = now;
     }
     const Buffer b(agg_buffer(slot, e), agg_);
-    const std::uint32_t label = find_label(b, agg_, in);
+    const std::uint32_t label = label_of(label_memo_, b, agg_, slot, e, in);
     if (label == kAggOtherLabel) {
         bump(s.agg_label_overflow);
     }

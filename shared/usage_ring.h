@@ -27,6 +27,7 @@
 // and then attaches the new file.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -253,6 +254,7 @@ private:
     std::uint64_t capacity_ = 0;  // records per ring, a power of two
     unsigned char* agg_areas_ = nullptr;
     AggLayout agg_;
+    AggLabelMemo label_memo_{};  // the worker's, in its own memory
     MappedFile map_;
 };
 
