@@ -133,9 +133,39 @@ inline std::uint32_t used(const std::atomic<std::uint32_t>& n,
 
 // --- the worker's update ----------------------------------------------------
 
+// Open addressing over a table used from row 0 up: the 1-based row that
+// `match` accepts, or a new row that `fill` writes, in the first free index
+// slot; 0 when the table is full. Index values above the used count (a
+// worker killed between the two stores) are free slots.
+template <typename Row, typename Match, typename Fill>
+inline std::uint32_t find_or_add(std::uint32_t* index, std::uint32_t index_size,
+                          Row* rows, std::atomic<std::uint32_t>& used_count,
+                          std::uint32_t cap, std::uint64_t h, Match match,
+                          Fill fill) noexcept {
+    const std::uint32_t n = used(used_count, cap, std::memory_order_relaxed);
+    const std::uint32_t mask = index_size - 1;
+    std::uint32_t i = static_cast<std::uint32_t>(h >> 32) & mask;
+    for (std::uint32_t probes = 0; probes < index_size;
+         ++probes, i = (i + 1) & mask) {
+        const std::uint32_t v = index[i];
+        if (v == 0 || v > n) {
+            if (n == cap) {
+                return 0;
+            }
+            fill(rows[n], i);
+            index[i] = n + 1;
+            used_count.store(n + 1, std::memory_order_relaxed);
+            return n + 1;
+        }
+        if (match(rows[v - 1])) {
+            return v;
+        }
+    }
+    return 0;  // an index full of garbage
+}
+
 // The label id of (method, endpoint), added if new; kAggOtherLabel when the
-// label table is full. Index values above the used count (a worker killed
-// between the two stores) are free slots.
+// label table is full.
 std::uint32_t find_label(const Buffer& b, const AggLayout& l,
                          const AggregateInput& in) noexcept {
     const std::uint64_t m0 = load_u64(in.method);
@@ -144,39 +174,26 @@ std::uint32_t find_label(const Buffer& b, const AggLayout& l,
         m0, m1,
         in.endpoint_constant ? in.endpoint_hash : agg_text_hash(in.endpoint));
     const auto h32 = static_cast<std::uint32_t>(h);
-    const std::uint32_t n =
-        used(b.header->labels_used, l.labels, std::memory_order_relaxed);
-    const std::uint32_t mask = l.label_index - 1;
-    std::uint32_t i = static_cast<std::uint32_t>(h >> 32) & mask;
-    for (std::uint32_t probes = 0; probes < l.label_index;
-         ++probes, i = (i + 1) & mask) {
-        const std::uint32_t v = b.label_index[i];
-        if (v == 0 || v > n) {
-            if (n == l.labels) {
-                return kAggOtherLabel;
-            }
-            AggLabel& lb = b.labels[n];
+    static_assert(kAggOtherLabel == 0, "find_or_add's full");
+    return find_or_add(
+        b.label_index, l.label_index, b.labels, b.header->labels_used,
+        l.labels, h,
+        [&](const AggLabel& lb) {
+            return lb.hash == h32 && lb.method_len == in.method_len &&
+                   lb.endpoint_len == in.endpoint.size() &&
+                   load_u64(lb.method) == m0 && load_u64(lb.method + 8) == m1 &&
+                   std::memcmp(lb.endpoint, in.endpoint.data(),
+                               in.endpoint.size()) == 0;
+        },
+        [&](AggLabel& lb, std::uint32_t at) {
             std::memset(&lb, 0, sizeof lb);
             lb.hash = h32;
-            lb.index_slot = i;
+            lb.index_slot = at;
             lb.method_len = in.method_len;
             lb.endpoint_len = static_cast<std::uint8_t>(in.endpoint.size());
             std::memcpy(lb.method, in.method, sizeof lb.method);
             std::memcpy(lb.endpoint, in.endpoint.data(), in.endpoint.size());
-            b.label_index[i] = n + 1;
-            b.header->labels_used.store(n + 1, std::memory_order_relaxed);
-            return n + 1;
-        }
-        const AggLabel& lb = b.labels[v - 1];
-        if (lb.hash == h32 && lb.method_len == in.method_len &&
-            lb.endpoint_len == in.endpoint.size() &&
-            load_u64(lb.method) == m0 && load_u64(lb.method + 8) == m1 &&
-            std::memcmp(lb.endpoint, in.endpoint.data(), in.endpoint.size()) ==
-                0) {
-            return v;
-        }
-    }
-    return kAggOtherLabel;  // an index full of garbage
+        });
 }
 
 // find_label() through the worker's memo, for a constant label.
@@ -209,39 +226,28 @@ AggEntry* find_entry(const Buffer& b, const AggLayout& l,
                      std::int32_t hour, std::uint32_t* index) noexcept {
     const std::uint64_t h = entry_hash(key, label, hour);
     const auto h32 = static_cast<std::uint32_t>(h);
-    const std::uint32_t n =
-        used(b.header->entries_used, l.entries, std::memory_order_relaxed);
-    const std::uint32_t mask = l.entry_index - 1;
-    std::uint32_t i = static_cast<std::uint32_t>(h >> 32) & mask;
-    for (std::uint32_t probes = 0; probes < l.entry_index;
-         ++probes, i = (i + 1) & mask) {
-        const std::uint32_t v = b.entry_index[i];
-        if (v == 0 || v > n) {
-            if (n == l.entries) {
-                return nullptr;
-            }
-            AggEntry& e = b.entries[n];
+    const std::uint32_t id = find_or_add(
+        b.entry_index, l.entry_index, b.entries, b.header->entries_used,
+        l.entries, h,
+        [&](const AggEntry& e) {
+            return e.hash == h32 && e.label == label && e.hour == hour &&
+                   load_u64(e.key_id) == load_u64(key) &&
+                   load_u64(e.key_id + 8) == load_u64(key + 8);
+        },
+        [&](AggEntry& e, std::uint32_t at) {
             std::memset(&e, 0, sizeof e);
             std::memcpy(e.key_id, key, sizeof e.key_id);
             e.label = label;
             e.hour = hour;
             e.hash = h32;
-            e.index_slot = i;
+            e.index_slot = at;
             e.last_used_us = std::numeric_limits<std::int64_t>::min();
-            b.entry_index[i] = n + 1;
-            b.header->entries_used.store(n + 1, std::memory_order_relaxed);
-            *index = n;
-            return &e;
-        }
-        AggEntry& e = b.entries[v - 1];
-        if (e.hash == h32 && e.label == label && e.hour == hour &&
-            load_u64(e.key_id) == load_u64(key) &&
-            load_u64(e.key_id + 8) == load_u64(key + 8)) {
-            *index = v - 1;
-            return &e;
-        }
+        });
+    if (id == 0) {
+        return nullptr;
     }
-    return nullptr;  // an index full of garbage
+    *index = id - 1;
+    return &b.entries[id - 1];
 }
 
 // One more latency in the entry's histogram; false if the cell table is
@@ -323,12 +329,6 @@ std::uint64_t agg_text_hash(std::string_view text) noexcept {
 }
 
 // --- UsageSegment: the worker's side ------------------------------------------
-
-unsigned char* UsageSegment::agg_buffer(std::uint32_t slot,
-                                        std::uint64_t epoch) const noexcept {
-    return agg_areas_ + std::size_t{slot} * agg_.area_size +
-           (epoch & 1) * agg_.buffer_size;
-}
 
 bool UsageSegment::aggregate(std::uint32_t slot,
                              const AggregateInput& in) noexcept {

@@ -241,8 +241,12 @@ public:
 private:
     void adopt(MappedFile&& map) noexcept;
     UsageRecord* ring(std::uint32_t slot) const noexcept;
+    // Inline: every aggregated request locates its buffer.
     unsigned char* agg_buffer(std::uint32_t slot,
-                              std::uint64_t epoch) const noexcept;
+                              std::uint64_t epoch) const noexcept {
+        return agg_areas_ + std::size_t{slot} * agg_.area_size +
+               (epoch & 1) * agg_.buffer_size;
+    }
     // The closed buffer holding `epoch`, or nullptr.
     unsigned char* agg_closed(std::uint32_t slot,
                               std::uint64_t epoch) const noexcept;
