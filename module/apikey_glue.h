@@ -113,7 +113,9 @@ typedef struct apikey_usage_s  apikey_usage_t;
 /*
  * One request, as the log phase sees it; text is copied and truncated.
  * endpoint_hash: apikey_usage_label_hash() of a padded endpoint, computed
- * at configuration (ignored unless APIKEY_PADDED_ENDPOINT is set).
+ * at configuration (ignored unless APIKEY_PADDED_ENDPOINT is set); a padded
+ * endpoint never changes while the segment is mapped (configuration
+ * memory), so the worker remembers its label by its address.
  */
 typedef struct {
     const apikey_verdict_t  *verdict;

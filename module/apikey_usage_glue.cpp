@@ -38,9 +38,10 @@ std::uint8_t padded_len(size_t len, size_t cap) noexcept {
     return static_cast<std::uint8_t>(len < cap ? len : cap);
 }
 
-// A label text as the record field would keep it.
-std::string_view label_text(const unsigned char* p, size_t len, size_t cap,
-                            bool padded) noexcept {
+// An endpoint label as the record field would keep it.
+std::string_view endpoint_text(const unsigned char* p, size_t len,
+                               bool padded) noexcept {
+    constexpr size_t cap = apikey::kUsageEndpointLen;
     if (padded || len <= cap) {
         return text(p, len < cap ? len : cap);
     }
@@ -190,15 +191,22 @@ int apikey_usage_aggregate(apikey_usage_t* usage, int slot,
     in.status = static_cast<std::uint16_t>(f->status);
     in.ip_family = ip_family(f->ip_family);
     in.ip = f->ip;
-    in.method = label_text(f->method, f->method_len, apikey::kUsageMethodLen,
-                           (f->padded & APIKEY_PADDED_METHOD) != 0);
-    in.endpoint =
-        label_text(f->endpoint, f->endpoint_len, apikey::kUsageEndpointLen,
-                   (f->padded & APIKEY_PADDED_ENDPOINT) != 0);
-    if (f->padded & APIKEY_PADDED_ENDPOINT) {
-        in.endpoint_hashed = true;
-        in.endpoint_hash = f->endpoint_hash;
+    // The aggregate takes the method as a padded field, as the shim's
+    // table of common methods has it; others are padded here.
+    char method[apikey::kUsageMethodLen];
+    if (f->padded & APIKEY_PADDED_METHOD) {
+        in.method = reinterpret_cast<const char*>(f->method);
+        in.method_len = padded_len(f->method_len, sizeof method);
+    } else {
+        std::memset(method, 0, sizeof method);
+        in.method = method;
+        in.method_len = apikey::copy_truncated(method, sizeof method,
+                                               text(f->method, f->method_len));
     }
+    const bool constant = (f->padded & APIKEY_PADDED_ENDPOINT) != 0;
+    in.endpoint = endpoint_text(f->endpoint, f->endpoint_len, constant);
+    in.endpoint_constant = constant;
+    in.endpoint_hash = f->endpoint_hash;
     return usage->segment.aggregate(static_cast<std::uint32_t>(slot), in) ? 1
                                                                           : 0;
 }

@@ -70,12 +70,11 @@ std::uint64_t make_seed() noexcept {
     return seed | 1;
 }
 
-// Drawn once per process lineage: nginx's master hashes constant labels at
-// configuration time, before its workers fork, so both see the same seed.
-std::uint64_t seed() noexcept {
-    static const std::uint64_t s = make_seed();
-    return s;
-}
+// Drawn once per process lineage, when the module (or program) is loaded:
+// nginx's master hashes constant labels at configuration time, before its
+// workers fork, so both see the same seed. Not a function-local static:
+// every request reads it, and a plain load costs no guard.
+const std::uint64_t g_seed = make_seed();
 
 inline std::uint64_t load_u64(const void* p) noexcept {
     std::uint64_t v;
@@ -83,18 +82,20 @@ inline std::uint64_t load_u64(const void* p) noexcept {
     return v;
 }
 
-inline std::uint64_t label_hash(const AggregateInput& in) noexcept {
-    const std::uint64_t e =
-        in.endpoint_hashed ? in.endpoint_hash : agg_text_hash(in.endpoint);
-    return fmix(agg_text_hash(in.method) ^ rotl(e, 23));
+// The method is a zero-padded 16-byte field: two words.
+inline std::uint64_t label_hash(std::uint64_t m0, std::uint64_t m1,
+                                std::uint64_t endpoint_hash) noexcept {
+    return fmix((m0 ^ g_seed) * kMul ^ rotl(m1 * kMul, 29) ^
+                rotl(endpoint_hash, 23));
 }
 
+// Key ids are the server's, not the client's: no seed needed.
 inline std::uint64_t entry_hash(const std::uint8_t* key, std::uint32_t label,
                                 std::int32_t hour) noexcept {
     const std::uint64_t lh =
         (std::uint64_t{label} << 32) | static_cast<std::uint32_t>(hour);
-    return fmix(seed() ^ load_u64(key) * kMul ^
-                rotl(load_u64(key + 8), 31) ^ rotl(lh * kMul, 17));
+    return fmix(load_u64(key) * kMul ^ rotl(load_u64(key + 8), 31) ^
+                rotl(lh * kMul, 17));
 }
 
 // A count only this process writes: no locked instruction needed.
@@ -132,46 +133,90 @@ inline std::uint32_t used(const std::atomic<std::uint32_t>& n,
 
 // --- the worker's update ----------------------------------------------------
 
-// The label id of (method, endpoint), added if new; kAggOtherLabel when the
-// label table is full. Index values above the used count (a worker killed
-// between the two stores) are free slots.
-std::uint32_t find_label(const Buffer& b, const AggLayout& l,
-                         const AggregateInput& in) noexcept {
-    const std::uint64_t h = label_hash(in);
-    const auto h32 = static_cast<std::uint32_t>(h);
-    const std::uint32_t n =
-        used(b.header->labels_used, l.labels, std::memory_order_relaxed);
-    const std::uint32_t mask = l.label_index - 1;
+// Open addressing over a table used from row 0 up: the 1-based row that
+// `match` accepts, or a new row that `fill` writes, in the first free index
+// slot; 0 when the table is full. Index values above the used count (a
+// worker killed between the two stores) are free slots.
+template <typename Row, typename Match, typename Fill>
+inline std::uint32_t find_or_add(std::uint32_t* index, std::uint32_t index_size,
+                          Row* rows, std::atomic<std::uint32_t>& used_count,
+                          std::uint32_t cap, std::uint64_t h, Match match,
+                          Fill fill) noexcept {
+    const std::uint32_t n = used(used_count, cap, std::memory_order_relaxed);
+    const std::uint32_t mask = index_size - 1;
     std::uint32_t i = static_cast<std::uint32_t>(h >> 32) & mask;
-    for (std::uint32_t probes = 0; probes < l.label_index;
+    for (std::uint32_t probes = 0; probes < index_size;
          ++probes, i = (i + 1) & mask) {
-        const std::uint32_t v = b.label_index[i];
+        const std::uint32_t v = index[i];
         if (v == 0 || v > n) {
-            if (n == l.labels) {
-                return kAggOtherLabel;
+            if (n == cap) {
+                return 0;
             }
-            AggLabel& lb = b.labels[n];
-            std::memset(&lb, 0, sizeof lb);
-            lb.hash = h32;
-            lb.index_slot = i;
-            lb.method_len = static_cast<std::uint8_t>(in.method.size());
-            lb.endpoint_len = static_cast<std::uint8_t>(in.endpoint.size());
-            std::memcpy(lb.method, in.method.data(), in.method.size());
-            std::memcpy(lb.endpoint, in.endpoint.data(), in.endpoint.size());
-            b.label_index[i] = n + 1;
-            b.header->labels_used.store(n + 1, std::memory_order_relaxed);
+            fill(rows[n], i);
+            index[i] = n + 1;
+            used_count.store(n + 1, std::memory_order_relaxed);
             return n + 1;
         }
-        const AggLabel& lb = b.labels[v - 1];
-        if (lb.hash == h32 && lb.method_len == in.method.size() &&
-            lb.endpoint_len == in.endpoint.size() &&
-            std::memcmp(lb.method, in.method.data(), in.method.size()) == 0 &&
-            std::memcmp(lb.endpoint, in.endpoint.data(), in.endpoint.size()) ==
-                0) {
+        if (match(rows[v - 1])) {
             return v;
         }
     }
-    return kAggOtherLabel;  // an index full of garbage
+    return 0;  // an index full of garbage
+}
+
+// The label id of (method, endpoint), added if new; kAggOtherLabel when the
+// label table is full.
+std::uint32_t find_label(const Buffer& b, const AggLayout& l,
+                         const AggregateInput& in) noexcept {
+    const std::uint64_t m0 = load_u64(in.method);
+    const std::uint64_t m1 = load_u64(in.method + 8);
+    const std::uint64_t h = label_hash(
+        m0, m1,
+        in.endpoint_constant ? in.endpoint_hash : agg_text_hash(in.endpoint));
+    const auto h32 = static_cast<std::uint32_t>(h);
+    static_assert(kAggOtherLabel == 0, "find_or_add's full");
+    return find_or_add(
+        b.label_index, l.label_index, b.labels, b.header->labels_used,
+        l.labels, h,
+        [&](const AggLabel& lb) {
+            return lb.hash == h32 && lb.method_len == in.method_len &&
+                   lb.endpoint_len == in.endpoint.size() &&
+                   load_u64(lb.method) == m0 && load_u64(lb.method + 8) == m1 &&
+                   std::memcmp(lb.endpoint, in.endpoint.data(),
+                               in.endpoint.size()) == 0;
+        },
+        [&](AggLabel& lb, std::uint32_t at) {
+            std::memset(&lb, 0, sizeof lb);
+            lb.hash = h32;
+            lb.index_slot = at;
+            lb.method_len = in.method_len;
+            lb.endpoint_len = static_cast<std::uint8_t>(in.endpoint.size());
+            std::memcpy(lb.method, in.method, sizeof lb.method);
+            std::memcpy(lb.endpoint, in.endpoint.data(), in.endpoint.size());
+        });
+}
+
+// find_label() through the worker's memo, for a constant label.
+std::uint32_t label_of(AggLabelMemo& memos, const Buffer& b,
+                       const AggLayout& l, std::uint32_t slot,
+                       std::uint64_t epoch, const AggregateInput& in) noexcept {
+    if (!in.endpoint_constant) {
+        return find_label(b, l, in);
+    }
+    const std::uint64_t m0 = load_u64(in.method);
+    const std::uint64_t m1 = load_u64(in.method + 8);
+    const auto at = reinterpret_cast<std::uintptr_t>(in.endpoint.data());
+    AggLabelMemoEntry& memo = memos[((at >> 4) ^ m0) % memos.size()];
+    if (memo.endpoint == in.endpoint.data() && memo.epoch == epoch &&
+        memo.slot == slot && memo.m0 == m0 && memo.m1 == m1 &&
+        memo.method_len == in.method_len) {
+        return memo.label;
+    }
+    const std::uint32_t label = find_label(b, l, in);
+    if (label != kAggOtherLabel) {
+        memo = {in.endpoint.data(), m0, m1, epoch, slot, label, in.method_len};
+    }
+    return label;
 }
 
 // The entry of (key, label, hour), added (zeroed) if new; nullptr when the
@@ -181,39 +226,28 @@ AggEntry* find_entry(const Buffer& b, const AggLayout& l,
                      std::int32_t hour, std::uint32_t* index) noexcept {
     const std::uint64_t h = entry_hash(key, label, hour);
     const auto h32 = static_cast<std::uint32_t>(h);
-    const std::uint32_t n =
-        used(b.header->entries_used, l.entries, std::memory_order_relaxed);
-    const std::uint32_t mask = l.entry_index - 1;
-    std::uint32_t i = static_cast<std::uint32_t>(h >> 32) & mask;
-    for (std::uint32_t probes = 0; probes < l.entry_index;
-         ++probes, i = (i + 1) & mask) {
-        const std::uint32_t v = b.entry_index[i];
-        if (v == 0 || v > n) {
-            if (n == l.entries) {
-                return nullptr;
-            }
-            AggEntry& e = b.entries[n];
+    const std::uint32_t id = find_or_add(
+        b.entry_index, l.entry_index, b.entries, b.header->entries_used,
+        l.entries, h,
+        [&](const AggEntry& e) {
+            return e.hash == h32 && e.label == label && e.hour == hour &&
+                   load_u64(e.key_id) == load_u64(key) &&
+                   load_u64(e.key_id + 8) == load_u64(key + 8);
+        },
+        [&](AggEntry& e, std::uint32_t at) {
             std::memset(&e, 0, sizeof e);
             std::memcpy(e.key_id, key, sizeof e.key_id);
             e.label = label;
             e.hour = hour;
             e.hash = h32;
-            e.index_slot = i;
+            e.index_slot = at;
             e.last_used_us = std::numeric_limits<std::int64_t>::min();
-            b.entry_index[i] = n + 1;
-            b.header->entries_used.store(n + 1, std::memory_order_relaxed);
-            *index = n;
-            return &e;
-        }
-        AggEntry& e = b.entries[v - 1];
-        if (e.hash == h32 && e.label == label && e.hour == hour &&
-            load_u64(e.key_id) == load_u64(key) &&
-            load_u64(e.key_id + 8) == load_u64(key + 8)) {
-            *index = v - 1;
-            return &e;
-        }
+        });
+    if (id == 0) {
+        return nullptr;
     }
-    return nullptr;  // an index full of garbage
+    *index = id - 1;
+    return &b.entries[id - 1];
 }
 
 // One more latency in the entry's histogram; false if the cell table is
@@ -281,7 +315,7 @@ AggLayout agg_layout_for(std::uint32_t entries) noexcept {
 std::uint64_t agg_text_hash(std::string_view text) noexcept {
     const char* p = text.data();
     const std::size_t n = text.size();
-    std::uint64_t h = seed() ^ (n * kMul);
+    std::uint64_t h = g_seed ^ (n * kMul);
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         h = rotl((h ^ load_u64(p + i)) * kMul, 31);
@@ -295,12 +329,6 @@ std::uint64_t agg_text_hash(std::string_view text) noexcept {
 }
 
 // --- UsageSegment: the worker's side ------------------------------------------
-
-unsigned char* UsageSegment::agg_buffer(std::uint32_t slot,
-                                        std::uint64_t epoch) const noexcept {
-    return agg_areas_ + std::size_t{slot} * agg_.area_size +
-           (epoch & 1) * agg_.buffer_size;
-}
 
 bool UsageSegment::aggregate(std::uint32_t slot,
                              const AggregateInput& in) noexcept {
@@ -321,7 +349,7 @@ bool UsageSegment::aggregate(std::uint32_t slot,
         e = now;
     }
     const Buffer b(agg_buffer(slot, e), agg_);
-    const std::uint32_t label = find_label(b, agg_, in);
+    const std::uint32_t label = label_of(label_memo_, b, agg_, slot, e, in);
     if (label == kAggOtherLabel) {
         bump(s.agg_label_overflow);
     }

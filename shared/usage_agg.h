@@ -147,14 +147,13 @@ AggLayout agg_layout_for(std::uint32_t entries) noexcept;
 
 // --- the worker's side ---------------------------------------------------------
 
-// The hash of a label text, as agg_label_hash() combines them. Seeded per
-// process lineage (nginx's master, before the workers fork), so that
-// clients cannot aim probe chains at one another.
+// The hash of an endpoint label, as the worker looks labels up by it.
+// Seeded per process lineage (nginx's master, before the workers fork, so
+// that a label hashed at configuration time matches), so that clients
+// cannot aim probe chains at one another.
 std::uint64_t agg_text_hash(std::string_view text) noexcept;
 
-// One request as the worker aggregates it. method and endpoint are already
-// cut to fit a label (kUsageMethodLen, kUsageEndpointLen, at a UTF-8
-// boundary: truncated_len()).
+// One request as the worker aggregates it.
 struct AggregateInput {
     const std::uint8_t* key_id = nullptr;  // 16 bytes
     std::int64_t time_us = 0;              // request start
@@ -163,13 +162,34 @@ struct AggregateInput {
     std::uint16_t status = 0;
     IpFamily ip_family = IpFamily::kNone;
     const std::uint8_t* ip = nullptr;      // 4 or 16 bytes
-    std::string_view method;
+    // kUsageMethodLen bytes, zero past method_len (a record field's form:
+    // compared and hashed as two words).
+    const char* method = nullptr;
+    std::uint8_t method_len = 0;
+    // Already cut to fit a label (kUsageEndpointLen, at a UTF-8 boundary:
+    // truncated_len()).
     std::string_view endpoint;
-    // agg_text_hash(endpoint), when known in advance (a constant label,
-    // hashed at configuration time).
-    bool endpoint_hashed = false;
+    // A configuration-time label: agg_text_hash(endpoint) is given, and
+    // the text at endpoint.data() stays the same as long as the segment
+    // is mapped, so the worker remembers its label id per buffer.
+    bool endpoint_constant = false;
     std::uint64_t endpoint_hash = 0;
 };
+
+// A worker's memory (its own, not the segment's) of the label ids of
+// constant labels, per (slot, epoch): labels are append-only within an
+// epoch, so (slot, epoch, the label text's address, the method) name one
+// id. Spares the label's hash and comparisons on most requests.
+struct AggLabelMemoEntry {
+    const char* endpoint = nullptr;
+    std::uint64_t m0 = 0;
+    std::uint64_t m1 = 0;
+    std::uint64_t epoch = 0;
+    std::uint32_t slot = 0;
+    std::uint32_t label = 0;
+    std::uint8_t method_len = 0;
+};
+using AggLabelMemo = std::array<AggLabelMemoEntry, 16>;
 
 // --- what apikeyd sees ---------------------------------------------------------
 

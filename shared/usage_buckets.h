@@ -58,9 +58,12 @@ inline constexpr std::int64_t kUsPerHour = 3600LL * 1000000;
 
 // The UTC hour that holds time_us, counted from 1970 (floor, also before).
 inline std::int64_t hour_of(std::int64_t time_us) noexcept {
-    std::int64_t q = time_us / kUsPerHour;
-    if (time_us % kUsPerHour < 0) --q;
-    return q;
+    if (time_us >= 0) {  // every real request: the cheaper division
+        return static_cast<std::int64_t>(static_cast<std::uint64_t>(time_us) /
+                                         kUsPerHour);
+    }
+    const std::int64_t q = time_us / kUsPerHour;
+    return q * kUsPerHour > time_us ? q - 1 : q;
 }
 
 }  // namespace apikey

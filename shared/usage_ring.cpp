@@ -177,6 +177,7 @@ UsageSegment::UsageSegment(UsageSegment&& other) noexcept
       capacity_(std::exchange(other.capacity_, 0)),
       agg_areas_(std::exchange(other.agg_areas_, nullptr)),
       agg_(std::exchange(other.agg_, AggLayout{})),
+      label_memo_(std::exchange(other.label_memo_, AggLabelMemo{})),
       map_(std::move(other.map_)) {}
 
 UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
@@ -189,6 +190,7 @@ UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
         capacity_ = std::exchange(other.capacity_, 0);
         agg_areas_ = std::exchange(other.agg_areas_, nullptr);
         agg_ = std::exchange(other.agg_, AggLayout{});
+        label_memo_ = std::exchange(other.label_memo_, AggLabelMemo{});
         map_ = std::move(other.map_);
     }
     return *this;
@@ -202,6 +204,7 @@ void UsageSegment::reset() noexcept {
     capacity_ = 0;
     agg_areas_ = nullptr;
     agg_ = AggLayout{};
+    label_memo_ = AggLabelMemo{};  // ids of another mapping's buffers
     map_.reset();
 }
 

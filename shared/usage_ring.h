@@ -27,6 +27,7 @@
 // and then attaches the new file.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -240,8 +241,12 @@ public:
 private:
     void adopt(MappedFile&& map) noexcept;
     UsageRecord* ring(std::uint32_t slot) const noexcept;
+    // Inline: every aggregated request locates its buffer.
     unsigned char* agg_buffer(std::uint32_t slot,
-                              std::uint64_t epoch) const noexcept;
+                              std::uint64_t epoch) const noexcept {
+        return agg_areas_ + std::size_t{slot} * agg_.area_size +
+               (epoch & 1) * agg_.buffer_size;
+    }
     // The closed buffer holding `epoch`, or nullptr.
     unsigned char* agg_closed(std::uint32_t slot,
                               std::uint64_t epoch) const noexcept;
@@ -253,6 +258,7 @@ private:
     std::uint64_t capacity_ = 0;  // records per ring, a power of two
     unsigned char* agg_areas_ = nullptr;
     AggLayout agg_;
+    AggLabelMemo label_memo_{};  // the worker's, in its own memory
     MappedFile map_;
 };
 

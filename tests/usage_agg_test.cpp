@@ -50,8 +50,12 @@ struct Request {
     std::uint16_t status = 200;
     IpFamily family = IpFamily::kV4;
     std::array<std::uint8_t, 16> ip{{10, 0, 0, 1}};
+    char method_field[kUsageMethodLen] = {};  // as the worker gets it
 
-    AggregateInput input() const {
+    AggregateInput input() {
+        std::memset(method_field, 0, sizeof method_field);
+        std::memcpy(method_field, method.data(),
+                    std::min(method.size(), sizeof method_field));
         AggregateInput in;
         in.key_id = key.data();
         in.time_us = time_us;
@@ -60,7 +64,8 @@ struct Request {
         in.status = status;
         in.ip_family = family;
         in.ip = ip.data();
-        in.method = method;
+        in.method = method_field;
+        in.method_len = static_cast<std::uint8_t>(method.size());
         in.endpoint = endpoint;
         return in;
     }
@@ -353,19 +358,34 @@ TEST_F(UsageAggTest, AnAddressOfNoFamilyIsStoredAsNone) {
     EXPECT_EQ(got[0].ip, (std::array<std::uint8_t, 16>{}));
 }
 
-TEST_F(UsageAggTest, AHashedEndpointFindsTheSameLabel) {
+// A constant label (hashed at configuration time, remembered by address)
+// and the same text given as a variable one find the same label, in every
+// buffer; another method at the same address is another label.
+TEST_F(UsageAggTest, AConstantEndpointFindsTheSameLabelInEveryBuffer) {
     create();
+    static const char kConstant[] = "/constant";
     Request r;
-    r.endpoint = "/constant";
-    AggregateInput hashed = r.input();
-    hashed.endpoint_hashed = true;
-    hashed.endpoint_hash = agg_text_hash(r.endpoint);
-    ASSERT_TRUE(seg_.aggregate(0, r.input()));
-    ASSERT_TRUE(seg_.aggregate(0, hashed));
-    const auto got = collect();
-    ASSERT_EQ(got.size(), 1u);
-    EXPECT_EQ(got[0].requests, 2u);
-    EXPECT_EQ(got[0].endpoint, "/constant");
+    r.endpoint = kConstant;
+    auto constant = [&](Request& q) {
+        AggregateInput in = q.input();
+        in.endpoint = std::string_view(kConstant);
+        in.endpoint_constant = true;
+        in.endpoint_hash = agg_text_hash(kConstant);
+        return in;
+    };
+    for (int round = 0; round < 3; ++round) {
+        ASSERT_TRUE(seg_.aggregate(0, r.input()));
+        ASSERT_TRUE(seg_.aggregate(0, constant(r)));
+        ASSERT_TRUE(seg_.aggregate(0, constant(r)));
+        Request post = r;
+        post.method = "POST";
+        ASSERT_TRUE(seg_.aggregate(0, constant(post)));
+        const auto got = collect();
+        ASSERT_EQ(got.size(), 2u) << round;
+        const auto m = sums_of(got);
+        EXPECT_EQ(m.at(key_for(r)).requests, 3u) << round;
+        EXPECT_EQ(m.at(key_for(post)).requests, 1u) << round;
+    }
 }
 
 TEST_F(UsageAggTest, LabelsAreStoredAtFullLength) {

@@ -164,7 +164,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
     in.status = 200;
     in.ip_family = IpFamily::kV4;
     in.ip = ip;
-    in.method = "GET";
+    static const char kGet[kUsageMethodLen] = "GET";
+    in.method = kGet;
+    in.method_len = 3;
     in.endpoint = "/fuzz";
     FUZZ_CHECK(g_seg->aggregate(0, in));
     FUZZ_CHECK(g_seg->aggregate(0, in));
