@@ -162,37 +162,33 @@ std::string format_metrics(const KeyPublisherStats& keys,
         w.sample("apikey_ring_depth", r.depth,
                  ring_labels(r) + ",state=\"" + state_name(r.state) + "\"");
     }
-    w.family("apikey_ring_dropped_total", "counter",
-             "Records dropped because a ring was full.");
-    for (const RingSnapshot& r : rings.rings) {
-        w.sample("apikey_ring_dropped_total", r.dropped, ring_labels(r));
-    }
-    w.family("apikey_agg_overflow_total", "counter",
+    // One series per ring, labelled with its segment and slot.
+    auto per_ring = [&](const char* name, const char* type, const char* help,
+                        auto value) {
+        w.family(name, type, help);
+        for (const RingSnapshot& r : rings.rings) {
+            w.sample(name, value(r), ring_labels(r));
+        }
+    };
+    per_ring("apikey_ring_dropped_total", "counter",
+             "Records dropped because a ring was full.",
+             [](const RingSnapshot& r) { return r.dropped; });
+    per_ring("apikey_agg_overflow_total", "counter",
              "Requests not aggregated because a worker's aggregation buffer "
-             "was full (not in the rollups or request_count).");
-    for (const RingSnapshot& r : rings.rings) {
-        w.sample("apikey_agg_overflow_total", r.agg_overflow, ring_labels(r));
-    }
-    w.family("apikey_agg_label_overflow_total", "counter",
+             "was full (not in the rollups or request_count).",
+             [](const RingSnapshot& r) { return r.agg_overflow; });
+    per_ring("apikey_agg_label_overflow_total", "counter",
              "Requests aggregated under endpoint and method \"(other)\" "
-             "because a buffer's label table was full (still counted).");
-    for (const RingSnapshot& r : rings.rings) {
-        w.sample("apikey_agg_label_overflow_total", r.agg_label_overflow,
-                 ring_labels(r));
-    }
-    w.family("apikey_agg_histogram_overflow_total", "counter",
+             "because a buffer's label table was full (still counted).",
+             [](const RingSnapshot& r) { return r.agg_label_overflow; });
+    per_ring("apikey_agg_histogram_overflow_total", "counter",
              "Latencies left out of a rollup's histogram because a buffer's "
-             "cell table was full (the request is still counted).");
-    for (const RingSnapshot& r : rings.rings) {
-        w.sample("apikey_agg_histogram_overflow_total",
-                 r.agg_histogram_overflow, ring_labels(r));
-    }
-    w.family("apikey_agg_pending", "gauge",
+             "cell table was full (the request is still counted).",
+             [](const RingSnapshot& r) { return r.agg_histogram_overflow; });
+    per_ring("apikey_agg_pending", "gauge",
              "1 while a slot's aggregation buffers hold requests not "
-             "committed yet.");
-    for (const RingSnapshot& r : rings.rings) {
-        w.sample("apikey_agg_pending", r.agg_pending ? 1 : 0, ring_labels(r));
-    }
+             "committed yet.",
+             [](const RingSnapshot& r) { return r.agg_pending ? 1 : 0; });
     w.family("apikey_requests_unrecorded_total", "counter",
              "Requests without a usable key, by result (counted, not "
              "recorded).");
