@@ -3,9 +3,11 @@
 #include "usage_agg.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <ctime>
 #include <limits>
+#include <type_traits>
 
 #include <sys/random.h>
 #include <unistd.h>
