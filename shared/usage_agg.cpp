@@ -3,9 +3,11 @@
 #include "usage_agg.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <ctime>
 #include <limits>
+#include <type_traits>
 
 #include <sys/random.h>
 #include <unistd.h>
@@ -131,7 +133,7 @@ inline std::uint32_t used(const std::atomic<std::uint32_t>& n,
     return v < cap ? v : cap;
 }
 
-// --- the worker's update ----------------------------------------------------
+// --- the worker's update -----------------------------------------------------
 
 // Open addressing over a table used from row 0 up: the 1-based row that
 // `match` accepts, or a new row that `fill` writes, in the first free index
@@ -303,7 +305,8 @@ AggLayout agg_layout_for(std::uint32_t entries) noexcept {
         line_up(l.entry_index_offset + std::size_t{l.entry_index} * 4);
     l.entries_offset =
         line_up(l.label_index_offset + std::size_t{l.label_index} * 4);
-    l.labels_offset = l.entries_offset + std::size_t{entries} * sizeof(AggEntry);
+    l.labels_offset =
+        l.entries_offset + std::size_t{entries} * sizeof(AggEntry);
     l.cells_offset = l.labels_offset + std::size_t{l.labels} * sizeof(AggLabel);
     l.buffer_size = (l.cells_offset + std::size_t{l.cells} * sizeof(AggCell) +
                      kPage - 1) &
@@ -328,7 +331,7 @@ std::uint64_t agg_text_hash(std::string_view text) noexcept {
     return fmix(h);
 }
 
-// --- UsageSegment: the worker's side ------------------------------------------
+// --- UsageSegment: the worker's side -----------------------------------------
 
 bool UsageSegment::aggregate(std::uint32_t slot,
                              const AggregateInput& in) noexcept {
@@ -384,7 +387,7 @@ bool UsageSegment::aggregate(std::uint32_t slot,
     return entry != nullptr;
 }
 
-// --- UsageSegment: apikeyd's side ---------------------------------------------
+// --- UsageSegment: apikeyd's side --------------------------------------------
 
 unsigned char* UsageSegment::agg_closed(std::uint32_t slot,
                                         std::uint64_t epoch) const noexcept {
@@ -602,8 +605,10 @@ bool UsageSegment::agg_empty(std::uint32_t slot) const noexcept {
     if (slot >= slot_count_) {
         return true;
     }
-    const std::uint64_t e = slots_[slot].agg_epoch.load(std::memory_order_acquire);
-    const auto* h = reinterpret_cast<const AggBufferHeader*>(agg_buffer(slot, e));
+    const std::uint64_t e =
+        slots_[slot].agg_epoch.load(std::memory_order_acquire);
+    const auto* h =
+        reinterpret_cast<const AggBufferHeader*>(agg_buffer(slot, e));
     return h->entries_used.load(std::memory_order_acquire) == 0;
 }
 

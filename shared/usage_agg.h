@@ -70,7 +70,7 @@ enum class AggBufferState : std::uint32_t {
     kClosed = 2   // apikeyd's until it is committed and cleared
 };
 
-// --- in the segment (no pointers; offsets from the area) ------------------
+// --- in the segment (no pointers; offsets from the area) ---------------------
 
 struct AggBufferHeader {
     // apikeyd writes state and epoch; the worker reads neither.
@@ -145,7 +145,7 @@ struct AggLayout {
 // `entries` is outside [kAggMinEntries, kAggMaxEntries].
 AggLayout agg_layout_for(std::uint32_t entries) noexcept;
 
-// --- the worker's side ---------------------------------------------------------
+// --- the worker's side -------------------------------------------------------
 
 // The hash of an endpoint label, as the worker looks labels up by it.
 // Seeded per process lineage (nginx's master, before the workers fork, so
@@ -191,7 +191,7 @@ struct AggLabelMemoEntry {
 };
 using AggLabelMemo = std::array<AggLabelMemoEntry, 16>;
 
-// --- what apikeyd sees ---------------------------------------------------------
+// --- what apikeyd sees -------------------------------------------------------
 
 // One entry of a closed buffer, decoded. method and endpoint are as the
 // worker stored them (apikeyd sanitizes them), or kAggOtherText for the

@@ -116,14 +116,16 @@ SegmentStatus validate(const MappedFile& map, const char* path,
         usage_layout_for(rings, h->slot_count, h->agg_entries);
     if (layout.ring_capacity == 0 || layout.ring_capacity != h->ring_capacity ||
         layout.file_size != map.size()) {
-        describe_error(error, "usage segment", path, "slot count, ring capacity and size disagree");
+        describe_error(error, "usage segment", path,
+                       "slot count, ring capacity and size disagree");
         return SegmentStatus::kBadSize;
     }
     const AggLayout agg = agg_layout_for(h->agg_entries);
     if (h->agg_labels != agg.labels || h->agg_cells != agg.cells ||
         h->agg_area_size != agg.area_size ||
         h->agg_area_offset != page_up(rings)) {
-        describe_error(error, "usage segment", path, "aggregation area sizes disagree");
+        describe_error(error, "usage segment", path,
+                       "aggregation area sizes disagree");
         return SegmentStatus::kBadSize;
     }
     return SegmentStatus::kOk;

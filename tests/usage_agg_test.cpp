@@ -93,7 +93,8 @@ struct Sums {
             last_used_us = r.time_us;
             ip = r.ip;
         }
-        ++latency[static_cast<std::uint16_t>(latency_bucket(r.response_time_us))];
+        const auto b = latency_bucket(r.response_time_us);
+        ++latency[static_cast<std::uint16_t>(b)];
     }
     void add(const AggregateEntry& e) {
         requests += e.requests;
@@ -137,7 +138,8 @@ protected:
         bool created = false;
         std::string error;
         const std::size_t rings =
-            kUsageHeaderSize + slots * (sizeof(UsageSlot) + 8 * sizeof(UsageRecord));
+            kUsageHeaderSize +
+            slots * (sizeof(UsageSlot) + 8 * sizeof(UsageRecord));
         ASSERT_EQ(seg_.open_or_create(path_.c_str(),
                                       usage_layout_for(rings, slots, entries),
                                       0600, &created, &error),
@@ -181,7 +183,7 @@ std::map<Key, Sums> sums_of(const std::vector<AggregateEntry>& entries) {
     return m;
 }
 
-// --- layout --------------------------------------------------------------------
+// --- layout ------------------------------------------------------------------
 
 TEST(AggLayoutTest, DefaultHoldsFiftyThousandEntriesAndSaysItsSize) {
     const AggLayout l = agg_layout_for(kAggDefaultEntries);
@@ -210,7 +212,8 @@ TEST(AggLayoutTest, TablesDoNotOverlapAndIndexesAreRoomy) {
                   l.label_index_offset);
         EXPECT_LE(l.label_index_offset + 4 * l.label_index, l.entries_offset);
         EXPECT_EQ(l.labels_offset, l.entries_offset + 128 * std::size_t{n});
-        EXPECT_EQ(l.cells_offset, l.labels_offset + 128 * std::size_t{l.labels});
+        EXPECT_EQ(l.cells_offset,
+                  l.labels_offset + 128 * std::size_t{l.labels});
         EXPECT_EQ(l.entries_offset % 64, 0u);
     }
 }
@@ -288,7 +291,7 @@ TEST_F(UsageAggTest, AVersionOneFileIsRefusedNamingBothVersions) {
         << error;
 }
 
-// --- the worker's update, one thread -------------------------------------------
+// --- the worker's update, one thread -----------------------------------------
 
 TEST_F(UsageAggTest, SumsAreExactPerKeyLabelAndHour) {
     create();
@@ -303,7 +306,8 @@ TEST_F(UsageAggTest, SumsAreExactPerKeyLabelAndHour) {
         r.key = key_of(static_cast<unsigned>(rng() % 7));
         r.method = methods[rng() % 3];
         r.endpoint = endpoints[rng() % 3];
-        r.time_us = kJan2Us + static_cast<std::int64_t>(rng() % 3) * kUsPerHour +
+        r.time_us = kJan2Us +
+                    static_cast<std::int64_t>(rng() % 3) * kUsPerHour +
                     static_cast<std::int64_t>(rng() % kUsPerHour);
         r.response_time_us = (rng() % 4000) * 1000;
         r.bytes_sent = rng() % 100000;
@@ -455,7 +459,7 @@ TEST_F(UsageAggTest, OutOfRangeSlotsAreRefusedQuietly) {
     EXPECT_FALSE(none.aggregate(0, r.input()));
 }
 
-// --- the epoch protocol ------------------------------------------------------------
+// --- the epoch protocol ------------------------------------------------------
 
 TEST_F(UsageAggTest, NotSettledWhileTheWorkerIsInTheBuffer) {
     create();
@@ -552,7 +556,7 @@ TEST_F(UsageAggTest, ConcurrentCollectionLosesAndDoublesNothing) {
     EXPECT_EQ(seg_.slot(0).agg_overflow.load(), 0u);
 }
 
-// --- overflows ------------------------------------------------------------------
+// --- overflows ---------------------------------------------------------------
 
 TEST_F(UsageAggTest, AFullEntryTableCountsTheRequestsItCannotHold) {
     create();
@@ -629,7 +633,7 @@ TEST_F(UsageAggTest, AFullCellTableLeavesOutTheLatencyNotTheRequest) {
     EXPECT_EQ(in_histograms, cells);
 }
 
-// --- hostile buffers -------------------------------------------------------------
+// --- hostile buffers ---------------------------------------------------------
 
 // Random bytes in every table and count of a closed buffer: apikeyd reads
 // only inside the buffer, returns labels no longer than their fields and
