@@ -72,10 +72,10 @@ int main(int argc, char** argv) {
         return 1;
     }
 
-    log_info("apikeyd starting: node " + config.node + ", keys " +
-             config.keys_path + ", usage " + config.usage_path +
-             ", listening on " + config.listen_host + ":" +
-             std::to_string(config.listen_port));
+    log_info(std::string("apikeyd starting (version ") + APIKEY_VERSION +
+             "): node " + config.node + ", keys " + config.keys_path +
+             ", usage " + config.usage_path + ", listening on " +
+             config.listen_host + ":" + std::to_string(config.listen_port));
 
     std::thread keys_thread([&] { publisher.run(g_stop); });
     std::thread drain_thread([&] { drainer.run(g_stop); });
