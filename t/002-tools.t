@@ -67,6 +67,38 @@ for my $args ([ '--no-such-flag', 'x' ], [ '--no-such-flag=x' ], [ '--no-such-fl
     one_line_error('apikeyd', $err, 'apikeyd --db without a value');
 }
 
+# --- apikeyd --check-config (no database needed) -------------------------
+
+{
+    my $dir = servroot_path('check-config');
+    mkdir $dir, 0700 or die "mkdir $dir: $!\n";
+    my $conf = "$dir/apikeyd.conf";
+    spew($conf, "node = from-file\nretention-months = 5\nkeys = $dir/keys\n"
+                . "usage = $dir/usage\ndb = host=db1,db2 password=s3cret\n");
+    my ($rc, $out, $err) = run_cmd([ $APIKEYD, '--check-config', '--config', $conf,
+                                     '--retention-months', '7' ], timeout => 10);
+    is($rc, 0, 'apikeyd --check-config with a valid file exits 0');
+    like($out, qr/^node = from-file$/m, '--check-config prints the file\'s node');
+    like($out, qr/^retention-months = 7$/m, '... and the flag that overrides the file');
+    like($out, qr/^db = password=\*{8} host=db1,db2$/m, '... and the db with its password masked');
+    unlike("$out$err", qr/s3cret/, '... never the password itself');
+    is($err, "apikeyd: the configuration file $conf syntax is ok\n"
+             . "apikeyd: configuration test is successful\n", '... and says so on stderr, as nginx -t');
+
+    ($rc, $out, $err) = run_cmd([ $APIKEYD, '--check-config', '--config', $conf,
+                                  '--key-resync', '0' ], timeout => 10);
+    is($rc, 2, 'apikeyd --check-config with a bad flag exits 2');
+    is($out, '', '... prints no options');
+    like($err, qr/\Aapikeyd: invalid --key-resync "0".*\napikeyd: configuration test failed\n\z/s,
+         '... names the flag, then says the test failed');
+
+    ($rc, $out, $err) = run_cmd([ $APIKEYD, '--check-config', '--keys', '/tmp/keys' ],
+                                timeout => 10);
+    is($rc, 2, 'apikeyd --check-config with a world-writable --keys directory exits 2');
+    like($err, qr/refusing "\/tmp".*\napikeyd: configuration test failed\n\z/s,
+         '... with the trust rule\'s reason');
+}
+
 # --- apikeyctl without a database ----------------------------------------
 
 {

@@ -184,6 +184,10 @@ bool parse_daemon_args(const std::vector<std::string>& args,
         if (a == "-h" || a == "--help" || a == "help") {
             return false;
         }
+        if (a == "--check-config") {
+            config->check_config = true;
+            continue;
+        }
         if (a.rfind("--", 0) != 0 || a.size() == 2) {
             throw UsageError("unexpected argument \"" + a +
                              "\" (see apikeyd --help)");

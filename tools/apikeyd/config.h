@@ -29,6 +29,9 @@ struct DaemonConfig {
     // say "revoked"/"expired" (and record usage) rather than "unknown".
     int keep_dead_keys_days = 0;
     std::string config_file;
+    // --check-config: test the options and exit (not an option of the
+    // table: it takes no value and means nothing in a file).
+    bool check_config = false;
 };
 
 // A bad flag or value; what() is the message for the user.
@@ -38,7 +41,8 @@ public:
 };
 
 // Parses argv (without argv[0]). A `--config FILE` is read first, then the
-// flags override it. Returns false if --help was asked for.
+// flags override it. Returns false if --help was asked for;
+// `--check-config` sets config->check_config.
 bool parse_daemon_args(const std::vector<std::string>& args,
                        DaemonConfig* config);
 

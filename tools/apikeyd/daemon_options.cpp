@@ -131,12 +131,17 @@ void append_help_entry(const std::string& flag,
     *out += line + "\n";
 }
 
+std::vector<std::string> words_of(const char* text) {
+    std::vector<std::string> words;
+    std::istringstream in(text);
+    for (std::string word; in >> word;) words.push_back(word);
+    return words;
+}
+
 // The help text's words, then the default and "command line only" each as
 // one word (they read badly broken).
 std::vector<std::string> help_words(const DaemonOption& o) {
-    std::vector<std::string> words;
-    std::istringstream in(o.help);
-    for (std::string word; in >> word;) words.push_back(word);
+    std::vector<std::string> words = words_of(o.help);
     std::string shown = shown_default(o);
     if (!shown.empty()) words.push_back("(default: " + shown + ")");
     if (!o.in_config_file) words.push_back("(command line only)");
@@ -156,6 +161,11 @@ unless marked "command line only"):
         append_help_entry(std::string("--") + o.name + " " + o.metavar,
                           help_words(o), &out);
     }
+    append_help_entry("--check-config",
+                      words_of("test the options (the --config file and the "
+                               "flags), print them and exit: 0 if they are "
+                               "valid, 2 if not (command line only)"),
+                      &out);
     append_help_entry("-h, --help", {"this", "text"}, &out);
     out += "\nSignals: SIGTERM/SIGINT stop cleanly.\n";
     return out;

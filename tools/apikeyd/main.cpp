@@ -7,34 +7,19 @@
 #include <cstdio>
 #include <thread>
 
+#include "check_config.h"
 #include "config.h"
 #include "drainer.h"
 #include "http_server.h"
 #include "key_index.h"
 #include "key_publisher.h"
 #include "log.h"
-#include "runtime_dir.h"
 
 namespace {
 
 std::atomic<bool> g_stop{false};
 
 void on_signal(int) { g_stop = true; }
-
-// The directories of --keys and --usage must pass the trust rule that nginx
-// applies too: refusing here says so at once instead of in every retry.
-bool runtime_dirs_trusted(const apikey::DaemonConfig& config) {
-    for (const std::string* path : {&config.keys_path, &config.usage_path}) {
-        apikey::RuntimeDir dir;
-        std::string why;
-        if (dir.open_for(path->c_str(), &why) !=
-            apikey::TrustStatus::kTrusted) {
-            std::fprintf(stderr, "apikeyd: %s\n", why.c_str());
-            return false;
-        }
-    }
-    return true;
-}
 
 }  // namespace
 
@@ -49,9 +34,19 @@ int main(int argc, char** argv) {
         }
     } catch (const UsageError& e) {
         std::fprintf(stderr, "apikeyd: %s\n", e.what());
+        if (config.check_config) {
+            std::fputs("apikeyd: configuration test failed\n", stderr);
+        }
         return 2;
     }
-    if (!runtime_dirs_trusted(config)) {
+    if (config.check_config) {
+        return check_config(config, stdout, stderr);
+    }
+    // Refusing the runtime directories here says so at once instead of in
+    // every retry.
+    std::string why;
+    if (!runtime_dirs_trusted(config, &why)) {
+        std::fprintf(stderr, "apikeyd: %s\n", why.c_str());
         return 2;
     }
 
@@ -77,10 +72,10 @@ int main(int argc, char** argv) {
         return 1;
     }
 
-    log_info("apikeyd starting: node " + config.node + ", keys " +
-             config.keys_path + ", usage " + config.usage_path +
-             ", listening on " + config.listen_host + ":" +
-             std::to_string(config.listen_port));
+    log_info(std::string("apikeyd starting (version ") + APIKEY_VERSION +
+             "): node " + config.node + ", keys " + config.keys_path +
+             ", usage " + config.usage_path + ", listening on " +
+             config.listen_host + ":" + std::to_string(config.listen_port));
 
     std::thread keys_thread([&] { publisher.run(g_stop); });
     std::thread drain_thread([&] { drainer.run(g_stop); });
