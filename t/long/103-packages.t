@@ -316,7 +316,7 @@ my $org = apikeyctl('org', 'create', 'pkg');
 my $k = apikeyctl('key', 'create', '--org', $org->{org_id}, '--name', 'pkg-key');
 my $api_port = free_port();
 my $conf = slurp($CONF);
-spew($CONF, $conf . "\n# t/long/102-packages.t, as an operator would\n"
+spew($CONF, $conf . "\n# t/long/103-packages.t, as an operator would\n"
             . "db = $ENV{TEST_APIKEY_DB_TCP}\nnode = pkgtest\nlisten = 127.0.0.1:$api_port\n");
 my $log = servroot_path('logs', 'apikeyd-unit.log');
 start_unit($unit, $api_port, $log);
@@ -328,7 +328,7 @@ like(slurp($log) // '', qr/apikeyd starting \(version \Q$version\E\): node pkgte
 my $port = free_port();
 my $html = servroot_path('html', 't.txt');
 spew($SITE, <<"EOF");
-# t/long/102-packages.t
+# t/long/103-packages.t
 apikey_keys /run/apikey/keys;
 apikey_usage /run/apikey/usage;
 server {
