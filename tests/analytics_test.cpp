@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,29 @@ TEST(SummarizeUsage, NoRowsNoRequests) {
     EXPECT_FALSE(s.totals.p95_ms());
     EXPECT_EQ(s.totals.rate_4xx(), 0.0);
     EXPECT_EQ(s.totals.rate_5xx(), 0.0);
+}
+
+// --- the session pool, without a server
+
+constexpr const char* kNoServer = "host=127.0.0.1 port=1 connect_timeout=2";
+
+TEST(ConnectionPool, AFailedConnectGivesItsSlotBack) {
+    ConnectionPool pool(kNoServer, 1, std::chrono::milliseconds(50));
+    for (int i = 0; i < 2; ++i) {
+        // pg::Error both times: the first failure did not keep the one slot.
+        EXPECT_THROW(pool.acquire(), pg::Error);
+        EXPECT_EQ(pool.open_sessions(), 0u);
+    }
+    pool.discard_idle();
+    EXPECT_EQ(pool.open_sessions(), 0u);
+}
+
+TEST(ConnectionPool, NoFreeSessionWithinTheWaitIsPoolExhausted) {
+    ConnectionPool pool(kNoServer, 0, std::chrono::milliseconds(50));
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_THROW(pool.acquire(), PoolExhausted);
+    EXPECT_GE(std::chrono::steady_clock::now() - t0,
+              std::chrono::milliseconds(50));
 }
 
 TEST(CompleteUntil, NowWhenNothingIsHeldBack) {

@@ -65,8 +65,9 @@ KeySummary read_key_summary(const pg::Result& r, int row) {
 // --- pool
 // -----------------------------------------------------------------------
 
-ConnectionPool::ConnectionPool(std::string conninfo, std::size_t max_sessions)
-    : conninfo_(std::move(conninfo)), max_sessions_(max_sessions) {}
+ConnectionPool::ConnectionPool(std::string conninfo, std::size_t max_sessions,
+                               std::chrono::milliseconds wait)
+    : conninfo_(std::move(conninfo)), max_sessions_(max_sessions), wait_(wait) {}
 
 ConnectionPool::~ConnectionPool() = default;
 
@@ -77,7 +78,7 @@ ConnectionPool::Lease::~Lease() {
 ConnectionPool::Lease ConnectionPool::acquire() {
     {
         std::unique_lock<std::mutex> lock(mutex_);
-        bool free = freed_.wait_for(lock, kSessionWait, [this] {
+        bool free = freed_.wait_for(lock, wait_, [this] {
             return !idle_.empty() || open_ < max_sessions_;
         });
         if (!free) {
@@ -89,10 +90,7 @@ ConnectionPool::Lease ConnectionPool::acquire() {
             if (conn->ok()) return Lease(this, std::move(conn));
             --open_;
         }
-        if (open_ >= max_sessions_) {
-            // Every idle one was dead and someone else took the slots.
-            throw PoolExhausted("every database session is busy");
-        }
+        // Each dead idle session freed its slot: there is room for one.
         ++open_;  // reserved before connecting, outside the lock
     }
     // Connect outside the lock: a slow server must not stall other requests

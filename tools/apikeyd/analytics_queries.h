@@ -47,7 +47,8 @@ class PoolExhausted : public std::runtime_error {
 // unusable. Thread-safe.
 class ConnectionPool {
    public:
-    ConnectionPool(std::string conninfo, std::size_t max_sessions);
+    ConnectionPool(std::string conninfo, std::size_t max_sessions,
+                   std::chrono::milliseconds wait = kSessionWait);
     ~ConnectionPool();
     ConnectionPool(const ConnectionPool&) = delete;
     ConnectionPool& operator=(const ConnectionPool&) = delete;
@@ -68,7 +69,8 @@ class ConnectionPool {
     };
 
     // An idle session, or a new one while fewer than max_sessions are open;
-    // otherwise waits up to kSessionWait for one (PoolExhausted). Throws
+    // otherwise waits up to `wait` for one (PoolExhausted). With as many
+    // sessions as analytics workers (apikeyd's setup) nobody waits. Throws
     // pg::Error when connecting or setting up the session fails.
     Lease acquire();
     // Sessions open now (idle and leased).
@@ -84,6 +86,7 @@ class ConnectionPool {
 
     std::string conninfo_;
     std::size_t max_sessions_;
+    std::chrono::milliseconds wait_;
     mutable std::mutex mutex_;
     std::condition_variable freed_;
     std::size_t open_ = 0;  // idle + leased + being opened
