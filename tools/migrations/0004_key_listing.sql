@@ -4,9 +4,10 @@
 --
 -- api_key_listing holds one row per key, kept by triggers inside
 -- PostgreSQL: from api_keys (creation, last_used_at) and from the daily
--- rollup (requests of the key's latest day and month with traffic). The
--- ingest writes neither this table nor its indexes directly, and api_keys'
--- own last-used updates stay HOT (no index on api_keys covers them).
+-- rollup (requests of the key's latest day and month with traffic), applied
+-- once per key at commit. The ingest writes neither this table nor its
+-- indexes directly, and api_keys' own last-used updates stay HOT (no index
+-- on api_keys covers them).
 
 CREATE TABLE api_key_listing (
     key_id          uuid        PRIMARY KEY
@@ -46,48 +47,103 @@ CREATE INDEX api_keys_org_name_prefix_idx
 CREATE INDEX api_keys_org_hint_prefix_idx
     ON api_keys (org_id, hint text_pattern_ops);
 
--- Adds request deltas per (key, UTC day) to the listing rows. Per key only
--- its latest day and month in the delta matter: a later period than the
--- row's is summed afresh from the rollup (this statement's rows included),
--- the row's own period gets the delta, an earlier one changes nothing.
-CREATE FUNCTION apikey_listing_add(keys uuid[], days date[], n bigint[])
-RETURNS void
-LANGUAGE sql AS $$
+-- What a transaction changed is gathered in two temporary tables of its
+-- session (created on first use, emptied at every commit) and applied at
+-- commit, once per key: one update of a key's row per ingest batch however
+-- many rollup and api_keys statements the batch runs, and no dead row
+-- left in a permanent table for each of them.
+CREATE FUNCTION apikey_listing_pending() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('pg_temp.apikey_listing_pending') IS NULL THEN
+        -- day NULL: api_keys changed (last_used_at, org_id); else requests.
+        CREATE TEMP TABLE apikey_listing_pending (
+            key_id  uuid   NOT NULL,
+            day     date,
+            n       bigint NOT NULL
+        ) ON COMMIT DELETE ROWS;
+        CREATE TEMP TABLE apikey_listing_flush (one int PRIMARY KEY)
+            ON COMMIT DELETE ROWS;
+        CREATE CONSTRAINT TRIGGER apikey_listing_flush
+            AFTER INSERT ON pg_temp.apikey_listing_flush
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION apikey_listing_flush();
+    END IF;
+    -- The first of the transaction queues the flush; the others conflict.
+    INSERT INTO pg_temp.apikey_listing_flush VALUES (1) ON CONFLICT DO NOTHING;
+END;
+$$;
+
+-- At commit: per key, last_used_at and org_id as api_keys has them now,
+-- and its latest day and month of requests. Of the request deltas only
+-- the latest day and month in them matter: a later period than the row's
+-- is summed afresh from the rollup (this transaction's rows included), the
+-- row's own period gets the delta, an earlier one changes nothing.
+CREATE FUNCTION apikey_listing_flush() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
     WITH d AS (
-        SELECT u.key_id, u.day, date_trunc('month', u.day)::date AS month,
-               sum(u.n) AS n
-          FROM unnest(keys, days, n) AS u(key_id, day, n)
+        SELECT key_id, day, date_trunc('month', day)::date AS month,
+               sum(n) AS n
+          FROM pg_temp.apikey_listing_pending
+         WHERE day IS NOT NULL
          GROUP BY 1, 2
     ), latest AS (
-        SELECT DISTINCT ON (key_id) key_id, day, n,
-               month, sum(n) OVER (PARTITION BY key_id, month) AS month_n
+        SELECT DISTINCT ON (key_id) key_id, day, n, month,
+               sum(n) OVER (PARTITION BY key_id, month) AS month_n
           FROM d
          ORDER BY key_id, day DESC
+    ), keys AS (
+        SELECT DISTINCT key_id FROM pg_temp.apikey_listing_pending
+         WHERE day IS NULL
+    ), x AS (
+        SELECT coalesce(l.key_id, k.key_id) AS key_id, l.day, l.n, l.month,
+               l.month_n, k.key_id IS NOT NULL AS key_changed
+          FROM latest l FULL JOIN keys k ON k.key_id = l.key_id
+    ), v AS (
+        SELECT s.key_id,
+               CASE WHEN x.key_changed THEN a.org_id ELSE s.org_id END
+                   AS org_id,
+               CASE WHEN x.key_changed
+                    THEN coalesce(a.last_used_at, '-infinity')
+                    ELSE s.last_used_at END AS last_used_at,
+               greatest(s.day, x.day) AS day,
+               CASE
+                   WHEN x.day IS NULL OR x.day < s.day THEN s.requests_day
+                   WHEN x.day = s.day THEN s.requests_day + x.n
+                   ELSE (SELECT coalesce(sum(r.requests), 0)
+                           FROM api_key_usage_daily r
+                          WHERE r.key_id = s.key_id
+                            AND r.bucket = x.day::timestamp AT TIME ZONE 'UTC')
+               END AS requests_day,
+               greatest(s.month, x.month) AS month,
+               CASE
+                   WHEN x.month IS NULL OR x.month < s.month
+                       THEN s.requests_month
+                   WHEN x.month = s.month THEN s.requests_month + x.month_n
+                   ELSE (SELECT coalesce(sum(r.requests), 0)
+                           FROM api_key_usage_daily r
+                          WHERE r.key_id = s.key_id
+                            AND r.bucket >= x.month::timestamp AT TIME ZONE 'UTC'
+                            AND r.bucket < (x.month + interval '1 month')
+                                           AT TIME ZONE 'UTC')
+               END AS requests_month
+          FROM x
+          JOIN api_key_listing s ON s.key_id = x.key_id
+          LEFT JOIN api_keys a ON x.key_changed AND a.id = x.key_id
     )
-    UPDATE api_key_listing AS s SET
-        requests_day = CASE
-            WHEN x.day = s.day THEN s.requests_day + x.n
-            WHEN x.day > s.day THEN (
-                SELECT coalesce(sum(r.requests), 0)
-                  FROM api_key_usage_daily r
-                 WHERE r.key_id = s.key_id
-                   AND r.bucket = x.day::timestamp AT TIME ZONE 'UTC')
-            ELSE s.requests_day END,
-        day = greatest(s.day, x.day),
-        requests_month = CASE
-            WHEN x.month = s.month THEN s.requests_month + x.month_n
-            WHEN x.month > s.month THEN (
-                SELECT coalesce(sum(r.requests), 0)
-                  FROM api_key_usage_daily r
-                 WHERE r.key_id = s.key_id
-                   AND r.bucket >= x.month::timestamp AT TIME ZONE 'UTC'
-                   AND r.bucket < (x.month + interval '1 month')
-                                  AT TIME ZONE 'UTC')
-            ELSE s.requests_month END,
-        month = greatest(s.month, x.month)
-      FROM latest x
-     WHERE s.key_id = x.key_id
-       AND (x.n <> 0 OR x.month_n <> 0 OR x.day > s.day);
+    UPDATE api_key_listing AS s
+       SET org_id = v.org_id, last_used_at = v.last_used_at, day = v.day,
+           requests_day = v.requests_day, month = v.month,
+           requests_month = v.requests_month
+      FROM v
+     WHERE s.key_id = v.key_id
+       AND (s.org_id, s.last_used_at, s.day, s.requests_day, s.month,
+            s.requests_month) IS DISTINCT FROM
+           (v.org_id, v.last_used_at, v.day, v.requests_day, v.month,
+            v.requests_month);
+    RETURN NULL;
+END;
 $$;
 
 -- Statement-level, with transition tables: one call per rollup statement
@@ -95,36 +151,25 @@ $$;
 -- with its own rows), however the ingest batches them.
 CREATE FUNCTION api_key_listing_from_daily() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    k uuid[];
-    d date[];
-    n bigint[];
 BEGIN
+    PERFORM apikey_listing_pending();
     IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(key_id), array_agg(day), array_agg(s)
-          INTO k, d, n
-          FROM (SELECT key_id, (bucket AT TIME ZONE 'UTC')::date AS day,
-                       sum(requests) AS s
-                  FROM new_rows GROUP BY 1, 2) x;
+        INSERT INTO pg_temp.apikey_listing_pending (key_id, day, n)
+        SELECT key_id, (bucket AT TIME ZONE 'UTC')::date, sum(requests)
+          FROM new_rows GROUP BY 1, 2;
     ELSIF TG_OP = 'UPDATE' THEN
-        SELECT array_agg(key_id), array_agg(day), array_agg(s)
-          INTO k, d, n
-          FROM (SELECT key_id, day, sum(r) AS s
-                  FROM (SELECT key_id, (bucket AT TIME ZONE 'UTC')::date AS day,
-                               requests AS r FROM new_rows
-                        UNION ALL
-                        SELECT key_id, (bucket AT TIME ZONE 'UTC')::date,
-                               -requests FROM old_rows) u
-                 GROUP BY 1, 2) x;
-    ELSE
-        SELECT array_agg(key_id), array_agg(day), array_agg(s)
-          INTO k, d, n
+        INSERT INTO pg_temp.apikey_listing_pending (key_id, day, n)
+        SELECT key_id, day, sum(r)
           FROM (SELECT key_id, (bucket AT TIME ZONE 'UTC')::date AS day,
-                       -sum(requests) AS s
-                  FROM old_rows GROUP BY 1, 2) x;
-    END IF;
-    IF k IS NOT NULL THEN
-        PERFORM apikey_listing_add(k, d, n);
+                       requests AS r FROM new_rows
+                UNION ALL
+                SELECT key_id, (bucket AT TIME ZONE 'UTC')::date,
+                       -requests FROM old_rows) u
+         GROUP BY 1, 2;
+    ELSE
+        INSERT INTO pg_temp.apikey_listing_pending (key_id, day, n)
+        SELECT key_id, (bucket AT TIME ZONE 'UTC')::date, -sum(requests)
+          FROM old_rows GROUP BY 1, 2;
     END IF;
     RETURN NULL;
 END;
@@ -143,8 +188,9 @@ CREATE TRIGGER api_key_listing_daily_del
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION api_key_listing_from_daily();
 
--- A new key gets its row; an update copies org_id and last_used_at where
--- they changed (the ingest's coalesced update, one statement per batch).
+-- A new key gets its row at once; an update marks the key, and the flush
+-- copies its org_id and last_used_at at commit (the ingest's coalesced
+-- update, one statement per batch).
 CREATE FUNCTION api_key_listing_from_keys() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -154,13 +200,9 @@ BEGIN
           FROM new_rows
         ON CONFLICT (key_id) DO NOTHING;
     ELSE
-        UPDATE api_key_listing AS s
-           SET org_id = n.org_id,
-               last_used_at = coalesce(n.last_used_at, '-infinity')
-          FROM new_rows n
-         WHERE s.key_id = n.id
-           AND (s.org_id, s.last_used_at) IS DISTINCT FROM
-               (n.org_id, coalesce(n.last_used_at, '-infinity'));
+        PERFORM apikey_listing_pending();
+        INSERT INTO pg_temp.apikey_listing_pending (key_id, day, n)
+        SELECT id, NULL, 0 FROM new_rows;
     END IF;
     RETURN NULL;
 END;
