@@ -286,7 +286,7 @@ is($c->{expires_at}, undef, 'clientA: expires_at null');
 ok(!$c->{dormant}, 'clientA: not dormant (used just now)');
 
 my $i = $by{ $K{idleA}{key_id} };
-ok($i->{dormant}, 'idleA: dormant (never used)');
+ok(!$i->{dormant}, 'idleA: not dormant (never used, but created just now)');
 is($i->{last_used_at}, undef, 'idleA: last_used_at null');
 is($i->{last_used_ip}, undef, 'idleA: last_used_ip null');
 is($i->{request_count}, 0, 'idleA: request_count 0');
@@ -322,7 +322,7 @@ ok(defined $cu && $cu >= $last_sent - 1 && $cu <= time + 1,
 my $j = api(org_path($A, '?dormant_days=60'), $K{adminA}{key})->{json};
 my %by = map { $_->{key_id} => $_ } @{ $j->{keys} };
 ok(!$by{ $K{oldA}{key_id} }{dormant}, 'dormant_days=60: a key used 40 days ago is not dormant');
-ok($by{ $K{idleA}{key_id} }{dormant}, 'dormant_days=60: a never-used key still is');
+ok(!$by{ $K{idleA}{key_id} }{dormant}, 'dormant_days=60: a never-used key counts from its creation');
 $j = api(org_path($A, '?dormant_days=0'), $K{adminA}{key})->{json};
 %by = map { $_->{key_id} => $_ } @{ $j->{keys} };
 ok($by{ $K{clientA}{key_id} }{dormant}, 'dormant_days=0: every key is dormant');

@@ -321,17 +321,17 @@ is_deeply(names($responses->[0]{json}), ['f-expired'], 'expired keys only');
 
 
 
-=== TEST 16: dormant=true (30 days: never used, or 40 days ago)
+=== TEST 16: dormant=true (30 days: last used 40 days ago; the key never used, created 4 days ago, is not)
 --- port: $TEST_APIKEY_API_PORT
 --- raw_request eval: get_l('?dormant=true&sort=name')
 --- check
 my $j = $responses->[0]{json};
-is_deeply(names($j), [qw(a-admin d-dormant)], 'dormant keys only');
+is_deeply(names($j), [qw(d-dormant)], 'dormant keys only');
 ok(!(grep { !$_->{dormant} } @{ $j->{keys} }), 'each says dormant: true');
 
 
 
-=== TEST 17: dormant=true&dormant_days=1 (the key last used 3 days ago too)
+=== TEST 17: dormant=true&dormant_days=1 (the key last used 3 days ago, and the one never used since its creation 4 days ago, too)
 --- port: $TEST_APIKEY_API_PORT
 --- raw_request eval: get_l('?dormant=true&dormant_days=1&sort=name')
 --- check
@@ -343,7 +343,8 @@ is_deeply(names($responses->[0]{json}), [qw(a-admin d-dormant f-expired)], 'dorm
 --- port: $TEST_APIKEY_API_PORT
 --- raw_request eval: get_l('?dormant=false&sort=name')
 --- check
-is_deeply(names($responses->[0]{json}), [qw(b-busy c-calm e-revoked f-expired svc-orders)], 'used keys only');
+is_deeply(names($responses->[0]{json}), [qw(a-admin b-busy c-calm e-revoked f-expired svc-orders)],
+          'keys in use only');
 
 
 
@@ -383,8 +384,8 @@ is_deeply(names($responses->[$_]{json}), [], "special-character query $_ matches
 --- port: $TEST_APIKEY_API_PORT
 --- raw_request eval: get_l('?status=active&dormant=false&sort=requests_today')
 --- check
-my @want = busiest_first(qw(b-busy c-calm svc-orders));
-is_deeply(names($responses->[0]{json}), \@want, 'active, used, busiest first');
+my @want = busiest_first(qw(b-busy c-calm svc-orders a-admin));
+is_deeply(names($responses->[0]{json}), \@want, 'active, not dormant, busiest first');
 my ($paged) = walk('status=active&dormant=false&sort=requests_today', 1);
 is_deeply($paged, \@want, 'the same, one key a page');
 

@@ -373,6 +373,62 @@ TEST(ParseArgs, KeyRevoke) {
     EXPECT_TRUE(o.json);
 }
 
+TEST(ParseArgs, KeyRevokeDormantIsADryRunUnlessYes) {
+    Options o = parse({"key", "revoke", "--org", kOrg, "--dormant", "90d"});
+    EXPECT_EQ(o.command, Command::kKeyRevokeDormant);
+    EXPECT_EQ(o.org_id, kOrg);
+    EXPECT_EQ(o.dormant_days, 90);
+    EXPECT_FALSE(o.yes);
+    o = parse({"--json", "key", "revoke", "--dormant=2w", "--yes", "--org",
+               kOrg});
+    EXPECT_EQ(o.command, Command::kKeyRevokeDormant);
+    EXPECT_EQ(o.dormant_days, 14);
+    EXPECT_TRUE(o.yes);
+    EXPECT_TRUE(o.json);
+}
+
+TEST(ParseArgs, KeyRevokeDormantRefusesMixedForms) {
+    EXPECT_NE(error_of({"key", "revoke", "--dormant", "90d"})
+                  .find("missing --org"),
+              std::string::npos);
+    EXPECT_NE(error_of({"key", "revoke", "--org", kOrg, "--dormant", "90d",
+                        kKey})
+                  .find("unexpected argument"),
+              std::string::npos);
+    EXPECT_NE(error_of({"key", "revoke", kKey, "--yes"}).find("--dormant"),
+              std::string::npos);
+    EXPECT_NE(error_of({"key", "revoke", kKey, "--org", kOrg}).find("--dormant"),
+              std::string::npos);
+    EXPECT_NE(error_of({"key", "list", "--org", kOrg, "--yes"})
+                  .find("does not apply"),
+              std::string::npos);
+    EXPECT_NE(error_of({"key", "revoke", "--yes=1"}).find("takes no value"),
+              std::string::npos);
+}
+
+TEST(ParseArgs, DormantTakesWholeDays) {
+    for (const char* bad : {"0", "36h", "1d1s", "12", "x", "100001d", ""}) {
+        std::string e =
+            error_of({"key", "revoke", "--org", kOrg, "--dormant", bad});
+        EXPECT_NE(e.find("expected whole days"), std::string::npos) << bad;
+    }
+    EXPECT_EQ(parse({"key", "revoke", "--org", kOrg, "--dormant", "1d"})
+                  .dormant_days,
+              1);
+}
+
+TEST(ParseArgs, KeyListDormantFilters) {
+    Options o = parse({"key", "list", "--org", kOrg, "--dormant", "90d"});
+    EXPECT_EQ(o.command, Command::kKeyList);
+    EXPECT_TRUE(o.dormant_only);
+    EXPECT_EQ(o.dormant_days, 90);
+    EXPECT_FALSE(parse({"key", "list", "--org", kOrg}).dormant_only);
+    EXPECT_NE(error_of({"key", "list", "--org", kOrg, "--dormant", "9d",
+                        "--dormant-days", "9"})
+                  .find("exclude each other"),
+              std::string::npos);
+}
+
 // --- help
 // ------------------------------------------------------------------------------
 
@@ -417,6 +473,8 @@ TEST(Usage, EachTopicDescribesItsCommand) {
     EXPECT_NE(usage("key list").find("--dormant-days"), std::string::npos);
     EXPECT_NE(usage("key rotate").find("--grace"), std::string::npos);
     EXPECT_NE(usage("key revoke").find("KEY_ID"), std::string::npos);
+    EXPECT_NE(usage("key revoke").find("--dormant"), std::string::npos);
+    EXPECT_NE(usage("key list").find("--dormant D"), std::string::npos);
     EXPECT_NE(usage("org create").find("NAME"), std::string::npos);
     EXPECT_NE(usage("migrate").find("schema_version"), std::string::npos);
 }

@@ -30,7 +30,7 @@ const std::vector<CommandSpec>& command_specs() {
          ""},
         {"key list",
          Command::kKeyList,
-         {"--org", "--dormant-days"},
+         {"--org", "--dormant-days", "--dormant"},
          {"--org"},
          ""},
         {"key rotate",
@@ -38,7 +38,12 @@ const std::vector<CommandSpec>& command_specs() {
          {"--grace", "--expires-in"},
          {},
          "KEY_ID"},
-        {"key revoke", Command::kKeyRevoke, {}, {}, "KEY_ID"},
+        // With --dormant, a set of keys instead of KEY_ID (see apply()).
+        {"key revoke",
+         Command::kKeyRevoke,
+         {"--org", "--dormant", "--yes"},
+         {},
+         "KEY_ID"},
     };
     return specs;
 }
@@ -46,6 +51,7 @@ const std::vector<CommandSpec>& command_specs() {
 constexpr std::string_view kValueOptions[] = {
     "--db",     "--org",        "--name",         "--scopes",
     "--prefix", "--expires-in", "--dormant-days", "--grace",
+    "--dormant",
 };
 
 bool is_value_option(std::string_view name) {
@@ -85,6 +91,7 @@ struct Tokens {
     std::vector<std::pair<std::string, std::string>> options;  // in order
     bool help = false;
     bool json = false;
+    bool yes = false;
 };
 
 Tokens tokenize(const std::vector<std::string>& args) {
@@ -110,6 +117,11 @@ Tokens tokenize(const std::vector<std::string>& args) {
         if (name == "--help" || name == "-h" || name == "--json") {
             if (value) throw UsageError("option " + name + " takes no value");
             (name == "--json" ? t.json : t.help) = true;
+            continue;
+        }
+        if (name == "--yes") {
+            if (value) throw UsageError("option --yes takes no value");
+            t.yes = true;
             continue;
         }
         if (!is_value_option(name)) {
@@ -205,19 +217,59 @@ int parse_days(std::string_view text, std::string_view topic) {
     return days;
 }
 
+// --dormant DURATION: whole days (90d, 13w), at least one, so that the
+// threshold is the one the API's dormant_days applies.
+int parse_dormant(std::string_view text, std::string_view topic) {
+    std::int64_t secs = 0;
+    try {
+        secs = parse_duration(text).count();
+    } catch (const UsageError&) {
+        secs = -1;
+    }
+    constexpr std::int64_t kDay = 86400;
+    if (secs < kDay || secs % kDay != 0 || secs / kDay > kMaxDormantDays) {
+        throw UsageError("invalid --dormant " + quoted(text) +
+                             ": expected whole days, e.g. 90d or 13w (1d to " +
+                             std::to_string(kMaxDormantDays) + "d)",
+                         std::string(topic));
+    }
+    return static_cast<int>(secs / kDay);
+}
+
+bool has_option(const Tokens& t, std::string_view name) {
+    return std::any_of(t.options.begin(), t.options.end(),
+                       [&](const auto& o) { return o.first == name; });
+}
+
 // Applies the command's options and positional argument to opts.
 void apply(const CommandSpec& spec, const Tokens& t, std::size_t consumed,
            Options* opts) {
     const std::string topic(spec.path);
     std::vector<std::string> rest(t.words.begin() + consumed, t.words.end());
-    if (spec.positional.empty() && !rest.empty()) {
+    // "key revoke --org ORG --dormant D" names a set of keys, not KEY_ID.
+    const bool bulk =
+        spec.command == Command::kKeyRevoke && has_option(t, "--dormant");
+    std::string_view positional = bulk ? "" : spec.positional;
+    if (bulk && !has_option(t, "--org")) {
+        throw UsageError("missing --org for 'key revoke --dormant'", topic);
+    }
+    if (spec.command == Command::kKeyRevoke && !bulk &&
+        (has_option(t, "--org") || t.yes)) {
+        throw UsageError(
+            "--org and --yes apply to 'key revoke' only with --dormant", topic);
+    }
+    if (t.yes && !bulk) {
+        throw UsageError("option --yes does not apply to '" + topic + "'",
+                         topic);
+    }
+    if (positional.empty() && !rest.empty()) {
         throw UsageError(
             "unexpected argument " + quoted(rest[0]) + " for '" + topic + "'",
             topic);
     }
-    if (!spec.positional.empty()) {
+    if (!positional.empty()) {
         if (rest.empty()) {
-            throw UsageError("missing " + std::string(spec.positional) +
+            throw UsageError("missing " + std::string(positional) +
                                  " for '" + topic + "'",
                              topic);
         }
@@ -229,10 +281,7 @@ void apply(const CommandSpec& spec, const Tokens& t, std::size_t consumed,
     }
 
     for (std::string_view required : spec.required) {
-        bool given =
-            std::any_of(t.options.begin(), t.options.end(),
-                        [&](const auto& o) { return o.first == required; });
-        if (!given) {
+        if (!has_option(t, required)) {
             throw UsageError(
                 "missing " + std::string(required) + " for '" + topic + "'",
                 topic);
@@ -273,20 +322,27 @@ void apply(const CommandSpec& spec, const Tokens& t, std::size_t consumed,
                 opts->grace = parse_duration(value);
             } else if (name == "--dormant-days") {
                 opts->dormant_days = parse_days(value, topic);
+            } else if (name == "--dormant") {
+                opts->dormant_days = parse_dormant(value, topic);
+                opts->dormant_only = true;
             }
         }
+        if (has_option(t, "--dormant") && has_option(t, "--dormant-days")) {
+            throw UsageError("--dormant and --dormant-days exclude each other");
+        }
 
-        if (spec.positional == "NAME") {
+        if (positional == "NAME") {
             check_name(rest[0], "org name");
             opts->name = rest[0];
-        } else if (spec.positional == "KEY_ID") {
+        } else if (positional == "KEY_ID") {
             opts->key_id = canonical_uuid(rest[0], "key id", topic);
         }
     } catch (const UsageError& e) {
         if (!e.topic().empty()) throw;
         throw UsageError(e.what(), topic);
     }
-    opts->command = spec.command;
+    opts->yes = t.yes;
+    opts->command = bulk ? Command::kKeyRevokeDormant : spec.command;
 }
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
@@ -424,167 +480,6 @@ void check_name(std::string_view name, std::string_view what) {
                              " must not contain control characters");
         }
     }
-}
-
-namespace {
-
-constexpr std::string_view kOverview =
-    R"(Usage: apikeyctl [--db CONNINFO] [--json] COMMAND [ARGS]
-
-Manage organisations and API keys in the apikey PostgreSQL database.
-
-Commands:
-  migrate                 apply pending schema migrations
-  org create NAME         create an organisation
-  org list                list organisations
-  key create --org ORG_ID --name NAME [--scopes a,b] [--prefix P]
-             [--expires-in 90d]
-                          issue a key; the secret is printed once, here only
-  key list --org ORG_ID [--dormant-days N]
-                          list an org's keys: status, last use, dormancy
-  key rotate KEY_ID [--grace 24h] [--expires-in D]
-                          issue a replacement; the old key expires after
-                          the grace period
-  key revoke KEY_ID       revoke a key now (idempotent)
-
-Global options (accepted anywhere on the line):
-  --db CONNINFO   libpq connection string or URI, e.g.
-                  "host=/run/postgresql dbname=apikey" or
-                  postgresql://apikey@db.internal/apikey
-                  (default: libpq's PG* environment variables)
-  --json          print exactly one JSON object on stdout
-  -h, --help      show help; also 'apikeyctl COMMAND --help' and
-                  'apikeyctl help COMMAND'
-
-Exit status: 0 success, 1 runtime or database error, 2 usage error.
-Errors are one line on stderr: "apikeyctl: <message>".
-)";
-
-constexpr std::string_view kMigrate =
-    R"(Usage: apikeyctl [--db CONNINFO] [--json] migrate
-
-Applies every schema migration the database does not have yet, each in its
-own transaction. Concurrent runs take turns (advisory lock); running it again
-is a no-op.
-
-Output: the migrations applied and the resulting schema version.
-JSON: {"applied":[1],"schema_version":1}
-)";
-
-constexpr std::string_view kOrg = R"(Usage: apikeyctl org create NAME
-       apikeyctl org list
-
-  org create NAME   create an organisation (NAME: 1 to 100 bytes)
-  org list          list organisations, oldest first
-
-JSON: org create -> {"org_id","name"}
-      org list   -> {"orgs":[{"org_id","name","created_at"}]}
-)";
-
-constexpr std::string_view kOrgCreate =
-    R"(Usage: apikeyctl [--json] org create NAME
-
-Creates an organisation named NAME (1 to 100 bytes, no control characters)
-and prints its id, which the key commands take as --org.
-
-JSON: {"org_id":"...","name":"..."}
-)";
-
-constexpr std::string_view kOrgList = R"(Usage: apikeyctl [--json] org list
-
-Lists organisations, oldest first.
-
-JSON: {"orgs":[{"org_id","name","created_at"}]}
-)";
-
-constexpr std::string_view kKey =
-    R"(Usage: apikeyctl key create --org ORG_ID --name NAME [--scopes a,b]
-                           [--prefix P] [--expires-in 90d]
-       apikeyctl key list --org ORG_ID [--dormant-days N]
-       apikeyctl key rotate KEY_ID [--grace 24h] [--expires-in D]
-       apikeyctl key revoke KEY_ID
-
-See 'apikeyctl key COMMAND --help' for each.
-)";
-
-constexpr std::string_view kKeyCreate =
-    R"(Usage: apikeyctl [--json] key create --org ORG_ID --name NAME
-           [--scopes a,b] [--prefix P] [--expires-in DURATION]
-
-Issues a new API key for an organisation. The key is printed once, now,
-and never again: only its SHA-256 is stored.
-
-  --org ORG_ID           the organisation (a UUID from 'org create')
-  --name NAME            a label for the key, 1 to 100 bytes
-  --scopes a,b           comma-separated scopes, at most 8, each
-                         [a-z0-9][a-z0-9:._-]{0,63} (default: none)
-  --prefix P             key prefix, [a-z0-9]{1,8} (default: ak)
-  --expires-in DURATION  expire after e.g. 90d, 12h, 30m, 2w, 1d12h
-                         (default: never)
-
-JSON: {"key_id","org_id","key","hint"}
-)";
-
-constexpr std::string_view kKeyList =
-    R"(Usage: apikeyctl [--json] key list --org ORG_ID [--dormant-days N]
-
-Lists an organisation's keys, oldest first, with status (active, expired,
-revoked), expiry, last use (time and client IP), request count, and whether
-the key is dormant: never used, or last used more than N days ago.
-
-  --org ORG_ID        the organisation
-  --dormant-days N    dormancy threshold in days (default: 30)
-
-JSON: {"org_id","keys":[{"key_id","name","hint","scopes","status",
-       "created_at","expires_at","last_used_at","last_used_ip",
-       "request_count","dormant"}]}
-)";
-
-constexpr std::string_view kKeyRotate =
-    R"(Usage: apikeyctl [--json] key rotate KEY_ID [--grace DURATION]
-           [--expires-in DURATION]
-
-Issues a replacement for a key, in one transaction: the new key has the
-same organisation, name, scopes and prefix, and records the old key in
-rotated_from; the old key keeps working until the grace period ends (its
-expiry only ever moves earlier). A revoked key cannot be rotated.
-
-  --grace DURATION       how long the old key keeps working, e.g. 24h, 7d;
-                         0 expires it now (default: 24h)
-  --expires-in DURATION  expiry of the new key (default: never)
-
-The new key is printed once, now, and never again.
-JSON: {"key_id","org_id","key","hint","rotated_from","old_expires_at"}
-)";
-
-constexpr std::string_view kKeyRevoke =
-    R"(Usage: apikeyctl [--json] key revoke KEY_ID
-
-Revokes a key now; every gateway rejects it within a second. Revoking a
-revoked key changes nothing and says so.
-
-JSON: {"key_id","org_id","revoked_at","already_revoked"}
-)";
-
-}  // namespace
-
-std::string usage(std::string_view topic) {
-    if (topic == "migrate") return std::string(kMigrate);
-    if (topic == "org") return std::string(kOrg);
-    if (topic == "org create") return std::string(kOrgCreate);
-    if (topic == "org list") return std::string(kOrgList);
-    if (topic == "key") return std::string(kKey);
-    if (topic == "key create") return std::string(kKeyCreate);
-    if (topic == "key list") return std::string(kKeyList);
-    if (topic == "key rotate") return std::string(kKeyRotate);
-    if (topic == "key revoke") return std::string(kKeyRevoke);
-    return std::string(kOverview);
-}
-
-std::string usage_error_line(const UsageError& error) {
-    std::string help = "apikeyctl ";
-    if (!error.topic().empty()) help += error.topic() + " ";
-    return std::string(error.what()) + " (see '" + help + "--help')";
 }
 
 }  // namespace apikey::ctl

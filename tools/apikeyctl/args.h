@@ -40,6 +40,7 @@ enum class Command {
     kKeyList,
     kKeyRotate,
     kKeyRevoke,
+    kKeyRevokeDormant,  // key revoke --org ORG --dormant D [--yes]
 };
 
 struct Options {
@@ -56,6 +57,10 @@ struct Options {
     std::optional<std::chrono::seconds> expires_in;
     std::chrono::seconds grace = kDefaultGrace;
     int dormant_days = kDefaultDormantDays;
+    // --dormant D (whole days): key list shows only the keys dormant by
+    // that threshold; key revoke acts on them.
+    bool dormant_only = false;
+    bool yes = false;  // --yes: act, not a dry run
 };
 
 // A bad command line (exit 2). topic() names the command whose help would

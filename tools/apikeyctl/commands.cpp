@@ -100,6 +100,13 @@ void print_json(std::ostream& out, const json& j) {
     out << j.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
 }
 
+void require_org(pg::Connection& conn, const std::string& org_id) {
+    if (conn.exec("SELECT 1 FROM orgs WHERE id = $1::uuid", {org_id})
+            .rows() == 0) {
+        throw CommandError("unknown org " + org_id);
+    }
+}
+
 // A fresh key and what is stored of it. The secret itself never reaches SQL.
 struct NewKey {
     std::string secret;
@@ -236,15 +243,13 @@ void cmd_key_create(const Options& opts, pg::Connection& conn,
 
 void cmd_key_list(const Options& opts, pg::Connection& conn,
                   std::ostream& out) {
-    if (conn.exec("SELECT 1 FROM orgs WHERE id = $1::uuid", {opts.org_id})
-            .rows() == 0) {
-        throw CommandError("unknown org " + opts.org_id);
-    }
-    pg::Result r =
-        conn.exec("SELECT " + keysql::key_columns("", 2) +
-                      " FROM api_keys WHERE org_id = $1::uuid ORDER BY " +
-                      keysql::key_order(""),
-                  {opts.org_id, std::to_string(opts.dormant_days)});
+    require_org(conn, opts.org_id);
+    pg::Result r = conn.exec(
+        "SELECT " + keysql::key_columns("", 2) +
+            " FROM api_keys WHERE org_id = $1::uuid" +
+            (opts.dormant_only ? " AND " + keysql::dormant("", 2) : "") +
+            " ORDER BY " + keysql::key_order(""),
+        {opts.org_id, std::to_string(opts.dormant_days)});
     std::vector<keysql::KeyRow> keys;
     for (int i = 0; i < r.rows(); ++i) {
         keys.push_back(keysql::KeyRow::read(r, i));
@@ -269,7 +274,8 @@ void cmd_key_list(const Options& opts, pg::Connection& conn,
         return;
     }
     if (keys.empty()) {
-        out << "org " << opts.org_id << " has no keys\n";
+        out << "org " << opts.org_id
+            << (opts.dormant_only ? " has no dormant keys\n" : " has no keys\n");
         return;
     }
     std::vector<std::vector<std::string>> rows;
@@ -384,6 +390,65 @@ void cmd_key_revoke(const Options& opts, pg::Connection& conn,
     }
 }
 
+// Revokes (with --yes) or lists (dry run) the org's keys that are dormant
+// by the API's rule and not revoked yet, in one statement: a key used
+// between a dry run and the real one is not revoked.
+void cmd_key_revoke_dormant(const Options& opts, pg::Connection& conn,
+                            std::ostream& out) {
+    require_org(conn, opts.org_id);
+    const std::string which = " WHERE org_id = $1::uuid AND revoked_at IS NULL"
+                              " AND " + keysql::dormant("", 2);
+    const std::string sql =
+        opts.yes ? "WITH r AS (UPDATE api_keys SET revoked_at = now()" + which +
+                       " RETURNING *) SELECT " + keysql::key_columns("r.", 2) +
+                       " FROM r ORDER BY " + keysql::key_order("r.")
+                 : "SELECT " + keysql::key_columns("", 2) +
+                       " FROM api_keys" + which + " ORDER BY " +
+                       keysql::key_order("");
+    pg::Result r =
+        conn.exec(sql, {opts.org_id, std::to_string(opts.dormant_days)});
+    std::vector<keysql::KeyRow> keys;
+    for (int i = 0; i < r.rows(); ++i) {
+        keys.push_back(keysql::KeyRow::read(r, i));
+    }
+    if (opts.json) {
+        json list = json::array();
+        for (const keysql::KeyRow& k : keys) {
+            list.push_back({{"key_id", k.key_id},
+                            {"name", k.name},
+                            {"hint", k.hint},
+                            {"status", k.status},
+                            {"created_at", k.created_at},
+                            {"last_used_at", nullable(k.last_used_at)},
+                            {"last_used_ip", nullable(k.last_used_ip)},
+                            {"request_count", k.request_count}});
+        }
+        print_json(out, {{"org_id", opts.org_id},
+                         {"dormant_days", opts.dormant_days},
+                         {"dry_run", !opts.yes},
+                         {"revoked", opts.yes ? keys.size() : 0},
+                         {"keys", list}});
+        return;
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (const keysql::KeyRow& k : keys) {
+        rows.push_back({k.key_id, k.hint, or_dash(k.last_used_at),
+                        k.created_at, k.name});
+    }
+    if (!rows.empty()) {
+        print_table(out, {"KEY_ID", "HINT", "LAST_USED_AT", "CREATED_AT", "NAME"},
+                    rows);
+    }
+    const std::string n = std::to_string(keys.size());
+    const std::string days = std::to_string(opts.dormant_days);
+    if (opts.yes) {
+        out << "revoked " << n << " key(s) unused for " << days << " days\n";
+    } else {
+        out << n << " key(s) unused for " << days
+            << " days would be revoked (dry run: add --yes to revoke them)\n";
+    }
+}
+
 }  // namespace
 
 void run_command(const Options& opts, pg::Connection& conn, std::ostream& out) {
@@ -402,6 +467,8 @@ void run_command(const Options& opts, pg::Connection& conn, std::ostream& out) {
             return cmd_key_rotate(opts, conn, out);
         case Command::kKeyRevoke:
             return cmd_key_revoke(opts, conn, out);
+        case Command::kKeyRevokeDormant:
+            return cmd_key_revoke_dormant(opts, conn, out);
         case Command::kHelp:
             break;
     }

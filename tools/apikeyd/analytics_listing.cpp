@@ -97,11 +97,11 @@ ListingQuery build_listing(const std::string& org_id,
     // The index's own org condition, beside api_keys' (which isolates).
     if (driven_by_listing(p.sort)) b.sql += " AND s.org_id = $1::uuid";
     b.sql += status_condition(p.status);
-    // As keysql::dormant(): last_used_at is -infinity when never used.
+    // The one dormancy rule, as keys[].dormant shows it ($2: dormant_days).
     if (p.dormant == ListDormant::kYes) {
-        b.sql += " AND s.last_used_at < now() - make_interval(days => $2::int)";
+        b.sql += " AND " + keysql::dormant("k.", 2);
     } else if (p.dormant == ListDormant::kNo) {
-        b.sql += " AND s.last_used_at >= now() - make_interval(days => $2::int)";
+        b.sql += " AND NOT " + keysql::dormant("k.", 2);
     }
     if (!p.q.empty()) {
         std::string q = b.bind(prefix_pattern(p.q));

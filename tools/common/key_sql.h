@@ -29,12 +29,14 @@ inline std::string status(std::string_view t = "") {
            " ELSE 'active' END";
 }
 
-// True when the key was never used, or last used more than N days ago, N
-// being the int parameter $days_param.
+// True when the key has not been used in the last N days, N being the int
+// parameter $days_param; a key never used counts from its creation, so a
+// key issued yesterday is not dormant by a 30-day rule (and is not swept
+// up by `apikeyctl key revoke --dormant 30d`).
 inline std::string dormant(std::string_view t, int days_param) {
     std::string a(t);
-    return "(" + a + "last_used_at IS NULL OR " + a +
-           "last_used_at < now() - make_interval(days => $" +
+    return "(coalesce(" + a + "last_used_at, " + a +
+           "created_at) < now() - make_interval(days => $" +
            std::to_string(days_param) + "::int))";
 }
 
