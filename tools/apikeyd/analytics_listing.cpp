@@ -99,7 +99,18 @@ ListingQuery build_listing(const std::string& org_id,
     b.sql += status_condition(p.status);
     // The one dormancy rule, as keys[].dormant shows it ($2: dormant_days).
     if (p.dormant == ListDormant::kYes) {
-        b.sql += " AND " + keysql::dormant("k.", 2);
+        // Implied by the rule (s.last_used_at is -infinity when never
+        // used), and a range of the last-used index: dormant keys are
+        // usually few, so the planner may read them alone and sort them.
+        // A constant, which the planner can estimate (now() is not one),
+        // a day wider than the rule so that apikeyd's and PostgreSQL's
+        // clocks a little apart never hide a dormant key.
+        std::int64_t wider = window.now_us -
+                             std::int64_t{p.dormant_days - 1} * kApiUsPerDay;
+        b.sql += " AND " + keysql::dormant("k.", 2) +
+                 " AND s.last_used_at < " +
+                 b.bind(format_rfc3339(wider, TimePrecision::kMicros)) +
+                 "::timestamptz";
     } else if (p.dormant == ListDormant::kNo) {
         b.sql += " AND NOT " + keysql::dormant("k.", 2);
     }

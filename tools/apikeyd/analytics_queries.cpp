@@ -148,6 +148,7 @@ void ConnectionPool::release(std::unique_ptr<pg::Connection> conn) {
 
 CalendarWindow CalendarWindow::at(std::int64_t now_us) noexcept {
     CalendarWindow w;
+    w.now_us = now_us;
     w.day_start_us = floor_to(now_us, Interval::kDay);
     w.day_end_us = w.day_start_us + kApiUsPerDay;
     w.month_start_us = api::month_start_us(now_us);

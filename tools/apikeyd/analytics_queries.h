@@ -98,6 +98,7 @@ class ConnectionPool {
 
 // "Today" and "this month" in UTC, as of `now_us`.
 struct CalendarWindow {
+    std::int64_t now_us = 0;
     std::int64_t day_start_us = 0;
     std::int64_t day_end_us = 0;
     std::int64_t month_start_us = 0;
