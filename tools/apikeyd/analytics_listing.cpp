@@ -94,8 +94,11 @@ ListingQuery build_listing(const std::string& org_id,
     }
     Builder b{key_summary_from(),
               key_summary_params(org_id, p.dormant_days, window)};
-    // The index's own org condition, beside api_keys' (which isolates).
-    if (driven_by_listing(p.sort)) b.sql += " AND s.org_id = $1::uuid";
+    // The listing indexes' own org condition, beside api_keys' (which
+    // isolates): for the sorts they serve, and for the dormant range.
+    if (driven_by_listing(p.sort) || p.dormant == ListDormant::kYes) {
+        b.sql += " AND s.org_id = $1::uuid";
+    }
     b.sql += status_condition(p.status);
     // The one dormancy rule, as keys[].dormant shows it ($2: dormant_days).
     if (p.dormant == ListDormant::kYes) {
