@@ -92,7 +92,10 @@ void apikey_redact_keys(unsigned char *buf, size_t len, int truncated)
     APIKEY_NOEXCEPT;
 
 
-/* Usage capture: the per-worker rings in the usage segment. */
+/*
+ * Usage capture: the usage segment's per-worker rings (one raw record per
+ * request) and aggregation areas (counters per key, label and hour).
+ */
 
 typedef struct apikey_usage_s  apikey_usage_t;
 
@@ -107,7 +110,13 @@ typedef struct apikey_usage_s  apikey_usage_t;
 #define APIKEY_PADDED_METHOD       1
 #define APIKEY_PADDED_ENDPOINT     2
 
-/* One request, as the log phase sees it; text is copied and truncated. */
+/*
+ * One request, as the log phase sees it; text is copied and truncated.
+ * endpoint_hash: apikey_usage_label_hash() of a padded endpoint, computed
+ * at configuration (ignored unless APIKEY_PADDED_ENDPOINT is set); a padded
+ * endpoint never changes while the segment is mapped (configuration
+ * memory), so the worker remembers its label by its address.
+ */
 typedef struct {
     const apikey_verdict_t  *verdict;
     int64_t                  time_us;
@@ -123,7 +132,13 @@ typedef struct {
     const unsigned char     *user_agent;
     size_t                   user_agent_len;
     unsigned                 padded;         /* APIKEY_PADDED_* */
+    uint64_t                 endpoint_hash;
 } apikey_usage_fields_t;
+
+/* Entries per aggregation buffer: the default and the range allowed. */
+#define APIKEY_AGGREGATE_DEFAULT   65536
+#define APIKEY_AGGREGATE_MIN       1024
+#define APIKEY_AGGREGATE_MAX       16777216
 
 /*
  * Writes text into dst[0, cap) as a record field holds it: cut at a UTF-8
@@ -133,14 +148,24 @@ size_t apikey_usage_pad_text(unsigned char *dst, size_t cap,
     const unsigned char *text, size_t len) APIKEY_NOEXCEPT;
 
 /*
+ * The hash the aggregation looks a label's endpoint up by, for a field
+ * apikey_usage_pad_text() prepared (len: the length it returned).
+ */
+uint64_t apikey_usage_label_hash(const unsigned char *field, size_t len)
+    APIKEY_NOEXCEPT;
+
+/*
  * nginx master, at configuration load: maps the segment at path, reusing it
  * when its layout matches (reload) or creating a fresh one (mode 0600, owned
  * by the runtime directory's owner: apikeyd's user; workers inherit the
- * mapping and never open the file). *created tells which. NULL on failure,
- * with err (also for a file or directory that fails the trust check).
+ * mapping and never open the file). *created tells which. size is the
+ * rings' share; each slot adds an aggregation area of aggregate entries per
+ * buffer. NULL on failure, with err (also for a file or directory that
+ * fails the trust check).
  */
 apikey_usage_t *apikey_usage_open(const char *path, size_t size,
-    unsigned slots, int *created, char *err, size_t err_len) APIKEY_NOEXCEPT;
+    unsigned slots, unsigned aggregate, int *created, char *err,
+    size_t err_len) APIKEY_NOEXCEPT;
 void apikey_usage_close(apikey_usage_t *usage) APIKEY_NOEXCEPT;
 
 /* Worker start/exit: a slot index, or -1 when none is free. */
@@ -153,6 +178,13 @@ int apikey_usage_push(apikey_usage_t *usage, int slot,
     const apikey_usage_fields_t *fields) APIKEY_NOEXCEPT;
 
 /*
+ * Adds the request to the worker's aggregates. Never blocks, never
+ * allocates: 0 if the entry table was full (counted).
+ */
+int apikey_usage_aggregate(apikey_usage_t *usage, int slot,
+    const apikey_usage_fields_t *fields) APIKEY_NOEXCEPT;
+
+/*
  * A request whose result is not recorded (apikey_result_is_recorded) is
  * counted per result.
  */
@@ -162,8 +194,10 @@ void apikey_usage_count(apikey_usage_t *usage, int slot,
 /* A request that could not be recorded because the worker has no slot. */
 void apikey_usage_count_unslotted(apikey_usage_t *usage) APIKEY_NOEXCEPT;
 
-/* Ring capacity and slot count, for the startup log line. */
+/* Ring capacity and file size, for the startup log line. */
 uint64_t apikey_usage_ring_capacity(const apikey_usage_t *usage)
+    APIKEY_NOEXCEPT;
+uint64_t apikey_usage_file_size(const apikey_usage_t *usage)
     APIKEY_NOEXCEPT;
 
 

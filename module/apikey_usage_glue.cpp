@@ -1,6 +1,6 @@
-// extern "C" glue for usage capture: the usage segment and the worker's
-// ring. Every entry point is noexcept; the hot path (push, count) does no
-// allocation and no syscall.
+// extern "C" glue for usage capture: the usage segment, the worker's ring
+// and its aggregates. Every entry point is noexcept; the hot path (push,
+// aggregate, count) does no allocation and no syscall.
 
 #include <cstddef>
 #include <cstring>
@@ -38,16 +38,45 @@ std::uint8_t padded_len(size_t len, size_t cap) noexcept {
     return static_cast<std::uint8_t>(len < cap ? len : cap);
 }
 
+// An endpoint label as the record field would keep it.
+std::string_view endpoint_text(const unsigned char* p, size_t len,
+                               bool padded) noexcept {
+    constexpr size_t cap = apikey::kUsageEndpointLen;
+    if (padded || len <= cap) {
+        return text(p, len < cap ? len : cap);
+    }
+    return text(p, apikey::truncated_len(text(p, len), cap));
+}
+
+apikey::IpFamily ip_family(int family) noexcept {
+    switch (family) {
+        case 4: return apikey::IpFamily::kV4;
+        case 6: return apikey::IpFamily::kV6;
+        default: return apikey::IpFamily::kNone;
+    }
+}
+
 }  // namespace
 
 extern "C" {
 
+static_assert(APIKEY_AGGREGATE_DEFAULT == apikey::kAggDefaultEntries);
+static_assert(APIKEY_AGGREGATE_MIN == apikey::kAggMinEntries);
+static_assert(APIKEY_AGGREGATE_MAX == apikey::kAggMaxEntries);
+
 apikey_usage_t* apikey_usage_open(const char* path, size_t size,
-                                  unsigned slots, int* created, char* err,
+                                  unsigned slots, unsigned aggregate,
+                                  int* created, char* err,
                                   size_t err_len) noexcept {
     try {
-        apikey::UsageLayout layout =
-            apikey::usage_layout_for(size, static_cast<std::uint32_t>(slots));
+        if (apikey::agg_layout_for(aggregate).entries == 0) {
+            apikey::copy_error("aggregate=" + std::to_string(aggregate) +
+                                   " out of range",
+                               err, err_len);
+            return nullptr;
+        }
+        apikey::UsageLayout layout = apikey::usage_layout_for(
+            size, static_cast<std::uint32_t>(slots), aggregate);
         if (layout.ring_capacity == 0) {
             apikey::copy_error("size too small for " + std::to_string(slots) +
                            " rings",
@@ -119,11 +148,10 @@ int apikey_usage_push(apikey_usage_t* usage, int slot,
     rec->bytes_sent = f->bytes_sent;
     std::memcpy(rec->key_id, f->verdict->key_id, sizeof(rec->key_id));
     std::memcpy(rec->org_id, f->verdict->org_id, sizeof(rec->org_id));
-    if (f->ip_family == 4) {
-        rec->ip_family = apikey::IpFamily::kV4;
+    rec->ip_family = ip_family(f->ip_family);
+    if (rec->ip_family == apikey::IpFamily::kV4) {
         std::memcpy(rec->ip, f->ip, 4);
-    } else if (f->ip_family == 6) {
-        rec->ip_family = apikey::IpFamily::kV6;
+    } else if (rec->ip_family == apikey::IpFamily::kV6) {
         std::memcpy(rec->ip, f->ip, 16);
     }
     if (f->padded & APIKEY_PADDED_METHOD) {
@@ -148,6 +176,41 @@ int apikey_usage_push(apikey_usage_t* usage, int slot,
     return 1;
 }
 
+uint64_t apikey_usage_label_hash(const unsigned char* field,
+                                 size_t len) noexcept {
+    return apikey::agg_text_hash(text(field, len));
+}
+
+int apikey_usage_aggregate(apikey_usage_t* usage, int slot,
+                           const apikey_usage_fields_t* f) noexcept {
+    apikey::AggregateInput in;
+    in.key_id = f->verdict->key_id;
+    in.time_us = f->time_us;
+    in.response_time_us = f->response_time_us;
+    in.bytes_sent = f->bytes_sent;
+    in.status = static_cast<std::uint16_t>(f->status);
+    in.ip_family = ip_family(f->ip_family);
+    in.ip = f->ip;
+    // The aggregate takes the method as a padded field, as the shim's
+    // table of common methods has it; others are padded here.
+    char method[apikey::kUsageMethodLen];
+    if (f->padded & APIKEY_PADDED_METHOD) {
+        in.method = reinterpret_cast<const char*>(f->method);
+        in.method_len = padded_len(f->method_len, sizeof method);
+    } else {
+        std::memset(method, 0, sizeof method);
+        in.method = method;
+        in.method_len = apikey::copy_truncated(method, sizeof method,
+                                               text(f->method, f->method_len));
+    }
+    const bool constant = (f->padded & APIKEY_PADDED_ENDPOINT) != 0;
+    in.endpoint = endpoint_text(f->endpoint, f->endpoint_len, constant);
+    in.endpoint_constant = constant;
+    in.endpoint_hash = f->endpoint_hash;
+    return usage->segment.aggregate(static_cast<std::uint32_t>(slot), in) ? 1
+                                                                          : 0;
+}
+
 void apikey_usage_count(apikey_usage_t* usage, int slot,
                         apikey_result_e result) noexcept {
     usage->segment.count_unrecorded(static_cast<std::uint32_t>(slot),
@@ -161,6 +224,10 @@ void apikey_usage_count_unslotted(apikey_usage_t* usage) noexcept {
 
 uint64_t apikey_usage_ring_capacity(const apikey_usage_t* usage) noexcept {
     return usage->segment.header().ring_capacity;
+}
+
+uint64_t apikey_usage_file_size(const apikey_usage_t* usage) noexcept {
+    return usage->segment.header().file_size;
 }
 
 }  // extern "C"

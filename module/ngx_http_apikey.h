@@ -7,7 +7,8 @@
  *   ngx_http_apikey_access.c     access phase: the key, the verdict, the
  *                                worker's key table
  *   ngx_http_apikey_variables.c  $apikey_* variables
- *   ngx_http_apikey_log.c        log phase: usage records, the worker's ring
+ *   ngx_http_apikey_log.c        log phase: usage records and aggregates,
+ *                                the worker's ring
  *   ngx_http_apikey_redact.c     keys masked in every error log
  */
 
@@ -30,7 +31,8 @@
 typedef struct {
     ngx_str_t                  keys_path;
     ngx_str_t                  usage_path;
-    size_t                     usage_size;
+    size_t                     usage_size;   /* the rings' share */
+    ngx_uint_t                 usage_aggregate; /* entries per buffer */
     apikey_usage_t            *usage;        /* mapped by the master */
 } ngx_http_apikey_main_conf_t;
 
@@ -46,6 +48,7 @@ typedef struct {
     ngx_http_complex_value_t  *endpoint;
     u_char                    *endpoint_field;  /* as recorded, padded */
     size_t                     endpoint_field_len;
+    uint64_t                   endpoint_hash;   /* of endpoint_field */
 } ngx_http_apikey_loc_conf_t;
 
 

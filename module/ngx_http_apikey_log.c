@@ -1,8 +1,8 @@
 
 /*
- * The log phase: one usage record per request with a known key, written
- * into this worker's ring in the usage segment without blocking; the other
- * requests are counted per result.
+ * The log phase: per request with a known key, one usage record into this
+ * worker's ring and the request added to its aggregates, both in the usage
+ * segment and without blocking; the other requests are counted per result.
  */
 
 
@@ -110,7 +110,10 @@ ngx_http_apikey_method_field(ngx_uint_t method)
 }
 
 
-/* One usage record for a request with a known key; never blocks. */
+/*
+ * A request with a known key: its usage record and its aggregates; never
+ * blocks.
+ */
 
 static void
 ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
@@ -182,6 +185,7 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
     if (alcf->endpoint_field) {
         f.endpoint = alcf->endpoint_field;
         f.endpoint_len = alcf->endpoint_field_len;
+        f.endpoint_hash = alcf->endpoint_hash;
         f.padded |= APIKEY_PADDED_ENDPOINT;
 
     } else {
@@ -191,6 +195,7 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
 
         f.endpoint = endpoint.data;
         f.endpoint_len = endpoint.len;
+        f.endpoint_hash = 0;
     }
 
     if (r->headers_in.user_agent) {
@@ -207,6 +212,14 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
     {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "apikey: usage ring full, record dropped");
+    }
+
+    if (!apikey_usage_aggregate(ngx_http_apikey_worker.usage,
+                                ngx_http_apikey_worker.slot, &f))
+    {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "apikey: aggregation table full, request counted "
+                       "as an overflow");
     }
 }
 

@@ -35,6 +35,8 @@ static char *ngx_http_apikey_keys(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_apikey_usage(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_apikey_usage_param(ngx_conf_t *cf,
+    ngx_http_apikey_main_conf_t *amcf, ngx_str_t *param);
 static char *ngx_http_apikey_header(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_apikey_scope(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -63,7 +65,7 @@ static ngx_command_t  ngx_http_apikey_commands[] = {
       NULL },
 
     { ngx_string("apikey_usage"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE123,
       ngx_http_apikey_usage,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -150,6 +152,7 @@ ngx_http_apikey_create_main_conf(ngx_conf_t *cf)
      */
 
     amcf->usage_size = NGX_CONF_UNSET_SIZE;
+    amcf->usage_aggregate = NGX_CONF_UNSET_UINT;
 
     return amcf;
 }
@@ -162,6 +165,7 @@ ngx_http_apikey_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_size_value(amcf->usage_size,
                              NGX_HTTP_APIKEY_DEFAULT_USAGE_SIZE);
+    ngx_conf_init_uint_value(amcf->usage_aggregate, APIKEY_AGGREGATE_DEFAULT);
 
     return NGX_CONF_OK;
 }
@@ -225,6 +229,11 @@ ngx_http_apikey_prepare_endpoint(ngx_conf_t *cf,
     conf->endpoint_field_len = apikey_usage_pad_text(conf->endpoint_field,
                                                      APIKEY_ENDPOINT_FIELD_LEN,
                                                      label.data, label.len);
+
+    /* what the aggregation looks the label up by, once and for all */
+
+    conf->endpoint_hash = apikey_usage_label_hash(conf->endpoint_field,
+                                                  conf->endpoint_field_len);
     return NGX_OK;
 }
 
@@ -314,8 +323,8 @@ ngx_http_apikey_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
- * apikey_usage PATH [size=64m];   (http)
- * apikey_usage off;               (http, server, location)
+ * apikey_usage PATH [size=64m] [aggregate=65536];   (http)
+ * apikey_usage off;                                 (http, server, location)
  */
 
 static char *
@@ -323,8 +332,9 @@ ngx_http_apikey_usage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_apikey_loc_conf_t  *alcf = conf;
 
-    ssize_t                       size;
-    ngx_str_t                    *value, s;
+    char                         *rv;
+    ngx_str_t                    *value;
+    ngx_uint_t                    i;
     ngx_http_apikey_main_conf_t  *amcf;
 
     value = cf->args->elts;
@@ -364,32 +374,78 @@ ngx_http_apikey_usage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (cf->args->nelts == 2) {
+    for (i = 2; i < cf->args->nelts; i++) {
+        rv = ngx_http_apikey_usage_param(cf, amcf, &value[i]);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* size=SIZE (the rings' share) or aggregate=N (entries per buffer) */
+
+static char *
+ngx_http_apikey_usage_param(ngx_conf_t *cf, ngx_http_apikey_main_conf_t *amcf,
+    ngx_str_t *param)
+{
+    ssize_t    size;
+    ngx_int_t  n;
+    ngx_str_t  s;
+
+    if (param->len >= 5 && ngx_strncmp(param->data, "size=", 5) == 0) {
+        if (amcf->usage_size != NGX_CONF_UNSET_SIZE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate apikey_usage parameter \"%V\"",
+                               param);
+            return NGX_CONF_ERROR;
+        }
+
+        s.len = param->len - 5;
+        s.data = param->data + 5;
+
+        size = ngx_parse_size(&s);
+
+        if (size == NGX_ERROR || size < NGX_HTTP_APIKEY_MIN_USAGE_SIZE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid apikey_usage size \"%V\": at least 1m",
+                               param);
+            return NGX_CONF_ERROR;
+        }
+
+        amcf->usage_size = size;
         return NGX_CONF_OK;
     }
 
-    if (ngx_strncmp(value[2].data, "size=", 5) != 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid apikey_usage parameter \"%V\"",
-                           &value[2]);
-        return NGX_CONF_ERROR;
+    if (param->len >= 10
+        && ngx_strncmp(param->data, "aggregate=", 10) == 0)
+    {
+        if (amcf->usage_aggregate != NGX_CONF_UNSET_UINT) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate apikey_usage parameter \"%V\"",
+                               param);
+            return NGX_CONF_ERROR;
+        }
+
+        n = ngx_atoi(param->data + 10, param->len - 10);
+
+        if (n < APIKEY_AGGREGATE_MIN || n > APIKEY_AGGREGATE_MAX) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid apikey_usage aggregate \"%V\": "
+                               "entries per buffer, from %d to %d", param,
+                               APIKEY_AGGREGATE_MIN, APIKEY_AGGREGATE_MAX);
+            return NGX_CONF_ERROR;
+        }
+
+        amcf->usage_aggregate = (ngx_uint_t) n;
+        return NGX_CONF_OK;
     }
 
-    s.len = value[2].len - 5;
-    s.data = value[2].data + 5;
-
-    size = ngx_parse_size(&s);
-
-    if (size == NGX_ERROR || size < NGX_HTTP_APIKEY_MIN_USAGE_SIZE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid apikey_usage size \"%V\": at least 1m",
-                           &value[2]);
-        return NGX_CONF_ERROR;
-    }
-
-    amcf->usage_size = size;
-
-    return NGX_CONF_OK;
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid apikey_usage parameter \"%V\"", param);
+    return NGX_CONF_ERROR;
 }
 
 
@@ -548,6 +604,7 @@ ngx_http_apikey_init_module(ngx_cycle_t *cycle)
 
     amcf->usage = apikey_usage_open((char *) amcf->usage_path.data,
                                     amcf->usage_size, (unsigned) slots,
+                                    (unsigned) amcf->usage_aggregate,
                                     &created, (char *) err, sizeof(err));
     if (amcf->usage == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -567,9 +624,12 @@ ngx_http_apikey_init_module(ngx_cycle_t *cycle)
 
     ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
                   "apikey: %s usage segment \"%V\": %ui rings of %uL "
-                  "records", created ? "created" : "reusing",
+                  "records, aggregates of %ui entries, %uL bytes",
+                  created ? "created" : "reusing",
                   &amcf->usage_path, slots,
-                  apikey_usage_ring_capacity(amcf->usage));
+                  apikey_usage_ring_capacity(amcf->usage),
+                  amcf->usage_aggregate,
+                  apikey_usage_file_size(amcf->usage));
 
     return NGX_OK;
 }

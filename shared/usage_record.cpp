@@ -40,8 +40,7 @@ const char* auth_result_name(AuthResult r) noexcept {
     return "invalid";
 }
 
-std::uint8_t copy_cut(char* dst, std::size_t cap,
-                      std::string_view text) noexcept {
+std::size_t truncated_len(std::string_view text, std::size_t cap) noexcept {
     if (cap > kMaxTruncatedLen) {
         cap = kMaxTruncatedLen;
     }
@@ -59,6 +58,12 @@ std::uint8_t copy_cut(char* dst, std::size_t cap,
             n -= back;
         }
     }
+    return n;
+}
+
+std::uint8_t copy_cut(char* dst, std::size_t cap,
+                      std::string_view text) noexcept {
+    const std::size_t n = truncated_len(text, cap);
     if (n > 0) {
         std::memcpy(dst, text.data(), n);
     }

@@ -81,6 +81,10 @@ static_assert(sizeof(UsageRecord) == 288, "record size is part of the layout");
 static_assert(std::is_trivially_copyable_v<UsageRecord>);
 static_assert(std::is_standard_layout_v<UsageRecord>);
 
+// How much of `text` a field of `cap` bytes keeps (cap above 255 counts
+// as 255): all of it if it fits, else cut at a UTF-8 character boundary.
+std::size_t truncated_len(std::string_view text, std::size_t cap) noexcept;
+
 // copy_truncated() of a text longer than `cap` (or `cap` above 255).
 std::uint8_t copy_cut(char* dst, std::size_t cap,
                       std::string_view text) noexcept;

@@ -31,6 +31,7 @@ static_assert(sizeof(UsageSlot) % alignof(UsageRecord) == 0,
               "rings follow the slots and must stay aligned");
 static_assert(offsetof(UsageSlot, head) == kCacheLine);
 static_assert(offsetof(UsageSlot, tail) == 2 * kCacheLine);
+static_assert(offsetof(UsageSlot, agg_overflow) == 3 * kCacheLine);
 static_assert(offsetof(UsageHeader, superseded) % kCacheLine == 0);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::int64_t>::is_always_lock_free);
@@ -43,8 +44,15 @@ std::uint64_t floor_power_of_two(std::uint64_t v) noexcept {
     return std::uint64_t{1} << (63 - __builtin_clzll(v));
 }
 
+constexpr std::size_t kPage = 4096;
+constexpr std::uint32_t kFirstEpoch = 1;
+
 std::size_t fixed_size(std::uint32_t slot_count) noexcept {
     return kUsageHeaderSize + std::size_t{slot_count} * sizeof(UsageSlot);
+}
+
+std::size_t page_up(std::size_t n) noexcept {
+    return (n + kPage - 1) & ~(kPage - 1);
 }
 
 std::int64_t realtime_us() noexcept {
@@ -78,17 +86,46 @@ SegmentStatus validate(const MappedFile& map, const char* path,
     }
     if (h->layout_version != kUsageLayoutVersion ||
         h->record_size != sizeof(UsageRecord)) {
-        describe_error(error, "usage segment", path, "unsupported layout version or record size");
+        char why[128];
+        std::snprintf(why, sizeof why,
+                      "layout version %u (record size %u), this build reads "
+                      "version %u (record size %zu)",
+                      static_cast<unsigned>(h->layout_version),
+                      static_cast<unsigned>(h->record_size),
+                      static_cast<unsigned>(kUsageLayoutVersion),
+                      sizeof(UsageRecord));
+        describe_error(error, "usage segment", path, why);
         return SegmentStatus::kBadVersion;
     }
     if (h->file_size != map.size()) {
         describe_error(error, "usage segment", path, "header and file size disagree");
         return SegmentStatus::kBadSize;
     }
-    const UsageLayout layout = usage_layout_for(map.size(), h->slot_count);
+    // The rings' exact size, then the layout it makes: a header whose
+    // numbers disagree with one another or with the file is refused.
+    // (Bounded first, so that the product cannot overflow.)
+    const std::size_t rings =
+        h->slot_count <= kMaxUsageSlots &&
+                h->ring_capacity <= map.size() / sizeof(UsageRecord)
+            ? fixed_size(h->slot_count) +
+                  std::size_t{h->slot_count} *
+                      static_cast<std::size_t>(h->ring_capacity) *
+                      sizeof(UsageRecord)
+            : 0;
+    const UsageLayout layout =
+        usage_layout_for(rings, h->slot_count, h->agg_entries);
     if (layout.ring_capacity == 0 || layout.ring_capacity != h->ring_capacity ||
         layout.file_size != map.size()) {
-        describe_error(error, "usage segment", path, "slot count, ring capacity and size disagree");
+        describe_error(error, "usage segment", path,
+                       "slot count, ring capacity and size disagree");
+        return SegmentStatus::kBadSize;
+    }
+    const AggLayout agg = agg_layout_for(h->agg_entries);
+    if (h->agg_labels != agg.labels || h->agg_cells != agg.cells ||
+        h->agg_area_size != agg.area_size ||
+        h->agg_area_offset != page_up(rings)) {
+        describe_error(error, "usage segment", path,
+                       "aggregation area sizes disagree");
         return SegmentStatus::kBadSize;
     }
     return SegmentStatus::kOk;
@@ -99,31 +136,37 @@ bool same_layout(const MappedFile& map, const UsageLayout& layout) noexcept {
     return h->slot_count == layout.slot_count &&
            h->ring_capacity == layout.ring_capacity &&
            h->file_size == layout.file_size &&
+           h->agg_entries == layout.agg_entries &&
            h->superseded.load(std::memory_order_acquire) == 0;
 }
 
 }  // namespace
 
-UsageLayout usage_layout_for(std::size_t total_size,
-                             std::uint32_t slot_count) noexcept {
-    const UsageLayout none{slot_count, 0, 0};
-    if (slot_count == 0 || slot_count > kMaxUsageSlots) {
+UsageLayout usage_layout_for(std::size_t ring_size, std::uint32_t slot_count,
+                             std::uint32_t agg_entries) noexcept {
+    const UsageLayout none{slot_count, 0, 0, agg_entries};
+    const AggLayout agg = agg_layout_for(agg_entries);
+    if (slot_count == 0 || slot_count > kMaxUsageSlots || agg.entries == 0) {
         return none;
     }
     const std::size_t fixed = fixed_size(slot_count);
-    if (total_size <= fixed) {
+    if (ring_size <= fixed) {
         return none;
     }
     const std::size_t per_ring =
-        (total_size - fixed) / slot_count / sizeof(UsageRecord);
+        (ring_size - fixed) / slot_count / sizeof(UsageRecord);
     const std::uint64_t cap = floor_power_of_two(per_ring);
     if (cap == 0) {
         return none;
     }
-    // No overflow: slot_count * cap records fit in total_size - fixed.
+    // No overflow: slot_count * cap records fit in ring_size - fixed, and
+    // slot_count areas of at most a few GiB each fit a 64-bit size.
+    const std::size_t rings =
+        fixed + std::size_t{slot_count} * static_cast<std::size_t>(cap) *
+                    sizeof(UsageRecord);
     return {slot_count, cap,
-            fixed + std::size_t{slot_count} * static_cast<std::size_t>(cap) *
-                        sizeof(UsageRecord)};
+            page_up(rings) + std::size_t{slot_count} * agg.area_size,
+            agg_entries};
 }
 
 // --- mapping ----------------------------------------------------------------
@@ -134,6 +177,9 @@ UsageSegment::UsageSegment(UsageSegment&& other) noexcept
       rings_(std::exchange(other.rings_, nullptr)),
       slot_count_(std::exchange(other.slot_count_, 0)),
       capacity_(std::exchange(other.capacity_, 0)),
+      agg_areas_(std::exchange(other.agg_areas_, nullptr)),
+      agg_(std::exchange(other.agg_, AggLayout{})),
+      label_memo_(std::exchange(other.label_memo_, AggLabelMemo{})),
       map_(std::move(other.map_)) {}
 
 UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
@@ -144,6 +190,9 @@ UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
         rings_ = std::exchange(other.rings_, nullptr);
         slot_count_ = std::exchange(other.slot_count_, 0);
         capacity_ = std::exchange(other.capacity_, 0);
+        agg_areas_ = std::exchange(other.agg_areas_, nullptr);
+        agg_ = std::exchange(other.agg_, AggLayout{});
+        label_memo_ = std::exchange(other.label_memo_, AggLabelMemo{});
         map_ = std::move(other.map_);
     }
     return *this;
@@ -155,6 +204,9 @@ void UsageSegment::reset() noexcept {
     rings_ = nullptr;
     slot_count_ = 0;
     capacity_ = 0;
+    agg_areas_ = nullptr;
+    agg_ = AggLayout{};
+    label_memo_ = AggLabelMemo{};  // ids of another mapping's buffers
     map_.reset();
 }
 
@@ -167,6 +219,8 @@ void UsageSegment::adopt(MappedFile&& map) noexcept {
     capacity_ = header_->ring_capacity;
     slots_ = reinterpret_cast<UsageSlot*>(base + kSlotsOffset);
     rings_ = base + fixed_size(slot_count_);
+    agg_ = agg_layout_for(header_->agg_entries);
+    agg_areas_ = base + header_->agg_area_offset;
 }
 
 SegmentStatus UsageSegment::attach(const char* path,
@@ -193,8 +247,13 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
     if (created != nullptr) {
         *created = false;
     }
+    const std::size_t rings =
+        fixed_size(layout.slot_count) +
+        std::size_t{layout.slot_count} *
+            static_cast<std::size_t>(layout.ring_capacity) *
+            sizeof(UsageRecord);
     const UsageLayout want =
-        usage_layout_for(layout.file_size, layout.slot_count);
+        usage_layout_for(rings, layout.slot_count, layout.agg_entries);
     if (want.ring_capacity == 0 || want.ring_capacity != layout.ring_capacity ||
         want.file_size != layout.file_size) {
         describe_error(error, "usage segment", path, "invalid layout (use usage_layout_for)");
@@ -234,14 +293,34 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
         return status;
     }
     // The file is zero-filled: every slot is kFree with head == tail == 0
-    // and generation 0. Rings are not touched so the file stays sparse.
+    // and generation 0, every aggregation buffer kClean and empty. Rings
+    // and tables are not touched so the file stays sparse.
     auto* h = new (fresh.data()) UsageHeader();
+    const AggLayout agg = agg_layout_for(layout.agg_entries);
     h->layout_version = kUsageLayoutVersion;
     h->record_size = sizeof(UsageRecord);
     h->slot_count = layout.slot_count;
     h->ring_capacity = layout.ring_capacity;
     h->file_size = layout.file_size;
     h->created_at_us = realtime_us();
+    h->agg_entries = agg.entries;
+    h->agg_labels = agg.labels;
+    h->agg_cells = agg.cells;
+    h->agg_area_offset = page_up(rings);
+    h->agg_area_size = agg.area_size;
+    // Epochs start at 1 (agg_active == 0 means "in no buffer"): buffer 1
+    // is every slot's first active buffer.
+    auto* base = static_cast<unsigned char*>(fresh.data());
+    for (std::uint32_t i = 0; i < layout.slot_count; ++i) {
+        reinterpret_cast<UsageSlot*>(base + kSlotsOffset)[i].agg_epoch.store(
+            kFirstEpoch, std::memory_order_relaxed);
+        auto* first = reinterpret_cast<AggBufferHeader*>(
+            base + h->agg_area_offset + i * agg.area_size +
+            (kFirstEpoch & 1) * agg.buffer_size);
+        first->epoch.store(kFirstEpoch, std::memory_order_relaxed);
+        first->state.store(static_cast<std::uint32_t>(AggBufferState::kActive),
+                           std::memory_order_relaxed);
+    }
     // Magic last, with release: whoever reads it (acquire) sees the rest.
     __atomic_store_n(&h->magic, kUsageMagic, __ATOMIC_RELEASE);
 
@@ -313,6 +392,8 @@ int UsageSegment::claim_slot(std::int32_t pid, std::int64_t now_us) noexcept {
         s.generation.store(next > now ? next : now, std::memory_order_relaxed);
         s.claimed_at_us.store(now_us, std::memory_order_relaxed);
         s.cached_tail = s.tail.load(std::memory_order_acquire);
+        // A dead predecessor may have left its epoch here.
+        s.agg_active.store(0, std::memory_order_relaxed);
         // Last, release: a non-zero pid means the claim is complete.
         s.owner_pid.store(pid, std::memory_order_release);
         return static_cast<int>(i);
@@ -440,6 +521,10 @@ bool UsageSegment::free_if_drained(std::uint32_t slot) noexcept {
     }
     if (s.tail.load(std::memory_order_acquire) !=
         s.head.load(std::memory_order_acquire)) {
+        return false;
+    }
+    std::uint64_t closed = 0;
+    if (agg_closed_epoch(slot, &closed) || !agg_empty(slot)) {
         return false;
     }
     // So that an owned slot never shows its previous (dead) owner's pid.

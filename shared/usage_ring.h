@@ -3,16 +3,20 @@
 // rings of UsageRecord. Each nginx worker claims one slot at start (the
 // producer); apikeyd is the only consumer of every slot.
 //
-// Layout: a 4 KiB header, `slot_count` slot descriptors (three cache lines
-// each: control, producer, consumer), then the rings themselves, each
-// `ring_capacity` records (a power of two). Positions (head, tail) count
-// records since the slot was first used and never wrap; the index in the
-// ring is position & (capacity - 1). No pointers live in the segment.
+// Layout: a 4 KiB header, `slot_count` slot descriptors (four cache lines
+// each: control, producer, consumer, aggregation counters), then the rings
+// themselves, each `ring_capacity` records (a power of two), then, from the
+// next page, one aggregation area per slot (usage_agg.h). Positions (head,
+// tail) count records since the slot was first used and never wrap; the
+// index in the ring is position & (capacity - 1). No pointers live in the
+// segment.
 //
 // Slot life: kFree -> (worker start, CAS) kOwned -> (worker exit, or apikeyd
-// finding the owner dead) kRetired -> (apikeyd drained it) kFree. A slot is
-// handed to a new worker only after the old worker's records are drained, so
-// (slot, generation, position) identifies a record exactly once. Positions
+// finding the owner dead) kRetired -> (apikeyd drained its ring and
+// collected its aggregates) kFree. A slot is handed to a new worker only
+// after the old worker's records are drained and its aggregation buffers
+// are clean, so (slot, generation, position) identifies a record exactly
+// once, and (slot, generation, epoch) an aggregation buffer. Positions
 // are never reset (a free slot has head == tail); a claim sets the
 // generation to max(previous + 1, claim time in µs), so it also grows across
 // re-created files.
@@ -23,19 +27,23 @@
 // and then attaches the new file.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "segment_file.h"
+#include "usage_agg.h"
 #include "usage_record.h"
 
 namespace apikey {
 
 inline constexpr std::uint64_t kUsageMagic =
     0x31474e5259454b41ULL;  // "AKEYRNG1"
-inline constexpr std::uint32_t kUsageLayoutVersion = 1;
+// 2: slot descriptors of four cache lines, aggregation areas after the
+// rings.
+inline constexpr std::uint32_t kUsageLayoutVersion = 2;
 inline constexpr std::size_t kUsageHeaderSize = 4096;
 inline constexpr std::size_t kCacheLine = 64;
 // A replaced segment stays at PATH + kUsageOldSuffix + its created_at_us
@@ -73,10 +81,22 @@ struct UsageSlot {
     std::atomic<std::uint64_t>
         unrecorded[static_cast<int>(UnrecordedCounter::kCount)];
     std::uint64_t cached_tail;  // producer-private copy of tail
+    // The epoch whose buffer the worker is in right now, 0: in none.
+    std::atomic<std::uint64_t> agg_active;
     // Consumer line: only apikeyd writes here.
     alignas(kCacheLine) std::atomic<std::uint64_t> tail;
+    // The worker writes buffer[agg_epoch & 1]; starts at 1.
+    std::atomic<std::uint64_t> agg_epoch;
+    // Aggregation counters: only the owning worker writes here.
+    // Requests not aggregated (entry table full).
+    alignas(kCacheLine) std::atomic<std::uint64_t> agg_overflow;
+    // Requests aggregated under kAggOtherLabel (label table full).
+    std::atomic<std::uint64_t> agg_label_overflow;
+    // Latencies left out of a histogram (cell table full); the request
+    // itself is counted.
+    std::atomic<std::uint64_t> agg_histogram_overflow;
 };
-static_assert(sizeof(UsageSlot) == 3 * kCacheLine);
+static_assert(sizeof(UsageSlot) == 4 * kCacheLine);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 struct UsageHeader {
@@ -90,21 +110,33 @@ struct UsageHeader {
     std::int64_t created_at_us;
     alignas(kCacheLine) std::atomic<std::uint32_t> superseded;
     std::atomic<std::uint64_t> unslotted_drops;  // workers without a slot
+    // Aggregation areas: entries per buffer (the rest follows from it,
+    // agg_layout_for) and where the first area starts (a page boundary).
+    alignas(kCacheLine) std::uint32_t agg_entries;
+    std::uint32_t agg_labels;
+    std::uint32_t agg_cells;
+    std::uint32_t reserved_agg;
+    std::uint64_t agg_area_offset;
+    std::uint64_t agg_area_size;
 };
 static_assert(sizeof(UsageHeader) <= kUsageHeaderSize);
 
 struct UsageLayout {
     std::uint32_t slot_count;
     std::uint64_t ring_capacity;
-    std::size_t file_size;
+    std::size_t file_size;  // rings and aggregation areas
+    std::uint32_t agg_entries;
 };
 
-// The largest layout that fits `total_size` bytes with `slot_count` slots:
-// ring_capacity is the largest power of two that fits and file_size the
-// exact size it needs. ring_capacity == 0 (and file_size == 0) if not even
-// one record per ring fits, or slot_count is 0 or above kMaxUsageSlots.
-UsageLayout usage_layout_for(std::size_t total_size,
-                             std::uint32_t slot_count) noexcept;
+// The largest rings that fit `ring_size` bytes with `slot_count` slots
+// (header and slot descriptors included), plus one aggregation area of
+// `agg_entries` per buffer for each slot: ring_capacity is the largest
+// power of two that fits and file_size the exact size of the whole file.
+// ring_capacity == 0 (and file_size == 0) if not even one record per ring
+// fits, slot_count is 0 or above kMaxUsageSlots, or agg_entries is out of
+// range (agg_layout_for).
+UsageLayout usage_layout_for(std::size_t ring_size, std::uint32_t slot_count,
+                             std::uint32_t agg_entries) noexcept;
 
 // A mapped usage segment. Used by nginx (create or reuse, claim, push) and
 // by apikeyd (attach, drain, retire dead owners, free).
@@ -171,18 +203,62 @@ public:
     // Advances the tail to `position` (after the records are committed).
     // Clamped to [tail, head]: the tail never moves back or past the head.
     void commit(std::uint32_t slot, std::uint64_t position) noexcept;
-    // Frees a retired slot whose ring is empty; returns true if freed.
+    // Frees a retired slot whose ring is empty and whose aggregation
+    // buffers are clean (none closed, the active one without an entry);
+    // returns true if freed.
     bool free_if_drained(std::uint32_t slot) noexcept;
+
+    // --- aggregation (usage_agg.h), worker ---
+    // Adds one request to the slot's active buffer. Never blocks, never
+    // allocates: false if the entry table is full (counted in
+    // agg_overflow) or the slot is out of range.
+    bool aggregate(std::uint32_t slot, const AggregateInput& in) noexcept;
+
+    // --- aggregation, apikeyd ---
+    // True and *epoch set if a buffer of this slot is kClosed: it must be
+    // collected (committed or found committed, then cleared) first.
+    bool agg_closed_epoch(std::uint32_t slot,
+                          std::uint64_t* epoch) const noexcept;
+    // Closes the active buffer and makes the other one active; returns the
+    // closed buffer's epoch. Precondition: no buffer is closed (else, or for
+    // a slot out of range, nothing changes and it returns 0).
+    std::uint64_t agg_close(std::uint32_t slot) noexcept;
+    // The worker is no longer in buffer `epoch` (always true once the slot
+    // is retired or free: a dead worker's half-done update is what it is).
+    bool agg_settled(std::uint32_t slot, std::uint64_t epoch) const noexcept;
+    // Appends the entries of closed buffer `epoch` to *out, decoded (text
+    // lengths clamped, indexes bounds-checked: a buffer a worker wrote is
+    // not trusted); returns how many. 0 if `epoch` is not a closed buffer.
+    std::size_t agg_read(std::uint32_t slot, std::uint64_t epoch,
+                         std::vector<AggregateEntry>* out) const;
+    // Zeroes the used part of closed buffer `epoch` and marks it kClean.
+    void agg_clear(std::uint32_t slot, std::uint64_t epoch) noexcept;
+    // The active buffer has no entry (or the slot is out of range).
+    bool agg_empty(std::uint32_t slot) const noexcept;
+    // As validated when mapped.
+    const AggLayout& agg_layout() const noexcept { return agg_; }
 
 private:
     void adopt(MappedFile&& map) noexcept;
     UsageRecord* ring(std::uint32_t slot) const noexcept;
+    // Inline: every aggregated request locates its buffer.
+    unsigned char* agg_buffer(std::uint32_t slot,
+                              std::uint64_t epoch) const noexcept {
+        return agg_areas_ + std::size_t{slot} * agg_.area_size +
+               (epoch & 1) * agg_.buffer_size;
+    }
+    // The closed buffer holding `epoch`, or nullptr.
+    unsigned char* agg_closed(std::uint32_t slot,
+                              std::uint64_t epoch) const noexcept;
 
     UsageHeader* header_ = nullptr;
     UsageSlot* slots_ = nullptr;
     unsigned char* rings_ = nullptr;
     std::uint32_t slot_count_ = 0;
     std::uint64_t capacity_ = 0;  // records per ring, a power of two
+    unsigned char* agg_areas_ = nullptr;
+    AggLayout agg_;
+    AggLabelMemo label_memo_{};  // the worker's, in its own memory
     MappedFile map_;
 };
 

@@ -228,7 +228,7 @@ qr/\[emerg\] "apikey_usage" directive is duplicate/
 
 === TEST 18: apikey_usage with three arguments
 --- http_config
-apikey_usage /x size=1m extra;
+apikey_usage /x size=1m aggregate=1024 extra;
 --- must_die
 --- error_log eval
 qr/\[emerg\] invalid number of arguments in "apikey_usage" directive/
@@ -562,3 +562,104 @@ apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
 --- must_die
 --- error_log eval
 qr{\[emerg\] .*apikey_usage "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": size too small for 4096 rings}
+
+
+
+=== TEST 48: apikey_usage aggregate=N with size=, in either order; the header records N
+--- http_config
+apikey_keys $TEST_NGINX_NO_KEYS;
+apikey_usage $TEST_NGINX_APIKEY_USAGE aggregate=2048 size=1m;
+--- config
+location /t.txt { apikey off; }
+--- request
+GET /t.txt
+--- response_body
+hello
+--- error_log eval
+qr/apikey: (?:created|reusing) usage segment "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": \d+ rings of \d+ records, aggregates of 2048 entries, \d+ bytes/
+--- check
+is(unpack('V', usage_segment_read(128, 4)), 2048, "$block->{name} - agg_entries in the header");
+--- no_error_log
+[error]
+[emerg]
+
+
+
+=== TEST 49: apikey_usage without aggregate= holds 65536 entries per buffer
+--- http_config
+apikey_keys $TEST_NGINX_NO_KEYS;
+apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
+--- config
+location /t.txt { apikey off; }
+--- request
+GET /t.txt
+--- response_body
+hello
+--- check
+is(unpack('V', usage_segment_read(128, 4)), 65536, "$block->{name} - agg_entries in the header");
+--- no_error_log
+[error]
+[emerg]
+
+
+
+=== TEST 50: apikey_usage aggregate=abc
+--- http_config
+apikey_usage /x aggregate=abc;
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage aggregate "aggregate=abc": entries per buffer, from 1024 to 16777216/
+
+
+
+=== TEST 51: apikey_usage aggregate=1023 (below the minimum)
+--- http_config
+apikey_usage /x size=1m aggregate=1023;
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage aggregate "aggregate=1023": entries per buffer, from 1024 to 16777216/
+
+
+
+=== TEST 52: apikey_usage aggregate=16777217 (above the maximum)
+--- http_config
+apikey_usage /x aggregate=16777217;
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage aggregate "aggregate=16777217"/
+
+
+
+=== TEST 53: apikey_usage aggregate= (empty)
+--- http_config
+apikey_usage /x aggregate=;
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage aggregate "aggregate="/
+
+
+
+=== TEST 54: apikey_usage aggregate= twice
+--- http_config
+apikey_usage /x aggregate=2048 aggregate=4096;
+--- must_die
+--- error_log eval
+qr/\[emerg\] duplicate apikey_usage parameter "aggregate=4096"/
+
+
+
+=== TEST 55: apikey_usage size= twice
+--- http_config
+apikey_usage /x size=1m size=2m;
+--- must_die
+--- error_log eval
+qr/\[emerg\] duplicate apikey_usage parameter "size=2m"/
+
+
+
+=== TEST 56: apikey_usage aggregate=-5
+--- http_config
+apikey_usage /x aggregate=-5;
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage aggregate "aggregate=-5"/

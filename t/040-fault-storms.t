@@ -153,11 +153,12 @@ sub wait_drained {
         wait_until(sub {
             $m = metrics();
             my $c = ring_states($m);
-            $c->{depth} == 0 && $c->{retired} == 0 && $m->{apikey_spool_bytes} == 0;
+            $c->{depth} == 0 && $c->{retired} == 0 && $m->{apikey_spool_bytes} == 0
+                && metric_sum($m, 'apikey_agg_pending') == 0;
         }, 15, $what);
         1;
     };
-    ok($ok, "$what: every ring drained and reclaimed") or diag($@);
+    ok($ok, "$what: every ring drained and reclaimed, every aggregate committed") or diag($@);
     return $m;
 }
 

@@ -25,13 +25,6 @@ my $MAX_CONNECTIONS = 512;   # FrontLimits::max_connections
 my $API_WORKERS = 4;         # FrontLimits::slow_workers
 my $API_QUEUE = 128;         # FrontLimits::slow_queue
 
-sub percentile {
-    my ($p, @v) = @_;
-    return 0 unless @v;
-    @v = sort { $a <=> $b } @v;
-    return $v[ int($p / 100 * $#v + 0.5) ];
-}
-
 sub rss_kb {
     my $s = slurp('/proc/' . Test::Apikey::Daemon::apikeyd_pid() . '/status') // return 0;
     return $s =~ /^VmRSS:\s+(\d+)/m ? $1 : 0;

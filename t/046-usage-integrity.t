@@ -53,13 +53,15 @@ sub rejected {
 }
 
 # A genuine request after a forged record: once its row is in, apikeyd has
-# read past the forged one.
+# read past the forged one; once request_count counts it, its aggregate is
+# committed too.
 sub sentinel {
     my ($tag) = @_;
     is(get_with_key($ka->{key})->{status}, 200, "$tag sentinel request");
     $genuine++;
     ok(eval { wait_usage_rows($ka->{key_id}, $genuine, 10); 1 }, "$tag sentinel row arrived")
         or diag($@);
+    eval { wait_request_count($ka->{key_id}, $genuine, 10) };
 }
 
 # --- forged records ---------------------------------------------------------------
@@ -219,6 +221,11 @@ sub other_apikeyd_argv {
            ('elsewhere', 902, 3, 5, '2001-01-01')});
     psql(q{UPDATE usage_offsets SET updated_at = '2001-01-01' WHERE node = 'test' AND slot = :'s'
            AND generation = :'g'}, { s => $slot, g => $gen });
+    psql(q{INSERT INTO usage_aggregate_offsets (node, slot, generation, epoch, updated_at) VALUES
+           ('test', 900, 1, 5, '2001-01-01'), ('test', 901, 2, 5, now()),
+           ('elsewhere', 902, 3, 5, '2001-01-01'), ('test', :'s', :'g', 1, '2001-01-01')
+           ON CONFLICT (node, slot, generation) DO UPDATE SET updated_at = '2001-01-01'},
+         { s => $slot, g => $gen });
     restart_apikeyd();    # maintenance runs at start
     my $ok = eval { wait_until(sub { psql_one(q{SELECT count(*) FROM usage_offsets WHERE slot = 900}) == 0 },
                                10, 'old row pruned'); 1 };
@@ -227,7 +234,11 @@ sub other_apikeyd_argv {
                 { s => $slot, g => $gen }), 1, 'offsets: the live ring\'s row stays, however old');
     is(psql_one(q{SELECT count(*) FROM usage_offsets WHERE slot = 901}), 1, 'offsets: a recent row stays');
     is(psql_one(q{SELECT count(*) FROM usage_offsets WHERE slot = 902}), 1, 'offsets: another node\'s row stays');
-    like(apikeyd_log(), qr/pruned 1 usage_offsets rows of finished rings/, 'offsets: apikeyd says so');
+    is(psql_one(q{SELECT string_agg(node || ' ' || slot, ', ' ORDER BY slot)
+                    FROM usage_aggregate_offsets WHERE slot >= 900 OR slot = :'s'}, { s => $slot }),
+       "test $slot, test 901, elsewhere 902",
+       'aggregate offsets: pruned by the same rule (the old finished one only)');
+    like(apikeyd_log(), qr/pruned 2 offset rows of finished rings/, 'offsets: apikeyd says so');
     $genuine++;
     is(get_with_key($ka->{key})->{status}, 200, 'offsets: one more request');
     ok(eval { wait_usage_rows($ka->{key_id}, $genuine + 2, 10); 1 }, 'offsets: still recorded');

@@ -127,9 +127,9 @@ sub forged_segment {
     my ($shift) = @_;
     my $bytes = slurp($usage) // die "read $usage\n";
     my ($slots, $cap) = (unpack('V', substr($bytes, 16, 4)), unpack('Q<', substr($bytes, 24, 8)));
-    my $rings = 4096 + 192 * $slots;
+    my $rings = 4096 + 256 * $slots;
     for my $s (0 .. $slots - 1) {
-        my $slot = 4096 + 192 * $s;
+        my $slot = 4096 + 256 * $s;
         my ($head, $tail) = (unpack('Q<', substr($bytes, $slot + 64, 8)),
                              unpack('Q<', substr($bytes, $slot + 128, 8)));
         next if $head == $tail;
@@ -144,7 +144,7 @@ sub forged_segment {
 }
 
 {
-    start_nginx(http_config => apikey_http_config(usage => '1m'),
+    start_nginx(http_config => apikey_http_config(usage => '1m', aggregate => 1024),
                 config      => 'location /t.txt { apikey on; }');
     my $n = 20;
     stop_apikeyd();

@@ -36,6 +36,16 @@ TEST(KeyIndex, AbsentKeyIsUnknown) {
     EXPECT_EQ(index.check(id(2), id(100), 0), KeyVerdict::kUnknownKey);
 }
 
+TEST(KeyIndex, OrgOfAKnownKeyIsItsOwnAndOfOthersNone) {
+    KeyIndex index(kMax);
+    index.put(id(1), id(100));
+    EXPECT_EQ(index.org_of(id(1), 0), id(100));
+    EXPECT_EQ(index.org_of(id(2), 0), std::nullopt);
+    index.remove(id(1), 5000);
+    EXPECT_EQ(index.org_of(id(1), 5000 + kMax), id(100));
+    EXPECT_EQ(index.org_of(id(1), 5001 + kMax), std::nullopt);
+}
+
 TEST(KeyIndex, PutReplacesTheOrg) {
     KeyIndex index(kMax);
     index.put(id(1), id(100));

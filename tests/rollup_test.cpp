@@ -90,60 +90,6 @@ TEST(SanitizeText, AnyByteStringComesOutClean) {
     }
 }
 
-// --- status ------------------------------------------------------------------
-
-TEST(StatusClass, CountsOnlyTwoHundredToFiveNinetyNine) {
-    EXPECT_EQ(status_class(0), StatusClass::kOther);  // client closed
-    EXPECT_EQ(status_class(101), StatusClass::kOther);
-    EXPECT_EQ(status_class(199), StatusClass::kOther);
-    EXPECT_EQ(status_class(200), StatusClass::k2xx);
-    EXPECT_EQ(status_class(299), StatusClass::k2xx);
-    EXPECT_EQ(status_class(304), StatusClass::k3xx);
-    EXPECT_EQ(status_class(400), StatusClass::k4xx);
-    EXPECT_EQ(status_class(499), StatusClass::k4xx);
-    EXPECT_EQ(status_class(500), StatusClass::k5xx);
-    EXPECT_EQ(status_class(599), StatusClass::k5xx);
-    EXPECT_EQ(status_class(600), StatusClass::kOther);
-    EXPECT_EQ(status_class(65535), StatusClass::kOther);
-}
-
-// --- histogram buckets -------------------------------------------------------
-
-TEST(LatencyBucket, BoundariesAreInclusiveBelowExclusiveAbove) {
-    EXPECT_EQ(kLatencyBucketCount, 162u);
-    EXPECT_EQ(latency_bucket(0), 0u);
-    EXPECT_EQ(latency_bucket(63), 0u);
-    EXPECT_EQ(latency_bucket(64), 1u);
-    EXPECT_EQ(latency_bucket(127), 8u);
-    EXPECT_EQ(latency_bucket(128), 9u);
-    EXPECT_EQ(latency_bucket((64u << 20) - 1), 160u);
-    EXPECT_EQ(latency_bucket(64u << 20), 161u);
-    EXPECT_EQ(latency_bucket(UINT64_MAX), 161u);
-    EXPECT_EQ(latency_bucket_lower_us(0), 0u);
-    EXPECT_EQ(latency_bucket_upper_us(0), 64u);
-    EXPECT_EQ(latency_bucket_lower_us(1), 64u);
-    EXPECT_EQ(latency_bucket_upper_us(1), 70u);  // round(64 * 2^(1/8)) = 69.8
-    EXPECT_EQ(latency_bucket_lower_us(161), 64u << 20);
-    EXPECT_EQ(latency_bucket_upper_us(161), UINT64_MAX);
-}
-
-TEST(LatencyBucket, EveryBucketHoldsItsBoundsAndIsAboutNinePercentWide) {
-    for (std::size_t b = 0; b < kLatencyBucketCount; ++b) {
-        const std::uint64_t lo = latency_bucket_lower_us(b);
-        const std::uint64_t hi = latency_bucket_upper_us(b);
-        ASSERT_LT(lo, hi);
-        EXPECT_EQ(latency_bucket(lo), b);
-        EXPECT_EQ(latency_bucket(hi - 1), b);
-        if (b + 1 < kLatencyBucketCount) {
-            EXPECT_EQ(latency_bucket_lower_us(b + 1), hi);
-        }
-        if (b >= 9 && b + 1 < kLatencyBucketCount) {  // past integer rounding
-            const double ratio = static_cast<double>(hi) / lo;
-            EXPECT_NEAR(ratio, std::pow(2.0, 1.0 / 8), 0.01) << b;
-        }
-    }
-}
-
 // --- histogram window --------------------------------------------------------
 
 TEST(LatencyHistogram, KeepsOnlyTheSpanOfNonEmptyBuckets) {

@@ -28,13 +28,24 @@ namespace {
 constexpr std::size_t kFixedPerSlot = sizeof(UsageSlot);
 constexpr std::size_t kRecordWords = sizeof(UsageRecord) / 8;
 
+// The smallest aggregation areas: these tests are about the rings.
+constexpr std::uint32_t kAgg = kAggMinEntries;
+
+// The size the rings take (header and slot descriptors included).
 std::size_t size_for(std::uint32_t slots, std::uint64_t capacity) {
     return kUsageHeaderSize + slots * kFixedPerSlot +
            slots * capacity * sizeof(UsageRecord);
 }
 
+// The whole file: the rings, then from the next page an aggregation area
+// per slot.
+std::size_t file_for(std::uint32_t slots, std::uint64_t capacity) {
+    return (size_for(slots, capacity) + 4095) / 4096 * 4096 +
+           slots * agg_layout_for(kAgg).area_size;
+}
+
 UsageLayout layout_of(std::uint32_t slots, std::uint64_t capacity) {
-    return usage_layout_for(size_for(slots, capacity), slots);
+    return usage_layout_for(size_for(slots, capacity), slots, kAgg);
 }
 
 std::int64_t now_us() {
@@ -132,42 +143,44 @@ protected:
 
 TEST(UsageLayoutTest, CapacityIsLargestPowerOfTwoThatFits) {
     const std::size_t total = size_for(4, 1000);
-    const UsageLayout l = usage_layout_for(total, 4);
+    const UsageLayout l = usage_layout_for(total, 4, kAgg);
     EXPECT_EQ(l.slot_count, 4u);
     EXPECT_EQ(l.ring_capacity, 512u);
-    EXPECT_EQ(l.file_size, size_for(4, 512));
-    EXPECT_LE(l.file_size, total);
+    EXPECT_EQ(l.file_size, file_for(4, 512));
+    EXPECT_LE(l.file_size, file_for(4, 1000));
 }
 
 TEST(UsageLayoutTest, ExactFitUsesTheWholeSize) {
-    const UsageLayout l = usage_layout_for(size_for(8, 1024), 8);
+    const UsageLayout l = usage_layout_for(size_for(8, 1024), 8, kAgg);
     EXPECT_EQ(l.ring_capacity, 1024u);
-    EXPECT_EQ(l.file_size, size_for(8, 1024));
+    EXPECT_EQ(l.file_size, file_for(8, 1024));
     // One byte short halves the rings.
-    EXPECT_EQ(usage_layout_for(size_for(8, 1024) - 1, 8).ring_capacity, 512u);
+    EXPECT_EQ(usage_layout_for(size_for(8, 1024) - 1, 8, kAgg).ring_capacity,
+              512u);
 }
 
 TEST(UsageLayoutTest, SixtyFourMegabytesIsPowerOfTwoAndFits) {
     const std::size_t total = 64u << 20;
     for (std::uint32_t slots : {1u, 2u, 3u, 8u, 64u, 1000u}) {
-        const UsageLayout l = usage_layout_for(total, slots);
+        const UsageLayout l = usage_layout_for(total, slots, kAgg);
         ASSERT_GT(l.ring_capacity, 0u) << slots;
         EXPECT_EQ(l.ring_capacity & (l.ring_capacity - 1), 0u) << slots;
-        EXPECT_LE(l.file_size, total) << slots;
+        EXPECT_LE(l.file_size, file_for(slots, l.ring_capacity)) << slots;
         EXPECT_GT(size_for(slots, l.ring_capacity * 2), total) << slots;
-        EXPECT_EQ(l.file_size, size_for(slots, l.ring_capacity)) << slots;
+        EXPECT_EQ(l.file_size, file_for(slots, l.ring_capacity)) << slots;
     }
 }
 
 TEST(UsageLayoutTest, TooSmallGivesZeroCapacity) {
-    EXPECT_EQ(usage_layout_for(size_for(2, 1) - 1, 2).ring_capacity, 0u);
-    EXPECT_EQ(usage_layout_for(size_for(2, 1) - 1, 2).file_size, 0u);
-    EXPECT_EQ(usage_layout_for(size_for(2, 1), 2).ring_capacity, 1u);
-    EXPECT_EQ(usage_layout_for(100, 1).ring_capacity, 0u);
-    EXPECT_EQ(usage_layout_for(0, 1).ring_capacity, 0u);
-    EXPECT_EQ(usage_layout_for(64u << 20, 0).ring_capacity, 0u);
-    EXPECT_EQ(usage_layout_for(SIZE_MAX / 2, kMaxUsageSlots + 1).ring_capacity,
-              0u);
+    EXPECT_EQ(usage_layout_for(size_for(2, 1) - 1, 2, kAgg).ring_capacity, 0u);
+    EXPECT_EQ(usage_layout_for(size_for(2, 1) - 1, 2, kAgg).file_size, 0u);
+    EXPECT_EQ(usage_layout_for(size_for(2, 1), 2, kAgg).ring_capacity, 1u);
+    EXPECT_EQ(usage_layout_for(100, 1, kAgg).ring_capacity, 0u);
+    EXPECT_EQ(usage_layout_for(0, 1, kAgg).ring_capacity, 0u);
+    EXPECT_EQ(usage_layout_for(64u << 20, 0, kAgg).ring_capacity, 0u);
+    EXPECT_EQ(
+        usage_layout_for(SIZE_MAX / 2, kMaxUsageSlots + 1, kAgg).ring_capacity,
+        0u);
 }
 
 // --- create, reuse, replace, attach ----------------------------------------
@@ -313,7 +326,8 @@ TEST_F(UsageRingTest, InvalidLayoutIsRefused) {
     EXPECT_FALSE(created);
     EXPECT_NE(error.find(path_), std::string::npos) << error;
     EXPECT_NE(access(path_.c_str(), F_OK), 0);
-    EXPECT_EQ(seg.open_or_create(path_.c_str(), usage_layout_for(100, 1), 0600,
+    EXPECT_EQ(seg.open_or_create(path_.c_str(),
+                                 usage_layout_for(100, 1, kAgg), 0600,
                                  &created, &error),
               SegmentStatus::kBadSize);
 }
@@ -358,7 +372,7 @@ TEST_F(UsageRingTest, AttachRefusesOtherRecordSize) {
 
 TEST_F(UsageRingTest, AttachRefusesTruncatedFile) {
     { UsageSegment seg = create(2, 8); }
-    ASSERT_EQ(truncate(path_.c_str(), size_for(2, 8) - sizeof(UsageRecord)), 0);
+    ASSERT_EQ(truncate(path_.c_str(), file_for(2, 8) - 4096), 0);
     UsageSegment seg;
     std::string error;
     EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadSize);

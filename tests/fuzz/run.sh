@@ -23,7 +23,7 @@ jobs=${APIKEY_FUZZ_JOBS:-$(nproc)}
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(key_format api_params sanitize_text
                                      spool_file key_table_attach config_text
-                                     runtime_dir http_head)
+                                     runtime_dir http_head agg_read)
 
 # Largest input per target: a spool frame is 12 + 288 * n bytes, a key
 # table 4096 + 256 * capacity (capacity 32 fits).
@@ -34,6 +34,7 @@ max_len() {
         key_table_attach) echo 16384 ;;
         runtime_dir) echo 16 ;;
         http_head) echo 10240 ;;
+        agg_read) echo 16384 ;;
         *) echo 4096 ;;
     esac
 }

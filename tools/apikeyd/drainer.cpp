@@ -1,6 +1,7 @@
-// The drain loop (drainer.h says what it promises). Just over 600 lines, one
+// The drain loop (drainer.h says what it promises). Over 600 lines, one
 // concern: reading the rings, admitting records, storing or spooling them,
-// and the ring and offset housekeeping that loop owns.
+// calling the aggregate collector, and the ring and offset housekeeping
+// that loop owns.
 #include "drainer.h"
 
 #include <dirent.h>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <thread>
 
+#include "aggregate_collector.h"
 #include "log.h"
 #include "partitions.h"
 #include "pg.h"
@@ -88,7 +90,9 @@ Drainer::Drainer(const DaemonConfig& config, DrainerStats* stats,
       spool_(std::make_unique<Spool>(
           config.spool_dir,
           static_cast<std::uint64_t>(config.spool_max_mb) << 20,
-          [](const std::string& m) { log_warn("spool: " + m); })) {
+          [](const std::string& m) { log_warn("spool: " + m); })),
+      aggregates_(std::make_unique<AggregateCollector>(store_.get(), keys,
+                                                       stats)) {
     stats_->spool_bytes = spool_->bytes();
 }
 
@@ -178,6 +182,7 @@ void Drainer::attach_segments() {
                            std::to_string(src.segment.header().created_at_us);
         if (inode_of(kept) == src.inode) unlink(kept.c_str());
         log_info("drainer: finished with replaced usage segment");
+        aggregates_->forget(&src.segment);
         sources_.erase(sources_.begin() + static_cast<long>(i));
     }
     stats_->segment_attached = !sources_.empty();
@@ -317,14 +322,18 @@ std::size_t Drainer::drain_once() {
     for (const RingEnd& end : ends) {
         end.source->segment.commit(end.slot, end.position);
     }
+    if (reading && !collect_aggregates()) return read;  // node lost
     for (auto& src : sources_) {
         reap_slots(*src);
     }
     // Every ring was read up to its head (the batch had room), so every
-    // record written before `started` is read: keys removed more than a
-    // grace period before that have no record left to come.
+    // record written before `started` is read, and every aggregate written
+    // before the oldest buffer not read yet: keys removed more than a
+    // grace period before both have nothing left to come.
     if (reading && read < kMaxBatch) {
-        keys_->forget_removed_before(started - kRemovedKeyGraceUs);
+        keys_->forget_removed_before(
+            std::min(started, aggregates_->unread_since_us(started)) -
+            kRemovedKeyGraceUs);
     }
     return read;
 }
@@ -369,6 +378,22 @@ void Drainer::collect(Source& src, std::vector<UsageRecord>* batch,
     }
 }
 
+// Closes, reads and commits the aggregation buffers that are due. False
+// when the node turned out to be another apikeyd's.
+bool Drainer::collect_aggregates() {
+    const std::int64_t now = now_us();
+    for (auto& src : sources_) {
+        unreported_agg_unknown_ += aggregates_->collect(&src->segment, now);
+    }
+    try {
+        aggregates_->commit(now);
+    } catch (const NodeInUse&) {
+        node_lost();
+        return false;
+    }
+    return true;
+}
+
 // Only usage of keys in our own key table, for their own org, is stored;
 // checked before the spool, which holds only what was admitted.
 bool Drainer::admit(const UsageRecord& r, std::int64_t now) {
@@ -389,14 +414,17 @@ bool Drainer::admit(const UsageRecord& r, std::int64_t now) {
 
 // A line a minute at most: a forging process must not flood the log.
 void Drainer::report_rejections(std::int64_t now) {
-    if (unreported_unknown_ + unreported_mismatch_ == 0 ||
+    if (unreported_unknown_ + unreported_mismatch_ + unreported_agg_unknown_ ==
+            0 ||
         now < next_reject_log_us_) {
         return;
     }
     log_warn("drainer: rejected usage records not matching the key table: " +
              std::to_string(unreported_unknown_) + " of unknown keys, " +
-             std::to_string(unreported_mismatch_) + " with another org");
-    unreported_unknown_ = unreported_mismatch_ = 0;
+             std::to_string(unreported_mismatch_) + " with another org; " +
+             std::to_string(unreported_agg_unknown_) +
+             " aggregate entries of unknown keys");
+    unreported_unknown_ = unreported_mismatch_ = unreported_agg_unknown_ = 0;
     next_reject_log_us_ = now + kRejectLogEveryUs;
 }
 
@@ -563,7 +591,8 @@ void Drainer::prune_offsets() {
         std::size_t n = store_->prune_offsets(before, live);
         if (n > 0) {
             log_info("drainer: pruned " + std::to_string(n) +
-                     " usage_offsets rows of finished rings");
+                     " offset rows of finished rings (usage_offsets, "
+                     "usage_aggregate_offsets)");
         }
         next_prune_us_ = now + kMaintenanceEveryUs;
     } catch (const NodeInUse&) {
@@ -608,6 +637,12 @@ SegmentSnapshot Drainer::snapshot() const {
                  ++c) {
                 r.unrecorded[c] = slot.unrecorded[c].load();
             }
+            r.agg_overflow = slot.agg_overflow.load();
+            r.agg_label_overflow = slot.agg_label_overflow.load();
+            r.agg_histogram_overflow = slot.agg_histogram_overflow.load();
+            std::uint64_t closed = 0;
+            r.agg_pending =
+                seg.agg_closed_epoch(s, &closed) || !seg.agg_empty(s);
             snap.rings.push_back(r);
         }
     }

@@ -2,7 +2,9 @@
 // once: records are read (not consumed), committed together with the ring
 // positions, and only then is each ring's tail advanced. While PostgreSQL is
 // unreachable, batches go to the on-disk spool (fsync'd) before the tail
-// moves, and are replayed in order when it is back.
+// moves, and are replayed in order when it is back. The workers'
+// aggregation buffers, which the rollups and api_keys counters come from,
+// are collected in the same loop (aggregate_collector.h).
 //
 // What a record says about itself is not trusted: its (slot, generation,
 // sequence) are those of the ring position it was read from, and it is
@@ -26,6 +28,7 @@
 
 namespace apikey {
 
+class AggregateCollector;
 class Spool;
 class UsageStore;
 
@@ -44,6 +47,13 @@ struct DrainerStats {
     // Not stored: the key is not in the key table, or the org is not its.
     std::atomic<std::uint64_t> rejected_unknown_key{0};
     std::atomic<std::uint64_t> rejected_org_mismatch{0};
+    // Aggregation buffers (aggregate_collector.h).
+    std::atomic<std::uint64_t> agg_buffers_committed{0};
+    std::atomic<std::uint64_t> agg_buffers_duplicate{0};
+    std::atomic<std::uint64_t> agg_entries_committed{0};
+    std::atomic<std::uint64_t> agg_requests_committed{0};
+    std::atomic<std::uint64_t> agg_entries_ignored{0};  // corrupt
+    std::atomic<std::uint64_t> agg_rejected_unknown_key{0};
     std::atomic<bool> waiting_for_keys{false};  // no key set known yet
     std::atomic<bool> node_in_use{false};  // another apikeyd has this node
     std::atomic<bool> db_connected{false};
@@ -59,6 +69,10 @@ struct RingSnapshot {
     std::uint64_t depth;
     std::uint64_t dropped;
     std::uint64_t unrecorded[static_cast<int>(UnrecordedCounter::kCount)];
+    std::uint64_t agg_overflow;            // requests not aggregated
+    std::uint64_t agg_label_overflow;      // aggregated under "(other)"
+    std::uint64_t agg_histogram_overflow;  // latencies left out
+    bool agg_pending;  // a closed buffer, or entries in the active one
 };
 
 struct SegmentSnapshot {
@@ -105,6 +119,7 @@ private:
     void node_lost();
     void collect(Source& src, std::vector<UsageRecord>* batch,
                  std::vector<RingEnd>* ends);
+    bool collect_aggregates();
     bool admit(const UsageRecord& r, std::int64_t now);
     void report_rejections(std::int64_t now);
     bool store_batch(const std::vector<UsageRecord>& batch);
@@ -119,6 +134,7 @@ private:
     KeyIndex* keys_;
     std::unique_ptr<UsageStore> store_;
     std::unique_ptr<Spool> spool_;
+    std::unique_ptr<AggregateCollector> aggregates_;
     // Changed only by the drainer thread, under the mutex; /metrics reads
     // under the mutex, so commits never hold it.
     mutable std::mutex sources_mutex_;
@@ -135,6 +151,7 @@ private:
     bool waiting_logged_ = false;
     std::uint64_t unreported_unknown_ = 0;
     std::uint64_t unreported_mismatch_ = 0;
+    std::uint64_t unreported_agg_unknown_ = 0;
     std::int64_t next_reject_log_us_ = 0;
 };
 

@@ -71,14 +71,19 @@ bool KeyIndex::ready() const {
 
 KeyVerdict KeyIndex::check(const Uuid& key_id, const Uuid& org_id,
                            std::int64_t now_us) const {
+    std::optional<Uuid> org = org_of(key_id, now_us);
+    if (!org) return KeyVerdict::kUnknownKey;
+    return *org == org_id ? KeyVerdict::kKnown : KeyVerdict::kOrgMismatch;
+}
+
+std::optional<Uuid> KeyIndex::org_of(const Uuid& key_id,
+                                     std::int64_t now_us) const {
     std::shared_lock<std::shared_mutex> lock(mutex_);
     auto it = keys_.find(key_id);
-    if (it == keys_.end()) return KeyVerdict::kUnknownKey;
+    if (it == keys_.end()) return std::nullopt;
     const Entry& e = it->second;
-    if (e.removed && now_us - e.removed_at_us > max_us_) {
-        return KeyVerdict::kUnknownKey;
-    }
-    return e.org_id == org_id ? KeyVerdict::kKnown : KeyVerdict::kOrgMismatch;
+    if (e.removed && now_us - e.removed_at_us > max_us_) return std::nullopt;
+    return e.org_id;
 }
 
 std::size_t KeyIndex::size() const {

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <shared_mutex>
 #include <unordered_map>
 #include <utility>
@@ -52,6 +53,9 @@ public:
 
     KeyVerdict check(const Uuid& key_id, const Uuid& org_id,
                      std::int64_t now_us) const;
+    // The org of a key check() knows, nullopt for an unknown one (an
+    // aggregate entry names no org: it gets its key's).
+    std::optional<Uuid> org_of(const Uuid& key_id, std::int64_t now_us) const;
     std::size_t size() const;
 
 private:

@@ -120,6 +120,27 @@ std::string format_metrics(const KeyPublisherStats& keys,
              "reason=\"unknown_key\"");
     w.sample("apikey_usage_rejected_total",
              drain.rejected_org_mismatch.load(), "reason=\"org_mismatch\"");
+    w.single("apikey_agg_buffers_committed_total", "counter",
+             "Workers' aggregation buffers committed to PostgreSQL.",
+             drain.agg_buffers_committed.load());
+    w.single("apikey_agg_buffers_duplicate_total", "counter",
+             "Aggregation buffers skipped at commit because they were "
+             "already committed (a restart between COMMIT and clearing).",
+             drain.agg_buffers_duplicate.load());
+    w.single("apikey_agg_entries_committed_total", "counter",
+             "Aggregate entries (key x endpoint x method x hour) committed.",
+             drain.agg_entries_committed.load());
+    w.single("apikey_agg_requests_committed_total", "counter",
+             "Requests counted in the aggregate entries committed.",
+             drain.agg_requests_committed.load());
+    w.family("apikey_agg_entries_rejected_total", "counter",
+             "Aggregate entries not stored: their key is not in apikeyd's "
+             "key table (unknown_key), or their counts or times are "
+             "impossible (corrupt).");
+    w.sample("apikey_agg_entries_rejected_total",
+             drain.agg_rejected_unknown_key.load(), "reason=\"unknown_key\"");
+    w.sample("apikey_agg_entries_rejected_total",
+             drain.agg_entries_ignored.load(), "reason=\"corrupt\"");
     w.single("apikey_usage_waiting_for_keys", "gauge",
              "1 while no key set is known to check usage against (nothing "
              "loaded from PostgreSQL, none published before): usage stays "
@@ -141,11 +162,33 @@ std::string format_metrics(const KeyPublisherStats& keys,
         w.sample("apikey_ring_depth", r.depth,
                  ring_labels(r) + ",state=\"" + state_name(r.state) + "\"");
     }
-    w.family("apikey_ring_dropped_total", "counter",
-             "Records dropped because a ring was full.");
-    for (const RingSnapshot& r : rings.rings) {
-        w.sample("apikey_ring_dropped_total", r.dropped, ring_labels(r));
-    }
+    // One series per ring, labelled with its segment and slot.
+    auto per_ring = [&](const char* name, const char* type, const char* help,
+                        auto value) {
+        w.family(name, type, help);
+        for (const RingSnapshot& r : rings.rings) {
+            w.sample(name, value(r), ring_labels(r));
+        }
+    };
+    per_ring("apikey_ring_dropped_total", "counter",
+             "Records dropped because a ring was full.",
+             [](const RingSnapshot& r) { return r.dropped; });
+    per_ring("apikey_agg_overflow_total", "counter",
+             "Requests not aggregated because a worker's aggregation buffer "
+             "was full (not in the rollups or request_count).",
+             [](const RingSnapshot& r) { return r.agg_overflow; });
+    per_ring("apikey_agg_label_overflow_total", "counter",
+             "Requests aggregated under endpoint and method \"(other)\" "
+             "because a buffer's label table was full (still counted).",
+             [](const RingSnapshot& r) { return r.agg_label_overflow; });
+    per_ring("apikey_agg_histogram_overflow_total", "counter",
+             "Latencies left out of a rollup's histogram because a buffer's "
+             "cell table was full (the request is still counted).",
+             [](const RingSnapshot& r) { return r.agg_histogram_overflow; });
+    per_ring("apikey_agg_pending", "gauge",
+             "1 while a slot's aggregation buffers hold requests not "
+             "committed yet.",
+             [](const RingSnapshot& r) { return r.agg_pending ? 1 : 0; });
     w.family("apikey_requests_unrecorded_total", "counter",
              "Requests without a usable key, by result (counted, not "
              "recorded).");

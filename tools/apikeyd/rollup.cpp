@@ -40,35 +40,6 @@ inline std::size_t utf8_sequence_len(const unsigned char* p,
 
 constexpr std::string_view kReplacement = "\xef\xbf\xbd";  // U+FFFD
 
-// bound(j) = round(64 * 2^(j/8)) µs, j = 0 .. 160.
-constexpr double kEighthRoots[kLatencyBucketsPerOctave] = {
-    1.0,
-    1.0905077326652577,
-    1.1892071150027210,
-    1.2968395546510096,
-    1.4142135623730951,
-    1.5422108254079407,
-    1.6817928305074290,
-    1.8340080864093424,
-};
-
-constexpr std::array<std::uint64_t, kLatencyBoundCount> make_bounds() {
-    std::array<std::uint64_t, kLatencyBoundCount> b{};
-    for (std::size_t j = 0; j < kLatencyBoundCount; ++j) {
-        const double octave_start = static_cast<double>(
-            kLatencyFirstBoundUs << (j / kLatencyBucketsPerOctave));
-        b[j] = static_cast<std::uint64_t>(
-            octave_start * kEighthRoots[j % kLatencyBucketsPerOctave] + 0.5);
-    }
-    return b;
-}
-
-constexpr std::array<std::uint64_t, kLatencyBoundCount> kBounds =
-    make_bounds();
-static_assert(kBounds[0] == 64);
-static_assert(kBounds[8] == 128);
-static_assert(kBounds[kLatencyBoundCount - 1] == 64ull << 20);
-
 std::int64_t floor_to(std::int64_t t, std::int64_t unit) noexcept {
     std::int64_t q = t / unit;
     if (t % unit < 0) --q;
@@ -218,38 +189,7 @@ std::string sanitize_text(std::string_view text) {
     return out;
 }
 
-// --- status ------------------------------------------------------------------
-
-StatusClass status_class(std::uint16_t status) noexcept {
-    switch (status / 100) {
-    case 2: return StatusClass::k2xx;
-    case 3: return StatusClass::k3xx;
-    case 4: return StatusClass::k4xx;
-    case 5: return StatusClass::k5xx;
-    default: return StatusClass::kOther;
-    }
-}
-
 // --- histogram ---------------------------------------------------------------
-
-std::size_t latency_bucket(std::uint64_t response_time_us) noexcept {
-    return static_cast<std::size_t>(
-        std::upper_bound(kBounds.begin(), kBounds.end(), response_time_us) -
-        kBounds.begin());
-}
-
-std::uint64_t latency_bucket_lower_us(std::size_t bucket) noexcept {
-    if (bucket == 0) return 0;
-    if (bucket > kLatencyBoundCount) bucket = kLatencyBoundCount;
-    return kBounds[bucket - 1];
-}
-
-std::uint64_t latency_bucket_upper_us(std::size_t bucket) noexcept {
-    if (bucket >= kLatencyBoundCount) {
-        return std::numeric_limits<std::uint64_t>::max();
-    }
-    return kBounds[bucket];
-}
 
 void LatencyHistogram::add(std::size_t bucket, std::uint64_t count) {
     if (bucket >= kLatencyBucketCount) bucket = kLatencyBucketCount - 1;
@@ -457,41 +397,77 @@ void RollupBuilder::reserve(std::size_t records) {
     index_->hourly.reserve(records);
 }
 
-void RollupBuilder::add(const UsageRecord& r) {
-    const std::int64_t hour = hour_bucket_us(r.time_us);
-    RowKey key{r.key_id, hour, clean_view(record_endpoint(r), &sanitized_),
-               clean_view(record_method(r), &sanitized_)};
+RollupRow& RollupBuilder::row_for(const std::uint8_t* key_id,
+                                  const Uuid& org_id, std::int64_t time_us,
+                                  std::string_view endpoint,
+                                  std::string_view method) {
+    const std::int64_t hour = hour_bucket_us(time_us);
+    RowKey key{key_id, hour, clean_view(endpoint, &sanitized_),
+               clean_view(method, &sanitized_)};
     auto [it, fresh] = index_->hourly.try_emplace(key, out_.hourly.size());
     if (fresh) {
         RollupRow row;
-        row.key_id = to_uuid(r.key_id);
-        row.org_id = to_uuid(r.org_id);
+        row.key_id = to_uuid(key_id);
+        row.org_id = org_id;
         row.bucket_us = hour;
         row.endpoint = std::string(key.endpoint);
         row.method = std::string(key.method);
         out_.hourly.push_back(std::move(row));
     }
-    RollupRow& row = out_.hourly[it->second];
-    row.requests++;
-    count_status(&row, r.status);
-    row.response_time_us_sum += r.response_time_us;
-    row.latency_hist.add_latency_us(r.response_time_us);
+    return out_.hourly[it->second];
+}
 
-    auto [kit, kfresh] =
-        index_->keys.try_emplace(to_uuid(r.key_id), out_.keys.size());
+void RollupBuilder::note_use(const Uuid& key_id, std::uint64_t requests,
+                             std::int64_t time_us, IpFamily family,
+                             const std::uint8_t* ip) {
+    auto [kit, kfresh] = index_->keys.try_emplace(key_id, out_.keys.size());
     if (kfresh) {
         KeyUsage k;
-        k.key_id = to_uuid(r.key_id);
+        k.key_id = key_id;
         k.last_used_us = std::numeric_limits<std::int64_t>::min();
         out_.keys.push_back(k);
     }
     KeyUsage& k = out_.keys[kit->second];
-    k.requests++;
-    if (r.time_us >= k.last_used_us) {  // ties: the later record
-        k.last_used_us = r.time_us;
-        k.ip_family = r.ip_family;
-        std::memcpy(k.ip.data(), r.ip, k.ip.size());
+    k.requests += requests;
+    if (time_us >= k.last_used_us) {  // ties: the later one added
+        k.last_used_us = time_us;
+        k.ip_family = family;
+        std::memcpy(k.ip.data(), ip, k.ip.size());
     }
+}
+
+void RollupBuilder::add(const UsageRecord& r) {
+    RollupRow& row = row_for(r.key_id, to_uuid(r.org_id), r.time_us,
+                             record_endpoint(r), record_method(r));
+    row.requests++;
+    count_status(&row, r.status);
+    row.response_time_us_sum += r.response_time_us;
+    row.latency_hist.add_latency_us(r.response_time_us);
+    note_use(to_uuid(r.key_id), 1, r.time_us, r.ip_family, r.ip);
+}
+
+void RollupBuilder::add(const AggregateEntry& e, const Uuid& org_id) {
+    RollupRow& row =
+        row_for(e.key_id.data(), org_id, e.hour_us, e.endpoint, e.method);
+    // The stored rows keep requests = the sum of the status classes (the
+    // upsert relies on it). A worker killed in the middle of an update can
+    // leave one entry off by a request: each status count stands for a
+    // request, and requests counted without a class are status_other.
+    const std::uint64_t classes = e.status_2xx + e.status_3xx +
+                                  e.status_4xx + e.status_5xx + e.status_other;
+    const std::uint64_t requests = std::max(e.requests, classes);
+    row.requests += requests;
+    row.status_2xx += e.status_2xx;
+    row.status_3xx += e.status_3xx;
+    row.status_4xx += e.status_4xx;
+    row.status_5xx += e.status_5xx;
+    row.status_other += e.status_other + (requests - classes);
+    row.response_time_us_sum += e.response_time_us_sum;
+    for (const auto& [bucket, count] : e.latency) {
+        if (count > 0) row.latency_hist.add(bucket, count);
+    }
+    note_use(to_uuid(e.key_id.data()), requests, e.last_used_us,
+             e.ip_family, e.ip.data());
 }
 
 BatchRollup RollupBuilder::finish() {
@@ -530,6 +506,13 @@ BatchRollup rollup_batch(const std::vector<const UsageRecord*>& records) {
     RollupBuilder builder;
     builder.reserve(records.size());
     for (const UsageRecord* r : records) builder.add(*r);
+    return builder.finish();
+}
+
+BatchRollup rollup_aggregates(const std::vector<OrgEntry>& entries) {
+    RollupBuilder builder;
+    builder.reserve(entries.size());
+    for (const OrgEntry& e : entries) builder.add(*e.entry, e.org_id);
     return builder.finish();
 }
 

@@ -1,11 +1,14 @@
-// Pure aggregation of a batch of usage records into what apikeyd stores
-// besides the raw rows: hourly and daily rollups per key x endpoint x method
-// (request and status-class counts, latency sum and histogram) and one
-// last-used update per key. No database, no I/O: unit-tested alone.
+// Pure aggregation into what apikeyd stores besides the raw rows: hourly
+// and daily rollups per key x endpoint x method (request and status-class
+// counts, latency sum and histogram) and one last-used update per key,
+// from the aggregates nginx workers keep in the usage segment (or, in
+// tests and tools, from usage records). No database, no I/O: unit-tested
+// alone.
 //
-// The latency histogram's buckets are defined here, once; the SQL side only
-// adds bucket counts up, and the analytics API reads percentiles back with
-// latency_percentile_ms(). docs/data-model.md lists the bounds.
+// The status classes and latency buckets are shared/usage_buckets.h's (the
+// worker aggregates with the same ones); the SQL side only adds bucket counts
+// up, and the analytics API reads percentiles back with
+// latency_percentile_ms().
 #pragma once
 
 #include <array>
@@ -18,6 +21,8 @@
 #include <string_view>
 #include <vector>
 
+#include "usage_agg.h"
+#include "usage_buckets.h"
 #include "usage_record.h"
 #include "uuid.h"
 
@@ -35,38 +40,7 @@ std::string sanitize_text(std::string_view text);
 // True when sanitize_text(text) == text (no allocation).
 bool text_is_clean(std::string_view text) noexcept;
 
-// --- status classes ----------------------------------------------------------
-
-enum class StatusClass : std::uint8_t { k2xx, k3xx, k4xx, k5xx, kOther };
-
-// 200-299 -> k2xx ... 500-599 -> k5xx; 1xx, 0 (client closed before a
-// response) and anything else -> kOther (status_other), so that
-// requests = 2xx + 3xx + 4xx + 5xx + other.
-StatusClass status_class(std::uint16_t status) noexcept;
-
 // --- latency histogram -------------------------------------------------------
-
-// Log-scale buckets, 8 per doubling (each bucket ~9.05% wide, so the
-// geometric middle of a bucket is within 4.4% of any value in it), from
-// 64 µs to 2^26 µs (~67.1 s):
-//   bucket 0           [0, 64 µs)
-//   bucket b, 1..160   [bound(b-1), bound(b)),
-//                      bound(j) = round(64 · 2^(j/8)) µs
-//   bucket 161         [67 108 864 µs, ∞)
-// In PostgreSQL the bucket b is array subscript b + 1 (see LatencyHistogram).
-inline constexpr std::size_t kLatencyBucketsPerOctave = 8;
-inline constexpr std::size_t kLatencyOctaves = 20;
-inline constexpr std::uint64_t kLatencyFirstBoundUs = 64;
-inline constexpr std::size_t kLatencyBoundCount =
-    kLatencyBucketsPerOctave * kLatencyOctaves + 1;  // 161
-inline constexpr std::size_t kLatencyBucketCount = kLatencyBoundCount + 1;
-
-// Bucket of a response time; never more than kLatencyBucketCount - 1.
-std::size_t latency_bucket(std::uint64_t response_time_us) noexcept;
-// Inclusive lower bound of bucket b, in µs (0 for bucket 0).
-std::uint64_t latency_bucket_lower_us(std::size_t bucket) noexcept;
-// Exclusive upper bound of bucket b, in µs (UINT64_MAX for the last one).
-std::uint64_t latency_bucket_upper_us(std::size_t bucket) noexcept;
 
 // Bucket counts over a window [lo, hi) of buckets: a rollup row sees few
 // distinct latencies, so it stores only the span from its first to its last
@@ -117,7 +91,6 @@ std::optional<double> latency_percentile_ms(const LatencyHistogram& hist,
 
 // --- rollups -----------------------------------------------------------------
 
-inline constexpr std::int64_t kUsPerHour = 3600LL * 1000000;
 inline constexpr std::int64_t kUsPerDay = 24 * kUsPerHour;
 
 // Start of the UTC hour / day that holds time_us (floor, also before 1970).
@@ -166,10 +139,9 @@ struct BatchRollup {
 // Orders rows as BatchRollup does.
 bool rollup_row_less(const RollupRow& a, const RollupRow& b) noexcept;
 
-// Aggregates records one at a time (so the caller can interleave it with
-// other work, e.g. streaming the same records to COPY). Records with equal
-// key, hour and sanitized endpoint and method land in one row. The records
-// must stay alive and unchanged until finish().
+// Aggregates records or aggregate entries one at a time. Those with equal
+// key, hour and sanitized endpoint and method land in one row. What is
+// added must stay alive and unchanged until finish().
 class RollupBuilder {
 public:
     RollupBuilder();
@@ -178,12 +150,23 @@ public:
     RollupBuilder& operator=(const RollupBuilder&) = delete;
 
     void reserve(std::size_t records);
+    // One request.
     void add(const UsageRecord& record);
+    // A worker's aggregate of requests; org_id is its key's org as apikeyd
+    // knows it (an entry carries none). Latency buckets past the last are
+    // counted in the last, as add_latency_us() does.
+    void add(const AggregateEntry& entry, const Uuid& org_id);
     // The rollup of everything added; the builder is empty afterwards.
     BatchRollup finish();
 
 private:
     struct Index;
+    RollupRow& row_for(const std::uint8_t* key_id, const Uuid& org_id,
+                       std::int64_t time_us, std::string_view endpoint,
+                       std::string_view method);
+    void note_use(const Uuid& key_id, std::uint64_t requests,
+                  std::int64_t time_us, IpFamily family,
+                  const std::uint8_t* ip);
     BatchRollup out_;
     std::deque<std::string> sanitized_;  // views into it stay valid
     std::unique_ptr<Index> index_;
@@ -193,6 +176,17 @@ private:
 // first).
 BatchRollup rollup_batch(const std::vector<const UsageRecord*>& records);
 BatchRollup rollup_batch(const std::vector<UsageRecord>& records);
+
+// An aggregate entry with its key's org (from apikeyd's key index).
+struct OrgEntry {
+    const AggregateEntry* entry;
+    Uuid org_id;
+};
+
+// Aggregates every entry given: hourly rows summed per key x hour x
+// endpoint x method, daily rows summed from them, and per key the latest
+// last_used_us with its IP and the sum of requests.
+BatchRollup rollup_aggregates(const std::vector<OrgEntry>& entries);
 
 // The record's text fields, clamped to their arrays (a length byte from a
 // corrupt record can say more than the array holds).

@@ -1,7 +1,10 @@
-// Commits batches of usage records to PostgreSQL, exactly once: raw rows
-// (COPY, binary format) into api_key_usage, hourly and daily rollups,
-// coalesced api_keys last-used updates and the node's ring offsets, all in
-// one transaction. docs/data-model.md describes the tables.
+// Commits usage to PostgreSQL, exactly once, in two streams:
+// - usage records: raw rows (COPY, binary format) into api_key_usage and
+//   the node's ring offsets, in one transaction;
+// - aggregation buffers: hourly and daily rollups, coalesced api_keys
+//   request_count and last-used updates (rollup_write.h) and the buffers'
+//   epochs, in one transaction.
+// docs/data-model.md describes the tables.
 //
 // Exactly once: usage_offsets holds, per (node, slot, generation), the next
 // sequence not yet committed. commit() locks those rows first and drops
@@ -9,12 +12,9 @@
 // acknowledgement or a spool replay is not counted twice. Consequence for
 // the caller: per (slot, generation), commit records in sequence order -
 // replay the spool before committing newer records of the same ring slot,
-// or the older ones are taken for duplicates.
-//
-// Rollup histograms are merged here, not in SQL: the store remembers what
-// it last wrote to each rollup row of the current buckets and upserts
-// absolute values under a guard that detects writes by other nodes (those
-// rows take a slower locked path). docs/data-model.md has the details.
+// or the older ones are taken for duplicates. usage_aggregate_offsets holds
+// the last epoch committed per (node, slot, generation), and
+// commit_aggregates() skips a buffer at or below it in the same way.
 //
 // One UsageStore per thread; it owns one connection (statements prepared
 // on connect, so the schema must be migrated first). That connection holds
@@ -33,7 +33,9 @@
 #include "config.h"
 #include "partitions.h"
 #include "pg.h"
+#include "usage_agg.h"
 #include "usage_record.h"
+#include "uuid.h"
 
 namespace apikey {
 
@@ -52,13 +54,11 @@ struct SlotPosition {
 };
 
 struct CommitStats {
-    // Records committed: rolled up and counted in api_keys (and stored raw,
-    // unless raw_events is off or raw_skipped says otherwise).
+    // Records committed: stored raw, unless raw_events is off or
+    // raw_skipped says otherwise.
     std::size_t inserted = 0;
     // Records below the committed position of their ring slot: dropped.
     std::size_t duplicates = 0;
-    // api_keys rows updated (keys deleted since are not).
-    std::size_t keys_touched = 0;
     // Of `inserted`, records without a raw row because their month lies
     // outside the partition window (past retention, or a clock far ahead).
     std::size_t raw_skipped = 0;
@@ -66,6 +66,28 @@ struct CommitStats {
     // that is not a known key (the drainer should not send those), or a
     // time outside 2000..2200 (a broken clock or a corrupt record).
     std::size_t ignored = 0;
+};
+
+// One collected aggregation buffer: its identity (with the store's node)
+// and the entries of known keys, orgs[i] being the org of entries[i]'s key
+// in apikeyd's key index.
+struct AggregateBuffer {
+    std::uint32_t slot = 0;
+    std::uint64_t generation = 0;
+    std::uint64_t epoch = 0;
+    std::vector<AggregateEntry> entries;
+    std::vector<Uuid> orgs;
+};
+
+struct AggregateCommitStats {
+    std::size_t buffers = 0;     // committed
+    std::size_t duplicates = 0;  // committed before: skipped
+    std::size_t entries = 0;     // entries rolled up
+    std::uint64_t requests = 0;  // the requests they count
+    // Entries not stored: a time outside 2000..2200 or an impossible count
+    // (a corrupt buffer).
+    std::size_t ignored = 0;
+    std::size_t keys_touched = 0;  // api_keys rows updated
 };
 
 class UsageStore {
@@ -83,6 +105,14 @@ public:
     // retry it later as is.
     CommitStats commit(const std::vector<UsageRecord>& records);
 
+    // Commits aggregation buffers in one transaction: locks their
+    // usage_aggregate_offsets rows, skips the buffers committed already,
+    // upserts the rollups and api_keys counters of the rest and stores
+    // their epochs. Errors as commit(); clear a buffer only once this
+    // returned.
+    AggregateCommitStats commit_aggregates(
+        const std::vector<AggregateBuffer>& buffers);
+
     // This node's committed positions, for resuming after a restart.
     // Throws pg::Error (and drops the connection).
     std::vector<SlotPosition> committed_positions();
@@ -95,10 +125,10 @@ public:
                              std::vector<std::string>* created,
                              std::vector<std::string>* dropped);
 
-    // Deletes this node's usage_offsets rows last advanced before
-    // `before_us`, except those of the (slot, generation) in `live` (rings
-    // still in a mapped segment). Returns how many were deleted. Throws
-    // pg::Error (and drops the connection).
+    // Deletes this node's usage_offsets and usage_aggregate_offsets rows
+    // last advanced before `before_us`, except those of the (slot,
+    // generation) in `live` (slots still in a mapped segment). Returns how
+    // many were deleted. Throws pg::Error (and drops the connection).
     std::size_t prune_offsets(
         std::int64_t before_us,
         const std::vector<std::pair<std::uint32_t, std::uint64_t>>& live);
@@ -113,6 +143,8 @@ private:
     pg::Connection& connection();
     void abandon() noexcept;
     CommitStats commit_batch(const std::vector<UsageRecord>& records);
+    AggregateCommitStats commit_aggregate_batch(
+        const std::vector<AggregateBuffer>& buffers);
     // Runs fn; on any failure drops the connection (the next call
     // reconnects) and throws pg::Error, so callers see one error type.
     template <typename Fn>

@@ -3,6 +3,30 @@
 namespace apikey::usage_sql {
 namespace {
 
+// A positions table's rows of the node for the (slot, generation) pairs
+// given, locked in that order: slot, generation, `column`.
+std::string lock_positions(const std::string& table,
+                           const std::string& column) {
+    return "SELECT o.slot, o.generation, o." + column + "\n"
+           "  FROM " + table + " AS o\n"
+           "  JOIN unnest($2::int[], $3::bigint[]) AS u(slot, generation)\n"
+           "    ON o.slot = u.slot AND o.generation = u.generation\n"
+           " WHERE o.node = $1::text\n"
+           " ORDER BY o.slot, o.generation\n"
+           "   FOR UPDATE OF o";
+}
+
+// Deletes the node's rows last advanced before $2 whose pair is not in
+// `live` (a CTE of the pairs still mapped).
+std::string prune_positions(const std::string& table) {
+    return "DELETE FROM " + table + " AS o\n"
+           " WHERE o.node = $1::text AND o.updated_at < $2::timestamptz\n"
+           "   AND NOT EXISTS (SELECT 1 FROM live AS u\n"
+           "                    WHERE u.slot = o.slot AND "
+           "u.generation = o.generation)\n"
+           "RETURNING 1";
+}
+
 RollupSql make_rollup_sql(const std::string& table) {
     const std::string status_sum =
         "t.status_2xx + t.status_3xx + t.status_4xx + t.status_5xx + "
@@ -91,15 +115,8 @@ SELECT $1::text, u.slot, u.generation, 0
 ON CONFLICT (node, slot, generation) DO NOTHING
 )sql"};
 
-const Statement kLockOffsets{"apikey_lock_offsets", R"sql(
-SELECT o.slot, o.generation, o.next_sequence
-  FROM usage_offsets AS o
-  JOIN unnest($2::int[], $3::bigint[]) AS u(slot, generation)
-    ON o.slot = u.slot AND o.generation = u.generation
- WHERE o.node = $1::text
- ORDER BY o.slot, o.generation
-   FOR UPDATE OF o
-)sql"};
+const Statement kLockOffsets{"apikey_lock_offsets",
+                             lock_positions("usage_offsets", "next_sequence")};
 
 const Statement kAdvanceOffsets{"apikey_advance_offsets", R"sql(
 UPDATE usage_offsets AS o
@@ -117,12 +134,28 @@ SELECT slot, generation, next_sequence
  ORDER BY slot, generation
 )sql"};
 
-const Statement kPruneOffsets{"apikey_prune_offsets", R"sql(
-DELETE FROM usage_offsets AS o
- WHERE o.node = $1::text AND o.updated_at < $2::timestamptz
-   AND NOT EXISTS (SELECT 1
-                     FROM unnest($3::int[], $4::bigint[]) AS u(slot, generation)
-                    WHERE u.slot = o.slot AND u.generation = o.generation)
+// Both tables, in one round trip: the same rule for raw and aggregate
+// positions.
+const Statement kPruneOffsets{
+    "apikey_prune_offsets",
+    "WITH live AS (SELECT * FROM unnest($3::int[], $4::bigint[]) "
+    "AS u(slot, generation)),\n"
+    "raw AS (" + prune_positions("usage_offsets") + "),\n"
+    "agg AS (" + prune_positions("usage_aggregate_offsets") + ")\n"
+    "SELECT (SELECT count(*) FROM raw) + (SELECT count(*) FROM agg)"};
+
+const Statement kLockAggregateOffsets{
+    "apikey_lock_aggregate_offsets",
+    lock_positions("usage_aggregate_offsets", "epoch")};
+
+const Statement kAdvanceAggregateOffsets{"apikey_advance_aggregate_offsets",
+                                         R"sql(
+INSERT INTO usage_aggregate_offsets AS o (node, slot, generation, epoch)
+SELECT $1::text, u.slot, u.generation, u.epoch
+  FROM unnest($2::int[], $3::bigint[], $4::bigint[]) AS u(slot, generation, epoch)
+ON CONFLICT (node, slot, generation) DO UPDATE
+   SET epoch = EXCLUDED.epoch, updated_at = now()
+ WHERE o.epoch < EXCLUDED.epoch
 )sql"};
 
 const Statement kLockKeys{"apikey_lock_keys", R"sql(
@@ -153,8 +186,11 @@ const RollupSql& daily() {
 
 std::vector<const Statement*> all_statements() {
     std::vector<const Statement*> all = {
-        &kInsertOffsets, &kLockOffsets, &kAdvanceOffsets, &kSelectPositions,
-        &kPruneOffsets,  &kLockKeys,    &kUpdateKeys};
+        &kInsertOffsets,         &kLockOffsets,
+        &kAdvanceOffsets,        &kSelectPositions,
+        &kPruneOffsets,          &kLockAggregateOffsets,
+        &kAdvanceAggregateOffsets, &kLockKeys,
+        &kUpdateKeys};
     for (const RollupSql* r : {&hourly(), &daily()}) {
         for (const Statement* st :
              {&r->upsert, &r->select_mine, &r->update, &r->repair}) {

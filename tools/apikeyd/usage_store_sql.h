@@ -28,9 +28,20 @@ extern const Statement kAdvanceOffsets;
 // $1 node: every position, for resuming after a restart.
 extern const Statement kSelectPositions;
 // $1 node, $2 before (timestamptz), $3 / $4 slots / generations still
-// mapped: rows nobody needs any more (last advanced before the retention
-// window, ring not mapped).
+// mapped: deletes the rows of usage_offsets and usage_aggregate_offsets
+// nobody needs any more (last advanced before the retention window, ring
+// not mapped); returns how many.
 extern const Statement kPruneOffsets;
+
+// --- aggregation-buffer epochs (usage_aggregate_offsets), this node's rows --
+// $1 node, $2 slots (int[]), $3 generations (bigint[]).
+
+// The rows that exist, locked in (slot, generation) order: slot,
+// generation, epoch (the last one committed). One apikeyd per node, so a
+// missing row cannot appear under us.
+extern const Statement kLockAggregateOffsets;
+// $4 epochs (bigint[]): inserts or moves forward, never back.
+extern const Statement kAdvanceAggregateOffsets;
 
 // --- api_keys ----------------------------------------------------------------
 

@@ -89,7 +89,8 @@ int main(int argc, char** argv) {
     std::uint32_t keys = argc > 4 ? std::atoi(argv[4]) : 1000;
     bool skewed = argc > 5 && std::strcmp(argv[5], "skewed") == 0;
 
-    apikey::UsageLayout layout = apikey::usage_layout_for(64u << 20, 8);
+    apikey::UsageLayout layout = apikey::usage_layout_for(
+        64u << 20, 8, apikey::kAggDefaultEntries);
     apikey::UsageSegment seg;
     bool created = false;
     std::string err;

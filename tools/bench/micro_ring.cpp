@@ -60,8 +60,9 @@ public:
                                  capacity * sizeof(UsageRecord);
         bool created = false;
         std::string error;
-        if (seg_.open_or_create(path_.c_str(), usage_layout_for(size, 1), 0600,
-                                &created, &error) != SegmentStatus::kOk ||
+        if (seg_.open_or_create(path_.c_str(),
+                                usage_layout_for(size, 1, kAggMinEntries),
+                                0600, &created, &error) != SegmentStatus::kOk ||
             seg_.claim_slot(static_cast<std::int32_t>(getpid()), 1) != 0) {
             std::fprintf(stderr, "%s\n", error.c_str());
             std::abort();

@@ -11,7 +11,7 @@ APIKEY_PACKAGES=(
     postgresql-15 postgresql-client-15 libpq-dev
     libssl-dev nlohmann-json3-dev libcpp-httplib-dev
     libgtest-dev libbenchmark-dev
-    perl curl procps
+    perl curl procps wrk openssl
     chromium
 )
 

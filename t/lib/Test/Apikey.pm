@@ -31,6 +31,7 @@ BEGIN {
         )],
         'Test::Apikey::Postgres' => [qw(
             start_postgres stop_postgres restart_postgres psql psql_one postgres_log
+            psql_at psql_target
         )],
         'Test::Apikey::Daemon'   => [qw(
             start_apikeyd stop_apikeyd kill_apikeyd restart_apikeyd apikeyd_log
@@ -38,12 +39,15 @@ BEGIN {
         )],
         'Test::Apikey::Usage'    => [qw(
             apikeyd_metrics metric_sum usage_rows wait_usage_rows usage_duplicates
-            key_request_count usage_segment_read usage_segment_u64 usage_slot_count
+            key_request_count wait_request_count usage_segment_read usage_segment_u64 usage_slot_count
             usage_slot_offset usage_slot_state usage_ring_head usage_ring_tail
         )],
         'Test::Apikey::Traffic'  => [qw(
             get_with_key request_burst format_statuses status_total
             request_stream stream_progress stream_go wait_stream
+        )],
+        'Test::Apikey::Aggregates' => [qw(
+            usage_aggregates usage_agg_counters usage_agg_entries
         )],
         'Test::Apikey::Helpers'  => [qw(new_key usage_conf percentile)],
         'Test::Apikey::Outcome'  => [qw(usage_settle)],

@@ -107,15 +107,17 @@ sub nginx_conf_text {
         '}', '');
 }
 
-# apikey_http_config(usage => SIZE, upstream => TEXT) -> http_config text:
-# apikey_keys $TEST_NGINX_APIKEY_KEYS; with usage, apikey_usage
-# $TEST_NGINX_APIKEY_USAGE size=SIZE (usage => '' for the default size);
-# with upstream, a server {} on $TEST_NGINX_UPSTREAM_PORT holding TEXT.
+# apikey_http_config(usage => SIZE, aggregate => N, upstream => TEXT) ->
+# http_config text: apikey_keys $TEST_NGINX_APIKEY_KEYS; with usage,
+# apikey_usage $TEST_NGINX_APIKEY_USAGE size=SIZE (usage => '' for the
+# default size) [aggregate=N]; with upstream, a server {} on
+# $TEST_NGINX_UPSTREAM_PORT holding TEXT.
 sub apikey_http_config {
     my (%o) = @_;
     my @l = ("apikey_keys $ENV{TEST_NGINX_APIKEY_KEYS};");
     push @l, "apikey_usage $ENV{TEST_NGINX_APIKEY_USAGE}"
-        . (length $o{usage} ? " size=$o{usage}" : '') . ';' if defined $o{usage};
+        . (length $o{usage} ? " size=$o{usage}" : '')
+        . ($o{aggregate} ? " aggregate=$o{aggregate}" : '') . ';' if defined $o{usage};
     push @l, 'server {', "    listen 127.0.0.1:$ENV{TEST_NGINX_UPSTREAM_PORT};",
              "    $o{upstream}", '}' if defined $o{upstream};
     return join("\n", @l) . "\n";

@@ -32,9 +32,11 @@ sub _segment_created_at {
 }
 
 # usage_settle([$timeout_s]): with nginx stopped (or idle), waits until
-# apikeyd maps the current usage segment, every ring of it is empty and the
-# spool too. A ring's read position moves only after its records are
-# committed, so from then on every record nginx wrote is a row.
+# apikeyd maps the current usage segment, every ring of it is empty, the
+# spool too, and no slot's aggregation buffers hold anything uncommitted. A
+# ring's read position moves only after its records are committed, and a
+# buffer is cleared only after its aggregates are, so from then on every
+# record nginx wrote is a row and every request is in the rollups.
 # Returns at once when there is no usage segment.
 sub usage_settle {
     my ($timeout) = @_;
@@ -44,8 +46,10 @@ sub usage_settle {
         my $m = apikeyd_metrics();
         return 0 unless grep { /^apikey_ring_depth\{.*segment="$created"/ } keys %$m;
         return metric_sum($m, 'apikey_ring_depth') == 0
-            && ($m->{apikey_spool_bytes} // 0) == 0;
-    }, $timeout // 10, 'apikeyd committed every usage record (rings and spool empty)');
+            && ($m->{apikey_spool_bytes} // 0) == 0
+            && metric_sum($m, 'apikey_agg_pending') == 0;
+    }, $timeout // 10, 'apikeyd committed every usage record and aggregate '
+                       . '(rings, spool and aggregation buffers empty)');
 }
 
 # --- --- usage_rows ---------------------------------------------------------------

@@ -21,10 +21,11 @@ use Test::Apikey::Daemon qw(apikeyctl_path apikeyctl_raw);
 
 our @EXPORT_OK = qw(
     start_postgres stop_postgres restart_postgres psql psql_one postgres_log
-    pg_bindir pg_dump_sql
+    pg_bindir pg_dump_sql psql_at psql_target
 );
 
 my $PG;    # { dir, data, port, conninfo, tcp_conninfo, running, log_statements }
+my $TARGET;    # psql_target()
 
 # What start_postgres(log_statements => 1) adds to postgresql.conf.
 my @LOG_STATEMENTS = (
@@ -174,11 +175,24 @@ sub pg_dump_sql {
 # are psql variables: use them as :'var' (literal) or :"var" (identifier).
 sub psql {
     my ($sql, $vars) = @_;
+    return psql_at($TARGET, $sql, $vars) if defined $TARGET;
     die "psql: start_postgres() was not called\n" unless $PG && $PG->{running};
+    return psql_at($PG->{conninfo}, $sql, $vars);
+}
+
+# psql_target($conninfo): from now on psql() and every helper built on it
+# query $conninfo instead of the file's cluster (after a failover: the
+# promoted standby); psql_target(undef) goes back.
+sub psql_target { ($TARGET) = @_ }
+
+# psql_at($conninfo, $sql [, {var => value}]) -> psql()'s rows, from the
+# server $conninfo names (a standby, a multi-host conninfo after failover).
+sub psql_at {
+    my ($conninfo, $sql, $vars) = @_;
     my @v = map { ('-v', "$_=$vars->{$_}") } sort keys %{ $vars || {} };
     my ($rc, $out, $err) = run_cmd(
         [ pg_bindir() . '/psql', '-X', '-A', '-t', '-q', '-F', "\t",
-          '-v', 'ON_ERROR_STOP=1', @v, '-d', $PG->{conninfo}, '-f', '-' ],
+          '-v', 'ON_ERROR_STOP=1', @v, '-d', $conninfo, '-f', '-' ],
         stdin => $sql, timeout => 120);
     die "psql failed (exit $rc): $err  SQL: $sql\n" if $rc != 0;
     return [ map { [ split /\t/, $_, -1 ] } grep { length } split /\n/, $out ];

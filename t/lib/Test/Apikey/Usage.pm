@@ -15,8 +15,8 @@ use Test::Apikey::Daemon qw(apikeyd_get);
 use Test::Apikey::Postgres qw(psql_one);
 
 our @EXPORT_OK = qw(
-    apikeyd_metrics metric_sum
-    usage_rows wait_usage_rows usage_duplicates key_request_count
+    apikeyd_metrics metric_sum metrics_values
+    usage_rows wait_usage_rows usage_duplicates key_request_count wait_request_count
     usage_segment_read usage_segment_u64 usage_slot_count usage_slot_offset
     usage_slot_state usage_ring_head usage_ring_tail
     usage_slot_generation usage_ring_forge
@@ -32,8 +32,15 @@ sub apikeyd_metrics {
     my (%opt) = @_;
     my $r = apikeyd_get('/metrics', [], timeout => 3, %opt);
     die "GET /metrics: status $r->{status}\n" unless $r->{status} == 200;
+    return metrics_values($r->{body});
+}
+
+# metrics_values($text) -> { 'name{labels}' => value } of Prometheus text
+# (comments and blank lines skipped).
+sub metrics_values {
+    my ($text) = @_;
     my %m;
-    for (split /\n/, $r->{body}) {
+    for (split /\n/, $text) {
         next if /^#/ || !/\S/;
         $m{$1} = $2 if /^(\S+)\s+(\S+)$/;
     }
@@ -78,13 +85,24 @@ sub key_request_count {
     return psql_one(q{SELECT request_count FROM api_keys WHERE id = :'id'}, { id => $key_id });
 }
 
+# wait_request_count($key_id, $n, $timeout_s [, $what]) -> elapsed seconds
+# once the key's request_count is at least $n; dies like wait_until. The
+# rollups and request_count come from the workers' aggregates, committed
+# apart from the raw rows (every 250 ms): a row being in says nothing about
+# them.
+sub wait_request_count {
+    my ($key_id, $n, $timeout, $what) = @_;
+    return wait_until(sub { (key_request_count($key_id) // 0) >= $n }, $timeout,
+                      $what // "request_count $n");
+}
+
 # --- the usage segment ($TEST_NGINX_APIKEY_USAGE) ------------------------------------
 # shared/usage_ring.h: a 4 KiB header (slot_count, a u32, at +16), then one
-# 192-byte UsageSlot per ring: state (u32) at +0, head (u64) at +64, tail
+# 256-byte UsageSlot per ring: state (u32) at +0, head (u64) at +64, tail
 # (u64) at +128.
 
 my $HEADER_SIZE = 4096;
-my $SLOT_SIZE   = 192;
+my $SLOT_SIZE   = 256;
 
 # usage_segment_read($offset, $length) -> bytes of the segment file.
 sub usage_segment_read {
