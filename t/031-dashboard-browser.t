@@ -4,9 +4,13 @@
 # Setup: an org with an admin key (usage:read) and client keys in every
 # state; exact usage for "checkout-web" as rollup rows (35 days of hourly
 # rows, daily rows summed from them), real traffic through nginx for a
-# second key. The browser signs in, reads the key table, opens
-# checkout-web (24 h, 7 d, 30 d, a custom 60-day range), and checks every
-# number, bar and row against the API answer it got; this file then fetches
+# second key; 60 more keys so that the list has two pages. The browser
+# signs in, reads the key table, opens checkout-web (24 h, 7 d, 30 d, a
+# custom 60-day range), and checks every number, bar and row against the
+# API answer it got; back on the list it pages forwards and back (a refresh
+# of an unchanged page is a 304), sorts by clicking column headers, filters
+# by status and dormancy and searches, each time checking what it asked
+# the API and that the rows are its answer; this file then fetches
 # the same URLs itself and compares, and checks the API's numbers against
 # the rollup rows. Also: the pages' security headers, no inline script, the
 # key only in sessionStorage and Authorization headers, error messages.
@@ -100,6 +104,11 @@ apikeyctl('key', 'create', '--org', $OTHER, '--name', 'theirs');
 my $CHECKOUT = $K{'checkout-web'}{key_id};
 my $BATCH    = 'batch <b>nightly</b> & "export"';
 
+# 60 more keys, newer than the six: the list (50 a page) has a second page.
+psql(q{INSERT INTO api_keys (org_id, name, prefix, hint, key_hash, created_at)
+       SELECT :'org', 'filler-' || lpad(g::text, 2, '0'), 'ak', 'ak_f' || lpad(g::text, 3, '0'),
+              sha256(('filler' || g || random())::bytea), now() + g * interval '1 second'
+         FROM generate_series(1, 60) g}, { org => $ORG });
 apikeyctl('key', 'revoke', $K{'legacy-mobile'}{key_id});
 psql(q{UPDATE api_keys SET last_used_at = now() - interval '90 days', last_used_ip = '2001:db8:41::9',
        request_count = 48211 WHERE id = :'id'}, { id => $K{'legacy-mobile'}{key_id} });
@@ -232,8 +241,9 @@ my $month = psql(q{SELECT coalesce(sum(requests), 0) FROM api_key_usage_daily
 is($checkout->{requests_today}, $today, "checkout-web: requests today = the rollup rows ($today)");
 is($checkout->{requests_this_month}, $month, "checkout-web: requests this month = the rollup rows ($month)");
 is_deeply([ map { $_->{name} } @{ $list->{json}{keys} || [] } ],
-          [ 'dashboard admin', 'checkout-web', $BATCH, 'partner-sandbox', 'legacy-mobile', 'old-ci' ],
-          'the list shows every key of the org, none of the other');
+          [ 'dashboard admin', 'checkout-web', $BATCH, 'partner-sandbox', 'legacy-mobile', 'old-ci',
+            map { sprintf 'filler-%02d', $_ } 1 .. 44 ],
+          'the first page: the oldest 50 keys of the org, oldest first, none of the other');
 
 for my $what (qw(day week month)) {
     my $seen = same_answer($what) or next;

@@ -66,7 +66,8 @@ is(api($one, $admin->{key})->{status}, 200, 'the row gone: 200 again');
 
 # --- a column renamed under the API -------------------------------------------
 
-psql('ALTER TABLE api_key_usage_daily RENAME COLUMN requests TO requests_moved');
+# The listing reads api_keys and api_key_listing (not the rollups).
+psql('ALTER TABLE api_key_listing RENAME COLUMN requests_day TO requests_moved');
 {
     my $r = api($list, $admin->{key});
     is($r->{status}, 500, 'a renamed column: 500');
@@ -74,7 +75,7 @@ psql('ALTER TABLE api_key_usage_daily RENAME COLUMN requests TO requests_moved')
     like(apikeyd_log(), qr/\[error\] api: database error 42703: /,
          'a renamed column: the SQLSTATE is logged');
 }
-psql('ALTER TABLE api_key_usage_daily RENAME COLUMN requests_moved TO requests');
+psql('ALTER TABLE api_key_listing RENAME COLUMN requests_moved TO requests_day');
 is(api($list, $admin->{key})->{status}, 200, 'the column back: 200 again');
 
 # --- a query blocked past statement_timeout -----------------------------------
@@ -83,7 +84,7 @@ is(api($list, $admin->{key})->{status}, 200, 'the column back: 200 again');
     my $pid = fork() // die "fork: $!";
     if ($pid == 0) {
         my $rc = eval {
-            psql('BEGIN; LOCK TABLE api_key_usage_daily IN ACCESS EXCLUSIVE MODE;'
+            psql('BEGIN; LOCK TABLE api_key_listing IN ACCESS EXCLUSIVE MODE;'
                  . ' SELECT pg_sleep(8); COMMIT;');
             0;
         } // 1;
@@ -91,7 +92,7 @@ is(api($list, $admin->{key})->{status}, 200, 'the column back: 200 again');
     }
     wait_until(sub {
         psql_one(q{SELECT count(*) FROM pg_locks
-                   WHERE relation = 'api_key_usage_daily'::regclass
+                   WHERE relation = 'api_key_listing'::regclass
                    AND mode = 'AccessExclusiveLock' AND granted}) == 1
     }, 10, 'the lock is taken');
     my $r = api($list, $admin->{key});

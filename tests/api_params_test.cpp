@@ -272,6 +272,94 @@ TEST(OrgUsageParams, RepeatedIsAnErrorUnknownIsIgnored) {
     EXPECT_EQ(org_error("/x?foo=bar&interval=nonsense"), "");
 }
 
+OrgUsageParams org(const std::string& target) {
+    return parse_org_usage_params(parse_query(target));
+}
+
+TEST(OrgUsageParams, PagingDefaults) {
+    OrgUsageParams p = org("/x");
+    EXPECT_EQ(p.limit, 100);
+    EXPECT_EQ(p.sort, ListSort::kCreatedAt);
+    EXPECT_FALSE(p.descending);
+    EXPECT_EQ(p.status, ListStatus::kAny);
+    EXPECT_EQ(p.dormant, ListDormant::kAny);
+    EXPECT_EQ(p.q, "");
+    EXPECT_EQ(p.cursor, "");
+}
+
+TEST(OrgUsageParams, LimitRange) {
+    EXPECT_EQ(org("/x?limit=1").limit, 1);
+    EXPECT_EQ(org("/x?limit=1000").limit, 1000);
+    for (const char* bad : {"0", "1001", "", "-1", "ten", "10.0"}) {
+        EXPECT_EQ(org_error(std::string("/x?limit=") + bad),
+                  "limit must be a whole number in 1..1000")
+            << bad;
+    }
+}
+
+TEST(OrgUsageParams, SortsAndTheirDefaultOrder) {
+    struct {
+        const char* name;
+        ListSort sort;
+        bool descending;
+    } cases[] = {{"created_at", ListSort::kCreatedAt, false},
+                 {"name", ListSort::kName, false},
+                 {"last_used_at", ListSort::kLastUsedAt, true},
+                 {"requests_today", ListSort::kRequestsToday, true},
+                 {"requests_this_month", ListSort::kRequestsThisMonth, true}};
+    for (const auto& c : cases) {
+        OrgUsageParams p = org(std::string("/x?sort=") + c.name);
+        EXPECT_EQ(p.sort, c.sort) << c.name;
+        EXPECT_EQ(sort_name(p.sort), c.name);
+        EXPECT_EQ(p.descending, c.descending) << c.name;
+        EXPECT_TRUE(org(std::string("/x?order=desc&sort=") + c.name).descending);
+        EXPECT_FALSE(org(std::string("/x?order=asc&sort=") + c.name).descending);
+    }
+    for (const char* bad : {"", "id", "Name", "requests", "created_at "}) {
+        EXPECT_EQ(org_error(std::string("/x?sort=") + bad),
+                  "sort must be created_at, last_used_at, requests_today,"
+                  " requests_this_month or name")
+            << bad;
+    }
+    EXPECT_EQ(org_error("/x?order=up"), "order must be asc or desc");
+    EXPECT_EQ(org_error("/x?order=ASC"), "order must be asc or desc");
+}
+
+TEST(OrgUsageParams, Filters) {
+    EXPECT_EQ(org("/x?status=active").status, ListStatus::kActive);
+    EXPECT_EQ(org("/x?status=revoked").status, ListStatus::kRevoked);
+    EXPECT_EQ(org("/x?status=expired").status, ListStatus::kExpired);
+    EXPECT_EQ(status_name(ListStatus::kExpired), "expired");
+    EXPECT_EQ(status_name(ListStatus::kAny), "");
+    EXPECT_EQ(org_error("/x?status=all"),
+              "status must be active, revoked or expired");
+    EXPECT_EQ(org("/x?dormant=true").dormant, ListDormant::kYes);
+    EXPECT_EQ(org("/x?dormant=false").dormant, ListDormant::kNo);
+    EXPECT_EQ(dormant_name(ListDormant::kNo), "false");
+    EXPECT_EQ(dormant_name(ListDormant::kAny), "");
+    EXPECT_EQ(org_error("/x?dormant=1"), "dormant must be true or false");
+    EXPECT_EQ(org("/x?q=svc%20a").q, "svc a");
+    const std::string q_error =
+        "q must be 1 to 100 bytes of UTF-8 text without NUL";
+    EXPECT_EQ(org_error("/x?q="), q_error);
+    EXPECT_EQ(org_error("/x?q=a%00b"), q_error);
+    EXPECT_EQ(org_error("/x?q=%ff"), q_error);
+    EXPECT_EQ(org_error("/x?q=" + std::string(101, 'a')), q_error);
+    EXPECT_EQ(org("/x?q=" + std::string(100, 'a')).q.size(), 100u);
+}
+
+TEST(OrgUsageParams, CursorIsTakenAsGivenWithinItsBound) {
+    EXPECT_EQ(org("/x?cursor=abc.def").cursor, "abc.def");
+    EXPECT_EQ(org_error("/x?cursor="), "cursor is not valid for this listing");
+    EXPECT_EQ(org_error("/x?cursor=" + std::string(1025, 'a')),
+              "cursor is not valid for this listing");
+}
+
+TEST(DormantDays, AloneForThePerKeyView) {
+    EXPECT_EQ(parse_dormant_days(parse_query("/x?limit=0")), 30);
+    EXPECT_EQ(parse_dormant_days(parse_query("/x?dormant_days=9")), 9);
+}
+
 // --- the key endpoint
 // ---------------------------------------------------------------------
 

@@ -3,10 +3,14 @@
 #include <httplib.h>
 
 #include <cmath>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "analytics_cursor.h"
+#include "analytics_etag.h"
+#include "analytics_listing.h"
 #include "http_server.h"
 #include "log.h"
 #include "time_util.h"
@@ -44,13 +48,16 @@ Json time_or_null(std::optional<std::int64_t> us) {
               : Json(nullptr);
 }
 
+// Names and endpoints are UTF-8 in the database; replace, never throw.
+std::string dump(const Json& body) {
+    return body.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
 void send(httplib::Response& res, int status, const Json& body) {
     res.status = status;
     res.set_header("Cache-Control", "no-store");
     res.set_header("X-Content-Type-Options", "nosniff");
-    // Names and endpoints are UTF-8 in the database; replace, never throw.
-    res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace),
-                    "application/json");
+    res.set_content(dump(body), "application/json");
 }
 
 std::vector<std::string> header_values(const httplib::Request& req,
@@ -89,8 +96,7 @@ Json key_json(const KeySummary& k) {
                 {"dormant", r.dormant}};
 }
 
-Json key_usage_json(const KeySummary& key, const UsageSummary& usage,
-                    std::optional<std::int64_t> complete_until) {
+Json key_usage_json(const KeySummary& key, const UsageSummary& usage) {
     Json series = Json::array();
     for (const SeriesPoint& p : usage.series) {
         series.push_back({{"t", format_rfc3339(p.t_us)},
@@ -118,17 +124,27 @@ Json key_usage_json(const KeySummary& key, const UsageSummary& usage,
         {"error_rate",
          {{"4xx", usage.totals.rate_4xx()}, {"5xx", usage.totals.rate_5xx()}}},
         {"avg_ms", ms_or_null(usage.totals.avg_ms())},
-        {"p95_ms", ms_or_null(usage.totals.p95_ms())},
-        {"complete_until", time_or_null(complete_until)}};
+        {"p95_ms", ms_or_null(usage.totals.p95_ms())}};
 }
 
 struct AnalyticsApi::Impl {
     explicit Impl(const DaemonState& s)
-        : state(s), auth(s.config->keys_path), pool(s.config->db) {}
+        : state(s),
+          auth(s.config->keys_path),
+          pool(s.config->db,
+               static_cast<std::size_t>(s.config->api_db_sessions)) {}
+
+    // An endpoint's 200 answer: its body, and complete_until (added last).
+    struct Answer {
+        Json body;
+        std::optional<std::int64_t> complete_until;
+    };
 
     DaemonState state;  // pointers into main()'s objects
     KeyTableAuth auth;
     ConnectionPool pool;
+    std::mutex secret_mutex;
+    std::string secret;  // "" until read
 
     // Steps shared by both endpoints, in order: key (401/503), org id in
     // the path (400), the key's org (404), scope (403). Returns the org id.
@@ -174,23 +190,61 @@ struct AnalyticsApi::Impl {
         return complete_until_us(c, now);
     }
 
-    Json org_usage(const httplib::Request& req) {
+    // The secret that signs cursors, read once from the database.
+    std::string cursor_secret(pg::Connection& conn) {
+        std::lock_guard<std::mutex> lock(secret_mutex);
+        if (secret.empty()) {
+            pg::Result r = conn.exec(
+                "SELECT secret FROM api_cursor_secret WHERE id = 1");
+            if (r.rows() != 1) {
+                throw std::runtime_error("api_cursor_secret has no secret");
+            }
+            secret = pg::bytea_from_text(r.get(0, 0));
+        }
+        return secret;
+    }
+
+    static CursorScope cursor_scope(const std::string& org,
+                                    const OrgUsageParams& p) {
+        return {org,
+                sort_name(p.sort),
+                p.descending,
+                status_name(p.status),
+                dormant_name(p.dormant),
+                p.dormant_days,
+                p.q};
+    }
+
+    Answer org_usage(const httplib::Request& req) {
         std::int64_t now = now_us();
         std::string org = authorize(req, now, req.matches[1].str());
         OrgUsageParams p = parse_org_usage_params(parse_query(req.target));
         std::optional<std::int64_t> until = complete_until(now);
 
         ConnectionPool::Lease conn = pool.acquire();
-        std::vector<KeySummary> keys =
-            query_org_keys(*conn, org, p.dormant_days, CalendarWindow::at(now));
+        CursorScope scope = cursor_scope(org, p);
+        std::string key = cursor_secret(*conn);
+        std::vector<std::string> after;
+        if (!p.cursor.empty()) {
+            auto position = decode_cursor(key, scope, p.cursor);
+            if (!position || position->size() != position_size(p.sort)) {
+                throw ParamError("cursor is not valid for this listing");
+            }
+            after = std::move(*position);
+        }
+        ListingPage page =
+            query_listing(*conn, org, p, after, CalendarWindow::at(now));
         Json list = Json::array();
-        for (const KeySummary& k : keys) list.push_back(key_json(k));
-        return Json{{"org_id", org},
-                    {"keys", std::move(list)},
-                    {"complete_until", time_or_null(until)}};
+        for (const KeySummary& k : page.keys) list.push_back(key_json(k));
+        return {Json{{"org_id", org},
+                     {"keys", std::move(list)},
+                     {"next_cursor", page.next ? Json(encode_cursor(
+                                                     key, scope, *page.next))
+                                               : Json(nullptr)}},
+                until};
     }
 
-    Json key_usage(const httplib::Request& req) {
+    Answer key_usage(const httplib::Request& req) {
         std::int64_t now = now_us();
         std::string key_segment = req.matches[2].str();
         std::string org =
@@ -200,7 +254,7 @@ struct AnalyticsApi::Impl {
         QueryParams query = parse_query(req.target);
         KeyUsageParams p = parse_key_usage_params(query, now);
         // dormant_days applies to the "key" object as in the listing.
-        int dormant_days = parse_org_usage_params(query).dormant_days;
+        int dormant_days = parse_dormant_days(query);
         std::optional<std::int64_t> until = complete_until(now);
 
         ConnectionPool::Lease conn = pool.acquire();
@@ -218,7 +272,7 @@ struct AnalyticsApi::Impl {
 
         UsageSummary usage = summarize_usage(
             rows, series_buckets(p.from_us, p.to_us, p.interval), p.top);
-        return key_usage_json(*key, usage, until);
+        return {key_usage_json(*key, usage), until};
     }
 
     // Runs one endpoint and turns every failure into its JSON answer. A
@@ -228,7 +282,18 @@ struct AnalyticsApi::Impl {
     void serve(const httplib::Request& req, httplib::Response& res, Fn fn) {
         for (int attempt = 0;; ++attempt) {
             try {
-                send(res, 200, (this->*fn)(req));
+                Answer a = (this->*fn)(req);
+                // The tag covers the data, not complete_until (which moves
+                // with the clock): a poll of unchanged data gets a 304.
+                std::string tag = entity_tag(dump(a.body));
+                res.set_header("ETag", tag);
+                if (none_match_hits(header_values(req, "If-None-Match"), tag)) {
+                    res.status = 304;
+                    res.set_header("Cache-Control", "no-store");
+                    return;
+                }
+                a.body["complete_until"] = time_or_null(a.complete_until);
+                send(res, 200, a.body);
                 return;
             } catch (const HttpError& e) {
                 if (!e.www_authenticate.empty()) {
@@ -249,6 +314,10 @@ struct AnalyticsApi::Impl {
                     res.set_header("Retry-After", "1");
                     send(res, 503, {{"error", "database unavailable"}});
                 }
+            } catch (const PoolExhausted& e) {
+                log_warn(std::string("api: ") + e.what());
+                res.set_header("Retry-After", "1");
+                send(res, 503, {{"error", "database sessions busy; retry"}});
             } catch (const std::exception& e) {
                 log_error(std::string("api: ") + e.what());
                 send(res, 500, {{"error", "internal error"}});

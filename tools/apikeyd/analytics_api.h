@@ -1,10 +1,14 @@
 // The org usage analytics API (docs/api.md):
-//   GET /api/orgs/{org_id}/api-keys/usage[?dormant_days=30]
+//   GET /api/orgs/{org_id}/api-keys/usage[?dormant_days&limit&cursor&sort
+//                                          &order&status&dormant&q]
 //   GET /api/orgs/{org_id}/api-keys/{key_id}/usage[?from&to&interval&top]
 // Bearer-key auth against the key table (api_auth), parameters checked by
 // api_params, data from api_keys and the rollups (analytics_queries).
 //
-// Status codes: 400 bad parameter, 401 missing/bad key, 403 key of the org
+// Both answer with an ETag over their data (complete_until aside) and 304
+// to an If-None-Match that names it.
+//
+// Status codes: 400 bad parameter (an invalid cursor included), 401 missing/bad key, 403 key of the org
 // without usage:read, 404 another org's (or no such) org or key, with one
 // identical body, 503 key table or database unavailable.
 #pragma once
@@ -54,9 +58,8 @@ std::optional<std::int64_t> complete_until_us(const CaptureState& state,
 // One element of "keys" (and the per-key endpoint's "key").
 Json key_json(const KeySummary& key);
 
-// The whole per-key answer; `complete_until` nullopt -> null.
-Json key_usage_json(const KeySummary& key, const UsageSummary& usage,
-                    std::optional<std::int64_t> complete_until);
+// The whole per-key answer but complete_until, which the route adds last.
+Json key_usage_json(const KeySummary& key, const UsageSummary& usage);
 
 // --- routes
 // --------------------------------------------------------------------------

@@ -15,49 +15,13 @@ std::string ts_param(std::int64_t us) {
     return format_rfc3339(us, TimePrecision::kMicros);
 }
 
+// The UTC date of `us` as "YYYY-MM-DD".
+std::string format_date(std::int64_t us) {
+    return format_rfc3339(us).substr(0, 10);
+}
+
 std::uint64_t to_u64(const std::string& text) {
     return text.empty() ? 0 : std::stoull(text);
-}
-
-// A key with its today / this-month requests. Parameters: $1 org_id,
-// $2 dormant_days, $3..$6 the calendar window, then `extra_where`'s.
-std::string key_summary_sql(const std::string& extra_where) {
-    return "SELECT " + keysql::key_columns("k.", 2) +
-           ", coalesce(u.today, 0), coalesce(u.month, 0)"
-           " FROM api_keys k"
-           " LEFT JOIN LATERAL ("
-           "SELECT sum(d.requests) FILTER (WHERE d.bucket >= $3::timestamptz"
-           " AND d.bucket < $4::timestamptz) AS today,"
-           " sum(d.requests) AS month"
-           " FROM api_key_usage_daily d"
-           " WHERE d.key_id = k.id AND d.bucket >= $5::timestamptz"
-           " AND d.bucket < $6::timestamptz) u ON true"
-           " WHERE k.org_id = $1::uuid" +
-           extra_where + " ORDER BY " + keysql::key_order("k.");
-}
-
-std::vector<pg::Param> key_summary_params(const std::string& org_id,
-                                          int dormant_days,
-                                          const CalendarWindow& w) {
-    return {org_id,
-            std::to_string(dormant_days),
-            ts_param(w.day_start_us),
-            ts_param(w.day_end_us),
-            ts_param(w.month_start_us),
-            ts_param(w.month_end_us)};
-}
-
-std::vector<KeySummary> read_key_summaries(const pg::Result& r) {
-    std::vector<KeySummary> out;
-    out.reserve(static_cast<std::size_t>(r.rows()));
-    for (int i = 0; i < r.rows(); ++i) {
-        KeySummary s;
-        s.key = keysql::KeyRow::read(r, i);
-        s.requests_today = std::stoll(r.get(i, keysql::kKeyColumns));
-        s.requests_this_month = std::stoll(r.get(i, keysql::kKeyColumns + 1));
-        out.push_back(std::move(s));
-    }
-    return out;
 }
 
 void setup_session(pg::Connection& conn) {
@@ -72,11 +36,38 @@ void setup_session(pg::Connection& conn) {
 
 }  // namespace
 
+// --- key summaries
+// ----------------------------------------------------------------
+
+std::string key_summary_from() {
+    return "SELECT " + keysql::key_columns("k.", 2) +
+           ", CASE WHEN s.day = $3::date THEN s.requests_day ELSE 0 END"
+           ", CASE WHEN s.month = $4::date THEN s.requests_month ELSE 0 END"
+           " FROM api_keys k JOIN api_key_listing s ON s.key_id = k.id"
+           " WHERE k.org_id = $1::uuid";
+}
+
+std::vector<pg::Param> key_summary_params(const std::string& org_id,
+                                          int dormant_days,
+                                          const CalendarWindow& w) {
+    return {org_id, std::to_string(dormant_days),
+            format_date(w.day_start_us), format_date(w.month_start_us)};
+}
+
+KeySummary read_key_summary(const pg::Result& r, int row) {
+    KeySummary s;
+    s.key = keysql::KeyRow::read(r, row);
+    s.requests_today = std::stoll(r.get(row, keysql::kKeyColumns));
+    s.requests_this_month = std::stoll(r.get(row, keysql::kKeyColumns + 1));
+    return s;
+}
+
 // --- pool
 // -----------------------------------------------------------------------
 
-ConnectionPool::ConnectionPool(std::string conninfo, std::size_t max_idle)
-    : conninfo_(std::move(conninfo)), max_idle_(max_idle) {}
+ConnectionPool::ConnectionPool(std::string conninfo, std::size_t max_sessions,
+                               std::chrono::milliseconds wait)
+    : conninfo_(std::move(conninfo)), max_sessions_(max_sessions), wait_(wait) {}
 
 ConnectionPool::~ConnectionPool() = default;
 
@@ -86,18 +77,45 @@ ConnectionPool::Lease::~Lease() {
 
 ConnectionPool::Lease ConnectionPool::acquire() {
     {
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::unique_lock<std::mutex> lock(mutex_);
+        bool free = freed_.wait_for(lock, wait_, [this] {
+            return !idle_.empty() || open_ < max_sessions_;
+        });
+        if (!free) {
+            throw PoolExhausted("every database session is busy");
+        }
         while (!idle_.empty()) {
             std::unique_ptr<pg::Connection> conn = std::move(idle_.back());
             idle_.pop_back();
             if (conn->ok()) return Lease(this, std::move(conn));
+            --open_;
         }
+        // Each dead idle session freed its slot: there is room for one.
+        ++open_;  // reserved before connecting, outside the lock
     }
     // Connect outside the lock: a slow server must not stall other requests
     // that could use an idle session.
-    auto conn = std::make_unique<pg::Connection>(conninfo_, "apikeyd-api");
-    setup_session(*conn);
-    return Lease(this, std::move(conn));
+    try {
+        auto conn = std::make_unique<pg::Connection>(conninfo_, "apikeyd-api");
+        setup_session(*conn);
+        return Lease(this, std::move(conn));
+    } catch (...) {
+        forget_one();
+        throw;
+    }
+}
+
+std::size_t ConnectionPool::open_sessions() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return open_;
+}
+
+void ConnectionPool::forget_one() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --open_;
+    }
+    freed_.notify_one();
 }
 
 void ConnectionPool::discard_idle() {
@@ -105,17 +123,24 @@ void ConnectionPool::discard_idle() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         dead.swap(idle_);
+        open_ -= dead.size();
     }
+    freed_.notify_all();
 }
 
 // Sessions come back only when healthy and outside a transaction; a
 // statement that failed inside one leaves it aborted, so it is dropped.
 void ConnectionPool::release(std::unique_ptr<pg::Connection> conn) {
     if (!conn->ok() || PQtransactionStatus(conn->get()) != PQTRANS_IDLE) {
+        conn.reset();
+        forget_one();
         return;
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (idle_.size() < max_idle_) idle_.push_back(std::move(conn));
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        idle_.push_back(std::move(conn));
+    }
+    freed_.notify_one();
 }
 
 // --- queries
@@ -123,6 +148,7 @@ void ConnectionPool::release(std::unique_ptr<pg::Connection> conn) {
 
 CalendarWindow CalendarWindow::at(std::int64_t now_us) noexcept {
     CalendarWindow w;
+    w.now_us = now_us;
     w.day_start_us = floor_to(now_us, Interval::kDay);
     w.day_end_us = w.day_start_us + kApiUsPerDay;
     w.month_start_us = api::month_start_us(now_us);
@@ -130,26 +156,17 @@ CalendarWindow CalendarWindow::at(std::int64_t now_us) noexcept {
     return w;
 }
 
-std::vector<KeySummary> query_org_keys(pg::Connection& conn,
-                                       const std::string& org_id,
-                                       int dormant_days,
-                                       const CalendarWindow& window) {
-    static const std::string sql = key_summary_sql("");
-    return read_key_summaries(
-        conn.exec(sql, key_summary_params(org_id, dormant_days, window)));
-}
-
 std::optional<KeySummary> query_key(pg::Connection& conn,
                                     const std::string& org_id,
                                     const std::string& key_id, int dormant_days,
                                     const CalendarWindow& window) {
-    static const std::string sql = key_summary_sql(" AND k.id = $7::uuid");
+    static const std::string sql = key_summary_from() + " AND k.id = $5::uuid";
     std::vector<pg::Param> params =
         key_summary_params(org_id, dormant_days, window);
     params.emplace_back(key_id);
-    std::vector<KeySummary> rows = read_key_summaries(conn.exec(sql, params));
-    if (rows.empty()) return std::nullopt;
-    return std::move(rows.front());
+    pg::Result r = conn.exec(sql, params);
+    if (r.rows() == 0) return std::nullopt;
+    return read_key_summary(r, 0);
 }
 
 std::vector<UsageRow> query_key_usage(pg::Connection& conn,

@@ -1,20 +1,22 @@
 // The analytics API's side of PostgreSQL: a small pool of read-only
-// sessions, the three queries (an org's keys, one key, one key's rollup rows
-// over a range), and the pure aggregation of those rows into a series, top
+// sessions, the queries of one key (its summary, its rollup rows over a
+// range), and the pure aggregation of those rows into a series, top
 // endpoints and totals. Every value is a bound parameter; the rollup table
 // name comes from a fixed pair, never from the request.
 //
-// Query plans (docs/api.md): keys by api_keys_org_id_idx or the primary key;
-// usage by the rollups' primary key (key_id, bucket, ...) as a range on
+// Query plans (docs/api.md): a key by the primary key (listings:
+// analytics_listing.h); usage by the rollups' primary key (key_id, bucket, ...) as a range on
 // bucket, so a 30-day view reads ~30 x endpoints index entries.
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -27,20 +29,26 @@ namespace apikey::api {
 
 // Per statement, set on every pooled session.
 inline constexpr std::chrono::milliseconds kStatementTimeout{5000};
-// Idle sessions kept; more are opened under load (one per busy HTTP thread)
-// and closed when they come back to a full pool.
-inline constexpr std::size_t kMaxIdleConnections = 4;
+// How long a request waits for a session when all are in use.
+inline constexpr std::chrono::milliseconds kSessionWait{2000};
+
+// No session came free within kSessionWait (503 + Retry-After).
+class PoolExhausted : public std::runtime_error {
+   public:
+    using std::runtime_error::runtime_error;
+};
 
 // --- connection pool
 // ------------------------------------------------------------
 
-// Sessions to --db: opened lazily, set up read-only with statement_timeout,
-// TimeZone UTC and UTF-8, and dropped after any error that leaves them
+// At most `max_sessions` sessions to --db (--api-db-sessions): opened
+// lazily, set up read-only with statement_timeout, TimeZone UTC and UTF-8,
+// kept while healthy, and dropped after any error that leaves them
 // unusable. Thread-safe.
 class ConnectionPool {
    public:
-    explicit ConnectionPool(std::string conninfo,
-                            std::size_t max_idle = kMaxIdleConnections);
+    ConnectionPool(std::string conninfo, std::size_t max_sessions,
+                   std::chrono::milliseconds wait = kSessionWait);
     ~ConnectionPool();
     ConnectionPool(const ConnectionPool&) = delete;
     ConnectionPool& operator=(const ConnectionPool&) = delete;
@@ -60,19 +68,28 @@ class ConnectionPool {
         std::unique_ptr<pg::Connection> conn_;
     };
 
-    // An idle session, or a new one. Throws pg::Error when connecting or
-    // setting up the session fails.
+    // An idle session, or a new one while fewer than max_sessions are open;
+    // otherwise waits up to `wait` for one (PoolExhausted). With as many
+    // sessions as analytics workers (apikeyd's setup) nobody waits. Throws
+    // pg::Error when connecting or setting up the session fails.
     Lease acquire();
+    // Sessions open now (idle and leased).
+    std::size_t open_sessions() const;
     // Closes every idle session: after a connection failure they are most
     // likely dead too (server restart), and libpq only finds out on use.
     void discard_idle();
 
    private:
     void release(std::unique_ptr<pg::Connection> conn);
+    // One session fewer (closed or never opened): a waiter may open one.
+    void forget_one();
 
     std::string conninfo_;
-    std::size_t max_idle_;
-    std::mutex mutex_;
+    std::size_t max_sessions_;
+    std::chrono::milliseconds wait_;
+    mutable std::mutex mutex_;
+    std::condition_variable freed_;
+    std::size_t open_ = 0;  // idle + leased + being opened
     std::vector<std::unique_ptr<pg::Connection>> idle_;
 };
 
@@ -81,6 +98,7 @@ class ConnectionPool {
 
 // "Today" and "this month" in UTC, as of `now_us`.
 struct CalendarWindow {
+    std::int64_t now_us = 0;
     std::int64_t day_start_us = 0;
     std::int64_t day_end_us = 0;
     std::int64_t month_start_us = 0;
@@ -90,18 +108,22 @@ struct CalendarWindow {
 };
 
 // A key as the API lists it: api_keys (through keysql) plus its requests
-// from the daily rollup.
+// today and this month from api_key_listing (kept from the daily rollup).
 struct KeySummary {
     keysql::KeyRow key;
     std::int64_t requests_today = 0;
     std::int64_t requests_this_month = 0;
 };
 
-// Every key of the org, oldest first (empty when the org has none).
-std::vector<KeySummary> query_org_keys(pg::Connection& conn,
-                                       const std::string& org_id,
-                                       int dormant_days,
-                                       const CalendarWindow& window);
+// SELECT <a key summary> FROM api_keys k JOIN api_key_listing s WHERE <k of
+// the org>, to extend with more conditions. Parameters: key_summary_params()
+// ($1 org_id, $2 dormant_days, $3 today, $4 this month's first day).
+std::string key_summary_from();
+std::vector<pg::Param> key_summary_params(const std::string& org_id,
+                                          int dormant_days,
+                                          const CalendarWindow& window);
+// The summary in row `row` of such a query (its first columns).
+KeySummary read_key_summary(const pg::Result& r, int row);
 
 // The key if it belongs to the org; nullopt otherwise (no such key, or
 // another org's: the caller cannot tell them apart either).

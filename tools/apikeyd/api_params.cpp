@@ -1,7 +1,10 @@
 #include "api_params.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <iterator>
+
+#include "rollup.h"
 
 namespace apikey::api {
 namespace {
@@ -183,11 +186,106 @@ std::int64_t interval_us(Interval interval) noexcept {
     return interval == Interval::kHour ? kApiUsPerHour : kApiUsPerDay;
 }
 
+std::string_view sort_name(ListSort sort) noexcept {
+    switch (sort) {
+        case ListSort::kLastUsedAt:
+            return "last_used_at";
+        case ListSort::kRequestsToday:
+            return "requests_today";
+        case ListSort::kRequestsThisMonth:
+            return "requests_this_month";
+        case ListSort::kName:
+            return "name";
+        case ListSort::kCreatedAt:
+            break;
+    }
+    return "created_at";
+}
+
+std::string_view status_name(ListStatus status) noexcept {
+    switch (status) {
+        case ListStatus::kActive:
+            return "active";
+        case ListStatus::kRevoked:
+            return "revoked";
+        case ListStatus::kExpired:
+            return "expired";
+        case ListStatus::kAny:
+            break;
+    }
+    return "";
+}
+
+std::string_view dormant_name(ListDormant dormant) noexcept {
+    return dormant == ListDormant::kYes  ? "true"
+           : dormant == ListDormant::kNo ? "false"
+                                         : "";
+}
+
+int parse_dormant_days(const QueryParams& query) {
+    std::optional<std::string> v = single(query, "dormant_days");
+    return v ? parse_int_param("dormant_days", *v, 0, kMaxDormantDays)
+             : kDefaultDormantDays;
+}
+
 OrgUsageParams parse_org_usage_params(const QueryParams& query) {
     OrgUsageParams p;
-    if (auto v = single(query, "dormant_days")) {
-        p.dormant_days =
-            parse_int_param("dormant_days", *v, 0, kMaxDormantDays);
+    p.dormant_days = parse_dormant_days(query);
+    if (auto v = single(query, "limit")) {
+        p.limit = parse_int_param("limit", *v, 1, kMaxLimit);
+    }
+    if (auto v = single(query, "sort")) {
+        static constexpr ListSort kSorts[] = {
+            ListSort::kCreatedAt, ListSort::kLastUsedAt,
+            ListSort::kRequestsToday, ListSort::kRequestsThisMonth,
+            ListSort::kName};
+        auto it = std::find_if(std::begin(kSorts), std::end(kSorts),
+                               [&](ListSort s) { return sort_name(s) == *v; });
+        if (it == std::end(kSorts)) {
+            throw ParamError(
+                "sort must be created_at, last_used_at, requests_today,"
+                " requests_this_month or name");
+        }
+        p.sort = *it;
+    }
+    p.descending = p.sort != ListSort::kCreatedAt && p.sort != ListSort::kName;
+    if (auto v = single(query, "order")) {
+        if (*v != "asc" && *v != "desc") {
+            throw ParamError("order must be asc or desc");
+        }
+        p.descending = *v == "desc";
+    }
+    if (auto v = single(query, "status")) {
+        if (*v == "active") {
+            p.status = ListStatus::kActive;
+        } else if (*v == "revoked") {
+            p.status = ListStatus::kRevoked;
+        } else if (*v == "expired") {
+            p.status = ListStatus::kExpired;
+        } else {
+            throw ParamError("status must be active, revoked or expired");
+        }
+    }
+    if (auto v = single(query, "dormant")) {
+        if (*v != "true" && *v != "false") {
+            throw ParamError("dormant must be true or false");
+        }
+        p.dormant = *v == "true" ? ListDormant::kYes : ListDormant::kNo;
+    }
+    if (auto v = single(query, "q")) {
+        // Names are UTF-8 without NUL in the database; anything else could
+        // never match and PostgreSQL would refuse it.
+        if (v->empty() || v->size() > kMaxQueryBytes || !text_is_clean(*v)) {
+            throw ParamError(
+                "q must be 1 to 100 bytes of UTF-8 text without NUL");
+        }
+        p.q = *v;
+    }
+    if (auto v = single(query, "cursor")) {
+        if (v->empty() || v->size() > kMaxCursorBytes) {
+            throw ParamError("cursor is not valid for this listing");
+        }
+        p.cursor = *v;
     }
     return p;
 }

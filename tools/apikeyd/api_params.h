@@ -58,9 +58,38 @@ enum class Interval { kHour, kDay };
 std::string_view interval_name(Interval interval) noexcept;
 std::int64_t interval_us(Interval interval) noexcept;
 
+// The listing's page size, sorts and filters.
+inline constexpr int kDefaultLimit = 100;
+inline constexpr int kMaxLimit = 1000;
+inline constexpr std::size_t kMaxQueryBytes = 100;  // a key name's bound
+inline constexpr std::size_t kMaxCursorBytes = 1024;
+
+enum class ListSort {
+    kCreatedAt,
+    kLastUsedAt,
+    kRequestsToday,
+    kRequestsThisMonth,
+    kName
+};
+enum class ListStatus { kAny, kActive, kRevoked, kExpired };
+enum class ListDormant { kAny, kYes, kNo };
+
+std::string_view sort_name(ListSort sort) noexcept;
+std::string_view status_name(ListStatus status) noexcept;
+std::string_view dormant_name(ListDormant dormant) noexcept;
+
 // GET /api/orgs/{org_id}/api-keys/usage
 struct OrgUsageParams {
     int dormant_days = kDefaultDormantDays;
+    int limit = kDefaultLimit;
+    ListSort sort = ListSort::kCreatedAt;
+    // Default: ascending for created_at and name, descending for the
+    // activity sorts (the busiest, the most recently used first).
+    bool descending = false;
+    ListStatus status = ListStatus::kAny;
+    ListDormant dormant = ListDormant::kAny;
+    std::string q;       // name (any case) or hint prefix; "" = none
+    std::string cursor;  // "" = the first page
 };
 
 // GET /api/orgs/{org_id}/api-keys/{key_id}/usage
@@ -74,6 +103,8 @@ struct KeyUsageParams {
 // Validate every known parameter and apply the defaults; unknown parameters
 // are ignored, a known one given twice is an error. Throws ParamError.
 OrgUsageParams parse_org_usage_params(const QueryParams& query);
+// dormant_days alone (the per-key view's "key" object).
+int parse_dormant_days(const QueryParams& query);
 KeyUsageParams parse_key_usage_params(const QueryParams& query,
                                       std::int64_t now_us);
 

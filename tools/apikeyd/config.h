@@ -28,6 +28,9 @@ struct DaemonConfig {
     // Revoked or expired keys stay in the key table this long, so nginx can
     // say "revoked"/"expired" (and record usage) rather than "unknown".
     int keep_dead_keys_days = 0;
+    // The analytics API's PostgreSQL sessions, at most; also its worker
+    // threads, so that no worker waits for a session.
+    int api_db_sessions = 0;
     std::string config_file;
     // --check-config: test the options and exit (not an option of the
     // table: it takes no value and means nothing in a file).

@@ -97,6 +97,9 @@ std::vector<DaemonOption> build_options() {
                    "30",
                    "keep revoked/expired keys in the table N days so nginx "
                    "reports them as such"),
+        int_option("api-db-sessions", "N", &C::api_db_sessions, 1, 64, "4",
+                   "PostgreSQL sessions of the analytics API, at most (one "
+                   "per analytics worker thread)"),
     };
 }
 

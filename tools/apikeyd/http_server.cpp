@@ -86,7 +86,8 @@ bool is_analytics_path(std::string_view path) {
 
 HttpServer::HttpServer(const DaemonState& state)
     : state_(state), router_(std::make_unique<HttpRouter>()) {
-    const FrontLimits limits;
+    FrontLimits limits;
+    limits.slow_workers = static_cast<std::size_t>(state.config->api_db_sessions);
     // What the Keep-Alive header announces; the front enforces both.
     router_->set_keep_alive_max_count(
         static_cast<size_t>(limits.keep_alive_requests));

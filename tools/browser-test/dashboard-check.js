@@ -150,6 +150,94 @@ async function checkKeyList(page, list) {
     list.json.complete_until);
 }
 
+// --- paging, sorting, filtering, search --------------------------------------
+
+// Every 200 list answer by its query: a 304 means "the one you have".
+const listSeen = new Map();
+
+// Runs `action`; the key list's answer (a 304's json: the 200 it confirms).
+async function listAnswer(page, action) {
+  const [res] = await Promise.all([
+    page.waitForResponse((r) => LIST_RE.test(new URL(r.url()).pathname), { timeout: TIMEOUT_MS }),
+    action(),
+  ]);
+  const u = new URL(res.url());
+  if (res.status() === 200) listSeen.set(u.search, await res.json());
+  return { status: res.status(), query: Object.fromEntries(u.searchParams),
+           json: listSeen.get(u.search) || null };
+}
+
+async function shownIds(page) {
+  await page.waitForSelector('#loading', { state: 'hidden', timeout: TIMEOUT_MS });
+  return page.$$eval('#keys-table tbody tr', (trs) => trs.map((tr) => tr.dataset.keyId));
+}
+
+const ariaSort = (page, sort) =>
+  page.$eval(`#keys-table th:has(button[data-sort="${sort}"])`, (th) => th.getAttribute('aria-sort'));
+
+// One step: what the API was asked, and the rows shown = its answer.
+async function listStep(page, label, action, want) {
+  const a = await listAnswer(page, action);
+  check(`${label}: API 200 (or 304 for a page already seen)`,
+    a.status === 200 || (a.status === 304 && a.json), a.status, '200 or 304');
+  for (const [name, value] of Object.entries(want)) {
+    checkEq(`${label}: asks ${name}=${value}`, a.query[name], value);
+  }
+  const ids = await shownIds(page);
+  checkEq(`${label}: rows = the API's answer, in order`, ids, (a.json ? a.json.keys : []).map((k) => k.key_id));
+  return a;
+}
+
+async function checkListControls(page, firstPage) {
+  listSeen.set(new URL(URL_BASE + firstPage.path).search, firstPage.json);
+  const p2 = await listStep(page, 'next page', () => page.click('#keys-next'), { limit: '50' });
+  check('next page: sent the cursor of page 1', p2.query.cursor === firstPage.json.next_cursor,
+    p2.query.cursor, firstPage.json.next_cursor);
+  checkEq('next page: "Page 2", Previous enabled, Next disabled on the last page',
+    [await page.textContent('#keys-page'), await page.isDisabled('#keys-prev'),
+     await page.isDisabled('#keys-next')], ['Page 2', false, p2.json.next_cursor == null]);
+  const firstIds = firstPage.json.keys.map((k) => k.key_id);
+  check('next page: none of page 1\'s keys', p2.json.keys.every((k) => !firstIds.includes(k.key_id)),
+    p2.json.keys.length, 'disjoint');
+  const back = await listAnswer(page, () => page.click('#keys-prev'));
+  check('previous page: no cursor, 200 or 304 (ETag)', !back.query.cursor && [200, 304].includes(back.status),
+    back.status, 'no cursor');
+  checkEq('previous page: page 1 again', await shownIds(page), firstIds);
+
+  const refresh = await listAnswer(page, () => page.click('#refresh-keys'));
+  checkEq('refresh of an unchanged page: 304 (If-None-Match)', refresh.status, 304);
+  checkEq('refresh: the rows stay', await shownIds(page), firstIds);
+
+  const today = 'button.sort[data-sort="requests_today"]';
+  await listStep(page, 'click "Today"', () => page.click(today), { sort: 'requests_today', order: 'desc' });
+  checkEq('"Today" header: aria-sort descending', await ariaSort(page, 'requests_today'), 'descending');
+  const asc = await listStep(page, 'click "Today" again', () => page.click(today),
+    { sort: 'requests_today', order: 'asc' });
+  checkEq('"Today" header: aria-sort ascending', await ariaSort(page, 'requests_today'), 'ascending');
+  const counts = asc.json.keys.map((k) => k.requests_today);
+  checkEq('ascending by requests today', counts, [...counts].sort((x, y) => x - y));
+  await listStep(page, 'click "Name"', () => page.click('button.sort[data-sort="name"]'),
+    { sort: 'name', order: 'asc' });
+  checkEq('"Today" header: no aria-sort once another column sorts', await ariaSort(page, 'requests_today'), null);
+
+  const revoked = await listStep(page, 'status revoked',
+    () => page.selectOption('#status-filter', 'revoked'), { status: 'revoked', sort: 'name' });
+  check('status revoked: only revoked keys', revoked.json.keys.length > 0 &&
+    revoked.json.keys.every((k) => k.status === 'revoked'), revoked.json.keys.length, '> 0, all revoked');
+  await listStep(page, 'status any', () => page.selectOption('#status-filter', ''), { sort: 'name' });
+  const dormant = await listStep(page, 'dormant only',
+    () => page.selectOption('#dormant-filter', 'true'), { dormant: 'true' });
+  const badges = await page.$$eval('#keys-table tbody tr', (trs) =>
+    trs.map((tr) => !!tr.querySelector('.badge.dormant')));
+  check('dormant only: every row has the dormant badge', badges.length === dormant.json.keys.length &&
+    badges.length > 0 && badges.every(Boolean), badges, 'all true');
+  await listStep(page, 'all keys', () => page.selectOption('#dormant-filter', ''), { sort: 'name' });
+
+  const found = await listStep(page, 'search "Check"', () => page.fill('#key-search', 'Check'), { q: 'Check' });
+  checkEq('search "Check": the checkout key only', found.json.keys.map((k) => k.name), ['checkout-web']);
+  await listStep(page, 'search cleared', () => page.fill('#key-search', ''), { sort: 'name' });
+}
+
 // --- one key -----------------------------------------------------------------
 
 async function cardTexts(page) {
@@ -316,6 +404,10 @@ async function run() {
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
     await checkNarrow(page);
     await checkRanges(page);
+    await page.click('#back');
+    await page.waitForSelector('#keys-view:not([hidden])', { timeout: TIMEOUT_MS });
+    await shownIds(page);
+    await checkListControls(page, list);
 
     const errors = report.console.filter((m) => m.type === 'error' || m.type === 'pageerror');
     checkEq('no console errors (CSP violations included)', errors, []);

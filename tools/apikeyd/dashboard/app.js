@@ -18,6 +18,11 @@ const STORE_ORG = 'apikey.dashboard.org';
 const STORE_KEY = 'apikey.dashboard.key';
 const STATUSES = ['active', 'expired', 'revoked'];
 const SVG_NS = 'http://www.w3.org/2000/svg';
+const PAGE_SIZE = 50;
+const SEARCH_DELAY_MS = 300;
+// The API's default order per sort: activity sorts busiest / latest first.
+const DEFAULT_ORDER = { created_at: 'asc', name: 'asc', last_used_at: 'desc',
+                        requests_today: 'desc', requests_this_month: 'desc' };
 
 const state = {
   org: '',
@@ -27,6 +32,13 @@ const state = {
   custom: { from: '', to: '' },
   seq: 0,            // the latest request; older answers are dropped
   shown: null,       // {data, range} of the key on screen, for redraws
+  // The key list's sort, filters and page: cursors[i] starts page i
+  // ('' = the first), so "Previous" goes back without the API's help.
+  list: { sort: 'created_at', order: 'asc', status: '', dormant: '', q: '',
+          cursors: [''], page: 0, next: null },
+  // Last answer per URL with its ETag: a refresh that changed nothing is a
+  // 304 and reuses it.
+  cache: new Map(),
 };
 
 // --- DOM helpers -----------------------------------------------------------
@@ -125,6 +137,7 @@ function saveSession(org, key) {
 
 function forgetKey() {
   state.key = '';
+  state.cache.clear();
   sessionStorage.removeItem(STORE_KEY);
   byId('admin-key').value = '';
 }
@@ -157,11 +170,15 @@ function apiErrorMessage(status, body) {
 
 async function apiGet(path, params) {
   const query = new URLSearchParams(params || {}).toString();
+  const url = path + (query ? '?' + query : '');
+  const cached = state.cache.get(url);
+  const headers = { 'Authorization': 'Bearer ' + state.key,
+                    'Accept': 'application/json' };
+  if (cached) headers['If-None-Match'] = cached.etag;
   let res;
   try {
-    res = await fetch(path + (query ? '?' + query : ''), {
-      headers: { 'Authorization': 'Bearer ' + state.key,
-                 'Accept': 'application/json' },
+    res = await fetch(url, {
+      headers,
       cache: 'no-store',
       credentials: 'omit',
       referrerPolicy: 'no-referrer',
@@ -169,9 +186,12 @@ async function apiGet(path, params) {
   } catch (e) {
     throw new ApiError(0, 'Cannot reach apikeyd (' + e.message + ').');
   }
+  if (res.status === 304 && cached) return cached.body;
   const body = await res.json().catch(() => null);
   if (!res.ok) throw new ApiError(res.status, apiErrorMessage(res.status, body));
   if (!body) throw new ApiError(res.status, 'apikeyd sent an unreadable answer.');
+  const etag = res.headers.get('ETag');
+  if (etag) state.cache.set(url, { etag, body });
   return body;
 }
 
@@ -288,10 +308,27 @@ function completeNote(iso) {
   return 'Data complete until ' + fmtTimeSeconds(iso) + '; later requests may still be on their way.';
 }
 
+function renderSortHeaders() {
+  for (const button of document.querySelectorAll('#keys-table th button.sort')) {
+    const th = button.parentElement;
+    if (button.dataset.sort === state.list.sort) {
+      th.setAttribute('aria-sort', state.list.order === 'asc' ? 'ascending' : 'descending');
+    } else {
+      th.removeAttribute('aria-sort');
+    }
+  }
+}
+
 function renderKeyList(data) {
+  const list = state.list;
   const tbody = byId('keys-table').tBodies[0];
   tbody.replaceChildren(...data.keys.map(keyRow));
   show('keys-empty', data.keys.length === 0);
+  list.next = data.next_cursor || null;
+  byId('keys-prev').disabled = list.page === 0;
+  byId('keys-next').disabled = !list.next;
+  setText('keys-page', 'Page ' + (list.page + 1));
+  renderSortHeaders();
   setText('keys-complete', completeNote(data.complete_until));
   byId('keys-complete').dataset.value = data.complete_until || '';
   showOnly('keys');
@@ -301,11 +338,75 @@ function dormantDays() {
   return byId('dormant-days').value || '30';
 }
 
+function listParams() {
+  const list = state.list;
+  const params = { dormant_days: dormantDays(), limit: String(PAGE_SIZE),
+                   sort: list.sort, order: list.order };
+  if (list.status) params.status = list.status;
+  if (list.dormant) params.dormant = list.dormant;
+  if (list.q) params.q = list.q;
+  const cursor = list.cursors[list.page];
+  if (cursor) params.cursor = cursor;
+  return params;
+}
+
 async function loadKeyList() {
   return runLoad(async (isCurrent) => {
-    const data = await apiGet(orgPath() + '/usage', { dormant_days: dormantDays() });
+    const data = await apiGet(orgPath() + '/usage', listParams());
     if (isCurrent()) renderKeyList(data);
   });
+}
+
+// Any change of sort or filter starts again at the first page.
+function reloadFromFirstPage() {
+  state.list.cursors = [''];
+  state.list.page = 0;
+  loadKeyList();
+}
+
+function onSortClick(event) {
+  const button = event.target.closest('button.sort');
+  if (!button) return;
+  const list = state.list;
+  const sort = button.dataset.sort;
+  if (list.sort === sort) {
+    list.order = list.order === 'asc' ? 'desc' : 'asc';
+  } else {
+    list.sort = sort;
+    list.order = DEFAULT_ORDER[sort];
+  }
+  reloadFromFirstPage();
+}
+
+function onFilterChange() {
+  state.list.status = byId('status-filter').value;
+  state.list.dormant = byId('dormant-filter').value;
+  reloadFromFirstPage();
+}
+
+let searchTimer = null;
+function onSearchInput() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    const q = byId('key-search').value.trim();
+    if (q === state.list.q) return;
+    state.list.q = q;
+    reloadFromFirstPage();
+  }, SEARCH_DELAY_MS);
+}
+
+function onNextPage() {
+  const list = state.list;
+  if (!list.next) return;
+  list.cursors[list.page + 1] = list.next;
+  list.page++;
+  loadKeyList();
+}
+
+function onPrevPage() {
+  if (state.list.page === 0) return;
+  state.list.page--;
+  loadKeyList();
 }
 
 // --- one key ---------------------------------------------------------------
@@ -613,6 +714,8 @@ async function onSignIn(event) {
   }
   state.org = org;
   state.key = key;
+  state.list.cursors = [''];
+  state.list.page = 0;
   if (!(await loadKeyList())) {
     state.key = '';             // not kept: the form still holds it for a retry
     return;
@@ -670,7 +773,13 @@ function init() {
   byId('login').addEventListener('submit', onSignIn);
   byId('forget-key').addEventListener('click', onForget);
   byId('refresh-keys').addEventListener('click', loadKeyList);
-  byId('dormant-days').addEventListener('change', loadKeyList);
+  byId('dormant-days').addEventListener('change', reloadFromFirstPage);
+  byId('keys-table').tHead.addEventListener('click', onSortClick);
+  byId('status-filter').addEventListener('change', onFilterChange);
+  byId('dormant-filter').addEventListener('change', onFilterChange);
+  byId('key-search').addEventListener('input', onSearchInput);
+  byId('keys-next').addEventListener('click', onNextPage);
+  byId('keys-prev').addEventListener('click', onPrevPage);
   byId('refresh-key').addEventListener('click', () => loadKey(currentKeyId()));
   byId('range-picker').addEventListener('click', onRangeClick);
   byId('apply-range').addEventListener('click', onApplyCustom);
