@@ -71,9 +71,11 @@ until (wrk_finished($h)) {
     my $m = eval { apikeyd_metrics() } or next;
     my $now = [ time, ingest_totals($m), $m->{apikey_agg_requests_committed_total} ];
     $peak = $now->[1]{depth} if $now->[1]{depth} > $peak;
-    push @series, sprintf '%.0f s: %d raw rows/s, %d aggregated/s, depth %d, drops %d',
-        $now->[0] - $h->{t0},
+    push @series, sprintf '%.0f s: %d raw rows/s (last batch %.0f ms), %d aggregated/s, '
+                          . 'depth %d, drops %d',
+        $now->[0] - $h->{t0}, 
         ($now->[1]{committed} - $prev->[1]{committed}) / ($now->[0] - $prev->[0]),
+        1000 * ($m->{apikey_batch_duration_seconds} // 0),
         ($now->[2] - $prev->[2]) / ($now->[0] - $prev->[0]), $now->[1]{depth},
         $now->[1]{drops} - $in0->{drops};
     $prev = $now;
