@@ -6,14 +6,119 @@ namespace apikey {
 
 namespace {
 
-// A length is stored in a uint8_t.
-constexpr std::size_t kMaxTruncatedLen = 255;
 // The longest UTF-8 sequence has three continuation bytes.
 constexpr std::size_t kMaxContinuationBytes = 3;
+
+// The flags byte. kRecordMark tells a record from the 0x00 that ends a
+// chunk; the other bits say which fields repeat the previous record's.
+constexpr unsigned kRecordMark = 0x80;
+constexpr unsigned kSameKey = 0x01;
+constexpr unsigned kSameIp = 0x02;
+constexpr unsigned kSameMethod = 0x04;
+constexpr unsigned kSameEndpoint = 0x08;
+constexpr unsigned kSameUserAgent = 0x10;
+constexpr unsigned kAbsoluteTime = 0x20;
+constexpr unsigned kKnownFlags = kRecordMark | kSameKey | kSameIp |
+                                 kSameMethod | kSameEndpoint | kSameUserAgent |
+                                 kAbsoluteTime;
+constexpr std::size_t kIdBytes = 32;  // key_id + org_id
 
 inline bool is_continuation(char c) noexcept {
     return (static_cast<unsigned char>(c) & 0xC0) == 0x80;
 }
+
+inline std::size_t varint_size(std::uint64_t v) noexcept {
+    std::size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        ++n;
+    }
+    return n;
+}
+
+inline unsigned char* put_varint(unsigned char* p, std::uint64_t v) noexcept {
+    while (v >= 0x80) {
+        *p++ = static_cast<unsigned char>(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = static_cast<unsigned char>(v);
+    return p;
+}
+
+inline std::uint64_t zigzag(std::int64_t v) noexcept {
+    return (static_cast<std::uint64_t>(v) << 1) ^
+           static_cast<std::uint64_t>(v >> 63);
+}
+
+inline std::int64_t unzigzag(std::uint64_t v) noexcept {
+    return static_cast<std::int64_t>(v >> 1) ^ -static_cast<std::int64_t>(v & 1);
+}
+
+inline std::size_t ip_bytes(IpFamily family) noexcept {
+    switch (family) {
+    case IpFamily::kV4:
+        return 4;
+    case IpFamily::kV6:
+        return 16;
+    default:
+        return 0;
+    }
+}
+
+inline std::string_view cut(std::string_view text, std::size_t cap) noexcept {
+    return text.size() <= cap ? text
+                              : text.substr(0, truncated_len(text, cap));
+}
+
+// A text field as last written at chunk[at]: length (one byte, or a
+// varint for the user agent) and bytes.
+inline bool same_text(const unsigned char* chunk, std::uint32_t at,
+                      std::string_view text, bool varint_len) noexcept {
+    if (at == 0) return false;
+    std::size_t len = chunk[at];
+    std::size_t skip = 1;
+    if (varint_len && len >= 0x80) {
+        len = (len & 0x7f) | static_cast<std::size_t>(chunk[at + 1]) << 7;
+        skip = 2;
+    }
+    return len == text.size() &&
+           std::memcmp(chunk + at + skip, text.data(), len) == 0;
+}
+
+// A bounded reader over untrusted bytes.
+struct Reader {
+    const unsigned char* p;
+    const unsigned char* end;
+    bool ok = true;
+
+    std::uint8_t u8() noexcept {
+        if (p >= end) {
+            ok = false;
+            return 0;
+        }
+        return *p++;
+    }
+    std::uint64_t varint() noexcept {
+        std::uint64_t v = 0;
+        for (unsigned shift = 0; shift < 64; shift += 7) {
+            const std::uint8_t b = u8();
+            if (!ok) return 0;
+            v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
+            if ((b & 0x80) == 0) return v;
+        }
+        ok = false;  // longer than ten bytes
+        return 0;
+    }
+    // n bytes into dst, at most cap (a longer field is corrupt).
+    void bytes(void* dst, std::size_t n, std::size_t cap) noexcept {
+        if (n > cap || static_cast<std::size_t>(end - p) < n) {
+            ok = false;
+            return;
+        }
+        if (n > 0) std::memcpy(dst, p, n);
+        p += n;
+    }
+};
 
 }  // namespace
 
@@ -36,15 +141,11 @@ const char* auth_result_name(AuthResult r) noexcept {
     case AuthResult::kUnavailable:
         return "unavailable";
     }
-    // A record from a corrupt or newer ring; not a real result.
+    // A record from a corrupt or newer stream; not a real result.
     return "invalid";
 }
 
-std::uint8_t copy_cut(char* dst, std::size_t cap,
-                      std::string_view text) noexcept {
-    if (cap > kMaxTruncatedLen) {
-        cap = kMaxTruncatedLen;
-    }
+std::size_t truncated_len(std::string_view text, std::size_t cap) noexcept {
     std::size_t n = text.size() < cap ? text.size() : cap;
     if (n < text.size()) {
         // text[n] is the first byte left out: if it continues a sequence,
@@ -59,10 +160,202 @@ std::uint8_t copy_cut(char* dst, std::size_t cap,
             n -= back;
         }
     }
+    return n;
+}
+
+std::size_t copy_cut(char* dst, std::size_t cap,
+                     std::string_view text) noexcept {
+    const std::size_t n = truncated_len(text, cap);
     if (n > 0) {
         std::memcpy(dst, text.data(), n);
     }
-    return static_cast<std::uint8_t>(n);
+    return n;
+}
+
+UsageFields usage_fields_of(const UsageRecord& r) noexcept {
+    UsageFields f;
+    f.result = r.result;
+    f.ip_family = r.ip_family;
+    f.status = r.status;
+    f.time_us = r.time_us;
+    f.response_time_us = r.response_time_us;
+    f.bytes_sent = r.bytes_sent;
+    f.key_id = r.key_id;
+    f.org_id = r.org_id;
+    f.ip = r.ip;
+    f.method = r.method_view();
+    f.endpoint = r.endpoint_view();
+    f.user_agent = r.user_agent_view();
+    return f;
+}
+
+std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
+                                std::size_t chunk_size, const UsageFields& f,
+                                RecordEncodeContext* ctx) noexcept {
+    const std::string_view method = cut(f.method, kUsageMethodLen);
+    const std::string_view endpoint = cut(f.endpoint, kUsageEndpointLen);
+    const std::string_view agent = cut(f.user_agent, kUsageUserAgentLen);
+    const IpFamily family = ip_bytes(f.ip_family) ? f.ip_family
+                                                   : IpFamily::kNone;
+    const std::size_t ip_len = ip_bytes(family);
+
+    unsigned flags = kRecordMark | (ctx->started ? 0 : kAbsoluteTime);
+    if (ctx->key != 0 && std::memcmp(chunk + ctx->key, f.key_id, 16) == 0 &&
+        std::memcmp(chunk + ctx->key + 16, f.org_id, 16) == 0) {
+        flags |= kSameKey;
+    }
+    if (ctx->ip != 0 && chunk[ctx->ip] == static_cast<unsigned char>(family) &&
+        (ip_len == 0 || std::memcmp(chunk + ctx->ip + 1, f.ip, ip_len) == 0)) {
+        flags |= kSameIp;
+    }
+    if (same_text(chunk, ctx->method, method, false)) flags |= kSameMethod;
+    if (same_text(chunk, ctx->endpoint, endpoint, false)) {
+        flags |= kSameEndpoint;
+    }
+    if (same_text(chunk, ctx->user_agent, agent, true)) {
+        flags |= kSameUserAgent;
+    }
+
+    const std::int64_t base = ctx->started ? ctx->time_us : 0;
+    const std::uint64_t delta =
+        zigzag(static_cast<std::int64_t>(static_cast<std::uint64_t>(f.time_us) -
+                                         static_cast<std::uint64_t>(base)));
+    std::size_t body = 1 + varint_size(f.status) + varint_size(delta) +
+                       varint_size(f.response_time_us) +
+                       varint_size(f.bytes_sent);
+    if (!(flags & kSameKey)) body += kIdBytes;
+    if (!(flags & kSameIp)) body += 1 + ip_len;
+    if (!(flags & kSameMethod)) body += 1 + method.size();
+    if (!(flags & kSameEndpoint)) body += 1 + endpoint.size();
+    if (!(flags & kSameUserAgent)) body += varint_size(agent.size()) + agent.size();
+    const std::size_t total = 1 + varint_size(body) + body;
+    if (offset >= chunk_size || chunk_size - offset < total) {
+        return 0;
+    }
+
+    unsigned char* p = chunk + offset;
+    *p++ = static_cast<unsigned char>(flags);
+    p = put_varint(p, body);
+    *p++ = static_cast<unsigned char>(f.result);
+    p = put_varint(p, f.status);
+    p = put_varint(p, delta);
+    p = put_varint(p, f.response_time_us);
+    p = put_varint(p, f.bytes_sent);
+    ctx->started = true;
+    ctx->time_us = f.time_us;
+    const auto at = [&] { return static_cast<std::uint32_t>(p - chunk); };
+    if (!(flags & kSameKey)) {
+        ctx->key = at();
+        std::memcpy(p, f.key_id, 16);
+        std::memcpy(p + 16, f.org_id, 16);
+        p += kIdBytes;
+    }
+    if (!(flags & kSameIp)) {
+        ctx->ip = at();
+        *p++ = static_cast<unsigned char>(family);
+        if (ip_len > 0) std::memcpy(p, f.ip, ip_len);
+        p += ip_len;
+    }
+    if (!(flags & kSameMethod)) {
+        ctx->method = at();
+        *p++ = static_cast<unsigned char>(method.size());
+        if (!method.empty()) std::memcpy(p, method.data(), method.size());
+        p += method.size();
+    }
+    if (!(flags & kSameEndpoint)) {
+        ctx->endpoint = at();
+        *p++ = static_cast<unsigned char>(endpoint.size());
+        if (!endpoint.empty()) std::memcpy(p, endpoint.data(), endpoint.size());
+        p += endpoint.size();
+    }
+    if (!(flags & kSameUserAgent)) {
+        ctx->user_agent = at();
+        p = put_varint(p, agent.size());
+        if (!agent.empty()) std::memcpy(p, agent.data(), agent.size());
+        p += agent.size();
+    }
+    return total;
+}
+
+DecodeResult decode_usage_record(const unsigned char* data, std::size_t offset,
+                                 std::size_t limit, RecordDecodeContext* ctx,
+                                 UsageRecord* out,
+                                 std::size_t* consumed) noexcept {
+    if (offset >= limit) return DecodeResult::kCorrupt;
+    Reader r{data + offset, data + limit};
+    const unsigned flags = r.u8();
+    if (flags == 0) return DecodeResult::kEnd;
+    const unsigned same = flags & ~(kRecordMark | kAbsoluteTime);
+    const bool refers = same != 0 || (flags & kAbsoluteTime) == 0;
+    if ((flags & ~kKnownFlags) != 0 || (flags & kRecordMark) == 0 ||
+        (refers && !ctx->has_previous)) {
+        return DecodeResult::kCorrupt;
+    }
+    const std::uint64_t body = r.varint();
+    if (!r.ok || body > kUsageRecordMaxBytes ||
+        body > static_cast<std::size_t>(r.end - r.p)) {
+        return DecodeResult::kCorrupt;
+    }
+    r.end = r.p + body;  // a record is never read past its own end
+
+    const UsageRecord& prev = ctx->previous;
+    UsageRecord& o = *out;
+    o.result = static_cast<AuthResult>(r.u8());
+    const std::uint64_t status = r.varint();
+    o.status = static_cast<std::uint16_t>(status > 0xffff ? 0xffff : status);
+    const std::int64_t base = (flags & kAbsoluteTime) ? 0 : prev.time_us;
+    o.time_us = static_cast<std::int64_t>(
+        static_cast<std::uint64_t>(base) +
+        static_cast<std::uint64_t>(unzigzag(r.varint())));
+    o.response_time_us = r.varint();
+    o.bytes_sent = r.varint();
+    if (flags & kSameKey) {
+        std::memcpy(o.key_id, prev.key_id, 16);
+        std::memcpy(o.org_id, prev.org_id, 16);
+    } else {
+        r.bytes(o.key_id, 16, 16);
+        r.bytes(o.org_id, 16, 16);
+    }
+    if (flags & kSameIp) {
+        o.ip_family = prev.ip_family;
+        std::memcpy(o.ip, prev.ip, sizeof o.ip);
+    } else {
+        o.ip_family = static_cast<IpFamily>(r.u8());
+        const std::size_t n = ip_bytes(o.ip_family);
+        if (n == 0 && o.ip_family != IpFamily::kNone) r.ok = false;
+        std::memset(o.ip, 0, sizeof o.ip);
+        r.bytes(o.ip, n, sizeof o.ip);
+    }
+    if (flags & kSameMethod) {
+        o.method_len = prev.method_len;
+        std::memcpy(o.method, prev.method, prev.method_len);
+    } else {
+        o.method_len = r.u8();
+        r.bytes(o.method, o.method_len, kUsageMethodLen);
+    }
+    if (flags & kSameEndpoint) {
+        o.endpoint_len = prev.endpoint_len;
+        std::memcpy(o.endpoint, prev.endpoint, prev.endpoint_len);
+    } else {
+        o.endpoint_len = r.u8();
+        r.bytes(o.endpoint, o.endpoint_len, kUsageEndpointLen);
+    }
+    if (flags & kSameUserAgent) {
+        o.user_agent_len = prev.user_agent_len;
+        std::memcpy(o.user_agent, prev.user_agent, prev.user_agent_len);
+    } else {
+        const std::uint64_t n = r.varint();
+        o.user_agent_len =
+            static_cast<std::uint16_t>(n > kUsageUserAgentLen ? 0 : n);
+        r.bytes(o.user_agent, n, kUsageUserAgentLen);
+    }
+    // Every byte of the body is a field: a body longer than its fields is
+    // as corrupt as one too short.
+    if (!r.ok || r.p != r.end) return DecodeResult::kCorrupt;
+    *consumed = static_cast<std::size_t>(r.end - (data + offset));
+    ctx->previous = o;
+    ctx->has_previous = true;
+    return DecodeResult::kRecord;
 }
 
 }  // namespace apikey

@@ -27,24 +27,30 @@ constexpr std::uint32_t kRetired =
 constexpr std::size_t kSlotsOffset = kUsageHeaderSize;
 
 static_assert(kUsageHeaderSize % kCacheLine == 0);
-static_assert(sizeof(UsageSlot) % alignof(UsageRecord) == 0,
-              "rings follow the slots and must stay aligned");
 static_assert(offsetof(UsageSlot, head) == kCacheLine);
 static_assert(offsetof(UsageSlot, tail) == 2 * kCacheLine);
 static_assert(offsetof(UsageHeader, superseded) % kCacheLine == 0);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::int64_t>::is_always_lock_free);
-static_assert(std::is_trivially_copyable_v<UsageRecord>);
 
-std::uint64_t floor_power_of_two(std::uint64_t v) noexcept {
-    if (v == 0) {
-        return 0;
-    }
-    return std::uint64_t{1} << (63 - __builtin_clzll(v));
+constexpr std::size_t kPage = 4096;
+
+// Header and slot descriptors, up to the page the stream area starts on.
+std::size_t fixed_size(std::uint32_t slot_count) noexcept {
+    const std::size_t n =
+        kUsageHeaderSize + std::size_t{slot_count} * sizeof(UsageSlot);
+    return (n + kPage - 1) & ~(kPage - 1);
 }
 
-std::size_t fixed_size(std::uint32_t slot_count) noexcept {
-    return kUsageHeaderSize + std::size_t{slot_count} * sizeof(UsageSlot);
+// The file a layout of `chunk_count` chunks needs; 0 if none is valid.
+std::size_t file_size_for(std::uint32_t slot_count,
+                          std::uint64_t chunk_count) noexcept {
+    if (chunk_count == 0 || chunk_count > kMaxStreamChunks) {
+        return 0;
+    }
+    const StreamLayout l =
+        stream_layout(slot_count, static_cast<std::uint32_t>(chunk_count));
+    return l.size == 0 ? 0 : fixed_size(slot_count) + l.size;
 }
 
 std::int64_t realtime_us() noexcept {
@@ -77,18 +83,26 @@ SegmentStatus validate(const MappedFile& map, const char* path,
         return SegmentStatus::kBadSize;
     }
     if (h->layout_version != kUsageLayoutVersion ||
-        h->record_size != sizeof(UsageRecord)) {
-        describe_error(error, "usage segment", path, "unsupported layout version or record size");
+        h->chunk_size != kStreamChunkSize) {
+        // Never read as ours: another layout's bytes mean other things.
+        char why[160];
+        std::snprintf(why, sizeof why,
+                      "layout version %u (chunk size %u), this build reads "
+                      "version %u (chunk size %zu); left to its writer",
+                      static_cast<unsigned>(h->layout_version),
+                      static_cast<unsigned>(h->chunk_size),
+                      static_cast<unsigned>(kUsageLayoutVersion),
+                      kStreamChunkSize);
+        describe_error(error, "usage segment", path, why);
         return SegmentStatus::kBadVersion;
     }
     if (h->file_size != map.size()) {
         describe_error(error, "usage segment", path, "header and file size disagree");
         return SegmentStatus::kBadSize;
     }
-    const UsageLayout layout = usage_layout_for(map.size(), h->slot_count);
-    if (layout.ring_capacity == 0 || layout.ring_capacity != h->ring_capacity ||
-        layout.file_size != map.size()) {
-        describe_error(error, "usage segment", path, "slot count, ring capacity and size disagree");
+    if (h->slot_count == 0 || h->slot_count > kMaxUsageSlots ||
+        file_size_for(h->slot_count, h->chunk_count) != map.size()) {
+        describe_error(error, "usage segment", path, "slot count, chunk count and size disagree");
         return SegmentStatus::kBadSize;
     }
     return SegmentStatus::kOk;
@@ -97,7 +111,7 @@ SegmentStatus validate(const MappedFile& map, const char* path,
 bool same_layout(const MappedFile& map, const UsageLayout& layout) noexcept {
     const auto* h = static_cast<const UsageHeader*>(map.data());
     return h->slot_count == layout.slot_count &&
-           h->ring_capacity == layout.ring_capacity &&
+           h->chunk_count == layout.chunk_count &&
            h->file_size == layout.file_size &&
            h->superseded.load(std::memory_order_acquire) == 0;
 }
@@ -114,16 +128,12 @@ UsageLayout usage_layout_for(std::size_t total_size,
     if (total_size <= fixed) {
         return none;
     }
-    const std::size_t per_ring =
-        (total_size - fixed) / slot_count / sizeof(UsageRecord);
-    const std::uint64_t cap = floor_power_of_two(per_ring);
-    if (cap == 0) {
+    const std::uint32_t chunks =
+        stream_chunks_fitting(total_size - fixed, slot_count);
+    if (chunks == 0) {
         return none;
     }
-    // No overflow: slot_count * cap records fit in total_size - fixed.
-    return {slot_count, cap,
-            fixed + std::size_t{slot_count} * static_cast<std::size_t>(cap) *
-                        sizeof(UsageRecord)};
+    return {slot_count, chunks, file_size_for(slot_count, chunks)};
 }
 
 // --- mapping ----------------------------------------------------------------
@@ -131,9 +141,9 @@ UsageLayout usage_layout_for(std::size_t total_size,
 UsageSegment::UsageSegment(UsageSegment&& other) noexcept
     : header_(std::exchange(other.header_, nullptr)),
       slots_(std::exchange(other.slots_, nullptr)),
-      rings_(std::exchange(other.rings_, nullptr)),
       slot_count_(std::exchange(other.slot_count_, 0)),
-      capacity_(std::exchange(other.capacity_, 0)),
+      stream_(std::exchange(other.stream_, UsageStream{})),
+      corrupt_(std::exchange(other.corrupt_, 0)),
       map_(std::move(other.map_)) {}
 
 UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
@@ -141,9 +151,9 @@ UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
         reset();
         header_ = std::exchange(other.header_, nullptr);
         slots_ = std::exchange(other.slots_, nullptr);
-        rings_ = std::exchange(other.rings_, nullptr);
         slot_count_ = std::exchange(other.slot_count_, 0);
-        capacity_ = std::exchange(other.capacity_, 0);
+        stream_ = std::exchange(other.stream_, UsageStream{});
+        corrupt_ = std::exchange(other.corrupt_, 0);
         map_ = std::move(other.map_);
     }
     return *this;
@@ -152,9 +162,9 @@ UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
 void UsageSegment::reset() noexcept {
     header_ = nullptr;
     slots_ = nullptr;
-    rings_ = nullptr;
     slot_count_ = 0;
-    capacity_ = 0;
+    stream_ = UsageStream{};
+    corrupt_ = 0;
     map_.reset();
 }
 
@@ -164,9 +174,10 @@ void UsageSegment::adopt(MappedFile&& map) noexcept {
     auto* base = static_cast<unsigned char*>(map_.data());
     header_ = reinterpret_cast<UsageHeader*>(base);
     slot_count_ = header_->slot_count;
-    capacity_ = header_->ring_capacity;
     slots_ = reinterpret_cast<UsageSlot*>(base + kSlotsOffset);
-    rings_ = base + fixed_size(slot_count_);
+    stream_.map(base + fixed_size(slot_count_),
+                stream_layout(slot_count_, static_cast<std::uint32_t>(
+                                               header_->chunk_count)));
 }
 
 SegmentStatus UsageSegment::attach(const char* path,
@@ -195,7 +206,7 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
     }
     const UsageLayout want =
         usage_layout_for(layout.file_size, layout.slot_count);
-    if (want.ring_capacity == 0 || want.ring_capacity != layout.ring_capacity ||
+    if (want.chunk_count == 0 || want.chunk_count != layout.chunk_count ||
         want.file_size != layout.file_size) {
         describe_error(error, "usage segment", path, "invalid layout (use usage_layout_for)");
         return SegmentStatus::kBadSize;
@@ -234,14 +245,20 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
         return status;
     }
     // The file is zero-filled: every slot is kFree with head == tail == 0
-    // and generation 0. Rings are not touched so the file stays sparse.
+    // and generation 0. Chunks are not touched so the file stays sparse.
     auto* h = new (fresh.data()) UsageHeader();
     h->layout_version = kUsageLayoutVersion;
-    h->record_size = sizeof(UsageRecord);
+    h->chunk_size = kStreamChunkSize;
     h->slot_count = layout.slot_count;
-    h->ring_capacity = layout.ring_capacity;
+    h->chunk_count = layout.chunk_count;
     h->file_size = layout.file_size;
     h->created_at_us = realtime_us();
+    UsageStream stream;
+    stream.map(static_cast<unsigned char*>(fresh.data()) +
+                   fixed_size(layout.slot_count),
+               stream_layout(layout.slot_count,
+                             static_cast<std::uint32_t>(layout.chunk_count)));
+    stream.format();
     // Magic last, with release: whoever reads it (acquire) sees the rest.
     __atomic_store_n(&h->magic, kUsageMagic, __ATOMIC_RELEASE);
 
@@ -287,12 +304,6 @@ const UsageSlot& UsageSegment::slot(std::uint32_t i) const noexcept {
     return slots_[i];
 }
 
-UsageRecord* UsageSegment::ring(std::uint32_t slot) const noexcept {
-    return reinterpret_cast<UsageRecord*>(
-        rings_ + std::size_t{slot} * static_cast<std::size_t>(capacity_) *
-                     sizeof(UsageRecord));
-}
-
 // --- producer (nginx worker) ---------------------------------------------
 
 int UsageSegment::claim_slot(std::int32_t pid, std::int64_t now_us) noexcept {
@@ -312,7 +323,6 @@ int UsageSegment::claim_slot(std::int32_t pid, std::int64_t now_us) noexcept {
             now_us > 0 ? static_cast<std::uint64_t>(now_us) : 0;
         s.generation.store(next > now ? next : now, std::memory_order_relaxed);
         s.claimed_at_us.store(now_us, std::memory_order_relaxed);
-        s.cached_tail = s.tail.load(std::memory_order_acquire);
         // Last, release: a non-zero pid means the claim is complete.
         s.owner_pid.store(pid, std::memory_order_release);
         return static_cast<int>(i);
@@ -328,43 +338,22 @@ void UsageSegment::retire_slot(std::uint32_t slot) noexcept {
     slots_[slot].state.store(kRetired, std::memory_order_release);
 }
 
-UsageRecord* UsageSegment::reserve(std::uint32_t slot) noexcept {
+bool UsageSegment::append(std::uint32_t slot, StreamWriter* writer,
+                          const UsageFields& fields) noexcept {
     if (slot >= slot_count_) {
         if (header_ != nullptr) {
             header_->unslotted_drops.fetch_add(1, std::memory_order_relaxed);
         }
-        return nullptr;
-    }
-    UsageSlot& s = slots_[slot];
-    const std::uint64_t head = s.head.load(std::memory_order_relaxed);
-    if (head - s.cached_tail >= capacity_) {
-        s.cached_tail = s.tail.load(std::memory_order_acquire);
-        if (head - s.cached_tail >= capacity_) {
-            s.dropped.fetch_add(1, std::memory_order_relaxed);
-            return nullptr;
-        }
-    }
-    return ring(slot) + (head & (capacity_ - 1));
-}
-
-void UsageSegment::publish(std::uint32_t slot, UsageRecord* record) noexcept {
-    UsageSlot& s = slots_[slot];
-    const std::uint64_t head = s.head.load(std::memory_order_relaxed);
-    record->slot = slot;
-    record->generation = s.generation.load(std::memory_order_relaxed);
-    record->sequence = head;
-    s.head.store(head + 1, std::memory_order_release);
-}
-
-bool UsageSegment::push(std::uint32_t slot,
-                        const UsageRecord& record) noexcept {
-    UsageRecord* dst = reserve(slot);
-    if (dst == nullptr) {
         return false;
     }
-    std::memcpy(dst, &record, sizeof(UsageRecord));
-    publish(slot, dst);
-    return true;
+    return stream_.append(slot, slots_[slot], writer, fields);
+}
+
+void UsageSegment::count_policy_skipped(std::uint32_t slot) noexcept {
+    if (slot < slot_count_) {
+        stream_.state(slot).policy_skipped.fetch_add(
+            1, std::memory_order_relaxed);
+    }
 }
 
 void UsageSegment::count_unrecorded(std::uint32_t slot,
@@ -380,37 +369,13 @@ void UsageSegment::count_unrecorded(std::uint32_t slot,
 // --- consumer (apikeyd) ----------------------------------------------------
 
 std::size_t UsageSegment::peek(std::uint32_t slot, std::uint64_t from,
-                               UsageRecord* out,
-                               std::size_t max) const noexcept {
-    if (slot >= slot_count_ || max == 0) {
+                               UsageRecord* out, std::size_t max,
+                               std::uint64_t* end) noexcept {
+    if (slot >= slot_count_) {
+        *end = from;
         return 0;
     }
-    const UsageSlot& s = slots_[slot];
-    const std::uint64_t tail = s.tail.load(std::memory_order_relaxed);
-    std::uint64_t head = s.head.load(std::memory_order_acquire);
-    // A sane producer never runs more than a ring ahead; a corrupt head
-    // must not make us read records twice over.
-    if (head - tail > capacity_) {
-        head = tail + capacity_;
-    }
-    if (from < tail) {
-        from = tail;
-    }
-    if (from >= head) {
-        return 0;
-    }
-    const std::uint64_t available = head - from;
-    const std::size_t n =
-        available < max ? static_cast<std::size_t>(available) : max;
-    const UsageRecord* r = ring(slot);
-    const std::size_t first = static_cast<std::size_t>(from & (capacity_ - 1));
-    const std::size_t run =
-        n < capacity_ - first ? n : static_cast<std::size_t>(capacity_ - first);
-    std::memcpy(out, r + first, run * sizeof(UsageRecord));
-    if (run < n) {
-        std::memcpy(out + run, r, (n - run) * sizeof(UsageRecord));
-    }
-    return n;
+    return stream_.read(slot, slots_[slot], from, out, max, end, &corrupt_);
 }
 
 void UsageSegment::commit(std::uint32_t slot, std::uint64_t position) noexcept {
@@ -426,8 +391,8 @@ void UsageSegment::commit(std::uint32_t slot, std::uint64_t position) noexcept {
     if (position <= tail) {
         return;
     }
-    // Release: the producer reuses these records only after it sees this.
     s.tail.store(position, std::memory_order_release);
+    stream_.release(slot, s);
 }
 
 bool UsageSegment::free_if_drained(std::uint32_t slot) noexcept {
@@ -442,6 +407,7 @@ bool UsageSegment::free_if_drained(std::uint32_t slot) noexcept {
         s.head.load(std::memory_order_acquire)) {
         return false;
     }
+    stream_.release_all(slot, s);
     // So that an owned slot never shows its previous (dead) owner's pid.
     s.owner_pid.store(0, std::memory_order_relaxed);
     std::uint32_t expected = kRetired;

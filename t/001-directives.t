@@ -554,11 +554,11 @@ qr/\[emerg\] "apikey_usage" directive is duplicate/
 
 
 
-=== TEST 47: a usage segment too small for one record per ring: nginx refuses to start and says why
+=== TEST 47: a usage segment too small for one chunk: nginx refuses to start and says why
 --- main_config
 worker_processes 1024;
 --- http_config
 apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
 --- must_die
 --- error_log eval
-qr{\[emerg\] .*apikey_usage "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": size too small for 4096 rings}
+qr{\[emerg\] .*apikey_usage "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": size too small for 4096 streams}

@@ -27,7 +27,8 @@ declare -A sources=(
     [key_format]="$s/key_format.cpp $s/key_hash.cpp"
     [api_params]="$d/api_params.cpp $d/api_auth.cpp $s/key_table.cpp $s/segment_file.cpp $s/runtime_dir.cpp $s/key_format.cpp $s/key_hash.cpp $s/scope.cpp $s/uuid.cpp"
     [sanitize_text]="$d/rollup.cpp $s/usage_record.cpp $s/uuid.cpp"
-    [spool_file]="$d/spool.cpp $d/rollup.cpp $s/usage_record.cpp $s/uuid.cpp $s/key_format.cpp"
+    [spool_file]="$d/spool.cpp $d/spool_frame.cpp $d/rollup.cpp $s/usage_record.cpp $s/uuid.cpp $s/key_format.cpp"
+    [usage_stream]="$s/usage_ring.cpp $s/usage_stream.cpp $s/usage_record.cpp $s/segment_file.cpp $s/runtime_dir.cpp"
     [key_table_attach]="$s/key_table.cpp $s/segment_file.cpp $s/runtime_dir.cpp $s/key_hash.cpp $s/uuid.cpp"
     [runtime_dir]="$s/segment_file.cpp $s/runtime_dir.cpp"
     [http_head]="$d/http_head.cpp"
@@ -37,7 +38,7 @@ libs=(-lcrypto)
 
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(key_format api_params sanitize_text
-                                     spool_file key_table_attach config_text
+                                     spool_file usage_stream key_table_attach config_text
                                      runtime_dir http_head)
 
 pids=()

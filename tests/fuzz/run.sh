@@ -22,7 +22,7 @@ jobs=${APIKEY_FUZZ_JOBS:-$(nproc)}
 
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(key_format api_params sanitize_text
-                                     spool_file key_table_attach config_text
+                                     spool_file usage_stream key_table_attach config_text
                                      runtime_dir http_head)
 
 # Largest input per target: a spool frame is 12 + 288 * n bytes, a key

@@ -136,15 +136,23 @@ std::string format_metrics(const KeyPublisherStats& keys,
              "Requests not recorded because their worker had no ring.",
              rings.unslotted_drops);
 
-    w.family("apikey_ring_depth", "gauge", "Records waiting in a ring.");
+    w.family("apikey_ring_depth", "gauge",
+             "Bytes of records waiting in a ring's stream.");
     for (const RingSnapshot& r : rings.rings) {
         w.sample("apikey_ring_depth", r.depth,
                  ring_labels(r) + ",state=\"" + state_name(r.state) + "\"");
     }
     w.family("apikey_ring_dropped_total", "counter",
-             "Records dropped because a ring was full.");
+             "Records dropped because the chunk pool was empty.");
     for (const RingSnapshot& r : rings.rings) {
         w.sample("apikey_ring_dropped_total", r.dropped, ring_labels(r));
+    }
+    w.family("apikey_raw_policy_skipped_total", "counter",
+             "Requests with a known key that apikey_usage_raw kept out of "
+             "the raw stream.");
+    for (const RingSnapshot& r : rings.rings) {
+        w.sample("apikey_raw_policy_skipped_total", r.policy_skipped,
+                 ring_labels(r));
     }
     w.family("apikey_requests_unrecorded_total", "counter",
              "Requests without a usable key, by result (counted, not "
