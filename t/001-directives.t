@@ -32,12 +32,15 @@ apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
 apikey off;
 apikey_header X-API-Key;
 apikey_hide_key on;
+apikey_usage_raw errors;
 --- config
 apikey_header X-Other-Key;
 apikey_hide_key off;
 apikey_usage off;
+apikey_usage_raw sample=1000000000;
 location /t.txt {
     apikey off;
+    apikey_usage_raw off;
     apikey_header x_key-2;
     apikey_hide_key on;
     apikey_usage off;
@@ -562,3 +565,57 @@ apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
 --- must_die
 --- error_log eval
 qr{\[emerg\] .*apikey_usage "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": size too small for 4096 streams}
+
+
+
+=== TEST 48: apikey_usage_raw with a value it does not know
+--- config
+location / { apikey_usage_raw sometimes; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sometimes": all, errors, sample=N or off/
+
+
+
+=== TEST 49: apikey_usage_raw sample=0
+--- config
+location / { apikey_usage_raw sample=0; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sample=0": sample=N takes N from 1 to 1000000000/
+
+
+
+=== TEST 50: apikey_usage_raw sample= (empty)
+--- config
+location /a { apikey_usage_raw sample=; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sample=": all, errors, sample=N or off/
+
+
+
+=== TEST 51: apikey_usage_raw sample=abc
+--- config
+location / { apikey_usage_raw sample=abc; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sample=abc": sample=N takes N from 1 to 1000000000/
+
+
+
+=== TEST 52: apikey_usage_raw sample above a billion
+--- config
+location / { apikey_usage_raw sample=1000000001; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sample=1000000001": sample=N takes N from 1 to 1000000000/
+
+
+
+=== TEST 53: apikey_usage_raw twice in one location
+--- config
+location / { apikey_usage_raw all; apikey_usage_raw off; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] "apikey_usage_raw" directive is duplicate/
