@@ -54,17 +54,6 @@ inline std::int64_t unzigzag(std::uint64_t v) noexcept {
     return static_cast<std::int64_t>(v >> 1) ^ -static_cast<std::int64_t>(v & 1);
 }
 
-inline std::size_t ip_bytes(IpFamily family) noexcept {
-    switch (family) {
-    case IpFamily::kV4:
-        return 4;
-    case IpFamily::kV6:
-        return 16;
-    default:
-        return 0;
-    }
-}
-
 inline std::string_view cut(std::string_view text, std::size_t cap) noexcept {
     return text.size() <= cap ? text
                               : text.substr(0, truncated_len(text, cap));
@@ -195,9 +184,9 @@ std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
     const std::string_view method = cut(f.method, kUsageMethodLen);
     const std::string_view endpoint = cut(f.endpoint, kUsageEndpointLen);
     const std::string_view agent = cut(f.user_agent, kUsageUserAgentLen);
-    const IpFamily family = ip_bytes(f.ip_family) ? f.ip_family
+    const IpFamily family = ip_address_bytes(f.ip_family) ? f.ip_family
                                                    : IpFamily::kNone;
-    const std::size_t ip_len = ip_bytes(family);
+    const std::size_t ip_len = ip_address_bytes(family);
 
     unsigned flags = kRecordMark | (ctx->started ? 0 : kAbsoluteTime);
     if (ctx->key != 0 && std::memcmp(chunk + ctx->key, f.key_id, 16) == 0 &&
@@ -321,25 +310,28 @@ DecodeResult decode_usage_record(const unsigned char* data, std::size_t offset,
         std::memcpy(o.ip, prev.ip, sizeof o.ip);
     } else {
         o.ip_family = static_cast<IpFamily>(r.u8());
-        const std::size_t n = ip_bytes(o.ip_family);
+        const std::size_t n = ip_address_bytes(o.ip_family);
         if (n == 0 && o.ip_family != IpFamily::kNone) r.ok = false;
         std::memset(o.ip, 0, sizeof o.ip);
         r.bytes(o.ip, n, sizeof o.ip);
     }
-    if (flags & kSameMethod) {
-        o.method_len = prev.method_len;
-        std::memcpy(o.method, prev.method, prev.method_len);
-    } else {
-        o.method_len = r.u8();
-        r.bytes(o.method, o.method_len, kUsageMethodLen);
-    }
-    if (flags & kSameEndpoint) {
-        o.endpoint_len = prev.endpoint_len;
-        std::memcpy(o.endpoint, prev.endpoint, prev.endpoint_len);
-    } else {
-        o.endpoint_len = r.u8();
-        r.bytes(o.endpoint, o.endpoint_len, kUsageEndpointLen);
-    }
+    // A text of at most `cap` bytes with a one-byte length, or the previous
+    // record's.
+    const auto text = [&](unsigned same_bit, std::uint8_t* len, char* dst,
+                          std::uint8_t prev_len, const char* prev_text,
+                          std::size_t cap) {
+        if (flags & same_bit) {
+            *len = prev_len;
+            std::memcpy(dst, prev_text, prev_len);
+        } else {
+            *len = r.u8();
+            r.bytes(dst, *len, cap);
+        }
+    };
+    text(kSameMethod, &o.method_len, o.method, prev.method_len, prev.method,
+         kUsageMethodLen);
+    text(kSameEndpoint, &o.endpoint_len, o.endpoint, prev.endpoint_len,
+         prev.endpoint, kUsageEndpointLen);
     if (flags & kSameUserAgent) {
         o.user_agent_len = prev.user_agent_len;
         std::memcpy(o.user_agent, prev.user_agent, prev.user_agent_len);

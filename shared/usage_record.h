@@ -67,6 +67,12 @@ const char* auth_result_name(AuthResult r) noexcept;
 
 enum class IpFamily : std::uint8_t { kNone = 0, kV4 = 4, kV6 = 6 };
 
+// The address bytes a family has (0 for none, or for a byte that names no
+// family).
+inline std::size_t ip_address_bytes(IpFamily family) noexcept {
+    return family == IpFamily::kV4 ? 4 : family == IpFamily::kV6 ? 16 : 0;
+}
+
 // A decoded record (apikeyd's side; not a shared-memory layout). Text
 // fields are not terminated; readers go by the lengths.
 struct UsageRecord {

@@ -63,9 +63,8 @@ UsageRecord from_v1(const RecordV1& v) {
     UsageRecord r{};
     r.result = static_cast<AuthResult>(v.result);
     // Only the families the stream encodes (a corrupt byte reads as none).
-    r.ip_family = v.ip_family == 4   ? IpFamily::kV4
-                  : v.ip_family == 6 ? IpFamily::kV6
-                                     : IpFamily::kNone;
+    const auto family = static_cast<IpFamily>(v.ip_family);
+    r.ip_family = ip_address_bytes(family) ? family : IpFamily::kNone;
     r.status = v.status;
     r.slot = v.slot;
     r.generation = v.generation;
@@ -75,10 +74,7 @@ UsageRecord from_v1(const RecordV1& v) {
     r.bytes_sent = v.bytes_sent;
     std::memcpy(r.key_id, v.key_id, 16);
     std::memcpy(r.org_id, v.org_id, 16);
-    std::memcpy(r.ip, v.ip,
-                r.ip_family == IpFamily::kV6   ? 16
-                : r.ip_family == IpFamily::kV4 ? 4
-                                               : 0);
+    std::memcpy(r.ip, v.ip, ip_address_bytes(r.ip_family));
     r.method_len = static_cast<std::uint8_t>(
         clamp_len(v.method_len, sizeof v.method));
     std::memcpy(r.method, v.method, r.method_len);
