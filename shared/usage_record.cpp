@@ -27,15 +27,6 @@ inline bool is_continuation(char c) noexcept {
     return (static_cast<unsigned char>(c) & 0xC0) == 0x80;
 }
 
-inline std::size_t varint_size(std::uint64_t v) noexcept {
-    std::size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        ++n;
-    }
-    return n;
-}
-
 inline unsigned char* put_varint(unsigned char* p, std::uint64_t v) noexcept {
     while (v >= 0x80) {
         *p++ = static_cast<unsigned char>(v | 0x80);
@@ -59,6 +50,40 @@ inline std::string_view cut(std::string_view text, std::size_t cap) noexcept {
                               : text.substr(0, truncated_len(text, cap));
 }
 
+inline std::uint64_t load64(const void* p) noexcept {
+    std::uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline std::uint32_t load32(const void* p) noexcept {
+    std::uint32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// a[0, n) == b[0, n) with word loads inside both ranges (the last word may
+// overlap the one before): cheaper than a call to memcmp for the short
+// texts of a record, on every request.
+inline bool equal_bytes(const unsigned char* a, const unsigned char* b,
+                        std::size_t n) noexcept {
+    if (n >= 8) {
+        std::uint64_t diff = 0;
+        for (std::size_t i = 0; i + 8 <= n; i += 8) {
+            diff |= load64(a + i) ^ load64(b + i);
+        }
+        return (diff | (load64(a + n - 8) ^ load64(b + n - 8))) == 0;
+    }
+    if (n >= 4) {
+        return ((load32(a) ^ load32(b)) |
+                (load32(a + n - 4) ^ load32(b + n - 4))) == 0;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        if (a[i] != b[i]) return false;
+    }
+    return true;
+}
+
 // A text field as last written at chunk[at]: length (one byte, or a
 // varint for the user agent) and bytes.
 inline bool same_text(const unsigned char* chunk, std::uint32_t at,
@@ -71,7 +96,9 @@ inline bool same_text(const unsigned char* chunk, std::uint32_t at,
         skip = 2;
     }
     return len == text.size() &&
-           std::memcmp(chunk + at + skip, text.data(), len) == 0;
+           equal_bytes(chunk + at + skip,
+                       reinterpret_cast<const unsigned char*>(text.data()),
+                       len);
 }
 
 // A bounded reader over untrusted bytes.
@@ -86,6 +113,11 @@ struct Reader {
             return 0;
         }
         return *p++;
+    }
+    unsigned u16() noexcept {
+        const unsigned lo = u8();
+        const unsigned hi = u8();
+        return lo | hi << 8;
     }
     std::uint64_t varint() noexcept {
         std::uint64_t v = 0;
@@ -184,86 +216,84 @@ std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
     const std::string_view method = cut(f.method, kUsageMethodLen);
     const std::string_view endpoint = cut(f.endpoint, kUsageEndpointLen);
     const std::string_view agent = cut(f.user_agent, kUsageUserAgentLen);
-    const IpFamily family = ip_address_bytes(f.ip_family) ? f.ip_family
-                                                   : IpFamily::kNone;
-    const std::size_t ip_len = ip_address_bytes(family);
-
-    unsigned flags = kRecordMark | (ctx->started ? 0 : kAbsoluteTime);
-    if (ctx->key != 0 && std::memcmp(chunk + ctx->key, f.key_id, 16) == 0 &&
-        std::memcmp(chunk + ctx->key + 16, f.org_id, 16) == 0) {
-        flags |= kSameKey;
-    }
-    if (ctx->ip != 0 && chunk[ctx->ip] == static_cast<unsigned char>(family) &&
-        (ip_len == 0 || std::memcmp(chunk + ctx->ip + 1, f.ip, ip_len) == 0)) {
-        flags |= kSameIp;
-    }
-    if (same_text(chunk, ctx->method, method, false)) flags |= kSameMethod;
-    if (same_text(chunk, ctx->endpoint, endpoint, false)) {
-        flags |= kSameEndpoint;
-    }
-    if (same_text(chunk, ctx->user_agent, agent, true)) {
-        flags |= kSameUserAgent;
-    }
-
-    const std::int64_t base = ctx->started ? ctx->time_us : 0;
-    const std::uint64_t delta =
-        zigzag(static_cast<std::int64_t>(static_cast<std::uint64_t>(f.time_us) -
-                                         static_cast<std::uint64_t>(base)));
-    std::size_t body = 1 + varint_size(f.status) + varint_size(delta) +
-                       varint_size(f.response_time_us) +
-                       varint_size(f.bytes_sent);
-    if (!(flags & kSameKey)) body += kIdBytes;
-    if (!(flags & kSameIp)) body += 1 + ip_len;
-    if (!(flags & kSameMethod)) body += 1 + method.size();
-    if (!(flags & kSameEndpoint)) body += 1 + endpoint.size();
-    if (!(flags & kSameUserAgent)) body += varint_size(agent.size()) + agent.size();
-    const std::size_t total = 1 + varint_size(body) + body;
-    if (offset >= chunk_size || chunk_size - offset < total) {
+    const std::size_t ip_len = ip_address_bytes(f.ip_family);
+    const IpFamily family = ip_len != 0 ? f.ip_family : IpFamily::kNone;
+    // Flags, length, result, status, three varints, then every field.
+    const std::size_t longest = 1 + 2 + 1 + 2 + 30 + kIdBytes + 1 + ip_len +
+                                1 + method.size() + 1 + endpoint.size() + 2 +
+                                agent.size();
+    if (offset >= chunk_size || chunk_size - offset < longest) {
         return 0;
     }
 
-    unsigned char* p = chunk + offset;
-    *p++ = static_cast<unsigned char>(flags);
-    p = put_varint(p, body);
+    unsigned char* const start = chunk + offset;
+    unsigned char* p = start + 3;  // after flags and body length
+    unsigned flags = kRecordMark;
     *p++ = static_cast<unsigned char>(f.result);
-    p = put_varint(p, f.status);
-    p = put_varint(p, delta);
+    *p++ = static_cast<unsigned char>(f.status);
+    *p++ = static_cast<unsigned char>(f.status >> 8);
+    if (ctx->started) {
+        p = put_varint(p, zigzag(static_cast<std::int64_t>(
+                              static_cast<std::uint64_t>(f.time_us) -
+                              static_cast<std::uint64_t>(ctx->time_us))));
+    } else {
+        flags |= kAbsoluteTime;
+        p = put_varint(p, zigzag(f.time_us));
+    }
     p = put_varint(p, f.response_time_us);
     p = put_varint(p, f.bytes_sent);
-    ctx->started = true;
-    ctx->time_us = f.time_us;
     const auto at = [&] { return static_cast<std::uint32_t>(p - chunk); };
-    if (!(flags & kSameKey)) {
+
+    if (ctx->key != 0 && std::memcmp(chunk + ctx->key, f.key_id, 16) == 0 &&
+        std::memcmp(chunk + ctx->key + 16, f.org_id, 16) == 0) {
+        flags |= kSameKey;
+    } else {
         ctx->key = at();
         std::memcpy(p, f.key_id, 16);
         std::memcpy(p + 16, f.org_id, 16);
         p += kIdBytes;
     }
-    if (!(flags & kSameIp)) {
+    const unsigned char* last_ip = chunk + ctx->ip;
+    if (ctx->ip != 0 && *last_ip == static_cast<unsigned char>(family) &&
+        equal_bytes(last_ip + 1, f.ip, ip_len)) {
+        flags |= kSameIp;
+    } else {
         ctx->ip = at();
         *p++ = static_cast<unsigned char>(family);
-        if (ip_len > 0) std::memcpy(p, f.ip, ip_len);
+        if (ip_len != 0) std::memcpy(p, f.ip, ip_len);
         p += ip_len;
     }
-    if (!(flags & kSameMethod)) {
+    if (same_text(chunk, ctx->method, method, false)) {
+        flags |= kSameMethod;
+    } else {
         ctx->method = at();
         *p++ = static_cast<unsigned char>(method.size());
         if (!method.empty()) std::memcpy(p, method.data(), method.size());
         p += method.size();
     }
-    if (!(flags & kSameEndpoint)) {
+    if (same_text(chunk, ctx->endpoint, endpoint, false)) {
+        flags |= kSameEndpoint;
+    } else {
         ctx->endpoint = at();
         *p++ = static_cast<unsigned char>(endpoint.size());
         if (!endpoint.empty()) std::memcpy(p, endpoint.data(), endpoint.size());
         p += endpoint.size();
     }
-    if (!(flags & kSameUserAgent)) {
+    if (same_text(chunk, ctx->user_agent, agent, true)) {
+        flags |= kSameUserAgent;
+    } else {
         ctx->user_agent = at();
         p = put_varint(p, agent.size());
         if (!agent.empty()) std::memcpy(p, agent.data(), agent.size());
         p += agent.size();
     }
-    return total;
+    ctx->started = true;
+    ctx->time_us = f.time_us;
+    const std::size_t body = static_cast<std::size_t>(p - (start + 3));
+    start[0] = static_cast<unsigned char>(flags);
+    start[1] = static_cast<unsigned char>(body);
+    start[2] = static_cast<unsigned char>(body >> 8);
+    return static_cast<std::size_t>(p - start);
 }
 
 DecodeResult decode_usage_record(const unsigned char* data, std::size_t offset,
@@ -280,7 +310,7 @@ DecodeResult decode_usage_record(const unsigned char* data, std::size_t offset,
         (refers && !ctx->has_previous)) {
         return DecodeResult::kCorrupt;
     }
-    const std::uint64_t body = r.varint();
+    const std::uint64_t body = r.u16();
     if (!r.ok || body > kUsageRecordMaxBytes ||
         body > static_cast<std::size_t>(r.end - r.p)) {
         return DecodeResult::kCorrupt;
@@ -290,8 +320,7 @@ DecodeResult decode_usage_record(const unsigned char* data, std::size_t offset,
     const UsageRecord& prev = ctx->previous;
     UsageRecord& o = *out;
     o.result = static_cast<AuthResult>(r.u8());
-    const std::uint64_t status = r.varint();
-    o.status = static_cast<std::uint16_t>(status > 0xffff ? 0xffff : status);
+    o.status = static_cast<std::uint16_t>(r.u16());
     const std::int64_t base = (flags & kAbsoluteTime) ? 0 : prev.time_us;
     o.time_us = static_cast<std::int64_t>(
         static_cast<std::uint64_t>(base) +

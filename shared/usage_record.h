@@ -4,12 +4,13 @@
 // instead of repeating a field (encode_usage_record); apikeyd decodes it
 // into a UsageRecord, trusting nothing the bytes say (decode_usage_record).
 //
-// Encoding (kUsageRecordVersion 2), all integers little-endian varints:
+// Encoding (kUsageRecordVersion 2), integers little-endian, varints
+// unless said:
 //     flags         u8: kRecordMark | kSame* bits | kAbsoluteTime; 0x00
 //                   ends the chunk
-//     body_len      varint: bytes after this field
+//     body_len      u16: bytes after this field
 //     result        u8
-//     status        varint
+//     status        u16
 //     time          zigzag varint: time_us minus the previous record's
 //                   (with kAbsoluteTime, as the first record of a chunk
 //                   has it: minus 0)
@@ -39,7 +40,7 @@ inline constexpr std::size_t kUsageEndpointLen = 96;
 inline constexpr std::size_t kUsageUserAgentLen = 256;
 // The longest encoded record: every field present at its longest.
 inline constexpr std::size_t kUsageRecordMaxBytes =
-    1 + 2 + 1 + 3 + 10 + 10 + 10 + 32 + 17 + 1 + kUsageMethodLen + 1 +
+    1 + 2 + 1 + 2 + 10 + 10 + 10 + 32 + 17 + 1 + kUsageMethodLen + 1 +
     kUsageEndpointLen + 2 + kUsageUserAgentLen;
 
 // The result of a key check, as apikey_result_e (auth_result.h) defines it
@@ -152,7 +153,9 @@ struct RecordDecodeContext {
 };
 
 // Writes `f` into chunk[offset, chunk_size) and returns the bytes written,
-// or 0 (nothing written, context unchanged) when it does not fit there.
+// or 0 (nothing written, context unchanged) when the record's longest
+// form (every field written out) might not fit there: one pass, no sizing
+// pass first, at the cost of ending a chunk up to that many bytes early.
 // A record always fits from offset 0 of a chunk of >= kUsageRecordMaxBytes.
 std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
                                 std::size_t chunk_size, const UsageFields& f,

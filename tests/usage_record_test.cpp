@@ -108,7 +108,7 @@ TEST(UsageRecordTest, ARepeatedRecordRefersToThePreviousOne) {
     const std::size_t second =
         encode_usage_record(buf.data(), first, kChunk, b.fields(), &ctx);
     // flags, length, result, status, time delta, response time, bytes
-    EXPECT_LE(second, 1u + 1 + 1 + 2 + 2 + 3 + 6);
+    EXPECT_LE(second, 1u + 2 + 1 + 2 + 2 + 3 + 6);
     EXPECT_GT(first, second + 32 + 16);
     // A different key and agent are written again, the rest referred to.
     Owned c = b;
@@ -189,13 +189,15 @@ TEST(UsageRecordTest, MethodAndEndpointAreCutToTheirFields) {
 
 TEST(UsageRecordTest, ARecordThatDoesNotFitWritesNothing) {
     const Owned a = record(1, "GET", "/a", "agent");
-    std::vector<unsigned char> buf(64, 0xaa);
+    std::vector<unsigned char> buf(128, 0xaa);
     RecordEncodeContext ctx;
-    EXPECT_EQ(encode_usage_record(buf.data(), 40, 64, a.fields(), &ctx), 0u);
-    EXPECT_EQ(encode_usage_record(buf.data(), 64, 64, a.fields(), &ctx), 0u);
+    // Its longest form (every field written out) is 99 bytes.
+    EXPECT_EQ(encode_usage_record(buf.data(), 30, 128, a.fields(), &ctx), 0u);
+    EXPECT_EQ(encode_usage_record(buf.data(), 128, 128, a.fields(), &ctx), 0u);
     for (unsigned char c : buf) EXPECT_EQ(c, 0xaa);
     EXPECT_EQ(ctx.key, 0u);
     EXPECT_EQ(ctx.time_us, 0);
+    EXPECT_GT(encode_usage_record(buf.data(), 29, 128, a.fields(), &ctx), 0u);
 }
 
 TEST(UsageRecordTest, AZeroByteEndsTheChunk) {
@@ -259,10 +261,11 @@ TEST(UsageRecordTest, HostileBytesAreRefused) {
               DecodeResult::kCorrupt);
     // A body length past the limit, or longer than any record.
     EXPECT_EQ(corrupt_at(1, 0x7f), DecodeResult::kCorrupt);
-    // After flags and length: [result][status 2][time 8][response time 3]
+    EXPECT_EQ(corrupt_at(2, 0x7f), DecodeResult::kCorrupt);
+    // After flags and length (3 bytes): [result][status 2][time 8][response time 3]
     // [bytes 6][ids 32][ip family]...:
     // an IP family that is none of 0, 4, 6.
-    const std::size_t family = 2 + 1 + 2 + 8 + 3 + 6 + 32;
+    const std::size_t family = 3 + 1 + 2 + 8 + 3 + 6 + 32;
     ASSERT_EQ(good[family], 6u);
     EXPECT_EQ(corrupt_at(family, 5), DecodeResult::kCorrupt);
     // A method longer than its field.
@@ -274,8 +277,9 @@ TEST(UsageRecordTest, HostileBytesAreRefused) {
     RecordDecodeContext ctx;
     EXPECT_EQ(decode_one(longer, longer.size(), &ctx), DecodeResult::kCorrupt);
     // A varint that never ends.
-    std::vector<unsigned char> endless = {0x80, 0xff, 0xff, 0xff, 0xff, 0xff,
-                                          0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    std::vector<unsigned char> endless = {0xa0, 14, 0, 0, 200, 0, 0xff, 0xff,
+                                          0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                          0xff, 0xff, 0xff};
     EXPECT_EQ(decode_one(endless, endless.size(), &ctx),
               DecodeResult::kCorrupt);
 }

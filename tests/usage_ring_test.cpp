@@ -553,7 +553,9 @@ TEST_F(UsageRingTest, PeekStampsSlotAndEachRecordsLastByte) {
         EXPECT_EQ(out[i].status, 200);
         EXPECT_EQ(out[i].method_view(), "GET");
         EXPECT_EQ(out[i].endpoint_view(), "/v1/things");
-        if (i > 0) EXPECT_GT(out[i].sequence, out[i - 1].sequence);
+        if (i > 0) {
+            EXPECT_GT(out[i].sequence, out[i - 1].sequence);
+        }
     }
     EXPECT_EQ(peek_all(seg, 0, 8, &end).size(), 0u);
 }

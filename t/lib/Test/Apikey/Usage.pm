@@ -177,10 +177,10 @@ sub usage_ring_forge {
     my $endpoint = $f{endpoint} // '/forged';
     my $method   = $f{method}   // 'GET';
     my $time     = $f{time_us} // int(Time::HiRes::time() * 1e6);
-    my $body = chr($f{result} // 0) . _varint($f{status} // 200) . _varint(2 * $time)
+    my $body = chr($f{result} // 0) . pack('v', $f{status} // 200) . _varint(2 * $time)
         . _varint(1000) . _varint(6) . $uuid->($f{key_id}) . $uuid->($f{org_id})
         . chr(0) . chr(length $method) . $method . chr(length $endpoint) . $endpoint . chr(0);
-    my $rec  = chr(0x80 | 0x20) . _varint(length $body) . $body;
+    my $rec  = chr(0x80 | 0x20) . pack('v', length $body) . $body;
     my $head = usage_ring_head($slot);
     die "no chunk in use at the head ($head)\n" if $head % $CHUNK == 0;
     die "record does not fit in the chunk\n" if $head % $CHUNK + length($rec) > $CHUNK;
