@@ -52,10 +52,8 @@ void expect_same(const UsageRecord& got, const UsageRecord& want) {
     EXPECT_EQ(got.bytes_sent, want.bytes_sent);
     EXPECT_EQ(std::memcmp(got.key_id, want.key_id, 16), 0);
     EXPECT_EQ(std::memcmp(got.org_id, want.org_id, 16), 0);
-    const std::size_t ip = want.ip_family == IpFamily::kV4   ? 4
-                           : want.ip_family == IpFamily::kV6 ? 16
-                                                             : 0;
-    EXPECT_EQ(std::memcmp(got.ip, want.ip, ip), 0);
+    EXPECT_EQ(std::memcmp(got.ip, want.ip, ip_address_bytes(want.ip_family)),
+              0);
     EXPECT_EQ(got.method_view(), want.method_view());
     EXPECT_EQ(got.endpoint_view(), want.endpoint_view());
     EXPECT_EQ(got.user_agent_view(), want.user_agent_view());

@@ -23,6 +23,8 @@
 
 #include <gtest/gtest.h>
 
+#include "usage_fields_equal.h"
+
 namespace apikey {
 namespace {
 
@@ -84,22 +86,8 @@ UsageRecord pattern_record(std::uint64_t n) {
 // generation it came from.
 bool matches_pattern(const UsageRecord& got, std::uint64_t n,
                      std::uint32_t slot, std::uint64_t generation) {
-    const UsageRecord want = pattern_record(n);
-    const std::size_t ip = want.ip_family == IpFamily::kV4   ? 4
-                           : want.ip_family == IpFamily::kV6 ? 16
-                                                             : 0;
     return got.slot == slot && got.generation == generation &&
-           got.result == want.result && got.status == want.status &&
-           got.time_us == want.time_us &&
-           got.response_time_us == want.response_time_us &&
-           got.bytes_sent == want.bytes_sent &&
-           std::memcmp(got.key_id, want.key_id, 16) == 0 &&
-           std::memcmp(got.org_id, want.org_id, 16) == 0 &&
-           got.ip_family == want.ip_family &&
-           std::memcmp(got.ip, want.ip, ip) == 0 &&
-           got.method_view() == want.method_view() &&
-           got.endpoint_view() == want.endpoint_view() &&
-           got.user_agent_view() == want.user_agent_view();
+           usage_fields_equal(got, pattern_record(n));
 }
 
 UsageRecord sample_record() {

@@ -50,6 +50,7 @@
 #include "spool.h"
 #include "spool_frame.h"
 
+#include "../usage_fields_equal.h"
 #include "fuzz_check.h"
 
 namespace {
@@ -166,18 +167,8 @@ bool matches_v1(const UsageRecord& r, const std::string& b, std::size_t at) {
 }
 
 bool same_record(const UsageRecord& a, const UsageRecord& b) {
-    return a.result == b.result && a.status == b.status && a.slot == b.slot &&
-           a.generation == b.generation && a.sequence == b.sequence &&
-           a.time_us == b.time_us &&
-           a.response_time_us == b.response_time_us &&
-           a.bytes_sent == b.bytes_sent &&
-           std::memcmp(a.key_id, b.key_id, 16) == 0 &&
-           std::memcmp(a.org_id, b.org_id, 16) == 0 &&
-           a.ip_family == b.ip_family &&
-           std::memcmp(a.ip, b.ip, 16) == 0 &&
-           a.method_view() == b.method_view() &&
-           a.endpoint_view() == b.endpoint_view() &&
-           a.user_agent_view() == b.user_agent_view();
+    return a.slot == b.slot && a.generation == b.generation &&
+           a.sequence == b.sequence && usage_fields_equal(a, b);
 }
 
 void write_file(const std::string& path, const std::string& bytes) {

@@ -27,6 +27,7 @@
 #include "usage_ring.h"
 #include "usage_stream.h"
 
+#include "../usage_fields_equal.h"
 #include "fuzz_check.h"
 
 namespace {
@@ -34,19 +35,6 @@ namespace {
 using namespace apikey;
 
 constexpr std::uint32_t kChunks = 2;
-
-bool same_fields(const UsageRecord& a, const UsageRecord& b) {
-    return a.result == b.result && a.status == b.status &&
-           a.time_us == b.time_us &&
-           a.response_time_us == b.response_time_us &&
-           a.bytes_sent == b.bytes_sent &&
-           std::memcmp(a.key_id, b.key_id, 16) == 0 &&
-           std::memcmp(a.org_id, b.org_id, 16) == 0 &&
-           a.ip_family == b.ip_family &&
-           a.method_view() == b.method_view() &&
-           a.endpoint_view() == b.endpoint_view() &&
-           a.user_agent_view() == b.user_agent_view();
-}
 
 }  // namespace
 
@@ -113,7 +101,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
         std::size_t used = 0;
         FUZZ_CHECK(decode_usage_record(again.data(), 0, len, &dctx, &back,
                                        &used) == DecodeResult::kRecord);
-        FUZZ_CHECK(used == len && same_fields(back, r));
+        FUZZ_CHECK(used == len && usage_fields_equal(back, r));
     }
     FUZZ_CHECK(got == 0 || end > prev);
 
