@@ -20,7 +20,7 @@ our @EXPORT_OK = qw(
     usage_segment_read usage_segment_u64 usage_slot_count usage_slot_offset
     usage_slot_state usage_ring_head usage_ring_tail
     usage_slot_generation usage_ring_forge usage_ring_rewind
-    usage_stream_chunk_offset
+    usage_stream_chunk_offset usage_ring_records
 );
 
 # --- /metrics ---------------------------------------------------------------------
@@ -176,6 +176,25 @@ sub _varint {
     my $out = '';
     while ($v >= 0x80) { $out .= chr(($v & 0x7f) | 0x80); $v >>= 7 }
     return $out . chr($v);
+}
+
+# usage_ring_records($slot) -> how many records the slot's stream holds
+# between its tail and its head, by the records' lengths
+# (shared/usage_record.h: flags, then a u16 body length; 0x00 ends the
+# chunk). With the slot's worker idle.
+sub usage_ring_records {
+    my ($slot) = @_;
+    my ($pos, $head) = (usage_ring_tail($slot), usage_ring_head($slot));
+    my $n = 0;
+    while ($pos < $head) {
+        my $end = $pos - $pos % $CHUNK + $CHUNK;
+        my ($flags, $len) = unpack 'C v', usage_segment_read(usage_stream_chunk_offset($slot, $pos), 3);
+        if ($flags == 0) { $pos = $end; next }
+        $pos += 3 + $len;
+        die "record past its chunk at $pos\n" if $pos > $end;
+        $n++;
+    }
+    return $n;
 }
 
 # usage_ring_forge($slot, key_id => UUID, org_id => UUID, %fields) -> the
