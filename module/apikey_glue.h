@@ -93,17 +93,17 @@ void apikey_redact_keys(unsigned char *buf, size_t len, int truncated)
 
 
 /*
- * Usage capture: the usage segment's per-worker rings (one raw record per
- * request) and aggregation areas (counters per key, label and hour).
+ * Usage capture: the usage segment's per-worker record streams (raw records,
+ * as the raw policy keeps them) and aggregation areas (counters per key,
+ * label and hour, of every recorded request).
  */
 
 typedef struct apikey_usage_s  apikey_usage_t;
 
 /*
- * Record text fields. A source flagged in apikey_usage_fields_t.padded has
- * the field's full size readable, zero-padded past its length (prepared at
- * configuration by apikey_usage_pad_text() or a static table), and is
- * copied as one fixed-size block.
+ * Record text fields. A source flagged in apikey_usage_fields_t.padded was
+ * fitted to the field at configuration (apikey_usage_pad_text() or a
+ * static table): it is not cut again per request.
  */
 #define APIKEY_METHOD_FIELD_LEN    16
 #define APIKEY_ENDPOINT_FIELD_LEN  96
@@ -173,9 +173,13 @@ int apikey_usage_claim(apikey_usage_t *usage, int pid, int64_t now_us)
     APIKEY_NOEXCEPT;
 void apikey_usage_retire(apikey_usage_t *usage, int slot) APIKEY_NOEXCEPT;
 
-/* Never blocks: 0 if the ring was full (the drop is counted). */
+/* Never blocks: 0 if the chunk pool was empty (the drop is counted). */
 int apikey_usage_push(apikey_usage_t *usage, int slot,
     const apikey_usage_fields_t *fields) APIKEY_NOEXCEPT;
+
+/* A request with a known key that the raw-event policy kept out. */
+void apikey_usage_count_policy(apikey_usage_t *usage, int slot)
+    APIKEY_NOEXCEPT;
 
 /*
  * Adds the request to the worker's aggregates. Never blocks, never
@@ -194,8 +198,8 @@ void apikey_usage_count(apikey_usage_t *usage, int slot,
 /* A request that could not be recorded because the worker has no slot. */
 void apikey_usage_count_unslotted(apikey_usage_t *usage) APIKEY_NOEXCEPT;
 
-/* Ring capacity and file size, for the startup log line. */
-uint64_t apikey_usage_ring_capacity(const apikey_usage_t *usage)
+/* Chunks in the segment's pool and file size, for the startup log line. */
+uint64_t apikey_usage_chunk_count(const apikey_usage_t *usage)
     APIKEY_NOEXCEPT;
 uint64_t apikey_usage_file_size(const apikey_usage_t *usage)
     APIKEY_NOEXCEPT;

@@ -1,6 +1,6 @@
-// extern "C" glue for usage capture: the usage segment, the worker's ring
-// and its aggregates. Every entry point is noexcept; the hot path (push,
-// aggregate, count) does no allocation and no syscall.
+// extern "C" glue for usage capture: the usage segment, the worker's
+// record stream and its aggregates. Every entry point is noexcept; the hot
+// path (push, aggregate, count) does no allocation and no syscall.
 
 #include <cstddef>
 #include <cstring>
@@ -15,6 +15,8 @@
 
 struct apikey_usage_s {
     apikey::UsageSegment segment;
+    // The worker's own: each worker has its copy of the master's object.
+    apikey::StreamWriter writer;
 };
 
 namespace {
@@ -32,18 +34,19 @@ std::string_view text(const unsigned char* p, size_t n) noexcept {
     return std::string_view(reinterpret_cast<const char*>(p), n);
 }
 
-// The length of a padded source, which apikey_usage_pad_text() (or the
-// shim's method table) already fitted to the field.
-std::uint8_t padded_len(size_t len, size_t cap) noexcept {
-    return static_cast<std::uint8_t>(len < cap ? len : cap);
+// A padded source, which apikey_usage_pad_text() (or the shim's method
+// table) already fitted to the field: no cut needed.
+std::string_view padded(const unsigned char* p, size_t len,
+                        size_t cap) noexcept {
+    return text(p, len < cap ? len : cap);
 }
 
 // An endpoint label as the record field would keep it.
 std::string_view endpoint_text(const unsigned char* p, size_t len,
-                               bool padded) noexcept {
+                               bool is_padded) noexcept {
     constexpr size_t cap = apikey::kUsageEndpointLen;
-    if (padded || len <= cap) {
-        return text(p, len < cap ? len : cap);
+    if (is_padded || len <= cap) {
+        return padded(p, len, cap);
     }
     return text(p, apikey::truncated_len(text(p, len), cap));
 }
@@ -77,9 +80,9 @@ apikey_usage_t* apikey_usage_open(const char* path, size_t size,
         }
         apikey::UsageLayout layout = apikey::usage_layout_for(
             size, static_cast<std::uint32_t>(slots), aggregate);
-        if (layout.ring_capacity == 0) {
+        if (layout.chunk_count == 0) {
             apikey::copy_error("size too small for " + std::to_string(slots) +
-                           " rings",
+                           " streams",
                        err, err_len);
             return nullptr;
         }
@@ -107,6 +110,7 @@ void apikey_usage_close(apikey_usage_t* usage) noexcept { delete usage; }
 
 int apikey_usage_claim(apikey_usage_t* usage, int pid,
                        int64_t now_us) noexcept {
+    usage->writer = apikey::StreamWriter{};
     return usage->segment.claim_slot(pid, now_us);
 }
 
@@ -124,56 +128,35 @@ size_t apikey_usage_pad_text(unsigned char* dst, size_t cap,
                                   text(src, len));
 }
 
-// Written straight into the ring (reserve/publish): no record on the
-// stack, no second copy.
+// Encoded straight into the stream's chunk: no record on the stack.
 int apikey_usage_push(apikey_usage_t* usage, int slot,
                       const apikey_usage_fields_t* f) noexcept {
-    const auto s = static_cast<std::uint32_t>(slot);
-    apikey::UsageRecord* rec = usage->segment.reserve(s);
-    if (rec == nullptr) {
-        return 0;
-    }
-    // The slot holds an older record of this worker: every field is
-    // written, the reserved ones and the unused part of ip as zeros. The
-    // bytes past each text's length are not (44 instructions a request for
-    // a 288-byte memset); readers go by the lengths.
-    std::memset(rec, 0, offsetof(apikey::UsageRecord, slot));
-    rec->reserved1 = 0;
-    std::memset(rec->ip, 0, sizeof(rec->ip));
-    rec->version = apikey::kUsageRecordVersion;
-    rec->result = static_cast<apikey::AuthResult>(f->verdict->result);
-    rec->status = static_cast<std::uint16_t>(f->status);
-    rec->time_us = f->time_us;
-    rec->response_time_us = f->response_time_us;
-    rec->bytes_sent = f->bytes_sent;
-    std::memcpy(rec->key_id, f->verdict->key_id, sizeof(rec->key_id));
-    std::memcpy(rec->org_id, f->verdict->org_id, sizeof(rec->org_id));
-    rec->ip_family = ip_family(f->ip_family);
-    if (rec->ip_family == apikey::IpFamily::kV4) {
-        std::memcpy(rec->ip, f->ip, 4);
-    } else if (rec->ip_family == apikey::IpFamily::kV6) {
-        std::memcpy(rec->ip, f->ip, 16);
-    }
-    if (f->padded & APIKEY_PADDED_METHOD) {
-        std::memcpy(rec->method, f->method, sizeof(rec->method));
-        rec->method_len = padded_len(f->method_len, sizeof(rec->method));
-    } else {
-        rec->method_len = apikey::copy_truncated(
-            rec->method, sizeof(rec->method), text(f->method, f->method_len));
-    }
-    if (f->padded & APIKEY_PADDED_ENDPOINT) {
-        std::memcpy(rec->endpoint, f->endpoint, sizeof(rec->endpoint));
-        rec->endpoint_len = padded_len(f->endpoint_len, sizeof(rec->endpoint));
-    } else {
-        rec->endpoint_len =
-            apikey::copy_truncated(rec->endpoint, sizeof(rec->endpoint),
-                                   text(f->endpoint, f->endpoint_len));
-    }
-    rec->user_agent_len =
-        apikey::copy_truncated(rec->user_agent, sizeof(rec->user_agent),
-                               text(f->user_agent, f->user_agent_len));
-    usage->segment.publish(s, rec);
-    return 1;
+    apikey::UsageFields u;
+    u.result = static_cast<apikey::AuthResult>(f->verdict->result);
+    u.status = static_cast<std::uint16_t>(f->status);
+    u.time_us = f->time_us;
+    u.response_time_us = f->response_time_us;
+    u.bytes_sent = f->bytes_sent;
+    u.key_id = f->verdict->key_id;
+    u.org_id = f->verdict->org_id;
+    u.ip_family = ip_family(f->ip_family);
+    u.ip = f->ip;
+    u.method = (f->padded & APIKEY_PADDED_METHOD)
+                   ? padded(f->method, f->method_len, apikey::kUsageMethodLen)
+                   : text(f->method, f->method_len);
+    u.endpoint = (f->padded & APIKEY_PADDED_ENDPOINT)
+                     ? padded(f->endpoint, f->endpoint_len,
+                              apikey::kUsageEndpointLen)
+                     : text(f->endpoint, f->endpoint_len);
+    u.user_agent = text(f->user_agent, f->user_agent_len);
+    return usage->segment.append(static_cast<std::uint32_t>(slot),
+                                 &usage->writer, u)
+               ? 1
+               : 0;
+}
+
+void apikey_usage_count_policy(apikey_usage_t* usage, int slot) noexcept {
+    usage->segment.count_policy_skipped(static_cast<std::uint32_t>(slot));
 }
 
 uint64_t apikey_usage_label_hash(const unsigned char* field,
@@ -196,12 +179,13 @@ int apikey_usage_aggregate(apikey_usage_t* usage, int slot,
     char method[apikey::kUsageMethodLen];
     if (f->padded & APIKEY_PADDED_METHOD) {
         in.method = reinterpret_cast<const char*>(f->method);
-        in.method_len = padded_len(f->method_len, sizeof method);
+        in.method_len = static_cast<std::uint8_t>(
+            padded(f->method, f->method_len, sizeof method).size());
     } else {
         std::memset(method, 0, sizeof method);
         in.method = method;
-        in.method_len = apikey::copy_truncated(method, sizeof method,
-                                               text(f->method, f->method_len));
+        in.method_len = static_cast<std::uint8_t>(apikey::copy_truncated(
+            method, sizeof method, text(f->method, f->method_len)));
     }
     const bool constant = (f->padded & APIKEY_PADDED_ENDPOINT) != 0;
     in.endpoint = endpoint_text(f->endpoint, f->endpoint_len, constant);
@@ -222,8 +206,8 @@ void apikey_usage_count_unslotted(apikey_usage_t* usage) noexcept {
         1, std::memory_order_relaxed);
 }
 
-uint64_t apikey_usage_ring_capacity(const apikey_usage_t* usage) noexcept {
-    return usage->segment.header().ring_capacity;
+uint64_t apikey_usage_chunk_count(const apikey_usage_t* usage) noexcept {
+    return usage->segment.header().chunk_count;
 }
 
 uint64_t apikey_usage_file_size(const apikey_usage_t* usage) noexcept {

@@ -22,6 +22,7 @@
 #include <ngx_http.h>
 
 #include "apikey_glue.h"
+#include "raw_policy.h"
 
 
 /* between retries to map the key table or to claim a ring */
@@ -41,6 +42,8 @@ typedef struct {
     ngx_flag_t                 enable;
     ngx_flag_t                 capture;
     ngx_flag_t                 hide_key;
+    ngx_uint_t                 raw_policy;   /* apikey_raw_policy_e */
+    ngx_uint_t                 raw_sample;   /* N of sample=N */
     ngx_str_t                  header;
     ngx_str_t                  header_lc;    /* lowercase, as lowcase_key */
     ngx_uint_t                 header_hash;  /* as h->hash; 0: compare all */

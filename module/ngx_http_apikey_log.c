@@ -1,8 +1,10 @@
 
 /*
- * The log phase: per request with a known key, one usage record into this
- * worker's ring and the request added to its aggregates, both in the usage
- * segment and without blocking; the other requests are counted per result.
+ * The log phase: per request with a known key, the request added to this
+ * worker's aggregates and, if the raw-event policy keeps it, one usage
+ * record into its stream, both in the usage segment and without blocking;
+ * the other requests are counted (per result, or as kept out by the
+ * policy).
  */
 
 
@@ -19,6 +21,7 @@ typedef struct {
     apikey_usage_t            *usage;
     ngx_int_t                  slot;         /* -1: none claimed */
     ngx_msec_t                 last_claim;
+    unsigned long              sampled;      /* requests under sample=N */
 } ngx_http_apikey_ring_state_t;
 
 
@@ -28,7 +31,9 @@ static void ngx_http_apikey_record(ngx_http_request_t *r,
 static void ngx_http_apikey_claim_slot(ngx_log_t *log);
 
 
-static ngx_http_apikey_ring_state_t  ngx_http_apikey_worker = { NULL, -1, 0 };
+static ngx_http_apikey_ring_state_t  ngx_http_apikey_worker = {
+    NULL, -1, 0, 0
+};
 
 
 ngx_int_t
@@ -207,11 +212,17 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
         f.user_agent_len = 0;
     }
 
-    if (!apikey_usage_push(ngx_http_apikey_worker.usage,
-                           ngx_http_apikey_worker.slot, &f))
+    if (!apikey_raw_kept(alcf->raw_policy, alcf->raw_sample, f.status,
+                         &ngx_http_apikey_worker.sampled))
+    {
+        apikey_usage_count_policy(ngx_http_apikey_worker.usage,
+                                  ngx_http_apikey_worker.slot);
+
+    } else if (!apikey_usage_push(ngx_http_apikey_worker.usage,
+                                  ngx_http_apikey_worker.slot, &f))
     {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "apikey: usage ring full, record dropped");
+                       "apikey: usage chunk pool empty, record dropped");
     }
 
     if (!apikey_usage_aggregate(ngx_http_apikey_worker.usage,

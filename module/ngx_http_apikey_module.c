@@ -37,6 +37,8 @@ static char *ngx_http_apikey_usage(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_apikey_usage_param(ngx_conf_t *cf,
     ngx_http_apikey_main_conf_t *amcf, ngx_str_t *param);
+static char *ngx_http_apikey_usage_raw(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_apikey_header(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_apikey_scope(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -67,6 +69,13 @@ static ngx_command_t  ngx_http_apikey_commands[] = {
     { ngx_string("apikey_usage"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE123,
       ngx_http_apikey_usage,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("apikey_usage_raw"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_apikey_usage_raw,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -192,6 +201,8 @@ ngx_http_apikey_create_loc_conf(ngx_conf_t *cf)
     alcf->enable = NGX_CONF_UNSET;
     alcf->capture = NGX_CONF_UNSET;
     alcf->hide_key = NGX_CONF_UNSET;
+    alcf->raw_policy = NGX_CONF_UNSET_UINT;
+    alcf->raw_sample = NGX_CONF_UNSET_UINT;
 
     return alcf;
 }
@@ -249,6 +260,9 @@ ngx_http_apikey_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_value(conf->capture, prev->capture, 1);
     ngx_conf_merge_value(conf->hide_key, prev->hide_key, 1);
+    ngx_conf_merge_uint_value(conf->raw_policy, prev->raw_policy,
+                              APIKEY_RAW_ALL);
+    ngx_conf_merge_uint_value(conf->raw_sample, prev->raw_sample, 1);
     ngx_conf_merge_str_value(conf->header, prev->header, "X-API-Key");
 
     conf->header_lc.len = conf->header.len;
@@ -315,6 +329,63 @@ ngx_http_apikey_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     /* a NUL-terminated absolute path, as the core's open() wants */
 
     if (ngx_conf_full_name(cf->cycle, &amcf->keys_path, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * apikey_usage_raw all | errors | sample=N | off;   (http, server, location)
+ *
+ * Which requests with a known key also leave a raw record (api_key_usage
+ * rows); the others are counted as kept out by the policy.
+ */
+
+static char *
+ngx_http_apikey_usage_raw(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_apikey_loc_conf_t  *alcf = conf;
+
+    ngx_int_t   n;
+    ngx_str_t  *value;
+
+    if (alcf->raw_policy != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "all") == 0) {
+        alcf->raw_policy = APIKEY_RAW_ALL;
+
+    } else if (ngx_strcmp(value[1].data, "errors") == 0) {
+        alcf->raw_policy = APIKEY_RAW_ERRORS;
+
+    } else if (ngx_strcmp(value[1].data, "off") == 0) {
+        alcf->raw_policy = APIKEY_RAW_OFF;
+
+    } else if (value[1].len > 7
+               && ngx_strncmp(value[1].data, "sample=", 7) == 0)
+    {
+        n = ngx_atoi(value[1].data + 7, value[1].len - 7);
+
+        if (n < 1 || n > APIKEY_RAW_MAX_SAMPLE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid apikey_usage_raw \"%V\": sample=N "
+                               "takes N from 1 to %d", &value[1],
+                               APIKEY_RAW_MAX_SAMPLE);
+            return NGX_CONF_ERROR;
+        }
+
+        alcf->raw_policy = APIKEY_RAW_SAMPLE;
+        alcf->raw_sample = (ngx_uint_t) n;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid apikey_usage_raw \"%V\": all, errors, "
+                           "sample=N or off", &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -623,11 +694,11 @@ ngx_http_apikey_init_module(ngx_cycle_t *cycle)
     cln->data = amcf->usage;
 
     ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                  "apikey: %s usage segment \"%V\": %ui rings of %uL "
-                  "records, aggregates of %ui entries, %uL bytes",
+                  "apikey: %s usage segment \"%V\": %ui streams over "
+                  "%uL chunks of 64k, aggregates of %ui entries, %uL bytes",
                   created ? "created" : "reusing",
                   &amcf->usage_path, slots,
-                  apikey_usage_ring_capacity(amcf->usage),
+                  apikey_usage_chunk_count(amcf->usage),
                   amcf->usage_aggregate,
                   apikey_usage_file_size(amcf->usage));
 

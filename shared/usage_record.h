@@ -1,6 +1,26 @@
 // One usage record: what the nginx log phase writes per request into its
-// ring and apikeyd stores in api_key_usage. Fixed size, trivially copyable,
-// versioned; text fields are truncated, not terminated.
+// stream and apikeyd stores in api_key_usage. In the stream a record is
+// variable-length and may refer to the record before it in the same chunk
+// instead of repeating a field (encode_usage_record); apikeyd decodes it
+// into a UsageRecord, trusting nothing the bytes say (decode_usage_record).
+//
+// Encoding (kUsageRecordVersion 2), integers little-endian, varints
+// unless said:
+//     flags         u8: kRecordMark | kSame* bits | kAbsoluteTime; 0x00
+//                   ends the chunk
+//     body_len      u16: bytes after this field
+//     result        u8
+//     status        u16
+//     time          zigzag varint: time_us minus the previous record's
+//                   (with kAbsoluteTime, as the first record of a chunk
+//                   has it: minus 0)
+//     response_us   varint
+//     bytes_sent    varint
+//     key_id,org_id 32 bytes           unless kSameKey
+//     ip            family u8 + 0/4/16 unless kSameIp
+//     method        len u8 + bytes     unless kSameMethod
+//     endpoint      len u8 + bytes     unless kSameEndpoint
+//     user_agent    len varint + bytes unless kSameUserAgent
 #pragma once
 
 #include <cstddef>
@@ -13,10 +33,15 @@
 
 namespace apikey {
 
-inline constexpr std::uint16_t kUsageRecordVersion = 1;
+// The record encoding; also names the spool's frame format.
+inline constexpr std::uint16_t kUsageRecordVersion = 2;
 inline constexpr std::size_t kUsageMethodLen = 16;
 inline constexpr std::size_t kUsageEndpointLen = 96;
-inline constexpr std::size_t kUsageUserAgentLen = 64;
+inline constexpr std::size_t kUsageUserAgentLen = 256;
+// The longest encoded record: every field present at its longest.
+inline constexpr std::size_t kUsageRecordMaxBytes =
+    1 + 2 + 1 + 2 + 10 + 10 + 10 + 32 + 17 + 1 + kUsageMethodLen + 1 +
+    kUsageEndpointLen + 2 + kUsageUserAgentLen;
 
 // The result of a key check, as apikey_result_e (auth_result.h) defines it
 // for the C shim and C++ alike.
@@ -34,7 +59,7 @@ inline constexpr int kAuthResultCount = APIKEY_RESULT_COUNT;
 static_assert(APIKEY_RESULT_COUNT == APIKEY_UNAVAILABLE + 1);
 
 // A request with this result becomes a usage record (a known key); the
-// others are only counted. Any byte, as read from a ring.
+// others are only counted. Any byte, as read from a stream.
 inline bool result_is_recorded(AuthResult r) noexcept {
     return apikey_result_is_recorded(static_cast<unsigned>(r)) != 0;
 }
@@ -43,18 +68,25 @@ const char* auth_result_name(AuthResult r) noexcept;
 
 enum class IpFamily : std::uint8_t { kNone = 0, kV4 = 4, kV6 = 6 };
 
-struct alignas(8) UsageRecord {
-    std::uint16_t version;     // kUsageRecordVersion
+// The address bytes a family has (0 for none, or for a byte that names no
+// family).
+inline std::size_t ip_address_bytes(IpFamily family) noexcept {
+    return family == IpFamily::kV4 ? 4 : family == IpFamily::kV6 ? 16 : 0;
+}
+
+// A decoded record (apikeyd's side; not a shared-memory layout). Text
+// fields are not terminated; readers go by the lengths.
+struct UsageRecord {
     AuthResult result;
     IpFamily ip_family;
     std::uint16_t status;      // HTTP status as sent
     std::uint8_t method_len;
     std::uint8_t endpoint_len;
-    std::uint8_t user_agent_len;
-    std::uint8_t reserved0[7];
-    // Idempotency key (node is apikeyd's): set by the ring on push.
+    std::uint16_t user_agent_len;
+    // Identity (node is apikeyd's): where the record was read. sequence is
+    // the stream position of its last byte, so sequence + 1 is where the
+    // next record starts.
     std::uint32_t slot;
-    std::uint32_t reserved1;
     std::uint64_t generation;
     std::uint64_t sequence;
     std::int64_t time_us;          // request start, Unix epoch µs
@@ -77,28 +109,91 @@ struct alignas(8) UsageRecord {
         return {user_agent, user_agent_len};
     }
 };
-static_assert(sizeof(UsageRecord) == 288, "record size is part of the layout");
 static_assert(std::is_trivially_copyable_v<UsageRecord>);
-static_assert(std::is_standard_layout_v<UsageRecord>);
 
-// How much of `text` a field of `cap` bytes keeps (cap above 255 counts
-// as 255): all of it if it fits, else cut at a UTF-8 character boundary.
+// One request as the worker hands it to the encoder. Texts are cut by the
+// encoder (UTF-8 boundary) to the field lengths above.
+struct UsageFields {
+    AuthResult result;
+    IpFamily ip_family;
+    std::uint16_t status;
+    std::int64_t time_us;
+    std::uint64_t response_time_us;
+    std::uint64_t bytes_sent;
+    const std::uint8_t* key_id;  // 16 bytes
+    const std::uint8_t* org_id;  // 16 bytes
+    const std::uint8_t* ip;      // 4 or 16 bytes per ip_family
+    std::string_view method;
+    std::string_view endpoint;
+    std::string_view user_agent;
+};
+
+// A decoded record's fields, to encode it again (the spool, tests).
+UsageFields usage_fields_of(const UsageRecord& r) noexcept;
+
+// The encoder's view of the previous record in the chunk: where each field
+// it may refer to was last written (offsets into the chunk; 0 = not yet,
+// as no field starts at offset 0). Reset for every new chunk, and whenever
+// the record before is not the encoder's own (a decoder refers to the
+// record just before).
+struct RecordEncodeContext {
+    bool started = false;  // a record was written: time is a delta
+    std::int64_t time_us = 0;
+    std::uint32_t key = 0;
+    std::uint32_t ip = 0;
+    std::uint32_t method = 0;
+    std::uint32_t endpoint = 0;
+    std::uint32_t user_agent = 0;
+};
+
+// The decoder's: the previous record of the chunk.
+struct RecordDecodeContext {
+    bool has_previous = false;
+    UsageRecord previous;
+};
+
+// Writes `f` into chunk[offset, chunk_size) and returns the bytes written,
+// or 0 (nothing written, context unchanged) when the record's longest
+// form (every field written out) might not fit there: one pass, no sizing
+// pass first, at the cost of ending a chunk up to that many bytes early.
+// A record always fits from offset 0 of a chunk of >= kUsageRecordMaxBytes.
+std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
+                                std::size_t chunk_size, const UsageFields& f,
+                                RecordEncodeContext* ctx) noexcept;
+
+enum class DecodeResult {
+    kRecord,   // *out holds the record, *consumed its bytes
+    kEnd,      // the chunk ends here (the rest is unused)
+    kCorrupt,  // not a record: the rest of the chunk cannot be read
+};
+
+// Reads the record at data[offset, limit) (limit: the chunk's end, or the
+// producer's head within it). The bytes are not trusted: every length is
+// checked against limit and the field maxima, every reference needs a
+// previous record; nothing is read at or past limit. Identity fields of
+// *out are left to the caller.
+DecodeResult decode_usage_record(const unsigned char* data, std::size_t offset,
+                                 std::size_t limit, RecordDecodeContext* ctx,
+                                 UsageRecord* out,
+                                 std::size_t* consumed) noexcept;
+
+// How much of `text` a field of `cap` bytes keeps: all of it if it fits,
+// else cut at a UTF-8 character boundary.
 std::size_t truncated_len(std::string_view text, std::size_t cap) noexcept;
 
-// copy_truncated() of a text longer than `cap` (or `cap` above 255).
-std::uint8_t copy_cut(char* dst, std::size_t cap,
-                      std::string_view text) noexcept;
+// copy_truncated() of a text longer than `cap`.
+std::size_t copy_cut(char* dst, std::size_t cap,
+                     std::string_view text) noexcept;
 
 // Copies up to `cap` bytes of `text` into `dst`; returns the length stored.
 // Cuts at a UTF-8 character boundary so stored text stays valid UTF-8 when
-// the input was. Inline: most texts fit (one record field each, per
-// request).
-inline std::uint8_t copy_truncated(char* dst, std::size_t cap,
-                                   std::string_view text) noexcept {
+// the input was. Inline: most texts fit.
+inline std::size_t copy_truncated(char* dst, std::size_t cap,
+                                  std::string_view text) noexcept {
     const std::size_t n = text.size();
-    if (n - 1 < cap && cap <= 255) {  // 0 < n <= cap
+    if (n - 1 < cap) {  // 0 < n <= cap
         std::memcpy(dst, text.data(), n);
-        return static_cast<std::uint8_t>(n);
+        return n;
     }
     return n == 0 ? 0 : copy_cut(dst, cap, text);
 }

@@ -27,32 +27,36 @@ constexpr std::uint32_t kRetired =
 constexpr std::size_t kSlotsOffset = kUsageHeaderSize;
 
 static_assert(kUsageHeaderSize % kCacheLine == 0);
-static_assert(sizeof(UsageSlot) % alignof(UsageRecord) == 0,
-              "rings follow the slots and must stay aligned");
 static_assert(offsetof(UsageSlot, head) == kCacheLine);
 static_assert(offsetof(UsageSlot, tail) == 2 * kCacheLine);
 static_assert(offsetof(UsageSlot, agg_overflow) == 3 * kCacheLine);
 static_assert(offsetof(UsageHeader, superseded) % kCacheLine == 0);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::int64_t>::is_always_lock_free);
-static_assert(std::is_trivially_copyable_v<UsageRecord>);
-
-std::uint64_t floor_power_of_two(std::uint64_t v) noexcept {
-    if (v == 0) {
-        return 0;
-    }
-    return std::uint64_t{1} << (63 - __builtin_clzll(v));
-}
 
 constexpr std::size_t kPage = 4096;
 constexpr std::uint32_t kFirstEpoch = 1;
 
-std::size_t fixed_size(std::uint32_t slot_count) noexcept {
-    return kUsageHeaderSize + std::size_t{slot_count} * sizeof(UsageSlot);
-}
-
 std::size_t page_up(std::size_t n) noexcept {
     return (n + kPage - 1) & ~(kPage - 1);
+}
+
+// Header and slot descriptors, up to the page the stream area starts on.
+std::size_t fixed_size(std::uint32_t slot_count) noexcept {
+    return page_up(kUsageHeaderSize +
+                   std::size_t{slot_count} * sizeof(UsageSlot));
+}
+
+// Where the stream area of `chunk_count` chunks ends (header and slot
+// descriptors before it); 0 if no layout is valid.
+std::size_t stream_end_for(std::uint32_t slot_count,
+                           std::uint64_t chunk_count) noexcept {
+    if (chunk_count == 0 || chunk_count > kMaxStreamChunks) {
+        return 0;
+    }
+    const StreamLayout l =
+        stream_layout(slot_count, static_cast<std::uint32_t>(chunk_count));
+    return l.size == 0 ? 0 : fixed_size(slot_count) + l.size;
 }
 
 std::int64_t realtime_us() noexcept {
@@ -85,15 +89,16 @@ SegmentStatus validate(const MappedFile& map, const char* path,
         return SegmentStatus::kBadSize;
     }
     if (h->layout_version != kUsageLayoutVersion ||
-        h->record_size != sizeof(UsageRecord)) {
-        char why[128];
+        h->chunk_size != kStreamChunkSize) {
+        // Never read as ours: another layout's bytes mean other things.
+        char why[160];
         std::snprintf(why, sizeof why,
-                      "layout version %u (record size %u), this build reads "
-                      "version %u (record size %zu)",
+                      "layout version %u (chunk size %u), this build reads "
+                      "version %u (chunk size %zu); left to its writer",
                       static_cast<unsigned>(h->layout_version),
-                      static_cast<unsigned>(h->record_size),
+                      static_cast<unsigned>(h->chunk_size),
                       static_cast<unsigned>(kUsageLayoutVersion),
-                      sizeof(UsageRecord));
+                      kStreamChunkSize);
         describe_error(error, "usage segment", path, why);
         return SegmentStatus::kBadVersion;
     }
@@ -101,29 +106,24 @@ SegmentStatus validate(const MappedFile& map, const char* path,
         describe_error(error, "usage segment", path, "header and file size disagree");
         return SegmentStatus::kBadSize;
     }
-    // The rings' exact size, then the layout it makes: a header whose
+    // The stream area's exact end, then the layout it makes: a header whose
     // numbers disagree with one another or with the file is refused.
-    // (Bounded first, so that the product cannot overflow.)
-    const std::size_t rings =
-        h->slot_count <= kMaxUsageSlots &&
-                h->ring_capacity <= map.size() / sizeof(UsageRecord)
-            ? fixed_size(h->slot_count) +
-                  std::size_t{h->slot_count} *
-                      static_cast<std::size_t>(h->ring_capacity) *
-                      sizeof(UsageRecord)
-            : 0;
+    const std::size_t stream_end =
+        h->slot_count == 0 || h->slot_count > kMaxUsageSlots
+            ? 0
+            : stream_end_for(h->slot_count, h->chunk_count);
     const UsageLayout layout =
-        usage_layout_for(rings, h->slot_count, h->agg_entries);
-    if (layout.ring_capacity == 0 || layout.ring_capacity != h->ring_capacity ||
+        usage_layout_for(stream_end, h->slot_count, h->agg_entries);
+    if (stream_end == 0 || layout.chunk_count != h->chunk_count ||
         layout.file_size != map.size()) {
         describe_error(error, "usage segment", path,
-                       "slot count, ring capacity and size disagree");
+                       "slot count, chunk count and size disagree");
         return SegmentStatus::kBadSize;
     }
     const AggLayout agg = agg_layout_for(h->agg_entries);
     if (h->agg_labels != agg.labels || h->agg_cells != agg.cells ||
         h->agg_area_size != agg.area_size ||
-        h->agg_area_offset != page_up(rings)) {
+        h->agg_area_offset != page_up(stream_end)) {
         describe_error(error, "usage segment", path,
                        "aggregation area sizes disagree");
         return SegmentStatus::kBadSize;
@@ -134,7 +134,7 @@ SegmentStatus validate(const MappedFile& map, const char* path,
 bool same_layout(const MappedFile& map, const UsageLayout& layout) noexcept {
     const auto* h = static_cast<const UsageHeader*>(map.data());
     return h->slot_count == layout.slot_count &&
-           h->ring_capacity == layout.ring_capacity &&
+           h->chunk_count == layout.chunk_count &&
            h->file_size == layout.file_size &&
            h->agg_entries == layout.agg_entries &&
            h->superseded.load(std::memory_order_acquire) == 0;
@@ -142,7 +142,7 @@ bool same_layout(const MappedFile& map, const UsageLayout& layout) noexcept {
 
 }  // namespace
 
-UsageLayout usage_layout_for(std::size_t ring_size, std::uint32_t slot_count,
+UsageLayout usage_layout_for(std::size_t stream_size, std::uint32_t slot_count,
                              std::uint32_t agg_entries) noexcept {
     const UsageLayout none{slot_count, 0, 0, agg_entries};
     const AggLayout agg = agg_layout_for(agg_entries);
@@ -150,22 +150,19 @@ UsageLayout usage_layout_for(std::size_t ring_size, std::uint32_t slot_count,
         return none;
     }
     const std::size_t fixed = fixed_size(slot_count);
-    if (ring_size <= fixed) {
+    if (stream_size <= fixed) {
         return none;
     }
-    const std::size_t per_ring =
-        (ring_size - fixed) / slot_count / sizeof(UsageRecord);
-    const std::uint64_t cap = floor_power_of_two(per_ring);
-    if (cap == 0) {
+    const std::uint32_t chunks =
+        stream_chunks_fitting(stream_size - fixed, slot_count);
+    if (chunks == 0) {
         return none;
     }
-    // No overflow: slot_count * cap records fit in ring_size - fixed, and
-    // slot_count areas of at most a few GiB each fit a 64-bit size.
-    const std::size_t rings =
-        fixed + std::size_t{slot_count} * static_cast<std::size_t>(cap) *
-                    sizeof(UsageRecord);
-    return {slot_count, cap,
-            page_up(rings) + std::size_t{slot_count} * agg.area_size,
+    // No overflow: the stream fits stream_size, and slot_count areas of at
+    // most a few GiB each fit a 64-bit size.
+    return {slot_count, chunks,
+            page_up(stream_end_for(slot_count, chunks)) +
+                std::size_t{slot_count} * agg.area_size,
             agg_entries};
 }
 
@@ -174,9 +171,9 @@ UsageLayout usage_layout_for(std::size_t ring_size, std::uint32_t slot_count,
 UsageSegment::UsageSegment(UsageSegment&& other) noexcept
     : header_(std::exchange(other.header_, nullptr)),
       slots_(std::exchange(other.slots_, nullptr)),
-      rings_(std::exchange(other.rings_, nullptr)),
       slot_count_(std::exchange(other.slot_count_, 0)),
-      capacity_(std::exchange(other.capacity_, 0)),
+      stream_(std::exchange(other.stream_, UsageStream{})),
+      corrupt_(std::exchange(other.corrupt_, 0)),
       agg_areas_(std::exchange(other.agg_areas_, nullptr)),
       agg_(std::exchange(other.agg_, AggLayout{})),
       label_memo_(std::exchange(other.label_memo_, AggLabelMemo{})),
@@ -187,9 +184,9 @@ UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
         reset();
         header_ = std::exchange(other.header_, nullptr);
         slots_ = std::exchange(other.slots_, nullptr);
-        rings_ = std::exchange(other.rings_, nullptr);
         slot_count_ = std::exchange(other.slot_count_, 0);
-        capacity_ = std::exchange(other.capacity_, 0);
+        stream_ = std::exchange(other.stream_, UsageStream{});
+        corrupt_ = std::exchange(other.corrupt_, 0);
         agg_areas_ = std::exchange(other.agg_areas_, nullptr);
         agg_ = std::exchange(other.agg_, AggLayout{});
         label_memo_ = std::exchange(other.label_memo_, AggLabelMemo{});
@@ -201,9 +198,9 @@ UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
 void UsageSegment::reset() noexcept {
     header_ = nullptr;
     slots_ = nullptr;
-    rings_ = nullptr;
     slot_count_ = 0;
-    capacity_ = 0;
+    stream_ = UsageStream{};
+    corrupt_ = 0;
     agg_areas_ = nullptr;
     agg_ = AggLayout{};
     label_memo_ = AggLabelMemo{};  // ids of another mapping's buffers
@@ -216,9 +213,10 @@ void UsageSegment::adopt(MappedFile&& map) noexcept {
     auto* base = static_cast<unsigned char*>(map_.data());
     header_ = reinterpret_cast<UsageHeader*>(base);
     slot_count_ = header_->slot_count;
-    capacity_ = header_->ring_capacity;
     slots_ = reinterpret_cast<UsageSlot*>(base + kSlotsOffset);
-    rings_ = base + fixed_size(slot_count_);
+    stream_.map(base + fixed_size(slot_count_),
+                stream_layout(slot_count_, static_cast<std::uint32_t>(
+                                               header_->chunk_count)));
     agg_ = agg_layout_for(header_->agg_entries);
     agg_areas_ = base + header_->agg_area_offset;
 }
@@ -247,14 +245,11 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
     if (created != nullptr) {
         *created = false;
     }
-    const std::size_t rings =
-        fixed_size(layout.slot_count) +
-        std::size_t{layout.slot_count} *
-            static_cast<std::size_t>(layout.ring_capacity) *
-            sizeof(UsageRecord);
+    const std::size_t stream_end =
+        stream_end_for(layout.slot_count, layout.chunk_count);
     const UsageLayout want =
-        usage_layout_for(rings, layout.slot_count, layout.agg_entries);
-    if (want.ring_capacity == 0 || want.ring_capacity != layout.ring_capacity ||
+        usage_layout_for(stream_end, layout.slot_count, layout.agg_entries);
+    if (want.chunk_count == 0 || want.chunk_count != layout.chunk_count ||
         want.file_size != layout.file_size) {
         describe_error(error, "usage segment", path, "invalid layout (use usage_layout_for)");
         return SegmentStatus::kBadSize;
@@ -293,24 +288,29 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
         return status;
     }
     // The file is zero-filled: every slot is kFree with head == tail == 0
-    // and generation 0, every aggregation buffer kClean and empty. Rings
+    // and generation 0, every aggregation buffer kClean and empty. Chunks
     // and tables are not touched so the file stays sparse.
     auto* h = new (fresh.data()) UsageHeader();
     const AggLayout agg = agg_layout_for(layout.agg_entries);
     h->layout_version = kUsageLayoutVersion;
-    h->record_size = sizeof(UsageRecord);
+    h->chunk_size = kStreamChunkSize;
     h->slot_count = layout.slot_count;
-    h->ring_capacity = layout.ring_capacity;
+    h->chunk_count = layout.chunk_count;
     h->file_size = layout.file_size;
     h->created_at_us = realtime_us();
     h->agg_entries = agg.entries;
     h->agg_labels = agg.labels;
     h->agg_cells = agg.cells;
-    h->agg_area_offset = page_up(rings);
+    h->agg_area_offset = page_up(stream_end);
     h->agg_area_size = agg.area_size;
+    auto* base = static_cast<unsigned char*>(fresh.data());
+    UsageStream stream;
+    stream.map(base + fixed_size(layout.slot_count),
+               stream_layout(layout.slot_count,
+                             static_cast<std::uint32_t>(layout.chunk_count)));
+    stream.format();
     // Epochs start at 1 (agg_active == 0 means "in no buffer"): buffer 1
     // is every slot's first active buffer.
-    auto* base = static_cast<unsigned char*>(fresh.data());
     for (std::uint32_t i = 0; i < layout.slot_count; ++i) {
         reinterpret_cast<UsageSlot*>(base + kSlotsOffset)[i].agg_epoch.store(
             kFirstEpoch, std::memory_order_relaxed);
@@ -325,7 +325,7 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
     __atomic_store_n(&h->magic, kUsageMagic, __ATOMIC_RELEASE);
 
     if (old_valid) {
-        // Keep the old file reachable for apikeyd: its rings may still hold
+        // Keep the old file reachable for apikeyd: its streams may still hold
         // records (apikeyd down during a layout change). apikeyd drains and
         // deletes PATH.old.* files.
         char kept[PATH_MAX];
@@ -366,12 +366,6 @@ const UsageSlot& UsageSegment::slot(std::uint32_t i) const noexcept {
     return slots_[i];
 }
 
-UsageRecord* UsageSegment::ring(std::uint32_t slot) const noexcept {
-    return reinterpret_cast<UsageRecord*>(
-        rings_ + std::size_t{slot} * static_cast<std::size_t>(capacity_) *
-                     sizeof(UsageRecord));
-}
-
 // --- producer (nginx worker) ---------------------------------------------
 
 int UsageSegment::claim_slot(std::int32_t pid, std::int64_t now_us) noexcept {
@@ -391,7 +385,6 @@ int UsageSegment::claim_slot(std::int32_t pid, std::int64_t now_us) noexcept {
             now_us > 0 ? static_cast<std::uint64_t>(now_us) : 0;
         s.generation.store(next > now ? next : now, std::memory_order_relaxed);
         s.claimed_at_us.store(now_us, std::memory_order_relaxed);
-        s.cached_tail = s.tail.load(std::memory_order_acquire);
         // A dead predecessor may have left its epoch here.
         s.agg_active.store(0, std::memory_order_relaxed);
         // Last, release: a non-zero pid means the claim is complete.
@@ -409,43 +402,22 @@ void UsageSegment::retire_slot(std::uint32_t slot) noexcept {
     slots_[slot].state.store(kRetired, std::memory_order_release);
 }
 
-UsageRecord* UsageSegment::reserve(std::uint32_t slot) noexcept {
+bool UsageSegment::append(std::uint32_t slot, StreamWriter* writer,
+                          const UsageFields& fields) noexcept {
     if (slot >= slot_count_) {
         if (header_ != nullptr) {
             header_->unslotted_drops.fetch_add(1, std::memory_order_relaxed);
         }
-        return nullptr;
-    }
-    UsageSlot& s = slots_[slot];
-    const std::uint64_t head = s.head.load(std::memory_order_relaxed);
-    if (head - s.cached_tail >= capacity_) {
-        s.cached_tail = s.tail.load(std::memory_order_acquire);
-        if (head - s.cached_tail >= capacity_) {
-            s.dropped.fetch_add(1, std::memory_order_relaxed);
-            return nullptr;
-        }
-    }
-    return ring(slot) + (head & (capacity_ - 1));
-}
-
-void UsageSegment::publish(std::uint32_t slot, UsageRecord* record) noexcept {
-    UsageSlot& s = slots_[slot];
-    const std::uint64_t head = s.head.load(std::memory_order_relaxed);
-    record->slot = slot;
-    record->generation = s.generation.load(std::memory_order_relaxed);
-    record->sequence = head;
-    s.head.store(head + 1, std::memory_order_release);
-}
-
-bool UsageSegment::push(std::uint32_t slot,
-                        const UsageRecord& record) noexcept {
-    UsageRecord* dst = reserve(slot);
-    if (dst == nullptr) {
         return false;
     }
-    std::memcpy(dst, &record, sizeof(UsageRecord));
-    publish(slot, dst);
-    return true;
+    return stream_.append(slot, slots_[slot], writer, fields);
+}
+
+void UsageSegment::count_policy_skipped(std::uint32_t slot) noexcept {
+    if (slot < slot_count_) {
+        stream_.state(slot).policy_skipped.fetch_add(
+            1, std::memory_order_relaxed);
+    }
 }
 
 void UsageSegment::count_unrecorded(std::uint32_t slot,
@@ -461,37 +433,13 @@ void UsageSegment::count_unrecorded(std::uint32_t slot,
 // --- consumer (apikeyd) ----------------------------------------------------
 
 std::size_t UsageSegment::peek(std::uint32_t slot, std::uint64_t from,
-                               UsageRecord* out,
-                               std::size_t max) const noexcept {
-    if (slot >= slot_count_ || max == 0) {
+                               UsageRecord* out, std::size_t max,
+                               std::uint64_t* end) noexcept {
+    if (slot >= slot_count_) {
+        *end = from;
         return 0;
     }
-    const UsageSlot& s = slots_[slot];
-    const std::uint64_t tail = s.tail.load(std::memory_order_relaxed);
-    std::uint64_t head = s.head.load(std::memory_order_acquire);
-    // A sane producer never runs more than a ring ahead; a corrupt head
-    // must not make us read records twice over.
-    if (head - tail > capacity_) {
-        head = tail + capacity_;
-    }
-    if (from < tail) {
-        from = tail;
-    }
-    if (from >= head) {
-        return 0;
-    }
-    const std::uint64_t available = head - from;
-    const std::size_t n =
-        available < max ? static_cast<std::size_t>(available) : max;
-    const UsageRecord* r = ring(slot);
-    const std::size_t first = static_cast<std::size_t>(from & (capacity_ - 1));
-    const std::size_t run =
-        n < capacity_ - first ? n : static_cast<std::size_t>(capacity_ - first);
-    std::memcpy(out, r + first, run * sizeof(UsageRecord));
-    if (run < n) {
-        std::memcpy(out + run, r, (n - run) * sizeof(UsageRecord));
-    }
-    return n;
+    return stream_.read(slot, slots_[slot], from, out, max, end, &corrupt_);
 }
 
 void UsageSegment::commit(std::uint32_t slot, std::uint64_t position) noexcept {
@@ -507,8 +455,8 @@ void UsageSegment::commit(std::uint32_t slot, std::uint64_t position) noexcept {
     if (position <= tail) {
         return;
     }
-    // Release: the producer reuses these records only after it sees this.
     s.tail.store(position, std::memory_order_release);
+    stream_.release(slot, s);
 }
 
 bool UsageSegment::free_if_drained(std::uint32_t slot) noexcept {
@@ -527,6 +475,7 @@ bool UsageSegment::free_if_drained(std::uint32_t slot) noexcept {
     if (agg_closed_epoch(slot, &closed) || !agg_empty(slot)) {
         return false;
     }
+    stream_.release_all(slot, s);
     // So that an owned slot never shows its previous (dead) owner's pid.
     s.owner_pid.store(0, std::memory_order_relaxed);
     std::uint32_t expected = kRetired;

@@ -1,23 +1,24 @@
-// The usage-ring segment: a file (under /dev/shm) created by nginx and
-// drained by apikeyd. It holds `slot_count` single-producer/single-consumer
-// rings of UsageRecord. Each nginx worker claims one slot at start (the
-// producer); apikeyd is the only consumer of every slot.
+// The usage segment: a file (under /dev/shm) created by nginx and drained
+// by apikeyd. It holds `slot_count` single-producer/single-consumer record
+// streams (usage_stream.h) over one shared pool of chunks. Each nginx
+// worker claims one slot at start (the producer); apikeyd is the only
+// consumer of every slot.
 //
 // Layout: a 4 KiB header, `slot_count` slot descriptors (four cache lines
-// each: control, producer, consumer, aggregation counters), then the rings
-// themselves, each `ring_capacity` records (a power of two), then, from the
-// next page, one aggregation area per slot (usage_agg.h). Positions (head,
-// tail) count records since the slot was first used and never wrap; the
-// index in the ring is position & (capacity - 1). No pointers live in the
-// segment.
+// each: control, producer, consumer, aggregation counters), then, from the
+// next page, the stream area (the chunk pool and each slot's chunk table),
+// then, from the next page, one aggregation area per slot (usage_agg.h).
+// Positions (head, tail) are byte offsets in the slot's stream, never wrap
+// and never go back. No pointers live in the segment.
 //
 // Slot life: kFree -> (worker start, CAS) kOwned -> (worker exit, or apikeyd
-// finding the owner dead) kRetired -> (apikeyd drained its ring and
+// finding the owner dead) kRetired -> (apikeyd drained its stream and
 // collected its aggregates) kFree. A slot is handed to a new worker only
 // after the old worker's records are drained and its aggregation buffers
 // are clean, so (slot, generation, position) identifies a record exactly
-// once, and (slot, generation, epoch) an aggregation buffer. Positions
-// are never reset (a free slot has head == tail); a claim sets the
+// once, and (slot, generation, epoch) an aggregation buffer. Positions are
+// never reset (a free slot has head == tail, at a chunk boundary); a claim
+// sets the
 // generation to max(previous + 1, claim time in µs), so it also grows across
 // re-created files.
 //
@@ -36,14 +37,15 @@
 #include "segment_file.h"
 #include "usage_agg.h"
 #include "usage_record.h"
+#include "usage_stream.h"
 
 namespace apikey {
 
 inline constexpr std::uint64_t kUsageMagic =
     0x31474e5259454b41ULL;  // "AKEYRNG1"
-// 2: slot descriptors of four cache lines, aggregation areas after the
-// rings.
-inline constexpr std::uint32_t kUsageLayoutVersion = 2;
+// 3: variable-length records in a shared chunk pool, slot descriptors of
+// four cache lines, aggregation areas after the stream area.
+inline constexpr std::uint32_t kUsageLayoutVersion = 3;
 inline constexpr std::size_t kUsageHeaderSize = 4096;
 inline constexpr std::size_t kCacheLine = 64;
 // A replaced segment stays at PATH + kUsageOldSuffix + its created_at_us
@@ -75,15 +77,17 @@ struct UsageSlot {
     std::atomic<std::int32_t> owner_pid;
     std::atomic<std::uint64_t> generation;  // changes on every claim
     std::atomic<std::int64_t> claimed_at_us;
-    // Producer line: only the owning worker writes here.
+    // Producer line: only the owning worker writes here (apikeyd too once
+    // the slot is retired and drained: UsageStream::release_all).
+    // Stream position after the last record published.
     alignas(kCacheLine) std::atomic<std::uint64_t> head;
-    std::atomic<std::uint64_t> dropped;  // ring full: record not written
+    std::atomic<std::uint64_t> dropped;  // pool empty: record not written
     std::atomic<std::uint64_t>
         unrecorded[static_cast<int>(UnrecordedCounter::kCount)];
-    std::uint64_t cached_tail;  // producer-private copy of tail
     // The epoch whose buffer the worker is in right now, 0: in none.
     std::atomic<std::uint64_t> agg_active;
-    // Consumer line: only apikeyd writes here.
+    // Consumer line: only apikeyd writes here. Stream position up to which
+    // records are committed.
     alignas(kCacheLine) std::atomic<std::uint64_t> tail;
     // The worker writes buffer[agg_epoch & 1]; starts at 1.
     std::atomic<std::uint64_t> agg_epoch;
@@ -102,10 +106,10 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 struct UsageHeader {
     std::uint64_t magic;  // written last (release) when a file is created
     std::uint32_t layout_version;
-    std::uint32_t record_size;
+    std::uint32_t chunk_size;  // kStreamChunkSize
     std::uint32_t slot_count;
     std::uint32_t reserved;
-    std::uint64_t ring_capacity;  // records per slot, a power of two
+    std::uint64_t chunk_count;  // chunks in the stream's pool
     std::uint64_t file_size;
     std::int64_t created_at_us;
     alignas(kCacheLine) std::atomic<std::uint32_t> superseded;
@@ -123,19 +127,18 @@ static_assert(sizeof(UsageHeader) <= kUsageHeaderSize);
 
 struct UsageLayout {
     std::uint32_t slot_count;
-    std::uint64_t ring_capacity;
-    std::size_t file_size;  // rings and aggregation areas
+    std::uint64_t chunk_count;
+    std::size_t file_size;  // stream and aggregation areas
     std::uint32_t agg_entries;
 };
 
-// The largest rings that fit `ring_size` bytes with `slot_count` slots
-// (header and slot descriptors included), plus one aggregation area of
-// `agg_entries` per buffer for each slot: ring_capacity is the largest
-// power of two that fits and file_size the exact size of the whole file.
-// ring_capacity == 0 (and file_size == 0) if not even one record per ring
-// fits, slot_count is 0 or above kMaxUsageSlots, or agg_entries is out of
-// range (agg_layout_for).
-UsageLayout usage_layout_for(std::size_t ring_size, std::uint32_t slot_count,
+// The largest stream area that fits `stream_size` bytes with `slot_count`
+// slots (header and slot descriptors included), plus one aggregation area
+// of `agg_entries` per buffer for each slot: chunk_count is the most chunks
+// that fit and file_size the exact size of the whole file. chunk_count == 0
+// (and file_size == 0) if not even one chunk fits, slot_count is 0 or
+// above kMaxUsageSlots, or agg_entries is out of range (agg_layout_for).
+UsageLayout usage_layout_for(std::size_t stream_size, std::uint32_t slot_count,
                              std::uint32_t agg_entries) noexcept;
 
 // A mapped usage segment. Used by nginx (create or reuse, claim, push) and
@@ -170,7 +173,10 @@ public:
     bool superseded() const noexcept;
     // Both as validated when mapped: never re-read from the shared file.
     std::uint32_t slot_count() const noexcept { return slot_count_; }
-    std::uint64_t ring_capacity() const noexcept { return capacity_; }
+    std::uint64_t chunk_count() const noexcept {
+        return stream_.layout().chunk_count;
+    }
+    const UsageStream& stream() const noexcept { return stream_; }
     UsageSlot& slot(std::uint32_t i) noexcept;
     const UsageSlot& slot(std::uint32_t i) const noexcept;
 
@@ -179,33 +185,32 @@ public:
     int claim_slot(std::int32_t pid, std::int64_t now_us) noexcept;
     // Marks the slot retired (worker exit). Its records stay for apikeyd.
     void retire_slot(std::uint32_t slot) noexcept;
-    // Copies `record` into the slot's ring, stamping slot, generation and
-    // sequence. Never blocks: a full ring counts a drop and returns false
-    // (an out-of-range slot counts in the header's unslotted_drops).
-    [[nodiscard]] bool push(std::uint32_t slot,
-                            const UsageRecord& record) noexcept;
-    // push() in two steps, for a producer that fills the record in place
-    // (no copy): reserve() returns the next record of the slot's ring, or
-    // nullptr when the ring is full (the drop is counted, as by push()) or
-    // the slot is out of range; the caller writes every field of it, then
-    // publish() stamps slot, generation and sequence and makes it visible.
-    // Nothing is visible to the consumer between the two.
-    [[nodiscard]] UsageRecord* reserve(std::uint32_t slot) noexcept;
-    void publish(std::uint32_t slot, UsageRecord* record) noexcept;
+    // Appends one record to the slot's stream (the worker's `writer`, reset
+    // on every claim). Never blocks: false when the pool has no chunk (a
+    // drop, counted) or the slot is out of range (counted in the header's
+    // unslotted_drops).
+    [[nodiscard]] bool append(std::uint32_t slot, StreamWriter* writer,
+                              const UsageFields& fields) noexcept;
+    // A request with a known key that the raw-event policy kept out.
+    void count_policy_skipped(std::uint32_t slot) noexcept;
     void count_unrecorded(std::uint32_t slot, UnrecordedCounter c) noexcept;
 
     // --- consumer (apikeyd) ---
-    // Copies up to `max` records from position `from` (raised to the tail
-    // if below it) up to the head into `out`; returns how many. Does not
-    // advance the tail.
+    // Decodes up to `max` records from position `from` (raised to the tail
+    // if below it) up to the head into `out`, slot and sequence set;
+    // *end: the position after what was read. Does not advance the tail.
+    // A corrupt record costs the rest of its chunk (counted,
+    // corrupt_chunks()).
     std::size_t peek(std::uint32_t slot, std::uint64_t from, UsageRecord* out,
-                     std::size_t max) const noexcept;
-    // Advances the tail to `position` (after the records are committed).
-    // Clamped to [tail, head]: the tail never moves back or past the head.
+                     std::size_t max, std::uint64_t* end) noexcept;
+    std::uint64_t corrupt_chunks() const noexcept { return corrupt_; }
+    // Advances the tail to `position` (after the records are committed)
+    // and gives the chunks it passed back to the pool. Clamped to [tail,
+    // head]: the tail never moves back or past the head.
     void commit(std::uint32_t slot, std::uint64_t position) noexcept;
-    // Frees a retired slot whose ring is empty and whose aggregation
-    // buffers are clean (none closed, the active one without an entry);
-    // returns true if freed.
+    // Frees a retired slot whose stream is empty (its chunks back to the
+    // pool) and whose aggregation buffers are clean (none closed, the
+    // active one without an entry); returns true if freed.
     bool free_if_drained(std::uint32_t slot) noexcept;
 
     // --- aggregation (usage_agg.h), worker ---
@@ -240,7 +245,6 @@ public:
 
 private:
     void adopt(MappedFile&& map) noexcept;
-    UsageRecord* ring(std::uint32_t slot) const noexcept;
     // Inline: every aggregated request locates its buffer.
     unsigned char* agg_buffer(std::uint32_t slot,
                               std::uint64_t epoch) const noexcept {
@@ -253,9 +257,9 @@ private:
 
     UsageHeader* header_ = nullptr;
     UsageSlot* slots_ = nullptr;
-    unsigned char* rings_ = nullptr;
     std::uint32_t slot_count_ = 0;
-    std::uint64_t capacity_ = 0;  // records per ring, a power of two
+    UsageStream stream_;
+    std::uint64_t corrupt_ = 0;  // chunks cut short by a corrupt record
     unsigned char* agg_areas_ = nullptr;
     AggLayout agg_;
     AggLabelMemo label_memo_{};  // the worker's, in its own memory

@@ -32,12 +32,15 @@ apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
 apikey off;
 apikey_header X-API-Key;
 apikey_hide_key on;
+apikey_usage_raw errors;
 --- config
 apikey_header X-Other-Key;
 apikey_hide_key off;
 apikey_usage off;
+apikey_usage_raw sample=1000000000;
 location /t.txt {
     apikey off;
+    apikey_usage_raw off;
     apikey_header x_key-2;
     apikey_hide_key on;
     apikey_usage off;
@@ -554,14 +557,14 @@ qr/\[emerg\] "apikey_usage" directive is duplicate/
 
 
 
-=== TEST 47: a usage segment too small for one record per ring: nginx refuses to start and says why
+=== TEST 47: a usage segment too small for one chunk: nginx refuses to start and says why
 --- main_config
 worker_processes 1024;
 --- http_config
 apikey_usage $TEST_NGINX_APIKEY_USAGE size=1m;
 --- must_die
 --- error_log eval
-qr{\[emerg\] .*apikey_usage "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": size too small for 4096 rings}
+qr{\[emerg\] .*apikey_usage "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": size too small for 4096 streams}
 
 
 
@@ -576,7 +579,7 @@ GET /t.txt
 --- response_body
 hello
 --- error_log eval
-qr/apikey: (?:created|reusing) usage segment "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": \d+ rings of \d+ records, aggregates of 2048 entries, \d+ bytes/
+qr/apikey: (?:created|reusing) usage segment "\Q$ENV{TEST_NGINX_APIKEY_USAGE}\E": \d+ streams over \d+ chunks of 64k, aggregates of 2048 entries, \d+ bytes/
 --- check
 is(unpack('V', usage_segment_read(128, 4)), 2048, "$block->{name} - agg_entries in the header");
 --- no_error_log
@@ -663,3 +666,57 @@ apikey_usage /x aggregate=-5;
 --- must_die
 --- error_log eval
 qr/\[emerg\] invalid apikey_usage aggregate "aggregate=-5"/
+
+
+
+=== TEST 57: apikey_usage_raw with a value it does not know
+--- config
+location / { apikey_usage_raw sometimes; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sometimes": all, errors, sample=N or off/
+
+
+
+=== TEST 58: apikey_usage_raw sample=0
+--- config
+location / { apikey_usage_raw sample=0; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sample=0": sample=N takes N from 1 to 1000000000/
+
+
+
+=== TEST 59: apikey_usage_raw sample= (empty)
+--- config
+location /a { apikey_usage_raw sample=; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sample=": all, errors, sample=N or off/
+
+
+
+=== TEST 60: apikey_usage_raw sample=abc
+--- config
+location / { apikey_usage_raw sample=abc; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sample=abc": sample=N takes N from 1 to 1000000000/
+
+
+
+=== TEST 61: apikey_usage_raw sample above a billion
+--- config
+location / { apikey_usage_raw sample=1000000001; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] invalid apikey_usage_raw "sample=1000000001": sample=N takes N from 1 to 1000000000/
+
+
+
+=== TEST 62: apikey_usage_raw twice in one location
+--- config
+location / { apikey_usage_raw all; apikey_usage_raw off; }
+--- must_die
+--- error_log eval
+qr/\[emerg\] "apikey_usage_raw" directive is duplicate/

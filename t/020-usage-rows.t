@@ -59,10 +59,11 @@ our $NO_ERRORS = qr/\[(?:error|alert|crit|emerg)\]/;
 # --- the traffic of TEST 1: one key, every kind of request ---------------------------
 
 our $UA         = 't020-agent/1.0 (test)';
-our $LONG_UA    = 'L' x 50 . '0123456789' x 5;                      # 100 bytes of ASCII
-our $UTF_UA     = 'ab' . ("\xe2\x82\xac" x 30);                     # "ab" + 30 x U+20AC: 92 bytes
+our $LONG_UA    = 'L' x 50 . '0123456789' x 25;                     # 300 bytes of ASCII
+our $FULL_UA    = 'F' x 6 . '0123456789' x 25;                      # 256 bytes: kept whole
+our $UTF_UA     = 'ab' . ("\xe2\x82\xac" x 100);                    # "ab" + 100 x U+20AC: 302 bytes
 our $BAD_UA     = "bad\xff\xfe\xc3(ua\x01\x7f\\N'\"end";            # not UTF-8, control bytes, COPY escapes
-our $BAD_CUT_UA = ('c' x 62) . "\xe2\x82\xac\xe2\x82" . 'z' x 10;   # a 3-byte char across the 64-byte cut
+our $BAD_CUT_UA = ('c' x 254) . "\xe2\x82\xac\xe2\x82" . 'z' x 10;  # a 3-byte char across the 256-byte cut
 
 # [method, path, status, endpoint, result, user agent sent, user agent stored, bearer]
 our @PLAN;
@@ -81,15 +82,16 @@ plan_n(1, 'DELETE', '/static/t.txt', 405, '/static/', 'ok');
 plan_n(1, 'PROPFIND', '/static/t.txt', 405, '/static/', 'ok');
 plan_n(1, 'GET', "${LONG_LOC}t.txt", 200, substr($LONG_LOC, 0, 96), 'ok');
 plan_n(1, 'GET', '/euro/t.txt', 200, 'e' x 95, 'ok');
-plan_n(1, 'GET', '/static/index.html', 200, '/static/', 'ok', $LONG_UA, substr($LONG_UA, 0, 64));
-# a UTF-8 user agent is cut at a character boundary: 62 bytes, not 64
-plan_n(1, 'GET', '/static/index.html', 200, '/static/', 'ok', $UTF_UA, 'ab' . ("\xe2\x82\xac" x 20));
+plan_n(1, 'GET', '/static/index.html', 200, '/static/', 'ok', $LONG_UA, substr($LONG_UA, 0, 256));
+plan_n(1, 'GET', '/static/index.html', 200, '/static/', 'ok', $FULL_UA, $FULL_UA);
+# a UTF-8 user agent is cut at a character boundary: 254 bytes, not 256
+plan_n(1, 'GET', '/static/index.html', 200, '/static/', 'ok', $UTF_UA, 'ab' . ("\xe2\x82\xac" x 84));
 plan_n(1, 'GET', '/static/t.txt', 200, '/static/', 'ok', $UA, $UA, 'bearer');
 # poison: invalid UTF-8 and control bytes (sanitised, the readable text
-# kept, no NUL); a character cut at 64 bytes is dropped whole
+# kept, no NUL); a character cut at 256 bytes is dropped whole
 plan_n(1, 'GET', '/static/index.html', 200, '/static/', 'ok', $BAD_UA,
        "bad\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd(ua\x01\x7f\\N'\"end");
-plan_n(1, 'GET', '/static/index.html', 200, '/static/', 'ok', $BAD_CUT_UA, 'c' x 62);
+plan_n(1, 'GET', '/static/index.html', 200, '/static/', 'ok', $BAD_CUT_UA, 'c' x 254);
 
 sub plan_requests {
     return [ map {

@@ -98,7 +98,22 @@ SQL
     my @st = (request_burst($K{corrupt}{key}, 5), request_burst($K{unknown}{key}, 5));
     is_deeply(\@st, [ { 200 => 5 }, { 200 => 5 } ], '(c) 10 requests answered 200')
         or diag(join ' / ', map { format_statuses($_) } @st);
-    my @e = grep { $_->{state} == 1 } usage_aggregates();
+    # The log phase runs after the response: both keys' 5 requests must be
+    # in the active buffers before their entries are rewritten, or a late
+    # one makes a fresh entry under the real key.
+    my @e;
+    my $counted = sub {
+        my ($id) = @_;
+        my $n = 0;
+        $n += $_->{requests} for grep { $_->{key_id} eq $id } @e;
+        return $n;
+    };
+    eval {
+        wait_until(sub {
+            @e = grep { $_->{state} == 1 } usage_aggregates();
+            $counted->($K{corrupt}{key_id}) == 5 && $counted->($K{unknown}{key_id}) == 5;
+        }, 5, '(c) both keys\' requests aggregated');
+    };
     my @corrupt = grep { $_->{key_id} eq $K{corrupt}{key_id} } @e;
     my @unknown = grep { $_->{key_id} eq $K{unknown}{key_id} } @e;
     ok(@corrupt && @unknown, '(c) the workers aggregated both keys')

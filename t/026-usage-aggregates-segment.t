@@ -55,7 +55,7 @@ sub agg_table {
 # the rings hold exactly as many records as the aggregates count requests.
 sub records_match_aggregates {
     my $records = 0;
-    $records += usage_ring_head($_) - usage_ring_tail($_) for 0 .. usage_slot_count() - 1;
+    $records += usage_ring_records($_) for 0 .. usage_slot_count() - 1;
     my $aggregated = 0;
     $aggregated += $_->{requests} for usage_aggregates();
     return $records == $aggregated;

@@ -268,9 +268,10 @@ sub api_status { apikeyd_get($api_path, ["Authorization: Bearer $reader->{key}"]
     my $alog0 = length apikeyd_log();
     my $m0 = apikeyd_metrics();
     stop_postgres();
-    # 1 MiB / 288-byte records = 3640: send 4500, from three clients at once
+    # 1 MiB of ~290-byte records (a different 256-byte user agent each) in
+    # the spool is ~3600: send 4500, from three clients at once
     my @s = map { my $f = "$root/stream-c$_";
-                  [ request_stream(key => $k->{key}, n => 1500, file => $f), $f ] } 1 .. 3;
+                  [ request_stream(key => $k->{key}, n => 1500, file => $f, long_agents => 1), $f ] } 1 .. 3;
     my %st;
     for (@s) {
         my $r = wait_stream($_->[0], $_->[1], 120);

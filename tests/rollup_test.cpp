@@ -27,7 +27,6 @@ UsageRecord make_record(std::uint8_t key, std::int64_t time_us,
                         std::uint16_t status = 200,
                         std::uint64_t response_time_us = 1000) {
     UsageRecord r{};
-    r.version = kUsageRecordVersion;
     r.result = AuthResult::kOk;
     r.status = status;
     r.time_us = time_us;
@@ -405,7 +404,7 @@ TEST(RollupBatch, ClampsLengthsOfCorruptRecords) {
     std::memset(r.method, 'M', sizeof(r.method));
     r.endpoint_len = 255;
     r.method_len = 200;
-    r.user_agent_len = 250;
+    r.user_agent_len = 300;
     EXPECT_EQ(record_endpoint(r).size(), kUsageEndpointLen);
     EXPECT_EQ(record_method(r).size(), kUsageMethodLen);
     EXPECT_EQ(record_user_agent(r).size(), kUsageUserAgentLen);

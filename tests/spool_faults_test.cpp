@@ -94,7 +94,7 @@ TEST_F(SpoolFault, AWritePastTheFileSizeLimitStoresNothing) {
     {
         testing::FileSizeLimit limit(4096);
         ASSERT_TRUE(limit.ok());
-        EXPECT_FALSE(s.append(batch(1, 100)));  // 28,812 bytes
+        EXPECT_FALSE(s.append(batch(1, 100)));  // about 22 KB
     }
     EXPECT_TRUE(logged(logs_, "cannot write"));
     EXPECT_TRUE(s.empty());

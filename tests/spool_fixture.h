@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "spool.h"
+#include "spool_frame.h"
 
 namespace apikey::testing {
 
@@ -53,20 +54,30 @@ protected:
     std::vector<std::string> logs_;
 };
 
-// A batch whose records carry (batch id, index) in sequence.
+// A batch whose records carry (batch id, index) in sequence, each with a
+// 200-byte user agent unlike its neighbours' (about 220 bytes a record in
+// a frame).
 inline std::vector<UsageRecord> batch(std::uint64_t id, std::size_t n) {
     std::vector<UsageRecord> out(n);
     for (std::size_t i = 0; i < n; ++i) {
         UsageRecord& r = out[i];
         std::memset(&r, 0, sizeof(r));
-        r.version = kUsageRecordVersion;
         r.generation = id;
         r.sequence = i;
         r.time_us = static_cast<std::int64_t>(id * 1000 + i);
         r.endpoint_len = 5;
         std::memcpy(r.endpoint, "/item", 5);
+        r.user_agent_len = 200;
+        std::memset(r.user_agent, 'a' + static_cast<int>(i % 26), 200);
     }
     return out;
+}
+
+// The bytes a batch takes in the spool.
+inline std::uint64_t frame_bytes(const std::vector<UsageRecord>& b) {
+    std::vector<unsigned char> payload;
+    encode_spool_payload(b, &payload);
+    return kSpoolFrameHeaderBytes + payload.size();
 }
 
 inline std::uint64_t batch_id(const std::vector<UsageRecord>& b) {

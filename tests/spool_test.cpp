@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "key_format.h"  // crc32
 #include "spool_fixture.h"
 
 namespace apikey {
@@ -19,6 +20,7 @@ namespace {
 using testing::batch;
 using testing::batch_id;
 using testing::drain;
+using testing::frame_bytes;
 using testing::SpoolTest;
 
 TEST_F(SpoolTest, CreatesItsDirectoryPrivate) {
@@ -38,8 +40,8 @@ TEST_F(SpoolTest, ReplaysBatchesOldestFirstWithTheirRecords) {
     ASSERT_TRUE(s.append(batch(3, 500)));
     EXPECT_FALSE(s.empty());
     EXPECT_EQ(s.pending_batches(), 3u);
-    EXPECT_EQ(s.bytes(),
-              3 * kSpoolFrameHeaderBytes + 504 * sizeof(UsageRecord));
+    EXPECT_EQ(s.bytes(), frame_bytes(batch(1, 3)) + frame_bytes(batch(2, 1)) +
+                             frame_bytes(batch(3, 500)));
 
     std::vector<std::vector<UsageRecord>> seen;
     std::size_t removed = s.replay([&](const std::vector<UsageRecord>& b) {
@@ -103,8 +105,8 @@ TEST_F(SpoolTest, AppendsDuringReplayComeAfter) {
 }
 
 TEST_F(SpoolTest, FullSpoolRejectsAndCountsNothing) {
-    const std::uint64_t frame =
-        kSpoolFrameHeaderBytes + 10 * sizeof(UsageRecord);
+    const std::uint64_t frame = frame_bytes(batch(1, 10));
+    ASSERT_EQ(frame_bytes(batch(3, 10)), frame);
     Spool s(dir_, 2 * frame + 100);
     EXPECT_TRUE(s.append(batch(1, 10)));
     EXPECT_TRUE(s.append(batch(2, 10)));
@@ -126,8 +128,7 @@ TEST_F(SpoolTest, ANewSpoolOnTheSameDirectorySeesTheData) {
     }
     Spool again(dir_, 64 << 20, logger());
     EXPECT_EQ(again.pending_batches(), 2u);
-    EXPECT_EQ(again.bytes(),
-              2 * (kSpoolFrameHeaderBytes + 7 * sizeof(UsageRecord)));
+    EXPECT_EQ(again.bytes(), frame_bytes(batch(1, 7)) + frame_bytes(batch(2, 7)));
     ASSERT_TRUE(again.append(batch(3, 1)));
     EXPECT_EQ(drain(again), (std::vector<std::uint64_t>{1, 2, 3}));
     EXPECT_TRUE(logs_.empty());
@@ -189,7 +190,7 @@ TEST_F(SpoolTest, ACorruptPayloadCutsFromThatFrameOn) {
     }
     const std::string path = files()[0];
     // Flip one payload byte of the second frame.
-    const off_t second = kSpoolFrameHeaderBytes + 2 * sizeof(UsageRecord);
+    const off_t second = static_cast<off_t>(frame_bytes(batch(1, 2)));
     int fd = ::open(path.c_str(), O_RDWR);
     ASSERT_GE(fd, 0);
     unsigned char byte;
@@ -231,10 +232,101 @@ TEST_F(SpoolTest, FramesStartWithTheLayoutMagic) {
     EXPECT_EQ(head[5], 0);
 }
 
+// A spool the previous version wrote (frame version 1: 12-byte headers,
+// fixed 288-byte records) is replayed after an upgrade, and its frames are
+// marked consumed in their own version.
+TEST_F(SpoolTest, AVersionOneSpoolFileIsReplayed) {
+    ASSERT_EQ(::mkdir(dir_.c_str(), 0700), 0);
+    const std::string path = dir_ + "/spool-0000000000000003.bin";
+    std::string file;
+    auto u32 = [](std::string* s, std::size_t at, std::uint32_t v) {
+        for (int i = 0; i < 4; ++i) (*s)[at + i] = static_cast<char>(v >> (8 * i));
+    };
+    auto u64 = [&](std::string* s, std::size_t at, std::uint64_t v) {
+        u32(s, at, static_cast<std::uint32_t>(v));
+        u32(s, at + 4, static_cast<std::uint32_t>(v >> 32));
+    };
+    for (std::uint32_t frame = 0; frame < 2; ++frame) {
+        const std::uint32_t count = 2 + frame;
+        std::string payload(count * kSpoolV1RecordBytes, '\0');
+        for (std::uint32_t i = 0; i < count; ++i) {
+            const std::size_t at = i * kSpoolV1RecordBytes;
+            payload[at] = 1;                      // version
+            payload[at + 2] = 0;                  // result: ok
+            payload[at + 3] = 4;                  // ip family
+            payload[at + 4] = static_cast<char>(200 % 256);
+            payload[at + 6] = 3;                  // method_len
+            payload[at + 7] = 2;                  // endpoint_len
+            payload[at + 8] = 64;                 // user_agent_len (the old cap)
+            u32(&payload, at + 16, 5);            // slot
+            u64(&payload, at + 24, 777 + frame);  // generation
+            u64(&payload, at + 32, i);            // sequence (a record count)
+            u64(&payload, at + 40, 1700000000000000 + i);
+            u64(&payload, at + 56, 4096);         // bytes_sent
+            payload[at + 64] = static_cast<char>(0x11 + i);  // key_id[0]
+            payload[at + 96] = 10;                // ip 10.0.0.9
+            payload[at + 99] = 9;
+            payload.replace(at + 112, 3, "GET");
+            payload.replace(at + 128, 2, "/v");
+            payload.replace(at + 224, 64, std::string(64, 'u'));
+        }
+        std::string header(kSpoolV1FrameHeaderBytes, '\0');
+        u32(&header, 0, spool_frame_magic(1));
+        u32(&header, 4, count);
+        u32(&header, 8, crc32(payload));
+        file += header + payload;
+    }
+    {
+        std::ofstream f(path, std::ios::binary);
+        f << file;
+    }
+    std::vector<std::vector<UsageRecord>> seen;
+    {
+        Spool s(dir_, 64 << 20, logger());
+        EXPECT_EQ(s.pending_batches(), 2u);
+        EXPECT_EQ(s.bytes(), file.size());
+        // The first batch is replayed; the database goes away at the second.
+        s.replay([&](const std::vector<UsageRecord>& b) {
+            seen.push_back(b);
+            return seen.size() == 1;
+        });
+        EXPECT_EQ(s.pending_batches(), 1u);
+    }
+    ASSERT_EQ(seen.size(), 2u);
+    ASSERT_EQ(seen[0].size(), 2u);
+    ASSERT_EQ(seen[1].size(), 3u);
+    const UsageRecord& r = seen[1][2];
+    EXPECT_EQ(r.slot, 5u);
+    EXPECT_EQ(r.generation, 778u);
+    EXPECT_EQ(r.sequence, 2u);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.result, AuthResult::kOk);
+    EXPECT_EQ(r.time_us, 1700000000000002);
+    EXPECT_EQ(r.bytes_sent, 4096u);
+    EXPECT_EQ(r.key_id[0], 0x13);
+    EXPECT_EQ(r.ip_family, IpFamily::kV4);
+    EXPECT_EQ(r.ip[3], 9);
+    EXPECT_EQ(r.method_view(), "GET");
+    EXPECT_EQ(r.endpoint_view(), "/v");
+    EXPECT_EQ(r.user_agent_view(), std::string(64, 'u'));
+    EXPECT_TRUE(logs_.empty());
+    // After a restart only the batch not yet committed comes back.
+    Spool again(dir_, 64 << 20, logger());
+    EXPECT_EQ(again.pending_batches(), 1u);
+    std::vector<std::uint64_t> gens;
+    again.replay([&](const std::vector<UsageRecord>& b) {
+        gens.push_back(b.front().generation);
+        return true;
+    });
+    EXPECT_EQ(gens, (std::vector<std::uint64_t>{778}));
+    EXPECT_TRUE(again.empty());
+    EXPECT_TRUE(files().empty());
+}
+
 TEST_F(SpoolTest, RotatesFilesAndReplaysAcrossThem) {
-    const std::size_t per_batch = 10000;  // 2.88 MB
+    const std::size_t per_batch = 10000;  // about 2.2 MB
     const std::size_t batches =
-        kSpoolFileRotateBytes / (per_batch * sizeof(UsageRecord)) + 3;
+        kSpoolFileRotateBytes / frame_bytes(batch(1, per_batch)) + 3;
     {
         Spool s(dir_, 256ull << 20);
         for (std::size_t id = 1; id <= batches; ++id) {

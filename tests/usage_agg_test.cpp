@@ -131,17 +131,17 @@ Key key_for(const AggregateEntry& e) {
 
 class UsageAggTest : public ::testing::Test {
 protected:
-    // A fresh segment of `slots` slots (8 records per ring), every slot
+    // A fresh segment of `slots` slots, every slot
     // claimed unless told otherwise.
     void create(std::uint32_t slots = 1, std::uint32_t entries = kEntries,
                 bool claim = true) {
         bool created = false;
         std::string error;
-        const std::size_t rings =
-            kUsageHeaderSize +
-            slots * (sizeof(UsageSlot) + 8 * sizeof(UsageRecord));
+        // A stream of a few chunks (sparse): these tests are about the
+        // aggregation areas after it.
+        const std::size_t stream = std::size_t{1} << 20;
         ASSERT_EQ(seg_.open_or_create(path_.c_str(),
-                                      usage_layout_for(rings, slots, entries),
+                                      usage_layout_for(stream, slots, entries),
                                       0600, &created, &error),
                   SegmentStatus::kOk)
             << error;
@@ -228,7 +228,13 @@ TEST(AggLayoutTest, OutOfRangeIsInvalid) {
 TEST_F(UsageAggTest, HeaderRecordsTheAreasAndEpochsStartAtOne) {
     create(2);
     const UsageHeader& h = seg_.header();
-    EXPECT_EQ(h.layout_version, 2u);
+    EXPECT_EQ(h.layout_version, 3u);
+    // Right after the stream area: the header page, the slots' page, the
+    // stream.
+    EXPECT_EQ(h.agg_area_offset,
+              2 * 4096 + stream_layout(2, static_cast<std::uint32_t>(
+                                                h.chunk_count))
+                             .size);
     EXPECT_EQ(h.agg_entries, kEntries);
     EXPECT_EQ(h.agg_labels, kEntries / 16);
     EXPECT_EQ(h.agg_cells, kEntries * 4);
@@ -273,20 +279,25 @@ TEST_F(UsageAggTest, AttachRefusesAreaSizesThatDisagree) {
     EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kOk) << error;
 }
 
-TEST_F(UsageAggTest, AVersionOneFileIsRefusedNamingBothVersions) {
+// The layout before the stream (fixed 288-byte records in rings, then
+// the aggregation areas) is refused, never read as this one.
+TEST_F(UsageAggTest, AVersionTwoFileIsRefusedNamingBothVersions) {
     create(1);
     seg_.reset();
     const int fd = open(path_.c_str(), O_RDWR);
     ASSERT_GE(fd, 0);
-    const std::uint32_t v1 = 1;
-    ASSERT_EQ(pwrite(fd, &v1, 4, offsetof(UsageHeader, layout_version)), 4);
+    const std::uint32_t v2 = 2;
+    const std::uint32_t record_size = 288;
+    ASSERT_EQ(pwrite(fd, &v2, 4, offsetof(UsageHeader, layout_version)), 4);
+    ASSERT_EQ(pwrite(fd, &record_size, 4, offsetof(UsageHeader, chunk_size)),
+              4);
     close(fd);
     UsageSegment s;
     std::string error;
     EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kBadVersion);
     EXPECT_NE(error.find(path_), std::string::npos) << error;
-    EXPECT_NE(error.find("layout version 1 (record size 288), this build "
-                         "reads version 2 (record size 288)"),
+    EXPECT_NE(error.find("layout version 2 (chunk size 288), this build "
+                         "reads version 3 (chunk size 65536)"),
               std::string::npos)
         << error;
 }

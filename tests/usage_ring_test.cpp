@@ -1,5 +1,6 @@
-// One suite for shared/usage_ring: layout, claims, the producer and the
-// consumer, replacement of a segment. Long because the unit is.
+// One suite for shared/usage_ring and the stream it holds
+// (shared/usage_stream): layout, claims, the producer and the consumer, the
+// chunk pool, replacement of a segment. Long because the unit is.
 #include "usage_ring.h"
 
 #include <atomic>
@@ -22,30 +23,33 @@
 
 #include <gtest/gtest.h>
 
+#include "usage_fields_equal.h"
+
 namespace apikey {
 namespace {
 
-constexpr std::size_t kFixedPerSlot = sizeof(UsageSlot);
-constexpr std::size_t kRecordWords = sizeof(UsageRecord) / 8;
+constexpr std::size_t kPage = 4096;
 
-// The smallest aggregation areas: these tests are about the rings.
+// The smallest aggregation areas: these tests are about the streams.
 constexpr std::uint32_t kAgg = kAggMinEntries;
 
-// The size the rings take (header and slot descriptors included).
-std::size_t size_for(std::uint32_t slots, std::uint64_t capacity) {
-    return kUsageHeaderSize + slots * kFixedPerSlot +
-           slots * capacity * sizeof(UsageRecord);
+// Where the stream area of `chunks` chunks ends: header and slots up to a
+// page, then the stream area.
+std::size_t size_for(std::uint32_t slots, std::uint32_t chunks) {
+    const std::size_t fixed =
+        (kUsageHeaderSize + slots * sizeof(UsageSlot) + kPage - 1) &
+        ~(kPage - 1);
+    return fixed + stream_layout(slots, chunks).size;
 }
 
-// The whole file: the rings, then from the next page an aggregation area
-// per slot.
-std::size_t file_for(std::uint32_t slots, std::uint64_t capacity) {
-    return (size_for(slots, capacity) + 4095) / 4096 * 4096 +
-           slots * agg_layout_for(kAgg).area_size;
+// The whole file: the stream area, then (it ends on a page) an aggregation
+// area per slot.
+std::size_t file_for(std::uint32_t slots, std::uint32_t chunks) {
+    return size_for(slots, chunks) + slots * agg_layout_for(kAgg).area_size;
 }
 
-UsageLayout layout_of(std::uint32_t slots, std::uint64_t capacity) {
-    return usage_layout_for(size_for(slots, capacity), slots, kAgg);
+UsageLayout layout_of(std::uint32_t slots, std::uint32_t chunks) {
+    return usage_layout_for(size_for(slots, chunks), slots, kAgg);
 }
 
 std::int64_t now_us() {
@@ -54,38 +58,78 @@ std::int64_t now_us() {
         .count();
 }
 
-// Every byte of the record derived from `n`, so a torn or misplaced copy
-// shows up; push then overwrites slot, generation and sequence.
+// A record derived from `n`: every field varies with it, keys and texts in
+// runs (so records refer to the one before them) and of every length up to
+// the fields' maxima, so a misplaced, torn or misdecoded record shows.
 UsageRecord pattern_record(std::uint64_t n) {
-    std::uint64_t words[kRecordWords];
-    for (std::size_t i = 0; i < kRecordWords; ++i) {
-        words[i] =
-            (n + 1) * 0x9e3779b97f4a7c15ULL ^ (i * 0xff51afd7ed558ccdULL);
+    UsageRecord r{};
+    r.result = n % 11 == 5 ? AuthResult::kRevoked : AuthResult::kOk;
+    r.status = static_cast<std::uint16_t>(100 + n % 500);
+    r.time_us = 1700000000000000 + static_cast<std::int64_t>(n * 997 % 100000);
+    r.response_time_us = n * 7 % 100000;
+    r.bytes_sent = n * 131;
+    for (int i = 0; i < 16; ++i) {
+        r.key_id[i] = static_cast<std::uint8_t>(n / 4 + i);
+        r.org_id[i] = static_cast<std::uint8_t>(n / 4 * 3 + i);
     }
-    UsageRecord r;
-    std::memcpy(&r, words, sizeof r);
+    const std::uint64_t family = n / 3 % 3;
+    r.ip_family = family == 0   ? IpFamily::kV4
+                  : family == 1 ? IpFamily::kV6
+                                : IpFamily::kNone;
+    if (r.ip_family != IpFamily::kNone) {
+        r.ip[0] = static_cast<std::uint8_t>(n / 3);
+        r.ip[3] = 7;
+    }
+    if (r.ip_family == IpFamily::kV6) r.ip[15] = 9;
+    r.method_len = static_cast<std::uint8_t>(n / 5 % 17);
+    std::memset(r.method, 'A' + static_cast<int>(n / 5 % 26), r.method_len);
+    r.endpoint_len = static_cast<std::uint8_t>(n / 2 % 97);
+    std::memset(r.endpoint, 'a' + static_cast<int>(n / 2 % 26), r.endpoint_len);
+    r.user_agent_len = static_cast<std::uint16_t>(n / 7 % 257);
+    std::memset(r.user_agent, '0' + static_cast<int>(n / 7 % 10),
+                r.user_agent_len);
     return r;
 }
 
-// The record as the consumer must see it after push.
+// The record as the consumer must see it: fields as written, the slot and
+// generation it came from.
 bool matches_pattern(const UsageRecord& got, std::uint64_t n,
                      std::uint32_t slot, std::uint64_t generation) {
-    UsageRecord want = pattern_record(n);
-    want.slot = slot;
-    want.generation = generation;
-    want.sequence = n;
-    return std::memcmp(&got, &want, sizeof want) == 0;
+    return got.slot == slot && got.generation == generation &&
+           usage_fields_equal(got, pattern_record(n));
 }
 
 UsageRecord sample_record() {
     UsageRecord r{};
-    r.version = kUsageRecordVersion;
     r.result = AuthResult::kOk;
     r.status = 200;
-    r.method_len = copy_truncated(r.method, kUsageMethodLen, "GET");
-    r.endpoint_len =
-        copy_truncated(r.endpoint, kUsageEndpointLen, "/v1/things");
+    r.time_us = 1700000000000000;
+    r.method_len =
+        static_cast<std::uint8_t>(copy_truncated(r.method, kUsageMethodLen, "GET"));
+    r.endpoint_len = static_cast<std::uint8_t>(
+        copy_truncated(r.endpoint, kUsageEndpointLen, "/v1/things"));
     return r;
+}
+
+// The producer side as a worker holds it: the segment's slot and its own
+// writer.
+struct Producer {
+    UsageSegment* seg;
+    std::uint32_t slot;
+    StreamWriter writer;
+
+    bool push(const UsageRecord& r) {
+        return seg->append(slot, &writer, usage_fields_of(r));
+    }
+};
+
+// Reads records of `slot` from its tail (at most `max`); *end: where the
+// next read starts.
+std::vector<UsageRecord> peek_all(UsageSegment& seg, std::uint32_t slot,
+                                  std::size_t max, std::uint64_t* end) {
+    std::vector<UsageRecord> out(max);
+    out.resize(seg.peek(slot, 0, out.data(), max, end));
+    return out;
 }
 
 class UsageRingTest : public ::testing::Test {
@@ -103,12 +147,12 @@ protected:
         rmdir(dir_.c_str());
     }
 
-    // A fresh segment at path_ with `slots` rings of `capacity` records.
-    UsageSegment create(std::uint32_t slots, std::uint64_t capacity) {
+    // A fresh segment at path_ with `slots` streams over `chunks` chunks.
+    UsageSegment create(std::uint32_t slots, std::uint32_t chunks) {
         UsageSegment seg;
         bool created = false;
         std::string error;
-        EXPECT_EQ(seg.open_or_create(path_.c_str(), layout_of(slots, capacity),
+        EXPECT_EQ(seg.open_or_create(path_.c_str(), layout_of(slots, chunks),
                                      0600, &created, &error),
                   SegmentStatus::kOk)
             << error;
@@ -141,46 +185,51 @@ protected:
 
 // --- layout -----------------------------------------------------------------
 
-TEST(UsageLayoutTest, CapacityIsLargestPowerOfTwoThatFits) {
-    const std::size_t total = size_for(4, 1000);
+TEST(UsageLayoutTest, ChunkCountIsTheMostThatFits) {
+    const std::size_t total = size_for(4, 100) + kStreamChunkSize / 2;
     const UsageLayout l = usage_layout_for(total, 4, kAgg);
     EXPECT_EQ(l.slot_count, 4u);
-    EXPECT_EQ(l.ring_capacity, 512u);
-    EXPECT_EQ(l.file_size, file_for(4, 512));
-    EXPECT_LE(l.file_size, file_for(4, 1000));
+    EXPECT_EQ(l.chunk_count, 100u);
+    EXPECT_EQ(l.file_size, file_for(4, 100));
+    EXPECT_EQ(l.agg_entries, kAgg);
 }
 
 TEST(UsageLayoutTest, ExactFitUsesTheWholeSize) {
-    const UsageLayout l = usage_layout_for(size_for(8, 1024), 8, kAgg);
-    EXPECT_EQ(l.ring_capacity, 1024u);
-    EXPECT_EQ(l.file_size, file_for(8, 1024));
-    // One byte short halves the rings.
-    EXPECT_EQ(usage_layout_for(size_for(8, 1024) - 1, 8, kAgg).ring_capacity,
-              512u);
+    const UsageLayout l = usage_layout_for(size_for(8, 64), 8, kAgg);
+    EXPECT_EQ(l.chunk_count, 64u);
+    EXPECT_EQ(l.file_size, file_for(8, 64));
+    // One byte short: one chunk less.
+    EXPECT_EQ(usage_layout_for(size_for(8, 64) - 1, 8, kAgg).chunk_count, 63u);
 }
 
-TEST(UsageLayoutTest, SixtyFourMegabytesIsPowerOfTwoAndFits) {
+TEST(UsageLayoutTest, SixtyFourMegabytesIsNearlyAllChunks) {
     const std::size_t total = 64u << 20;
     for (std::uint32_t slots : {1u, 2u, 3u, 8u, 64u, 1000u}) {
         const UsageLayout l = usage_layout_for(total, slots, kAgg);
-        ASSERT_GT(l.ring_capacity, 0u) << slots;
-        EXPECT_EQ(l.ring_capacity & (l.ring_capacity - 1), 0u) << slots;
-        EXPECT_LE(l.file_size, file_for(slots, l.ring_capacity)) << slots;
-        EXPECT_GT(size_for(slots, l.ring_capacity * 2), total) << slots;
-        EXPECT_EQ(l.file_size, file_for(slots, l.ring_capacity)) << slots;
+        ASSERT_GT(l.chunk_count, 0u) << slots;
+        EXPECT_GT(size_for(slots, static_cast<std::uint32_t>(l.chunk_count) + 1),
+                  total)
+            << slots;
+        EXPECT_EQ(l.file_size,
+                  file_for(slots, static_cast<std::uint32_t>(l.chunk_count)))
+            << slots;
     }
+    // Eight slots (two workers): the pool is 1018 of the 1024 64 KiB parts.
+    EXPECT_GE(usage_layout_for(total, 8, kAgg).chunk_count, 1016u);
 }
 
-TEST(UsageLayoutTest, TooSmallGivesZeroCapacity) {
-    EXPECT_EQ(usage_layout_for(size_for(2, 1) - 1, 2, kAgg).ring_capacity, 0u);
+TEST(UsageLayoutTest, TooSmallGivesNoChunks) {
+    EXPECT_EQ(usage_layout_for(size_for(2, 1) - 1, 2, kAgg).chunk_count, 0u);
     EXPECT_EQ(usage_layout_for(size_for(2, 1) - 1, 2, kAgg).file_size, 0u);
-    EXPECT_EQ(usage_layout_for(size_for(2, 1), 2, kAgg).ring_capacity, 1u);
-    EXPECT_EQ(usage_layout_for(100, 1, kAgg).ring_capacity, 0u);
-    EXPECT_EQ(usage_layout_for(0, 1, kAgg).ring_capacity, 0u);
-    EXPECT_EQ(usage_layout_for(64u << 20, 0, kAgg).ring_capacity, 0u);
+    EXPECT_EQ(usage_layout_for(size_for(2, 1), 2, kAgg).chunk_count, 1u);
+    EXPECT_EQ(usage_layout_for(100, 1, kAgg).chunk_count, 0u);
+    EXPECT_EQ(usage_layout_for(0, 1, kAgg).chunk_count, 0u);
+    EXPECT_EQ(usage_layout_for(64u << 20, 0, kAgg).chunk_count, 0u);
     EXPECT_EQ(
-        usage_layout_for(SIZE_MAX / 2, kMaxUsageSlots + 1, kAgg).ring_capacity,
+        usage_layout_for(SIZE_MAX / 2, kMaxUsageSlots + 1, kAgg).chunk_count,
         0u);
+    EXPECT_EQ(stream_layout(1, kMaxStreamChunks + 1).size, 0u);
+    EXPECT_EQ(stream_chunks_fitting(SIZE_MAX / 2, 1), kMaxStreamChunks);
 }
 
 // --- create, reuse, replace, attach ----------------------------------------
@@ -190,7 +239,7 @@ TEST_F(UsageRingTest, CreateWritesHeaderWithExactModeDespiteUmask) {
     UsageSegment seg;
     bool created = false;
     std::string error;
-    const UsageLayout layout = layout_of(3, 64);
+    const UsageLayout layout = layout_of(3, 8);
     ASSERT_EQ(seg.open_or_create(path_.c_str(), layout, 0660, &created, &error),
               SegmentStatus::kOk)
         << error;
@@ -205,14 +254,15 @@ TEST_F(UsageRingTest, CreateWritesHeaderWithExactModeDespiteUmask) {
     const UsageHeader& h = seg.header();
     EXPECT_EQ(h.magic, kUsageMagic);
     EXPECT_EQ(h.layout_version, kUsageLayoutVersion);
-    EXPECT_EQ(h.record_size, sizeof(UsageRecord));
+    EXPECT_EQ(h.chunk_size, kStreamChunkSize);
     EXPECT_EQ(h.slot_count, 3u);
-    EXPECT_EQ(h.ring_capacity, 64u);
+    EXPECT_EQ(h.chunk_count, 8u);
     EXPECT_EQ(h.file_size, layout.file_size);
     EXPECT_GT(h.created_at_us, 0);
     EXPECT_FALSE(seg.superseded());
     EXPECT_EQ(seg.slot_count(), 3u);
-    EXPECT_EQ(seg.ring_capacity(), 64u);
+    EXPECT_EQ(seg.chunk_count(), 8u);
+    EXPECT_EQ(seg.stream().free_chunks(), 8u);
     for (std::uint32_t i = 0; i < 3; ++i) {
         EXPECT_EQ(seg.slot(i).state.load(),
                   static_cast<std::uint32_t>(SlotOwnership::kFree));
@@ -223,18 +273,19 @@ TEST_F(UsageRingTest, CreateWritesHeaderWithExactModeDespiteUmask) {
 
 TEST_F(UsageRingTest, ReopenWithSameLayoutReusesFileAndKeepsRecords) {
     {
-        UsageSegment seg = create(2, 16);
+        UsageSegment seg = create(2, 4);
         const int s = seg.claim_slot(1234, 1000);
         ASSERT_EQ(s, 0);
+        Producer p{&seg, 0, {}};
         for (std::uint64_t i = 0; i < 3; ++i) {
-            ASSERT_TRUE(seg.push(0, pattern_record(i)));
+            ASSERT_TRUE(p.push(pattern_record(i)));
         }
     }
     const ino_t before = inode_of(path_);
     UsageSegment seg;
     bool created = true;
     std::string error;
-    ASSERT_EQ(seg.open_or_create(path_.c_str(), layout_of(2, 16), 0600,
+    ASSERT_EQ(seg.open_or_create(path_.c_str(), layout_of(2, 4), 0600,
                                  &created, &error),
               SegmentStatus::kOk)
         << error;
@@ -243,17 +294,21 @@ TEST_F(UsageRingTest, ReopenWithSameLayoutReusesFileAndKeepsRecords) {
     EXPECT_EQ(seg.slot(0).state.load(),
               static_cast<std::uint32_t>(SlotOwnership::kOwned));
     EXPECT_EQ(seg.slot(0).owner_pid.load(), 1234);
-    UsageRecord out[4];
-    ASSERT_EQ(seg.peek(0, 0, out, 4), 3u);
+    std::uint64_t end = 0;
+    const auto out = peek_all(seg, 0, 4, &end);
+    ASSERT_EQ(out.size(), 3u);
     for (std::uint64_t i = 0; i < 3; ++i) {
-        EXPECT_TRUE(matches_pattern(out[i], i, 0, 1000)) << i;
+        UsageRecord r = out[i];
+        r.generation = 1000;  // the consumer stamps it
+        EXPECT_TRUE(matches_pattern(r, i, 0, 1000)) << i;
     }
 }
 
 TEST_F(UsageRingTest, DifferentLayoutCreatesFreshFileAndSupersedesOld) {
-    UsageSegment old = create(2, 16);
+    UsageSegment old = create(2, 4);
     ASSERT_EQ(old.claim_slot(1, 1000), 0);
-    ASSERT_TRUE(old.push(0, sample_record()));
+    Producer p{&old, 0, {}};
+    ASSERT_TRUE(p.push(sample_record()));
     UsageSegment drainer;  // apikeyd's mapping of the old file
     std::string error;
     ASSERT_EQ(drainer.attach(path_.c_str(), &error), SegmentStatus::kOk)
@@ -262,20 +317,20 @@ TEST_F(UsageRingTest, DifferentLayoutCreatesFreshFileAndSupersedesOld) {
 
     UsageSegment fresh;
     bool created = false;
-    ASSERT_EQ(fresh.open_or_create(path_.c_str(), layout_of(4, 32), 0600,
+    ASSERT_EQ(fresh.open_or_create(path_.c_str(), layout_of(4, 8), 0600,
                                    &created, &error),
               SegmentStatus::kOk)
         << error;
     EXPECT_TRUE(created);
     EXPECT_NE(inode_of(path_), old_inode);
     EXPECT_EQ(fresh.slot_count(), 4u);
-    EXPECT_EQ(fresh.ring_capacity(), 32u);
+    EXPECT_EQ(fresh.chunk_count(), 8u);
     EXPECT_FALSE(fresh.superseded());
     EXPECT_TRUE(old.superseded());
     EXPECT_TRUE(drainer.superseded());
     // The old mapping still works: its record can be drained.
-    UsageRecord out;
-    EXPECT_EQ(drainer.peek(0, 0, &out, 1), 1u);
+    std::uint64_t end = 0;
+    EXPECT_EQ(peek_all(drainer, 0, 1, &end).size(), 1u);
 
     UsageSegment reattached;
     ASSERT_EQ(reattached.attach(path_.c_str(), &error), SegmentStatus::kOk)
@@ -286,7 +341,7 @@ TEST_F(UsageRingTest, DifferentLayoutCreatesFreshFileAndSupersedesOld) {
 
 TEST_F(UsageRingTest, GarbageFileIsReplaced) {
     write_file(std::string(10000, 'x'));
-    UsageSegment seg = create(1, 8);
+    UsageSegment seg = create(1, 2);
     std::string error;
     UsageSegment check;
     EXPECT_EQ(check.attach(path_.c_str(), &error), SegmentStatus::kOk) << error;
@@ -294,7 +349,7 @@ TEST_F(UsageRingTest, GarbageFileIsReplaced) {
 
 TEST_F(UsageRingTest, EmptyFileIsReplaced) {
     write_file("");
-    UsageSegment seg = create(1, 8);
+    UsageSegment seg = create(1, 2);
     EXPECT_TRUE(seg.mapped());
 }
 
@@ -304,7 +359,7 @@ TEST_F(UsageRingTest, PathThatCannotBeOpenedIsErrorNotReplaced) {
     UsageSegment seg;
     bool created = true;
     std::string error;
-    EXPECT_EQ(seg.open_or_create(dir_path.c_str(), layout_of(1, 8), 0600,
+    EXPECT_EQ(seg.open_or_create(dir_path.c_str(), layout_of(1, 2), 0600,
                                  &created, &error),
               SegmentStatus::kIoError);
     EXPECT_FALSE(created);
@@ -319,8 +374,8 @@ TEST_F(UsageRingTest, InvalidLayoutIsRefused) {
     UsageSegment seg;
     bool created = true;
     std::string error;
-    UsageLayout bad = layout_of(2, 16);
-    bad.ring_capacity = 12;
+    UsageLayout bad = layout_of(2, 4);
+    bad.chunk_count = 3;
     EXPECT_EQ(seg.open_or_create(path_.c_str(), bad, 0600, &created, &error),
               SegmentStatus::kBadSize);
     EXPECT_FALSE(created);
@@ -341,7 +396,7 @@ TEST_F(UsageRingTest, AttachMissingFileSaysMissingWithPath) {
 }
 
 TEST_F(UsageRingTest, AttachRefusesBadMagic) {
-    { UsageSegment seg = create(1, 8); }
+    { UsageSegment seg = create(1, 2); }
     const std::uint64_t wrong = 0x1122334455667788ULL;
     patch(offsetof(UsageHeader, magic), &wrong, sizeof wrong);
     UsageSegment seg;
@@ -351,28 +406,37 @@ TEST_F(UsageRingTest, AttachRefusesBadMagic) {
     EXPECT_FALSE(seg.mapped());
 }
 
-TEST_F(UsageRingTest, AttachRefusesOtherLayoutVersion) {
-    { UsageSegment seg = create(1, 8); }
-    const std::uint32_t v = kUsageLayoutVersion + 1;
-    patch(offsetof(UsageHeader, layout_version), &v, sizeof v);
+// A segment of the previous layout (fixed 288-byte records, version 1) is
+// refused with both versions named, never read as streams.
+TEST_F(UsageRingTest, AttachRefusesTheFixedRecordLayoutByName) {
+    { UsageSegment seg = create(1, 2); }
+    const std::uint32_t v1 = 1;
+    const std::uint32_t record_size = 288;
+    patch(offsetof(UsageHeader, layout_version), &v1, sizeof v1);
+    patch(offsetof(UsageHeader, chunk_size), &record_size, sizeof record_size);
     UsageSegment seg;
     std::string error;
     EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadVersion);
     EXPECT_FALSE(seg.mapped());
+    EXPECT_NE(error.find(path_), std::string::npos) << error;
+    EXPECT_NE(error.find("layout version 1"), std::string::npos) << error;
+    EXPECT_NE(error.find("reads version " + std::to_string(kUsageLayoutVersion)),
+              std::string::npos)
+        << error;
 }
 
-TEST_F(UsageRingTest, AttachRefusesOtherRecordSize) {
-    { UsageSegment seg = create(1, 8); }
-    const std::uint32_t size = sizeof(UsageRecord) + 8;
-    patch(offsetof(UsageHeader, record_size), &size, sizeof size);
+TEST_F(UsageRingTest, AttachRefusesOtherChunkSize) {
+    { UsageSegment seg = create(1, 2); }
+    const std::uint32_t size = kStreamChunkSize * 2;
+    patch(offsetof(UsageHeader, chunk_size), &size, sizeof size);
     UsageSegment seg;
     std::string error;
     EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadVersion);
 }
 
 TEST_F(UsageRingTest, AttachRefusesTruncatedFile) {
-    { UsageSegment seg = create(2, 8); }
-    ASSERT_EQ(truncate(path_.c_str(), file_for(2, 8) - 4096), 0);
+    { UsageSegment seg = create(2, 2); }
+    ASSERT_EQ(truncate(path_.c_str(), file_for(2, 2) - 8), 0);
     UsageSegment seg;
     std::string error;
     EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadSize);
@@ -382,7 +446,7 @@ TEST_F(UsageRingTest, AttachRefusesTruncatedFile) {
 }
 
 TEST_F(UsageRingTest, AttachRefusesAFileCutInsideTheHeader) {
-    { UsageSegment seg = create(2, 8); }
+    { UsageSegment seg = create(2, 2); }
     // The magic is there, the rest of the header is not.
     ASSERT_EQ(truncate(path_.c_str(), 16), 0);
     UsageSegment seg;
@@ -411,7 +475,7 @@ TEST_F(UsageRingTest, PathWithNoRoomForTheTemporaryNameIsRefused) {
     UsageSegment seg;
     bool created = true;
     std::string error;
-    EXPECT_EQ(seg.open_or_create(path.c_str(), layout_of(1, 8), 0600,
+    EXPECT_EQ(seg.open_or_create(path.c_str(), layout_of(1, 2), 0600,
                                  &created, &error),
               SegmentStatus::kIoError);
     EXPECT_NE(error.find("path too long"), std::string::npos) << error;
@@ -421,113 +485,182 @@ TEST_F(UsageRingTest, PathWithNoRoomForTheTemporaryNameIsRefused) {
 }
 
 TEST_F(UsageRingTest, AttachRefusesHeaderThatDisagreesWithSize) {
-    { UsageSegment seg = create(2, 8); }
-    const std::uint64_t cap = 16;  // file holds 8 per ring
-    patch(offsetof(UsageHeader, ring_capacity), &cap, sizeof cap);
+    { UsageSegment seg = create(2, 4); }
+    const std::uint64_t chunks = 5;  // the file holds 4
+    patch(offsetof(UsageHeader, chunk_count), &chunks, sizeof chunks);
     UsageSegment seg;
     std::string error;
     EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadSize);
-    const std::uint64_t cap8 = 8;
-    const std::uint32_t slots = 3;
-    patch(offsetof(UsageHeader, ring_capacity), &cap8, sizeof cap8);
+    const std::uint64_t chunks4 = 4;
+    const std::uint32_t slots = 300;  // more slot descriptors than fit
+    patch(offsetof(UsageHeader, chunk_count), &chunks4, sizeof chunks4);
     patch(offsetof(UsageHeader, slot_count), &slots, sizeof slots);
+    EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadSize);
+    const std::uint32_t none = 0;
+    patch(offsetof(UsageHeader, slot_count), &none, sizeof none);
     EXPECT_EQ(seg.attach(path_.c_str(), &error), SegmentStatus::kBadSize);
 }
 
 TEST_F(UsageRingTest, BadHeaderMakesOpenOrCreateReplaceTheFile) {
-    { UsageSegment seg = create(1, 8); }
+    { UsageSegment seg = create(1, 2); }
     const std::uint32_t v = kUsageLayoutVersion + 1;
     patch(offsetof(UsageHeader, layout_version), &v, sizeof v);
-    UsageSegment seg = create(1, 8);
+    UsageSegment seg = create(1, 2);
     EXPECT_EQ(seg.header().layout_version, kUsageLayoutVersion);
 }
 
 TEST_F(UsageRingTest, MoveLeavesSourceUnmapped) {
-    UsageSegment a = create(2, 8);
+    UsageSegment a = create(2, 2);
     UsageSegment b(std::move(a));
+    StreamWriter w;
     EXPECT_FALSE(a.mapped());
     EXPECT_EQ(a.slot_count(), 0u);
-    EXPECT_FALSE(a.push(0, sample_record()));
+    EXPECT_FALSE(a.append(0, &w, usage_fields_of(sample_record())));
     EXPECT_EQ(a.claim_slot(1, 1), -1);
     ASSERT_TRUE(b.mapped());
     EXPECT_EQ(b.claim_slot(1, 1), 0);
-    EXPECT_TRUE(b.push(0, sample_record()));
+    EXPECT_TRUE(b.append(0, &w, usage_fields_of(sample_record())));
 
     UsageSegment c;
     c = std::move(b);
     EXPECT_FALSE(b.mapped());
-    UsageRecord out;
-    EXPECT_EQ(c.peek(0, 0, &out, 1), 1u);
+    std::uint64_t end = 0;
+    EXPECT_EQ(peek_all(c, 0, 1, &end).size(), 1u);
 }
 
-// --- push, peek, commit ----------------------------------------------------
+// --- append, peek, commit ----------------------------------------------------
 
-TEST_F(UsageRingTest, PushStampsSlotGenerationAndSequence) {
-    UsageSegment seg = create(2, 16);
+TEST_F(UsageRingTest, PeekStampsSlotAndEachRecordsLastByte) {
+    UsageSegment seg = create(2, 4);
     ASSERT_EQ(seg.claim_slot(10, 5000), 0);
     ASSERT_EQ(seg.claim_slot(11, 6000), 1);
-    const std::uint64_t gen = seg.slot(1).generation.load();
-    EXPECT_EQ(gen, 6000u);
-
-    UsageRecord r = sample_record();
-    r.slot = 77;  // whatever the caller left here is overwritten
-    r.generation = 88;
-    r.sequence = 99;
+    Producer p{&seg, 1, {}};
     for (int i = 0; i < 3; ++i) {
-        ASSERT_TRUE(seg.push(1, r));
+        ASSERT_TRUE(p.push(sample_record()));
     }
-    EXPECT_EQ(seg.slot(1).head.load(), 3u);
+    const std::uint64_t head = seg.slot(1).head.load();
+    EXPECT_GT(head, 0u);
     EXPECT_EQ(seg.slot(0).head.load(), 0u);
-    UsageRecord out[8];
-    ASSERT_EQ(seg.peek(1, 0, out, 8), 3u);
+    std::uint64_t end = 0;
+    const auto out = peek_all(seg, 1, 8, &end);
+    ASSERT_EQ(out.size(), 3u);
+    EXPECT_EQ(end, head);
+    EXPECT_EQ(out[2].sequence + 1, head);
     for (std::uint64_t i = 0; i < 3; ++i) {
         EXPECT_EQ(out[i].slot, 1u);
-        EXPECT_EQ(out[i].generation, gen);
-        EXPECT_EQ(out[i].sequence, i);
         EXPECT_EQ(out[i].status, 200);
         EXPECT_EQ(out[i].method_view(), "GET");
         EXPECT_EQ(out[i].endpoint_view(), "/v1/things");
+        if (i > 0) {
+            EXPECT_GT(out[i].sequence, out[i - 1].sequence);
+        }
     }
-    EXPECT_EQ(seg.peek(0, 0, out, 8), 0u);
+    EXPECT_EQ(peek_all(seg, 0, 8, &end).size(), 0u);
 }
 
 TEST_F(UsageRingTest, PeekHonoursFromAndMaxAndDoesNotConsume) {
-    UsageSegment seg = create(1, 16);
+    UsageSegment seg = create(1, 4);
     ASSERT_EQ(seg.claim_slot(1, 1), 0);
+    Producer p{&seg, 0, {}};
     for (std::uint64_t i = 0; i < 10; ++i) {
-        ASSERT_TRUE(seg.push(0, pattern_record(i)));
+        ASSERT_TRUE(p.push(pattern_record(i)));
     }
-    UsageRecord out[16];
-    ASSERT_EQ(seg.peek(0, 0, out, 4), 4u);
-    EXPECT_EQ(out[3].sequence, 3u);
-    ASSERT_EQ(seg.peek(0, 4, out, 16), 6u);
-    EXPECT_EQ(out[0].sequence, 4u);
+    std::vector<UsageRecord> out(16);
+    std::uint64_t end = 0;
+    ASSERT_EQ(seg.peek(0, 0, out.data(), 4, &end), 4u);
+    const std::uint64_t fourth = end;
+    EXPECT_EQ(out[3].sequence + 1, fourth);
+    // From a record's start: the rest, decoded against the records before.
+    ASSERT_EQ(seg.peek(0, fourth, out.data(), 16, &end), 6u);
+    out[5].generation = 1;
     EXPECT_TRUE(matches_pattern(out[5], 9, 0, 1));
-    EXPECT_EQ(seg.peek(0, 10, out, 16), 0u);
-    EXPECT_EQ(seg.peek(0, 1000, out, 16), 0u);
-    EXPECT_EQ(seg.peek(0, 0, out, 0), 0u);
+    EXPECT_EQ(end, seg.slot(0).head.load());
+    EXPECT_EQ(seg.peek(0, end, out.data(), 16, &end), 0u);
+    EXPECT_EQ(seg.peek(0, 1u << 30, out.data(), 16, &end), 0u);
+    EXPECT_EQ(seg.peek(0, 0, out.data(), 0, &end), 0u);
     EXPECT_EQ(seg.slot(0).tail.load(), 0u);
 
-    seg.commit(0, 6);
-    EXPECT_EQ(seg.slot(0).tail.load(), 6u);
+    seg.commit(0, fourth);
+    EXPECT_EQ(seg.slot(0).tail.load(), fourth);
     // `from` below the tail starts at the tail.
-    ASSERT_EQ(seg.peek(0, 0, out, 16), 4u);
-    EXPECT_EQ(out[0].sequence, 6u);
+    ASSERT_EQ(seg.peek(0, 0, out.data(), 16, &end), 6u);
+    out[0].generation = 1;
+    EXPECT_TRUE(matches_pattern(out[0], 4, 0, 1));
+    // `from` inside a record: the next record's start.
+    ASSERT_EQ(seg.peek(0, fourth + 1, out.data(), 16, &end), 5u);
+    out[0].generation = 1;
+    EXPECT_TRUE(matches_pattern(out[0], 5, 0, 1));
 }
 
-TEST_F(UsageRingTest, PeekReadsAtMostOneRingPastACorruptHead) {
-    UsageSegment seg = create(1, 16);
+TEST_F(UsageRingTest, PeekWalksAtMostThePoolPastACorruptHead) {
+    UsageSegment seg = create(1, 2);
     ASSERT_EQ(seg.claim_slot(1, 1), 0);
+    Producer p{&seg, 0, {}};
     for (std::uint64_t i = 0; i < 4; ++i) {
-        ASSERT_TRUE(seg.push(0, pattern_record(i)));
+        ASSERT_TRUE(p.push(pattern_record(i)));
     }
-    seg.slot(0).head.store(1000);  // a producer gone wrong
-    UsageRecord out[64];
-    EXPECT_EQ(seg.peek(0, 0, out, 64), 16u);
+    seg.slot(0).head.store(1ull << 40);  // a producer gone wrong
+    std::vector<UsageRecord> out(64);
+    std::uint64_t end = 0;
+    EXPECT_EQ(seg.peek(0, 0, out.data(), out.size(), &end), 4u);
+    EXPECT_LE(end, 2 * kStreamChunkSize);
+    EXPECT_GE(seg.corrupt_chunks(), 1u);
+}
+
+TEST_F(UsageRingTest, ACorruptRecordCostsTheRestOfItsChunkOnly) {
+    UsageSegment seg = create(1, 4);
+    ASSERT_EQ(seg.claim_slot(1, 1), 0);
+    Producer p{&seg, 0, {}};
+    ASSERT_TRUE(p.push(pattern_record(0)));
+    const std::uint64_t second = seg.slot(0).head.load();
+    for (std::uint64_t i = 1; i < 5; ++i) {
+        ASSERT_TRUE(p.push(pattern_record(i)));
+    }
+    // The chunk is the pool's first: the stream area starts after the
+    // header page and its metadata page.
+    const off_t chunk0 = static_cast<off_t>(
+        size_for(1, 4) - 4 * kStreamChunkSize);
+    const unsigned char bad = 0xff;
+    patch(chunk0 + static_cast<off_t>(second), &bad, 1);
+    std::vector<UsageRecord> out(16);
+    std::uint64_t end = 0;
+    EXPECT_EQ(seg.peek(0, 0, out.data(), out.size(), &end), 1u);
+    EXPECT_EQ(end, seg.slot(0).head.load());
+    EXPECT_EQ(seg.corrupt_chunks(), 1u);
+    // The next chunk is read as usual.
+    p.writer.chunk = nullptr;  // as if the worker moved on
+    UsageRecord big = pattern_record(6);
+    ASSERT_TRUE(p.push(big));
+    seg.commit(0, end);
+    EXPECT_EQ(seg.peek(0, 0, out.data(), out.size(), &end), 1u);
+    out[0].generation = 1;
+    EXPECT_TRUE(matches_pattern(out[0], 6, 0, 1));
+}
+
+// A record someone else put into the stream (a process able to write the
+// segment): the worker's next record refers to nothing, so it decodes as
+// written, not against the stranger's fields.
+TEST_F(UsageRingTest, AWriterRefersToNothingAfterAnotherWroteItsStream) {
+    UsageSegment seg = create(1, 2);
+    ASSERT_EQ(seg.claim_slot(1, 1), 0);
+    Producer worker{&seg, 0, {}};
+    Producer stranger{&seg, 0, {}};
+    ASSERT_TRUE(worker.push(pattern_record(0)));
+    stranger.writer = worker.writer;  // the same chunk, its own context
+    stranger.writer.context = RecordEncodeContext{};
+    ASSERT_TRUE(stranger.push(pattern_record(40)));
+    ASSERT_TRUE(worker.push(pattern_record(1)));  // the same key as record 0
+    std::uint64_t end = 0;
+    auto out = peek_all(seg, 0, 8, &end);
+    ASSERT_EQ(out.size(), 3u);
+    for (auto& r : out) r.generation = 1;
+    EXPECT_TRUE(matches_pattern(out[0], 0, 0, 1));
+    EXPECT_TRUE(matches_pattern(out[1], 40, 0, 1));
+    EXPECT_TRUE(matches_pattern(out[2], 1, 0, 1));
 }
 
 TEST_F(UsageRingTest, RetiringASlotOutOfRangeChangesNothing) {
-    UsageSegment seg = create(2, 8);
+    UsageSegment seg = create(2, 2);
     ASSERT_EQ(seg.claim_slot(1, 1), 0);
     seg.retire_slot(2);
     seg.retire_slot(1u << 20);
@@ -538,125 +671,114 @@ TEST_F(UsageRingTest, RetiringASlotOutOfRangeChangesNothing) {
 }
 
 TEST_F(UsageRingTest, CommitIsClampedToHeadAndNeverMovesBack) {
-    UsageSegment seg = create(1, 8);
+    UsageSegment seg = create(1, 2);
     ASSERT_EQ(seg.claim_slot(1, 1), 0);
+    Producer p{&seg, 0, {}};
     for (int i = 0; i < 5; ++i) {
-        ASSERT_TRUE(seg.push(0, sample_record()));
+        ASSERT_TRUE(p.push(sample_record()));
     }
-    seg.commit(0, 100);
-    EXPECT_EQ(seg.slot(0).tail.load(), 5u);
+    const std::uint64_t head = seg.slot(0).head.load();
+    seg.commit(0, 1u << 30);
+    EXPECT_EQ(seg.slot(0).tail.load(), head);
     seg.commit(0, 2);
-    EXPECT_EQ(seg.slot(0).tail.load(), 5u);
+    EXPECT_EQ(seg.slot(0).tail.load(), head);
     seg.commit(7, 1);  // no such slot: ignored
-    UsageRecord out;
-    EXPECT_EQ(seg.peek(0, 0, &out, 1), 0u);
+    std::uint64_t end = 0;
+    EXPECT_EQ(peek_all(seg, 0, 1, &end).size(), 0u);
 }
 
-TEST_F(UsageRingTest, WrapsAroundOverSeveralCapacities) {
-    constexpr std::uint64_t kCap = 8;
-    UsageSegment seg = create(1, kCap);
+TEST_F(UsageRingTest, RecordsNeverStraddleChunksAndChunksGoBack) {
+    UsageSegment seg = create(1, 4);
     ASSERT_EQ(seg.claim_slot(1, 42), 0);
+    Producer p{&seg, 0, {}};
     std::uint64_t pushed = 0;
     std::uint64_t consumed = 0;
-    UsageRecord out[kCap];
-    // Odd batch sizes so that reads straddle the end of the ring.
-    while (consumed < 6 * kCap) {
-        for (int i = 0; i < 5; ++i) {
-            ASSERT_TRUE(seg.push(0, pattern_record(pushed)));
+    std::vector<UsageRecord> out(997);
+    // Ten pools' worth through four chunks, read in odd batches.
+    while (seg.slot(0).head.load() < 10 * 4 * kStreamChunkSize) {
+        for (int i = 0; i < 500; ++i) {
+            ASSERT_TRUE(p.push(pattern_record(pushed))) << pushed;
             ++pushed;
         }
-        const std::size_t n = seg.peek(0, consumed, out, kCap);
-        ASSERT_EQ(n, pushed - consumed);
+        std::uint64_t end = 0;
+        const std::size_t n = seg.peek(0, 0, out.data(), out.size(), &end);
         for (std::size_t i = 0; i < n; ++i) {
-            ASSERT_TRUE(matches_pattern(out[i], consumed + i, 0, 42))
+            ASSERT_TRUE(matches_pattern(out[i], consumed + i, 0, 0))
                 << consumed + i;
+            const std::uint64_t last = out[i].sequence;
+            const std::uint64_t first =
+                i > 0 ? out[i - 1].sequence + 1 : last;
+            if (i > 0 && (first >> kStreamChunkShift) !=
+                             (last >> kStreamChunkShift)) {
+                // The record after a chunk end starts the next chunk.
+                EXPECT_EQ(last >> kStreamChunkShift,
+                          (first >> kStreamChunkShift) + 1);
+            }
         }
         consumed += n;
-        seg.commit(0, consumed);
+        seg.commit(0, end);
     }
-    EXPECT_EQ(seg.slot(0).head.load(), pushed);
-    EXPECT_EQ(seg.slot(0).tail.load(), pushed);
+    EXPECT_EQ(consumed, pushed);
     EXPECT_EQ(seg.slot(0).dropped.load(), 0u);
+    // Every chunk is in the pool or held by the slot (the one it writes).
+    const StreamSlotState& st = seg.stream().state(0);
+    EXPECT_EQ(seg.stream().free_chunks() + st.chunks_taken.load() -
+                  st.chunks_released.load(),
+              4u);
+    EXPECT_LE(st.chunks_taken.load() - st.chunks_released.load(), 1u);
+    EXPECT_GE(st.chunks_taken.load(), 40u);
 }
 
-TEST_F(UsageRingTest, FullRingDropsAndCountsExactly) {
-    constexpr std::uint64_t kCap = 16;
-    UsageSegment seg = create(1, kCap);
+TEST_F(UsageRingTest, AnEmptyPoolDropsAndCountsExactly) {
+    UsageSegment seg = create(2, 2);
     ASSERT_EQ(seg.claim_slot(1, 7), 0);
-    for (std::uint64_t i = 0; i < kCap; ++i) {
-        ASSERT_TRUE(seg.push(0, pattern_record(i)));
-    }
-    for (int i = 0; i < 5; ++i) {
-        EXPECT_FALSE(seg.push(0, pattern_record(999)));
-    }
-    EXPECT_EQ(seg.slot(0).dropped.load(), 5u);
-    EXPECT_EQ(seg.slot(0).head.load(), kCap);
+    ASSERT_EQ(seg.claim_slot(2, 8), 1);
+    Producer a{&seg, 0, {}};
+    std::uint64_t pushed = 0;
+    while (a.push(pattern_record(pushed))) ++pushed;
+    EXPECT_EQ(seg.slot(0).dropped.load(), 1u);
+    // One busy slot took the whole pool: the other finds nothing.
+    EXPECT_EQ(seg.stream().free_chunks(), 0u);
+    Producer b{&seg, 1, {}};
+    for (int i = 0; i < 4; ++i) EXPECT_FALSE(b.push(sample_record()));
+    EXPECT_EQ(seg.slot(1).dropped.load(), 4u);
+    EXPECT_EQ(seg.slot(0).dropped.load(), 1u);
 
-    seg.commit(0, 4);
-    for (std::uint64_t i = kCap; i < kCap + 4; ++i) {
-        ASSERT_TRUE(seg.push(0, pattern_record(i)));
+    // Drained past the first chunk: it goes back and takes records again.
+    std::vector<UsageRecord> out(pushed);
+    std::uint64_t end = 0;
+    ASSERT_EQ(seg.peek(0, 0, out.data(), out.size(), &end), pushed);
+    for (std::uint64_t i = 0; i < pushed; ++i) {
+        out[i].generation = 7;
+        ASSERT_TRUE(matches_pattern(out[i], i, 0, 7)) << i;
     }
-    EXPECT_FALSE(seg.push(0, pattern_record(999)));
-    EXPECT_EQ(seg.slot(0).dropped.load(), 6u);
-
-    // Dropped records left no trace: the ring holds 4..19 in order.
-    UsageRecord out[kCap];
-    ASSERT_EQ(seg.peek(0, 0, out, kCap), kCap);
-    for (std::uint64_t i = 0; i < kCap; ++i) {
-        EXPECT_TRUE(matches_pattern(out[i], i + 4, 0, 7)) << i;
-    }
+    seg.commit(0, kStreamChunkSize);
+    EXPECT_EQ(seg.stream().free_chunks(), 1u);
+    EXPECT_TRUE(b.push(sample_record()));
+    // Dropped records left no trace: slot 0's stream holds 0..pushed-1.
+    ASSERT_EQ(seg.peek(1, 0, out.data(), out.size(), &end), 1u);
 }
 
-TEST_F(UsageRingTest, ReserveAndPublishWriteInPlaceLikePush) {
-    constexpr std::uint64_t kCap = 8;
-    UsageSegment seg = create(2, kCap);
-    ASSERT_EQ(seg.claim_slot(1, 9), 0);
-    ASSERT_EQ(seg.claim_slot(2, 12345), 1);
-    for (std::uint64_t i = 0; i < kCap; ++i) {
-        UsageRecord* rec = seg.reserve(1);
-        ASSERT_NE(rec, nullptr);
-        // invisible until published
-        EXPECT_EQ(seg.slot(1).head.load(), i);
-        *rec = pattern_record(i);
-        seg.publish(1, rec);
-        EXPECT_EQ(seg.slot(1).head.load(), i + 1);
-    }
-    EXPECT_EQ(seg.reserve(1), nullptr);  // full: counted like push
-    EXPECT_EQ(seg.slot(1).dropped.load(), 1u);
-    EXPECT_EQ(seg.reserve(2), nullptr);  // no such slot
-    EXPECT_EQ(seg.header().unslotted_drops.load(), 1u);
-
-    UsageRecord out[kCap];
-    ASSERT_EQ(seg.peek(1, 0, out, kCap), kCap);
-    for (std::uint64_t i = 0; i < kCap; ++i) {
-        EXPECT_TRUE(matches_pattern(out[i], i, 1, 12345)) << i;
-    }
-    seg.commit(1, 3);
-    UsageRecord* rec = seg.reserve(1);  // the oldest drained record's place
-    ASSERT_NE(rec, nullptr);
-    EXPECT_EQ(rec, seg.reserve(1));  // nothing moves until publish
-    *rec = pattern_record(kCap);
-    seg.publish(1, rec);
-    ASSERT_EQ(seg.peek(1, kCap, out, kCap), 1u);
-    EXPECT_TRUE(matches_pattern(out[0], kCap, 1, 12345));
-}
-
-TEST_F(UsageRingTest, PushToMissingSlotCountsUnslottedDrop) {
-    UsageSegment seg = create(2, 8);
-    EXPECT_FALSE(seg.push(2, sample_record()));
-    EXPECT_FALSE(seg.push(1000, sample_record()));
+TEST_F(UsageRingTest, AppendToMissingSlotCountsUnslottedDrop) {
+    UsageSegment seg = create(2, 2);
+    StreamWriter w;
+    EXPECT_FALSE(seg.append(2, &w, usage_fields_of(sample_record())));
+    EXPECT_FALSE(seg.append(1000, &w, usage_fields_of(sample_record())));
     EXPECT_EQ(seg.header().unslotted_drops.load(), 2u);
     EXPECT_EQ(seg.slot(0).dropped.load(), 0u);
 }
 
-TEST_F(UsageRingTest, CountUnrecordedCountsPerReason) {
-    UsageSegment seg = create(2, 8);
+TEST_F(UsageRingTest, CountUnrecordedAndPolicySkippedPerSlot) {
+    UsageSegment seg = create(2, 2);
     ASSERT_EQ(seg.claim_slot(1, 1), 0);
     seg.count_unrecorded(0, UnrecordedCounter::kMissing);
     seg.count_unrecorded(0, UnrecordedCounter::kMissing);
     seg.count_unrecorded(0, UnrecordedCounter::kUnavailable);
     seg.count_unrecorded(5, UnrecordedCounter::kMissing);  // ignored
     seg.count_unrecorded(0, UnrecordedCounter::kCount);    // ignored
+    seg.count_policy_skipped(1);
+    seg.count_policy_skipped(1);
+    seg.count_policy_skipped(9);  // ignored
     const UsageSlot& s = seg.slot(0);
     EXPECT_EQ(
         s.unrecorded[static_cast<int>(UnrecordedCounter::kMissing)].load(), 2u);
@@ -667,64 +789,126 @@ TEST_F(UsageRingTest, CountUnrecordedCountsPerReason) {
         s.unrecorded[static_cast<int>(UnrecordedCounter::kUnavailable)].load(),
         1u);
     EXPECT_EQ(s.head.load(), 0u);
+    EXPECT_EQ(seg.stream().state(1).policy_skipped.load(), 2u);
+    EXPECT_EQ(seg.stream().state(0).policy_skipped.load(), 0u);
 }
 
-// Consumes `total` records of slot 0 (until `done` says the producer has
-// finished), checking contiguous sequences and intact payloads.
-void consume_checked(UsageSegment& seg, std::uint64_t total,
-                     std::uint64_t generation, std::uint64_t* consumed,
-                     std::uint64_t* bad) {
+// Consumes `total` records of `slot`, checking order and payloads.
+void consume_checked(UsageSegment& seg, std::uint32_t slot,
+                     std::uint64_t total, std::uint64_t generation,
+                     std::uint64_t* consumed, std::uint64_t* bad) {
     std::vector<UsageRecord> batch(256);
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::seconds(120);
     while (*consumed < total && std::chrono::steady_clock::now() < deadline) {
+        std::uint64_t end = 0;
         const std::size_t n =
-            seg.peek(0, *consumed, batch.data(), batch.size());
+            seg.peek(slot, 0, batch.data(), batch.size(), &end);
         if (n == 0) {
             std::this_thread::yield();
             continue;
         }
         for (std::size_t i = 0; i < n; ++i) {
-            if (!matches_pattern(batch[i], *consumed + i, 0, generation)) {
+            batch[i].generation = generation;
+            if (!matches_pattern(batch[i], *consumed + i, slot, generation)) {
                 ++*bad;
             }
         }
         *consumed += n;
-        seg.commit(0, *consumed);
+        seg.commit(slot, end);
     }
 }
 
-TEST_F(UsageRingTest, ThreadsTransferFiveMillionRecordsIntact) {
-    constexpr std::uint64_t kTotal = 5000000;
-    UsageSegment seg = create(1, 1024);
+// A producer thread against a consumer thread through a pool that runs
+// empty: every record arrives intact, in order, once; every failed append
+// is a counted drop.
+TEST_F(UsageRingTest, ThreadsTransferTwoMillionRecordsIntact) {
+    constexpr std::uint64_t kTotal = 2000000;
+    UsageSegment seg = create(1, 2);
     ASSERT_EQ(seg.claim_slot(1, 3), 0);
-    std::uint64_t failed_pushes = 0;
+    std::uint64_t failed = 0;
     std::thread producer([&] {
+        Producer p{&seg, 0, {}};
         for (std::uint64_t i = 0; i < kTotal;) {
-            if (seg.push(0, pattern_record(i))) {
+            if (p.push(pattern_record(i))) {
                 ++i;
             } else {
-                ++failed_pushes;  // full: retry the same record
+                ++failed;  // pool empty: retry the same record
                 std::this_thread::yield();
             }
         }
     });
     std::uint64_t consumed = 0;
     std::uint64_t bad = 0;
-    consume_checked(seg, kTotal, 3, &consumed, &bad);
+    consume_checked(seg, 0, kTotal, 3, &consumed, &bad);
     producer.join();
     EXPECT_EQ(consumed, kTotal);
     EXPECT_EQ(bad, 0u);
-    EXPECT_EQ(seg.slot(0).head.load(), kTotal);
-    EXPECT_EQ(seg.slot(0).tail.load(), kTotal);
-    EXPECT_EQ(seg.slot(0).dropped.load(), failed_pushes);
+    EXPECT_EQ(seg.slot(0).tail.load(), seg.slot(0).head.load());
+    EXPECT_EQ(seg.slot(0).dropped.load(), failed);
+    EXPECT_GT(failed, 0u) << "the pool never ran empty: not tested";
+}
+
+// Two producers share the pool (a CAS on its top each); the consumer
+// drains both.
+TEST_F(UsageRingTest, TwoProducersShareThePool) {
+    constexpr std::uint64_t kTotal = 400000;
+    UsageSegment seg = create(2, 3);
+    ASSERT_EQ(seg.claim_slot(1, 5), 0);
+    ASSERT_EQ(seg.claim_slot(2, 6), 1);
+    std::uint64_t failed[2] = {0, 0};
+    std::vector<std::thread> producers;
+    for (std::uint32_t s = 0; s < 2; ++s) {
+        producers.emplace_back([&, s] {
+            Producer p{&seg, s, {}};
+            for (std::uint64_t i = 0; i < kTotal;) {
+                if (p.push(pattern_record(i))) {
+                    ++i;
+                } else {
+                    ++failed[s];
+                    std::this_thread::yield();
+                }
+            }
+        });
+    }
+    std::uint64_t consumed[2] = {0, 0};
+    std::uint64_t bad = 0;
+    std::vector<UsageRecord> batch(256);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while ((consumed[0] < kTotal || consumed[1] < kTotal) &&
+           std::chrono::steady_clock::now() < deadline) {
+        for (std::uint32_t s = 0; s < 2; ++s) {
+            std::uint64_t end = 0;
+            const std::size_t n =
+                seg.peek(s, 0, batch.data(), batch.size(), &end);
+            for (std::size_t i = 0; i < n; ++i) {
+                batch[i].generation = 5 + s;
+                bad += !matches_pattern(batch[i], consumed[s] + i, s, 5 + s);
+            }
+            consumed[s] += n;
+            seg.commit(s, end);
+        }
+    }
+    for (auto& t : producers) t.join();
+    EXPECT_EQ(consumed[0], kTotal);
+    EXPECT_EQ(consumed[1], kTotal);
+    EXPECT_EQ(bad, 0u);
+    EXPECT_EQ(seg.slot(0).dropped.load(), failed[0]);
+    EXPECT_EQ(seg.slot(1).dropped.load(), failed[1]);
+    std::uint64_t held = 0;
+    for (std::uint32_t s = 0; s < 2; ++s) {
+        held += seg.stream().state(s).chunks_taken.load() -
+                seg.stream().state(s).chunks_released.load();
+    }
+    EXPECT_EQ(seg.stream().free_chunks() + held, 3u);
 }
 
 // The producer is another process with its own mapping of the file, as an
 // nginx worker and apikeyd are.
-TEST_F(UsageRingTest, ProcessesShareRingsThroughTheFile) {
+TEST_F(UsageRingTest, ProcessesShareStreamsThroughTheFile) {
     constexpr std::uint64_t kTotal = 300000;
-    UsageSegment seg = create(2, 256);
+    UsageSegment seg = create(2, 4);
     const pid_t child = fork();
     ASSERT_GE(child, 0);
     if (child == 0) {
@@ -736,8 +920,9 @@ TEST_F(UsageRingTest, ProcessesShareRingsThroughTheFile) {
         if (s != 0) {
             _exit(3);
         }
+        Producer p{&mine, 0, {}};
         for (std::uint64_t i = 0; i < kTotal;) {
-            if (mine.push(0, pattern_record(i))) {
+            if (p.push(pattern_record(i))) {
                 ++i;
             } else {
                 sched_yield();
@@ -756,7 +941,7 @@ TEST_F(UsageRingTest, ProcessesShareRingsThroughTheFile) {
     const std::uint64_t gen = seg.slot(0).generation.load();
     std::uint64_t consumed = 0;
     std::uint64_t bad = 0;
-    consume_checked(seg, kTotal, gen, &consumed, &bad);
+    consume_checked(seg, 0, kTotal, gen, &consumed, &bad);
     if (consumed < kTotal) {
         kill(child, SIGKILL);
     }
@@ -771,12 +956,13 @@ TEST_F(UsageRingTest, ProcessesShareRingsThroughTheFile) {
     EXPECT_EQ(seg.slot(0).state.load(),
               static_cast<std::uint32_t>(SlotOwnership::kRetired));
     EXPECT_TRUE(seg.free_if_drained(0));
+    EXPECT_EQ(seg.stream().free_chunks(), 4u);
 }
 
 // --- slot life ------------------------------------------------------------
 
 TEST_F(UsageRingTest, ClaimWhenNoneFreeReturnsMinusOne) {
-    UsageSegment seg = create(2, 8);
+    UsageSegment seg = create(2, 2);
     EXPECT_EQ(seg.claim_slot(1, 1), 0);
     EXPECT_EQ(seg.claim_slot(2, 1), 1);
     EXPECT_EQ(seg.claim_slot(3, 1), -1);
@@ -785,7 +971,7 @@ TEST_F(UsageRingTest, ClaimWhenNoneFreeReturnsMinusOne) {
 }
 
 TEST_F(UsageRingTest, ClaimRecordsOwnerAndTime) {
-    UsageSegment seg = create(1, 8);
+    UsageSegment seg = create(1, 2);
     ASSERT_EQ(seg.claim_slot(4321, 1700000000000000), 0);
     EXPECT_EQ(seg.slot(0).state.load(),
               static_cast<std::uint32_t>(SlotOwnership::kOwned));
@@ -795,10 +981,11 @@ TEST_F(UsageRingTest, ClaimRecordsOwnerAndTime) {
 }
 
 TEST_F(UsageRingTest, RetiredSlotWithRecordsIsNeitherFreedNorClaimable) {
-    UsageSegment seg = create(1, 8);
+    UsageSegment seg = create(1, 2);
     ASSERT_EQ(seg.claim_slot(1, 100), 0);
+    Producer p{&seg, 0, {}};
     for (int i = 0; i < 3; ++i) {
-        ASSERT_TRUE(seg.push(0, sample_record()));
+        ASSERT_TRUE(p.push(sample_record()));
     }
     seg.retire_slot(0);
     EXPECT_EQ(seg.slot(0).state.load(),
@@ -811,106 +998,82 @@ TEST_F(UsageRingTest, RetiredSlotWithRecordsIsNeitherFreedNorClaimable) {
 }
 
 TEST_F(UsageRingTest, OwnedSlotIsNeverFreed) {
-    UsageSegment seg = create(1, 8);
+    UsageSegment seg = create(1, 2);
     ASSERT_EQ(seg.claim_slot(1, 100), 0);
     EXPECT_FALSE(seg.free_if_drained(0));
     EXPECT_FALSE(seg.free_if_drained(9));
 }
 
-TEST_F(UsageRingTest, DrainedSlotIsFreedAndReclaimedWithLargerGeneration) {
-    UsageSegment seg = create(1, 8);
+TEST_F(UsageRingTest, DrainedSlotIsFreedAndReclaimedOnAFreshChunk) {
+    UsageSegment seg = create(1, 2);
     ASSERT_EQ(seg.claim_slot(1, 100), 0);
     EXPECT_EQ(seg.slot(0).generation.load(), 100u);
+    Producer p{&seg, 0, {}};
     for (int i = 0; i < 5; ++i) {
-        ASSERT_TRUE(seg.push(0, sample_record()));
+        ASSERT_TRUE(p.push(sample_record()));
     }
     seg.retire_slot(0);
-    seg.commit(0, 5);
+    seg.commit(0, seg.slot(0).head.load());
+    EXPECT_EQ(seg.stream().free_chunks(), 1u);  // the partial chunk is held
     EXPECT_TRUE(seg.free_if_drained(0));
     EXPECT_FALSE(seg.free_if_drained(0));
     EXPECT_EQ(seg.slot(0).state.load(),
               static_cast<std::uint32_t>(SlotOwnership::kFree));
     EXPECT_EQ(seg.slot(0).owner_pid.load(), 0);
+    EXPECT_EQ(seg.stream().free_chunks(), 2u);
+    // Positions carry on, from the next chunk boundary.
+    EXPECT_EQ(seg.slot(0).head.load(), kStreamChunkSize);
+    EXPECT_EQ(seg.slot(0).tail.load(), kStreamChunkSize);
 
     // A clock that went back still gives a larger generation.
     ASSERT_EQ(seg.claim_slot(2, 50), 0);
     EXPECT_EQ(seg.slot(0).generation.load(), 101u);
     EXPECT_EQ(seg.slot(0).owner_pid.load(), 2);
-    // Positions carry on; the new owner has the whole ring.
-    for (int i = 0; i < 8; ++i) {
-        ASSERT_TRUE(seg.push(0, sample_record()));
+    Producer q{&seg, 0, {}};  // the new worker's own writer
+    for (std::uint64_t i = 0; i < 8; ++i) {
+        ASSERT_TRUE(q.push(pattern_record(i)));
     }
-    EXPECT_FALSE(seg.push(0, sample_record()));
-    UsageRecord out[8];
-    ASSERT_EQ(seg.peek(0, 0, out, 8), 8u);
-    EXPECT_EQ(out[0].sequence, 5u);
-    EXPECT_EQ(out[0].generation, 101u);
-    EXPECT_EQ(out[7].sequence, 12u);
+    std::uint64_t end = 0;
+    const auto out = peek_all(seg, 0, 16, &end);
+    ASSERT_EQ(out.size(), 8u);
+    EXPECT_GE(out[0].sequence, kStreamChunkSize);
+    EXPECT_LT(out[0].sequence, 2 * kStreamChunkSize);
+    UsageRecord last = out[7];
+    last.generation = 101;
+    EXPECT_TRUE(matches_pattern(last, 7, 0, 101));
 
     seg.retire_slot(0);
-    seg.commit(0, 13);
+    seg.commit(0, end);
     ASSERT_TRUE(seg.free_if_drained(0));
     ASSERT_EQ(seg.claim_slot(3, 5000), 0);
     EXPECT_EQ(seg.slot(0).generation.load(), 5000u);
 }
 
+// A worker killed after taking a chunk, before its record was published:
+// freeing the slot gives that chunk back too.
+TEST_F(UsageRingTest, FreeingASlotReturnsAChunkTakenButNeverUsed) {
+    UsageSegment seg = create(1, 3);
+    ASSERT_EQ(seg.claim_slot(1, 100), 0);
+    Producer p{&seg, 0, {}};
+    ASSERT_TRUE(p.push(sample_record()));
+    // As if the worker had popped a second chunk and died.
+    StreamSlotState& st = seg.stream().state(0);
+    st.chunks_taken.store(2);
+    seg.retire_slot(0);
+    seg.commit(0, seg.slot(0).head.load());
+    ASSERT_TRUE(seg.free_if_drained(0));
+    EXPECT_EQ(seg.slot(0).head.load(), 2 * kStreamChunkSize);
+    EXPECT_EQ(st.chunks_released.load(), 2u);
+}
+
 TEST_F(UsageRingTest, GenerationGrowsAcrossRecreatedFiles) {
-    UsageSegment old = create(1, 8);
+    UsageSegment old = create(1, 2);
     const std::int64_t t0 = now_us();
     ASSERT_EQ(old.claim_slot(1, t0), 0);
     const std::uint64_t old_gen = old.slot(0).generation.load();
-    UsageSegment fresh = create(2, 8);
+    UsageSegment fresh = create(2, 2);
     ASSERT_EQ(fresh.claim_slot(1, now_us()), 0);
     EXPECT_GT(fresh.slot(0).generation.load(), old_gen);
-}
-
-// --- record helpers ----------------------------------------------------------
-
-TEST(UsageRecordTest, AuthResultNames) {
-    const char* want[kAuthResultCount] = {
-        "ok",      "missing", "malformed", "unknown",
-        "expired", "revoked", "forbidden", "unavailable"};
-    for (int i = 0; i < kAuthResultCount; ++i) {
-        EXPECT_STREQ(auth_result_name(static_cast<AuthResult>(i)), want[i]);
-    }
-    EXPECT_STREQ(auth_result_name(static_cast<AuthResult>(200)), "invalid");
-}
-
-TEST(UsageRecordTest, CopyTruncatedAsciiFitsOrIsCut) {
-    char buf[8];
-    EXPECT_EQ(copy_truncated(buf, sizeof buf, "GET"), 3);
-    EXPECT_EQ(std::string(buf, 3), "GET");
-    EXPECT_EQ(copy_truncated(buf, sizeof buf, "OPTIONSX"), 8);
-    EXPECT_EQ(copy_truncated(buf, sizeof buf, "OPTIONSXYZ"), 8);
-    EXPECT_EQ(std::string(buf, 8), "OPTIONSX");
-    EXPECT_EQ(copy_truncated(buf, sizeof buf, ""), 0);
-    EXPECT_EQ(copy_truncated(nullptr, 0, "abc"), 0);
-}
-
-TEST(UsageRecordTest, CopyTruncatedBacksOffToUtf8Boundary) {
-    char buf[16];
-    // "ab" + U+00E9 (2 bytes): a cap of 3 would split it.
-    EXPECT_EQ(copy_truncated(buf, 3, "ab\xc3\xa9"), 2);
-    EXPECT_EQ(copy_truncated(buf, 4, "ab\xc3\xa9"), 4);
-    EXPECT_EQ(std::string(buf, 4), "ab\xc3\xa9");
-    // U+20AC (3 bytes) after "a": caps 2 and 3 cut inside it.
-    EXPECT_EQ(copy_truncated(buf, 2, "a\xe2\x82\xac"), 1);
-    EXPECT_EQ(copy_truncated(buf, 3, "a\xe2\x82\xac"), 1);
-    EXPECT_EQ(copy_truncated(buf, 4, "a\xe2\x82\xac"), 4);
-    // U+1F600 (4 bytes) at the start: nothing of it fits in 3.
-    EXPECT_EQ(copy_truncated(buf, 3, "\xf0\x9f\x98\x80!"), 0);
-    EXPECT_EQ(copy_truncated(buf, 4, "\xf0\x9f\x98\x80!"), 4);
-    EXPECT_EQ(copy_truncated(buf, 5, "\xf0\x9f\x98\x80!"), 5);
-    // A cut right before a multibyte character needs no back-off.
-    EXPECT_EQ(copy_truncated(buf, 2, "ab\xc3\xa9"), 2);
-}
-
-TEST(UsageRecordTest, CopyTruncatedCapsAt255AndCutsInvalidUtf8) {
-    const std::string longer(300, 'x');
-    char buf[300];
-    EXPECT_EQ(copy_truncated(buf, sizeof buf, longer), 255);
-    // Only continuation bytes: not UTF-8, cut at the cap.
-    EXPECT_EQ(copy_truncated(buf, 6, std::string(10, '\x80')), 6);
 }
 
 }  // namespace

@@ -89,10 +89,9 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     g_seg = new UsageSegment();
     bool created = false;
     std::string error;
-    const std::size_t rings =
-        kUsageHeaderSize + sizeof(UsageSlot) + 4 * sizeof(UsageRecord);
+    const std::size_t stream = std::size_t{1} << 20;  // a few chunks
     FUZZ_CHECK(g_seg->open_or_create(
-                   g_path.c_str(), usage_layout_for(rings, 1, kAggMinEntries),
+                   g_path.c_str(), usage_layout_for(stream, 1, kAggMinEntries),
                    0600, &created, &error) == SegmentStatus::kOk);
     FUZZ_CHECK(g_seg->claim_slot(1, 1) == 0);
     std::atexit(remove_file);

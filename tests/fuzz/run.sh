@@ -22,8 +22,8 @@ jobs=${APIKEY_FUZZ_JOBS:-$(nproc)}
 
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(key_format api_params sanitize_text
-                                     spool_file key_table_attach config_text
-                                     runtime_dir http_head agg_read)
+                                     spool_file usage_stream key_table_attach
+                                     config_text runtime_dir http_head agg_read)
 
 # Largest input per target: a spool frame is 12 + 288 * n bytes, a key
 # table 4096 + 256 * capacity (capacity 32 fits).

@@ -341,9 +341,9 @@ std::size_t Drainer::drain_once() {
 // Reads each ring from its tail. A record's identity is where it was read:
 // this slot, the slot's current generation (every record between tail and
 // head belongs to the current claim, as a slot is claimed again only once
-// drained and freed by us) and its ring position, which is exactly what
-// the producer stamps. So a record cannot pass for another ring's or skip
-// ahead, hiding later ones as duplicates.
+// drained and freed by us) and its stream position (peek sets slot and
+// position). So a record cannot pass for another ring's or skip ahead,
+// hiding later ones as duplicates.
 void Drainer::collect(Source& src, std::vector<UsageRecord>* batch,
                       std::vector<RingEnd>* ends) {
     UsageSegment& seg = src.segment;
@@ -357,23 +357,23 @@ void Drainer::collect(Source& src, std::vector<UsageRecord>* batch,
         std::size_t room = kMaxBatch - read;
         std::size_t old_size = batch->size();
         batch->resize(old_size + room);
-        std::size_t n = seg.peek(s, tail, batch->data() + old_size, room);
+        std::uint64_t end = tail;
+        std::size_t n =
+            seg.peek(s, tail, batch->data() + old_size, room, &end);
         const std::uint64_t generation =
             slot.generation.load(std::memory_order_acquire);
         std::size_t kept = old_size;
         for (std::size_t i = 0; i < n; ++i) {
             UsageRecord& r = (*batch)[old_size + i];
-            r.slot = s;
             r.generation = generation;
-            r.sequence = tail + i;
             if (!admit(r, now)) continue;
             if (kept != old_size + i) (*batch)[kept] = r;
             ++kept;
         }
         batch->resize(kept);
         read += n;
-        if (n > 0) {
-            ends->push_back({&src, s, tail + n, n});
+        if (end > tail) {
+            ends->push_back({&src, s, end, n});
         }
     }
 }
@@ -633,6 +633,7 @@ SegmentSnapshot Drainer::snapshot() const {
             r.state = static_cast<SlotOwnership>(slot.state.load());
             r.depth = slot.head.load() - slot.tail.load();
             r.dropped = slot.dropped.load();
+            r.policy_skipped = seg.stream().state(s).policy_skipped.load();
             for (int c = 0; c < static_cast<int>(UnrecordedCounter::kCount);
                  ++c) {
                 r.unrecorded[c] = slot.unrecorded[c].load();

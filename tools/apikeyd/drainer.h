@@ -66,8 +66,9 @@ struct RingSnapshot {
     std::int64_t segment;  // the segment's created_at_us: tells files apart
     std::uint32_t slot;
     SlotOwnership state;
-    std::uint64_t depth;
+    std::uint64_t depth;  // bytes
     std::uint64_t dropped;
+    std::uint64_t policy_skipped;  // kept out by apikey_usage_raw
     std::uint64_t unrecorded[static_cast<int>(UnrecordedCounter::kCount)];
     std::uint64_t agg_overflow;            // requests not aggregated
     std::uint64_t agg_label_overflow;      // aggregated under "(other)"

@@ -157,7 +157,8 @@ std::string format_metrics(const KeyPublisherStats& keys,
              "Requests not recorded because their worker had no ring.",
              rings.unslotted_drops);
 
-    w.family("apikey_ring_depth", "gauge", "Records waiting in a ring.");
+    w.family("apikey_ring_depth", "gauge",
+             "Bytes of records waiting in a ring's stream.");
     for (const RingSnapshot& r : rings.rings) {
         w.sample("apikey_ring_depth", r.depth,
                  ring_labels(r) + ",state=\"" + state_name(r.state) + "\"");
@@ -171,8 +172,12 @@ std::string format_metrics(const KeyPublisherStats& keys,
         }
     };
     per_ring("apikey_ring_dropped_total", "counter",
-             "Records dropped because a ring was full.",
+             "Records dropped because the chunk pool was empty.",
              [](const RingSnapshot& r) { return r.dropped; });
+    per_ring("apikey_raw_policy_skipped_total", "counter",
+             "Requests with a known key that apikey_usage_raw kept out of "
+             "the raw stream.",
+             [](const RingSnapshot& r) { return r.policy_skipped; });
     per_ring("apikey_agg_overflow_total", "counter",
              "Requests not aggregated because a worker's aggregation buffer "
              "was full (not in the rollups or request_count).",

@@ -11,11 +11,15 @@
 #include <system_error>
 
 #include "key_format.h"  // crc32
+#include "spool_frame.h"
 
 namespace apikey {
 namespace {
 
-constexpr std::size_t kRecordBytes = sizeof(UsageRecord);
+// No payload is larger (a batch of the longest records); a header that
+// says more is corrupt.
+constexpr std::uint64_t kMaxPayloadBytes =
+    std::uint64_t{kSpoolMaxBatchRecords} * (30 + kUsageRecordMaxBytes);
 constexpr std::string_view kPrefix = "spool-";
 constexpr std::string_view kSuffix = ".bin";
 constexpr std::size_t kSeqDigits = 16;
@@ -193,27 +197,45 @@ void Spool::scan_file(File* file) {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     std::uint64_t offset = 0;
     std::vector<unsigned char> payload;
-    while (offset + kSpoolFrameHeaderBytes <= size) {
-        unsigned char header[kSpoolFrameHeaderBytes];
-        if (!pread_full(fd, header, sizeof(header), offset)) break;
+    while (offset + kSpoolV1FrameHeaderBytes <= size) {
+        unsigned char header[kSpoolFrameHeaderBytes] = {};
+        const std::size_t avail = static_cast<std::size_t>(
+            std::min<std::uint64_t>(size - offset, sizeof(header)));
+        if (!pread_full(fd, header, avail, offset)) break;
         const std::uint32_t magic = get_u32(header);
         const std::uint32_t count = get_u32(header + 4);
         const std::uint32_t crc = get_u32(header + 8);
-        if ((magic != kSpoolFrameMagic && magic != kSpoolConsumedMagic) ||
-            count == 0 || count > kSpoolMaxBatchRecords) {
+        std::uint32_t version = 0;
+        for (std::uint32_t v : {std::uint32_t{1},
+                                std::uint32_t{kUsageRecordVersion}}) {
+            if (magic == spool_frame_magic(v) ||
+                magic == spool_consumed_magic(v)) {
+                version = v;
+            }
+        }
+        if (version == 0 || count == 0 || count > kSpoolMaxBatchRecords) {
             break;
         }
-        const std::uint64_t payload_bytes =
-            static_cast<std::uint64_t>(count) * kRecordBytes;
-        if (offset + kSpoolFrameHeaderBytes + payload_bytes > size) break;
+        std::uint64_t header_bytes = kSpoolV1FrameHeaderBytes;
+        std::uint64_t payload_bytes =
+            static_cast<std::uint64_t>(count) * kSpoolV1RecordBytes;
+        if (version != 1) {
+            if (avail < kSpoolFrameHeaderBytes) break;
+            header_bytes = kSpoolFrameHeaderBytes;
+            payload_bytes = get_u32(header + 12);
+            if (payload_bytes > kMaxPayloadBytes) break;
+        }
+        if (offset + header_bytes + payload_bytes > size) break;
         payload.resize(payload_bytes);
         if (!pread_full(fd, payload.data(), payload.size(),
-                        offset + kSpoolFrameHeaderBytes) ||
+                        offset + header_bytes) ||
             payload_crc(payload.data(), payload.size()) != crc) {
             break;
         }
-        if (magic == kSpoolFrameMagic) file->frames.push_back({offset, count});
-        offset += kSpoolFrameHeaderBytes + payload_bytes;
+        if (magic == spool_frame_magic(version)) {
+            file->frames.push_back({offset, count, version, payload_bytes});
+        }
+        offset += header_bytes + payload_bytes;
     }
     if (offset < size) {
         corrupt_frames_++;
@@ -268,8 +290,11 @@ bool Spool::append(const std::vector<UsageRecord>& batch) {
             " records is larger than a spool frame holds");
         return false;
     }
-    const std::uint64_t payload_bytes = batch.size() * kRecordBytes;
+    std::vector<unsigned char> payload;
+    encode_spool_payload(batch, &payload);
+    const std::uint64_t payload_bytes = payload.size();
     const std::uint64_t frame_bytes = kSpoolFrameHeaderBytes + payload_bytes;
+    if (payload_bytes > kMaxPayloadBytes) return false;  // cannot happen
     if (bytes_.load() + frame_bytes > max_bytes_) return false;
 
     if (append_fd_ < 0 || files_.back().size >= kSpoolFileRotateBytes) {
@@ -278,12 +303,12 @@ bool Spool::append(const std::vector<UsageRecord>& batch) {
     File& file = files_.back();
 
     std::vector<unsigned char> frame(frame_bytes);
-    std::memcpy(frame.data() + kSpoolFrameHeaderBytes, batch.data(),
+    std::memcpy(frame.data() + kSpoolFrameHeaderBytes, payload.data(),
                 payload_bytes);
     put_u32(frame.data(), kSpoolFrameMagic);
     put_u32(frame.data() + 4, static_cast<std::uint32_t>(batch.size()));
-    put_u32(frame.data() + 8, payload_crc(frame.data() + kSpoolFrameHeaderBytes,
-                                          payload_bytes));
+    put_u32(frame.data() + 8, payload_crc(payload.data(), payload_bytes));
+    put_u32(frame.data() + 12, static_cast<std::uint32_t>(payload_bytes));
 
     if (!write_full(append_fd_, frame.data(), frame.size()) ||
         ::fdatasync(append_fd_) != 0) {
@@ -295,8 +320,9 @@ bool Spool::append(const std::vector<UsageRecord>& batch) {
         close_current();
         return false;
     }
-    file.frames.push_back(
-        {file.size, static_cast<std::uint32_t>(batch.size())});
+    file.frames.push_back({file.size,
+                           static_cast<std::uint32_t>(batch.size()),
+                           kUsageRecordVersion, payload_bytes});
     file.size += frame_bytes;
     bytes_ += frame_bytes;
     pending_batches_++;
@@ -310,11 +336,14 @@ bool Spool::read_frame(const File& file, const Frame& frame,
         log("cannot open " + file.path + ": " + errno_text(errno));
         return false;
     }
+    const std::size_t header_bytes = frame.version == 1
+                                         ? kSpoolV1FrameHeaderBytes
+                                         : kSpoolFrameHeaderBytes;
     unsigned char header[kSpoolFrameHeaderBytes];
-    out->resize(frame.records);
-    bool ok = pread_full(fd, header, sizeof(header), frame.offset) &&
-              pread_full(fd, out->data(), out->size() * kRecordBytes,
-                         frame.offset + kSpoolFrameHeaderBytes);
+    std::vector<unsigned char> payload(frame.payload_bytes);
+    bool ok = pread_full(fd, header, header_bytes, frame.offset) &&
+              pread_full(fd, payload.data(), payload.size(),
+                         frame.offset + header_bytes);
     int err = errno;
     ::close(fd);
     if (!ok) {
@@ -322,20 +351,28 @@ bool Spool::read_frame(const File& file, const Frame& frame,
             (err ? errno_text(err) : std::string("file shrank")));
         return false;
     }
-    if (get_u32(header) != kSpoolFrameMagic ||
+    if (get_u32(header) != spool_frame_magic(frame.version) ||
         get_u32(header + 4) != frame.records ||
-        get_u32(header + 8) !=
-            payload_crc(out->data(), out->size() * kRecordBytes)) {
+        get_u32(header + 8) != payload_crc(payload.data(), payload.size())) {
         log("batch at offset " + std::to_string(frame.offset) + " of " +
             file.path + " changed on disk since it was checked");
         return false;
+    }
+    if (!decode_spool_payload(frame.version, payload.data(), payload.size(),
+                              frame.records, out)) {
+        // Its CRC holds, so it will never decode: skipped, not retried.
+        log("batch at offset " + std::to_string(frame.offset) + " of " +
+            file.path + " does not decode; skipped");
+        out->clear();
+        corrupt_frames_++;
+        corrupt_bytes_ += payload.size();
     }
     return true;
 }
 
 void Spool::mark_consumed(File* file, const Frame& frame) {
     unsigned char magic[4];
-    put_u32(magic, kSpoolConsumedMagic);
+    put_u32(magic, spool_consumed_magic(frame.version));
     int fd = ::open(file->path.c_str(), O_WRONLY | O_CLOEXEC);
     bool ok = fd >= 0 &&
               ::pwrite(fd, magic, sizeof(magic),
@@ -372,7 +409,7 @@ std::size_t Spool::replay(const ReplayFn& fn) {
         if (!read_frame(files_.front(), frame, &batch)) {
             break;  // unreadable now: keep everything for a later call
         }
-        if (!fn(batch)) break;
+        if (!batch.empty() && !fn(batch)) break;
         // fn may have appended (files_ can have grown): index again.
         File& file = files_.front();
         mark_consumed(&file, frame);

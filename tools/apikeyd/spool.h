@@ -4,11 +4,13 @@
 //
 // Layout: files `spool-<16-digit sequence>.bin` in one directory (created
 // 0700), each a run of frames
-//     [u32 magic][u32 record_count][u32 crc32 of payload][payload]
-// with the payload record_count raw UsageRecords (little-endian host layout,
-// sizeof(UsageRecord) bytes each; the magic names the record layout
-// version, so a spool from another layout is never misread). A new file is
-// started once the current one reaches ~16 MiB.
+//     [u32 magic][u32 record_count][u32 crc32 of payload][u32 payload bytes]
+//     [payload]
+// with the payload the batch's records encoded (spool_frame.h); the magic
+// names the format version, so a frame of an unknown one is never misread.
+// Frames of version 1 (no payload-bytes field, record_count fixed 288-byte
+// records) are still read and replayed. A new file is started once the
+// current one reaches ~16 MiB.
 //
 // Guarantees: append() returns only after the frame is on disk (fdatasync,
 // and the directory fsynced when the file is new); a crash mid-append leaves
@@ -34,14 +36,21 @@
 
 namespace apikey {
 
-// The first four bytes of a frame: "AKS" + the record layout version.
+// The first four bytes of a frame: "AKS" + the format version.
+inline constexpr std::uint32_t spool_frame_magic(std::uint32_t version) {
+    return 0x00534b41u | version << 24;
+}
+// A frame that was replayed and committed: "AKC" + the version.
+inline constexpr std::uint32_t spool_consumed_magic(std::uint32_t version) {
+    return 0x00434b41u | version << 24;
+}
 inline constexpr std::uint32_t kSpoolFrameMagic =
-    0x00534b41u | (static_cast<std::uint32_t>(kUsageRecordVersion) << 24);
-// A frame that was replayed and committed.
+    spool_frame_magic(kUsageRecordVersion);
 inline constexpr std::uint32_t kSpoolConsumedMagic =
-    0x00434b41u | (static_cast<std::uint32_t>(kUsageRecordVersion) << 24);
+    spool_consumed_magic(kUsageRecordVersion);
 inline constexpr std::uint64_t kSpoolFileRotateBytes = 16ull << 20;
-inline constexpr std::size_t kSpoolFrameHeaderBytes = 12;
+inline constexpr std::size_t kSpoolFrameHeaderBytes = 16;
+inline constexpr std::size_t kSpoolV1FrameHeaderBytes = 12;
 // No batch is larger; a header that says more is corrupt.
 inline constexpr std::uint32_t kSpoolMaxBatchRecords = 1u << 20;
 
@@ -88,6 +97,8 @@ private:
     struct Frame {
         std::uint64_t offset;  // of the header
         std::uint32_t records;
+        std::uint32_t version;
+        std::uint64_t payload_bytes;
     };
     struct File {
         std::uint64_t seq;

@@ -1,7 +1,8 @@
 // Ingest benchmark producer: plays nginx's part. Creates (or reuses) the
-// usage segment, claims rings and pushes synthetic records with the current
-// time, either as fast as the drainer takes them or at a fixed rate. Unlike
-// a worker it waits when a ring is full: the benchmark measures apikeyd.
+// usage segment, claims a slot and appends synthetic records with the
+// current time, either as fast as the drainer takes them or at a fixed
+// rate. Unlike a worker it waits when the chunk pool is empty: the
+// benchmark measures apikeyd.
 //
 //   bench_ingest_producer PATH RECORDS [RATE_PER_S] [KEYS] [uniform|skewed]
 //
@@ -41,7 +42,6 @@ apikey::UsageRecord make_record(std::mt19937_64& rng, std::uint32_t keys,
                                 bool skewed) {
     apikey::UsageRecord r;
     std::memset(&r, 0, sizeof(r));
-    r.version = apikey::kUsageRecordVersion;
     r.result = apikey::AuthResult::kOk;
     std::uint32_t key;
     if (skewed) {
@@ -68,10 +68,12 @@ apikey::UsageRecord make_record(std::mt19937_64& rng, std::uint32_t keys,
     std::uint32_t e = skewed ? (key + rng() % 2) % 8 : rng() % 8;
     const char* ep = kEndpoints[e];
     const char* m = kMethods[skewed ? e % 3 : rng() % 3];
-    r.endpoint_len = apikey::copy_truncated(r.endpoint, sizeof(r.endpoint), ep);
-    r.method_len = apikey::copy_truncated(r.method, sizeof(r.method), m);
-    r.user_agent_len = apikey::copy_truncated(
-        r.user_agent, sizeof(r.user_agent), "bench/1.0 (ingest producer)");
+    r.endpoint_len = static_cast<std::uint8_t>(
+        apikey::copy_truncated(r.endpoint, sizeof(r.endpoint), ep));
+    r.method_len = static_cast<std::uint8_t>(
+        apikey::copy_truncated(r.method, sizeof(r.method), m));
+    r.user_agent_len = static_cast<std::uint16_t>(apikey::copy_truncated(
+        r.user_agent, sizeof(r.user_agent), "bench/1.0 (ingest producer)"));
     return r;
 }
 
@@ -105,6 +107,7 @@ int main(int argc, char** argv) {
         return 1;
     }
 
+    apikey::StreamWriter writer;
     std::mt19937_64 rng(42);
     auto start = std::chrono::steady_clock::now();
     for (std::uint64_t i = 0; i < total; ++i) {
@@ -117,8 +120,9 @@ int main(int argc, char** argv) {
         }
         apikey::UsageRecord r = make_record(rng, keys, skewed);
         r.time_us = now_us();
-        while (!seg.push(static_cast<std::uint32_t>(slot), r)) {
-            // Full: wait for apikeyd, sleeping rather than spinning so the
+        while (!seg.append(static_cast<std::uint32_t>(slot), &writer,
+                           apikey::usage_fields_of(r))) {
+            // Pool empty: wait for apikeyd, sleeping rather than spinning so the
             // 2-core machine's other core stays with PostgreSQL (the drop
             // counter records the retries: the benchmark reads commits).
             std::this_thread::sleep_for(std::chrono::microseconds(500));

@@ -41,6 +41,7 @@ BEGIN {
             apikeyd_metrics metric_sum usage_rows wait_usage_rows usage_duplicates
             key_request_count wait_request_count usage_segment_read usage_segment_u64 usage_slot_count
             usage_slot_offset usage_slot_state usage_ring_head usage_ring_tail
+            usage_ring_rewind usage_ring_records
         )],
         'Test::Apikey::Traffic'  => [qw(
             get_with_key request_burst format_statuses status_total

@@ -61,8 +61,10 @@ sub _write_atomic {
 }
 
 # request_stream(key => KEY, file => PATH, n => N, after_go => M,
-#                pace => S, path => P) -> pid of a forked child that sends
-# get_with_key requests one after another, $pace seconds apart: N of them,
+#                pace => S, path => P, long_agents => 1) -> pid of a forked
+# child that sends get_with_key requests one after another (with
+# long_agents, each with a different 256-byte User-Agent, so that no
+# record can refer to the one before for it), $pace seconds apart: N of them,
 # or with after_go, at least N and also at least M once "PATH.go" exists
 # (stream_go), 5000 at most. As it goes it writes how many it has sent to
 # "PATH.n" (stream_progress); at the end "status:count ..." to PATH
@@ -76,7 +78,9 @@ sub request_stream {
     my (%st, $n, $extra);
     eval {
         while (1) {
-            $st{ get_with_key($o{key}, $o{path})->{status} }++;
+            my @agent = $o{long_agents}
+                ? ('User-Agent: ' . sprintf('%06d-%05d', $$ % 1000000, ($n // 0) + 1) . 'a' x 243) : ();
+            $st{ http_get($o{path} // '/t.txt', [ "X-API-Key: $o{key}", @agent ], timeout => 5)->{status} }++;
             _write_atomic("$file.n", ++$n);
             $extra++ if $o{after_go} && -e "$file.go";
             last if $n >= $n_min && ($extra // 0) >= $after;

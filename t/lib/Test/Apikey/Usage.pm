@@ -19,7 +19,8 @@ our @EXPORT_OK = qw(
     usage_rows wait_usage_rows usage_duplicates key_request_count wait_request_count
     usage_segment_read usage_segment_u64 usage_slot_count usage_slot_offset
     usage_slot_state usage_ring_head usage_ring_tail
-    usage_slot_generation usage_ring_forge
+    usage_slot_generation usage_ring_forge usage_ring_rewind
+    usage_stream_chunk_offset usage_ring_records
 );
 
 # --- /metrics ---------------------------------------------------------------------
@@ -146,35 +147,110 @@ sub usage_ring_tail { return usage_segment_u64(usage_slot_offset($_[0]) + 128, $
 # (u64 at +8).
 sub usage_slot_generation { return usage_segment_u64(usage_slot_offset($_[0]) + 8) }
 
+# The stream area (shared/usage_stream.h): from the page after the slot
+# descriptors, a 64-byte pool line, 128 bytes of state per slot, then each
+# slot's chunk table (table_size u32 entries, the chunk count rounded up to
+# a power of two), the pool links, and from the next page the 64 KiB chunks.
+my $CHUNK = 65536;
+sub _page_up { my $n = shift; return ($n + 4095) & ~4095 }
+
+# usage_stream_chunk_offset($slot, $position) -> the file offset of the
+# stream position (its chunk must be the slot's).
+sub usage_stream_chunk_offset {
+    my ($slot, $pos) = @_;
+    my $slots  = usage_slot_count();
+    my $chunks = usage_segment_u64(24);
+    my $table  = 1;
+    $table *= 2 while $table < $chunks;
+    my $area   = _page_up($HEADER_SIZE + $SLOT_SIZE * $slots);
+    my $tables = $area + 64 + 128 * $slots;
+    my $seq    = int($pos / $CHUNK);
+    my $entry  = unpack 'V', usage_segment_read($tables + 4 * ($slot * $table + ($seq & ($table - 1))), 4);
+    die "chunk table entry $entry out of range\n" if $entry >= $chunks;
+    my $data   = $area + _page_up(64 + 128 * $slots + 4 * $slots * $table + 4 * $chunks);
+    return $data + $entry * $CHUNK + $pos % $CHUNK;
+}
+
+sub _varint {
+    my $v = shift;
+    my $out = '';
+    while ($v >= 0x80) { $out .= chr(($v & 0x7f) | 0x80); $v >>= 7 }
+    return $out . chr($v);
+}
+
+# usage_ring_records($slot) -> how many records the slot's stream holds
+# between its tail and its head, by the records' lengths
+# (shared/usage_record.h: flags, then a u16 body length; 0x00 ends the
+# chunk). With the slot's worker idle.
+sub usage_ring_records {
+    my ($slot) = @_;
+    my ($pos, $head) = (usage_ring_tail($slot), usage_ring_head($slot));
+    my $n = 0;
+    while ($pos < $head) {
+        my $end = $pos - $pos % $CHUNK + $CHUNK;
+        my ($flags, $len) = unpack 'C v', usage_segment_read(usage_stream_chunk_offset($slot, $pos), 3);
+        if ($flags == 0) { $pos = $end; next }
+        $pos += 3 + $len;
+        die "record past its chunk at $pos\n" if $pos > $end;
+        $n++;
+    }
+    return $n;
+}
+
 # usage_ring_forge($slot, key_id => UUID, org_id => UUID, %fields) -> the
-# ring position written: what a process able to write the segment can do.
-# Writes one record (shared/usage_record.h) at the slot's head and moves
-# the head past it, as the producer does; only while that ring's worker is
-# idle. %fields: slot, generation, sequence (the record's claimed identity,
-# default 0), endpoint ('/forged'), method (GET), status (200), result (0 =
-# ok), time_us (now).
+# stream position of the record's last byte (its sequence once stored):
+# what a process able to write the segment can do. Writes one
+# self-contained record (shared/usage_record.h: absolute time, no
+# reference to the record before) at the slot's head, inside the chunk the
+# worker is writing, and moves the head past it, as the producer does;
+# only while that ring's worker is idle. %fields: endpoint ('/forged'),
+# method (GET), status (200), result (0 = ok), time_us (now). A record
+# carries no identity: slot, generation and sequence, if given, are
+# ignored, as apikeyd would ignore them.
 sub usage_ring_forge {
     my ($slot, %f) = @_;
     my $uuid = sub { my $h = $_[0] =~ tr/-//dr; die "bad uuid $_[0]\n" unless $h =~ /^[0-9a-f]{32}$/i;
                      return pack 'H32', $h };
     my $endpoint = $f{endpoint} // '/forged';
     my $method   = $f{method}   // 'GET';
-    my $rec = pack 'v C C v C C C x7 V x4 Q< Q< q< Q< Q< a16 a16 a16 a16 a96 a64',
-        1, $f{result} // 0, 0, $f{status} // 200, length $method, length $endpoint, 0,
-        $f{slot} // 0, $f{generation} // 0, $f{sequence} // 0,
-        $f{time_us} // int(Time::HiRes::time() * 1e6), 1000, 6,
-        $uuid->($f{key_id}), $uuid->($f{org_id}), '', $method, $endpoint, '';
-    die "record is " . length($rec) . " bytes\n" unless length $rec == 288;
-    my $slots = usage_slot_count();
-    my $cap   = usage_segment_u64(24);
-    my $head  = usage_ring_head($slot);
-    my $at    = $HEADER_SIZE + $SLOT_SIZE * $slots + ($slot * $cap + ($head & ($cap - 1))) * 288;
+    my $time     = $f{time_us} // int(Time::HiRes::time() * 1e6);
+    my $body = chr($f{result} // 0) . pack('v', $f{status} // 200) . _varint(2 * $time)
+        . _varint(1000) . _varint(6) . $uuid->($f{key_id}) . $uuid->($f{org_id})
+        . chr(0) . chr(length $method) . $method . chr(length $endpoint) . $endpoint . chr(0);
+    my $rec  = chr(0x80 | 0x20) . pack('v', length $body) . $body;
+    my $head = usage_ring_head($slot);
+    die "no chunk in use at the head ($head)\n" if $head % $CHUNK == 0;
+    die "record does not fit in the chunk\n" if $head % $CHUNK + length($rec) > $CHUNK;
+    my $at = usage_stream_chunk_offset($slot, $head);
     open my $fh, '+<:raw', $ENV{TEST_NGINX_APIKEY_USAGE} or die "open usage segment: $!\n";
     sysseek($fh, $at, 0) or die "seek usage segment: $!\n";
-    syswrite($fh, $rec) == 288 or die "write usage segment: $!\n";
+    syswrite($fh, $rec) == length $rec or die "write usage segment: $!\n";
     close $fh;
-    usage_segment_u64(usage_slot_offset($slot) + 64, $head + 1);
-    return $head;
+    usage_segment_u64(usage_slot_offset($slot) + 64, $head + length $rec);
+    return $head + length($rec) - 1;
+}
+
+# usage_ring_rewind($slot, $n) -> how many records the slot's tail was put
+# back by: $n, or fewer when the chunk the tail is in starts sooner (the
+# chunks before it went back to the pool). Record boundaries come from the
+# stored rows (a row's sequence is its record's last byte). With apikeyd
+# stopped (a crash simulation).
+sub usage_ring_rewind {
+    my ($slot, $n) = @_;
+    my $tail  = usage_ring_tail($slot);
+    my $start = $tail - $tail % $CHUNK;
+    my $gen   = usage_slot_generation($slot);
+    my $ends  = psql_one(q{SELECT string_agg(sequence::text, ',' ORDER BY sequence DESC)
+                           FROM (SELECT sequence FROM api_key_usage
+                                 WHERE slot = :'slot' AND generation = :'gen'
+                                   AND sequence >= :'start' AND sequence < :'tail'
+                                 ORDER BY sequence DESC LIMIT :'lim') s},
+                         { slot => $slot, gen => $gen, start => $start, tail => $tail,
+                           lim => $n + 1 }) // '';
+    my @ends = split /,/, $ends;
+    my ($to, $back) = @ends > $n ? ($ends[$n] + 1, $n) : ($start, scalar @ends);
+    usage_ring_tail($slot, $to);
+    return $back;
 }
 
 1;

@@ -1,0 +1,350 @@
+// shared/usage_record: the variable-length encoding (round trips, the
+// references to the previous record, texts cut at their limits) and a
+// decoder that trusts none of the bytes it reads.
+#include "usage_record.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace apikey {
+namespace {
+
+constexpr std::size_t kChunk = 4096;
+
+struct Owned {
+    UsageRecord r{};
+    UsageFields fields() const { return usage_fields_of(r); }
+};
+
+Owned record(std::uint8_t key, std::string_view method,
+             std::string_view endpoint, std::string_view agent) {
+    Owned o;
+    UsageRecord& r = o.r;
+    r.result = AuthResult::kForbidden;
+    r.ip_family = IpFamily::kV6;
+    for (int i = 0; i < 16; ++i) {
+        r.key_id[i] = static_cast<std::uint8_t>(key + i);
+        r.org_id[i] = static_cast<std::uint8_t>(key * 3 + i);
+        r.ip[i] = static_cast<std::uint8_t>(0xf0 + i);
+    }
+    r.status = 503;
+    r.time_us = 1700000000123000;
+    r.response_time_us = 1234567;
+    r.bytes_sent = 0xffffffffffULL;
+    r.method_len = static_cast<std::uint8_t>(
+        copy_truncated(r.method, kUsageMethodLen, method));
+    r.endpoint_len = static_cast<std::uint8_t>(
+        copy_truncated(r.endpoint, kUsageEndpointLen, endpoint));
+    r.user_agent_len = static_cast<std::uint16_t>(
+        copy_truncated(r.user_agent, kUsageUserAgentLen, agent));
+    return o;
+}
+
+void expect_same(const UsageRecord& got, const UsageRecord& want) {
+    EXPECT_EQ(got.result, want.result);
+    EXPECT_EQ(got.ip_family, want.ip_family);
+    EXPECT_EQ(got.status, want.status);
+    EXPECT_EQ(got.time_us, want.time_us);
+    EXPECT_EQ(got.response_time_us, want.response_time_us);
+    EXPECT_EQ(got.bytes_sent, want.bytes_sent);
+    EXPECT_EQ(std::memcmp(got.key_id, want.key_id, 16), 0);
+    EXPECT_EQ(std::memcmp(got.org_id, want.org_id, 16), 0);
+    EXPECT_EQ(std::memcmp(got.ip, want.ip, ip_address_bytes(want.ip_family)),
+              0);
+    EXPECT_EQ(got.method_view(), want.method_view());
+    EXPECT_EQ(got.endpoint_view(), want.endpoint_view());
+    EXPECT_EQ(got.user_agent_view(), want.user_agent_view());
+}
+
+// Decodes every record of buf[0, size), expecting `n` records and the end.
+std::vector<UsageRecord> decode_all(const unsigned char* buf,
+                                    std::size_t size) {
+    std::vector<UsageRecord> out;
+    RecordDecodeContext ctx;
+    std::size_t at = 0;
+    while (at < size) {
+        UsageRecord r;
+        std::size_t used = 0;
+        const DecodeResult res = decode_usage_record(buf, at, size, &ctx, &r, &used);
+        if (res != DecodeResult::kRecord) break;
+        out.push_back(r);
+        at += used;
+    }
+    return out;
+}
+
+TEST(UsageRecordTest, RoundTripsEveryFieldAtItsLongest) {
+    const Owned a = record(1, std::string(16, 'M'), std::string(96, 'e'),
+                           std::string(256, 'u'));
+    std::vector<unsigned char> buf(kChunk);
+    RecordEncodeContext ctx;
+    const std::size_t n = encode_usage_record(buf.data(), 0, kChunk,
+                                              a.fields(), &ctx);
+    ASSERT_GT(n, 0u);
+    EXPECT_LE(n, kUsageRecordMaxBytes);
+    RecordDecodeContext dctx;
+    UsageRecord out;
+    std::size_t used = 0;
+    ASSERT_EQ(decode_usage_record(buf.data(), 0, n, &dctx, &out, &used),
+              DecodeResult::kRecord);
+    EXPECT_EQ(used, n);
+    expect_same(out, a.r);
+}
+
+TEST(UsageRecordTest, ARepeatedRecordRefersToThePreviousOne) {
+    const Owned a = record(7, "GET", "/v1/orders/{id}", "curl/8.5.0");
+    Owned b = a;
+    b.r.time_us += 2000;
+    b.r.status = 200;
+    std::vector<unsigned char> buf(kChunk);
+    RecordEncodeContext ctx;
+    const std::size_t first =
+        encode_usage_record(buf.data(), 0, kChunk, a.fields(), &ctx);
+    const std::size_t second =
+        encode_usage_record(buf.data(), first, kChunk, b.fields(), &ctx);
+    // flags, length, result, status, time delta, response time, bytes
+    EXPECT_LE(second, 1u + 2 + 1 + 2 + 2 + 3 + 6);
+    EXPECT_GT(first, second + 32 + 16);
+    // A different key and agent are written again, the rest referred to.
+    Owned c = b;
+    c.r.time_us += 2000;
+    c.r.key_id[0] ^= 1;
+    c.r.user_agent_len = 2;
+    const std::size_t third = encode_usage_record(
+        buf.data(), first + second, kChunk, c.fields(), &ctx);
+    EXPECT_EQ(third, second + 32 + 1 + 2);
+    const auto got = decode_all(buf.data(), first + second + third);
+    ASSERT_EQ(got.size(), 3u);
+    expect_same(got[0], a.r);
+    expect_same(got[1], b.r);
+    expect_same(got[2], c.r);
+}
+
+TEST(UsageRecordTest, TimeGoingBackAndIpFamiliesRoundTrip) {
+    std::vector<unsigned char> buf(kChunk);
+    RecordEncodeContext ctx;
+    std::vector<Owned> want;
+    std::size_t at = 0;
+    for (int i = 0; i < 6; ++i) {
+        Owned o = record(static_cast<std::uint8_t>(i / 2), "POST", "/x", "");
+        o.r.time_us = 1700000000000000 - i * 7919;  // earlier each time
+        o.r.ip_family = i % 3 == 0   ? IpFamily::kV4
+                        : i % 3 == 1 ? IpFamily::kNone
+                                     : IpFamily::kV6;
+        o.r.ip[0] = static_cast<std::uint8_t>(i);
+        if (o.r.ip_family != IpFamily::kV6) {
+            std::memset(o.r.ip + 4, 0, 12);
+        }
+        at += encode_usage_record(buf.data(), at, kChunk, o.fields(), &ctx);
+        want.push_back(o);
+    }
+    const auto got = decode_all(buf.data(), at);
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) expect_same(got[i], want[i].r);
+}
+
+TEST(UsageRecordTest, UserAgentKeeps256BytesAndCutsLongerAtUtf8Boundary) {
+    const std::string exact(256, 'a');
+    Owned o = record(1, "GET", "/", "");
+    UsageFields f = o.fields();
+    f.user_agent = exact;
+    std::vector<unsigned char> buf(kChunk);
+    RecordEncodeContext ctx;
+    std::size_t at = encode_usage_record(buf.data(), 0, kChunk, f, &ctx);
+    // 255 x 'a' then a 2-byte character: 257 bytes, the cut backs off to 255.
+    const std::string longer = std::string(255, 'a') + "\xc3\xa9";
+    f.user_agent = longer;
+    at += encode_usage_record(buf.data(), at, kChunk, f, &ctx);
+    // 600 bytes of 'b': cut at 256.
+    const std::string huge(600, 'b');
+    f.user_agent = huge;
+    at += encode_usage_record(buf.data(), at, kChunk, f, &ctx);
+    const auto got = decode_all(buf.data(), at);
+    ASSERT_EQ(got.size(), 3u);
+    EXPECT_EQ(got[0].user_agent_view(), exact);
+    EXPECT_EQ(got[1].user_agent_view(), std::string(255, 'a'));
+    EXPECT_EQ(got[2].user_agent_view(), std::string(256, 'b'));
+}
+
+TEST(UsageRecordTest, MethodAndEndpointAreCutToTheirFields) {
+    Owned o = record(1, "", "", "");
+    UsageFields f = o.fields();
+    const std::string method = std::string(15, 'M') + "\xe2\x82\xac";
+    const std::string endpoint(200, 'e');
+    f.method = method;
+    f.endpoint = endpoint;
+    std::vector<unsigned char> buf(kChunk);
+    RecordEncodeContext ctx;
+    const std::size_t n = encode_usage_record(buf.data(), 0, kChunk, f, &ctx);
+    const auto got = decode_all(buf.data(), n);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].method_view(), std::string(15, 'M'));
+    EXPECT_EQ(got[0].endpoint_view(), std::string(96, 'e'));
+}
+
+TEST(UsageRecordTest, ARecordThatDoesNotFitWritesNothing) {
+    const Owned a = record(1, "GET", "/a", "agent");
+    std::vector<unsigned char> buf(128, 0xaa);
+    RecordEncodeContext ctx;
+    // Its longest form (every field written out) is 99 bytes.
+    EXPECT_EQ(encode_usage_record(buf.data(), 30, 128, a.fields(), &ctx), 0u);
+    EXPECT_EQ(encode_usage_record(buf.data(), 128, 128, a.fields(), &ctx), 0u);
+    for (unsigned char c : buf) EXPECT_EQ(c, 0xaa);
+    EXPECT_EQ(ctx.key, 0u);
+    EXPECT_EQ(ctx.time_us, 0);
+    EXPECT_GT(encode_usage_record(buf.data(), 29, 128, a.fields(), &ctx), 0u);
+}
+
+TEST(UsageRecordTest, AZeroByteEndsTheChunk) {
+    const unsigned char zero[4] = {0, 1, 2, 3};
+    RecordDecodeContext ctx;
+    UsageRecord r;
+    std::size_t used = 0;
+    EXPECT_EQ(decode_usage_record(zero, 0, sizeof zero, &ctx, &r, &used),
+              DecodeResult::kEnd);
+    EXPECT_EQ(decode_usage_record(zero, 4, sizeof zero, &ctx, &r, &used),
+              DecodeResult::kCorrupt);
+}
+
+// Valid bytes of two records: the second refers to the first.
+std::vector<unsigned char> two_records(std::size_t* first) {
+    const Owned a = record(3, "GET", "/v1", "ua");
+    std::vector<unsigned char> buf(kChunk);
+    RecordEncodeContext ctx;
+    *first = encode_usage_record(buf.data(), 0, kChunk, a.fields(), &ctx);
+    const std::size_t second =
+        encode_usage_record(buf.data(), *first, kChunk, a.fields(), &ctx);
+    buf.resize(*first + second);
+    return buf;
+}
+
+DecodeResult decode_one(const std::vector<unsigned char>& buf,
+                        std::size_t limit, RecordDecodeContext* ctx) {
+    UsageRecord r;
+    std::size_t used = 0;
+    return decode_usage_record(buf.data(), 0, limit, ctx, &r, &used);
+}
+
+TEST(UsageRecordTest, EveryCutShortRecordIsCorrupt) {
+    std::size_t first = 0;
+    const std::vector<unsigned char> buf = two_records(&first);
+    for (std::size_t limit = 1; limit < first; ++limit) {
+        // A copy of exactly `limit` bytes: ASan sees any read past it.
+        std::vector<unsigned char> cut(buf.begin(), buf.begin() + limit);
+        RecordDecodeContext ctx;
+        EXPECT_EQ(decode_one(cut, limit, &ctx), DecodeResult::kCorrupt)
+            << limit;
+        EXPECT_FALSE(ctx.has_previous);
+    }
+}
+
+TEST(UsageRecordTest, HostileBytesAreRefused) {
+    std::size_t first = 0;
+    const std::vector<unsigned char> good = two_records(&first);
+    RecordDecodeContext fresh;
+    auto corrupt_at = [&](std::size_t i, unsigned char v) {
+        std::vector<unsigned char> b = good;
+        b[i] = v;
+        RecordDecodeContext ctx;
+        return decode_one(b, first, &ctx);
+    };
+    EXPECT_EQ(corrupt_at(0, 0x80 | 0x40), DecodeResult::kCorrupt);  // unknown flag
+    EXPECT_EQ(corrupt_at(0, 0x01), DecodeResult::kCorrupt);  // no record mark
+    // A reference with no previous record: the second record alone.
+    std::vector<unsigned char> second(good.begin() + first, good.end());
+    EXPECT_EQ(decode_one(second, second.size(), &fresh),
+              DecodeResult::kCorrupt);
+    // A body length past the limit, or longer than any record.
+    EXPECT_EQ(corrupt_at(1, 0x7f), DecodeResult::kCorrupt);
+    EXPECT_EQ(corrupt_at(2, 0x7f), DecodeResult::kCorrupt);
+    // After flags and length (3 bytes): [result][status 2][time 8][response time 3]
+    // [bytes 6][ids 32][ip family]...:
+    // an IP family that is none of 0, 4, 6.
+    const std::size_t family = 3 + 1 + 2 + 8 + 3 + 6 + 32;
+    ASSERT_EQ(good[family], 6u);
+    EXPECT_EQ(corrupt_at(family, 5), DecodeResult::kCorrupt);
+    // A method longer than its field.
+    EXPECT_EQ(corrupt_at(family + 17, 17), DecodeResult::kCorrupt);
+    // A body with a spare byte at its end.
+    std::vector<unsigned char> longer(good.begin(), good.begin() + first);
+    longer[1] = static_cast<unsigned char>(longer[1] + 1);
+    longer.push_back(0);
+    RecordDecodeContext ctx;
+    EXPECT_EQ(decode_one(longer, longer.size(), &ctx), DecodeResult::kCorrupt);
+    // A varint that never ends.
+    std::vector<unsigned char> endless = {0xa0, 14, 0, 0, 200, 0, 0xff, 0xff,
+                                          0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                          0xff, 0xff, 0xff};
+    EXPECT_EQ(decode_one(endless, endless.size(), &ctx),
+              DecodeResult::kCorrupt);
+}
+
+TEST(UsageRecordTest, UserAgentLengthOverItsFieldIsCorrupt) {
+    Owned o = record(1, "", "", "x");
+    std::vector<unsigned char> buf(kChunk);
+    RecordEncodeContext ectx;
+    const std::size_t n =
+        encode_usage_record(buf.data(), 0, kChunk, o.fields(), &ectx);
+    // The agent's one-byte length is the record's second byte from the end.
+    buf[n - 2] = 0x7f;
+    RecordDecodeContext ctx;
+    UsageRecord r;
+    std::size_t used;
+    EXPECT_EQ(decode_usage_record(buf.data(), 0, n, &ctx, &r, &used),
+              DecodeResult::kCorrupt);
+}
+
+// --- record helpers ----------------------------------------------------------
+
+TEST(UsageRecordTest, AuthResultNames) {
+    const char* want[kAuthResultCount] = {
+        "ok",      "missing", "malformed", "unknown",
+        "expired", "revoked", "forbidden", "unavailable"};
+    for (int i = 0; i < kAuthResultCount; ++i) {
+        EXPECT_STREQ(auth_result_name(static_cast<AuthResult>(i)), want[i]);
+    }
+    EXPECT_STREQ(auth_result_name(static_cast<AuthResult>(200)), "invalid");
+}
+
+TEST(UsageRecordTest, CopyTruncatedAsciiFitsOrIsCut) {
+    char buf[8];
+    EXPECT_EQ(copy_truncated(buf, sizeof buf, "GET"), 3u);
+    EXPECT_EQ(std::string(buf, 3), "GET");
+    EXPECT_EQ(copy_truncated(buf, sizeof buf, "OPTIONSX"), 8u);
+    EXPECT_EQ(copy_truncated(buf, sizeof buf, "OPTIONSXYZ"), 8u);
+    EXPECT_EQ(std::string(buf, 8), "OPTIONSX");
+    EXPECT_EQ(copy_truncated(buf, sizeof buf, ""), 0u);
+    EXPECT_EQ(copy_truncated(nullptr, 0, "abc"), 0u);
+}
+
+TEST(UsageRecordTest, CopyTruncatedBacksOffToUtf8Boundary) {
+    char buf[16];
+    // "ab" + U+00E9 (2 bytes): a cap of 3 would split it.
+    EXPECT_EQ(copy_truncated(buf, 3, "ab\xc3\xa9"), 2u);
+    EXPECT_EQ(copy_truncated(buf, 4, "ab\xc3\xa9"), 4u);
+    EXPECT_EQ(std::string(buf, 4), "ab\xc3\xa9");
+    // U+20AC (3 bytes) after "a": caps 2 and 3 cut inside it.
+    EXPECT_EQ(copy_truncated(buf, 2, "a\xe2\x82\xac"), 1u);
+    EXPECT_EQ(copy_truncated(buf, 3, "a\xe2\x82\xac"), 1u);
+    EXPECT_EQ(copy_truncated(buf, 4, "a\xe2\x82\xac"), 4u);
+    // U+1F600 (4 bytes) at the start: nothing of it fits in 3.
+    EXPECT_EQ(copy_truncated(buf, 3, "\xf0\x9f\x98\x80!"), 0u);
+    EXPECT_EQ(copy_truncated(buf, 4, "\xf0\x9f\x98\x80!"), 4u);
+    EXPECT_EQ(copy_truncated(buf, 5, "\xf0\x9f\x98\x80!"), 5u);
+    // A cut right before a multibyte character needs no back-off.
+    EXPECT_EQ(copy_truncated(buf, 2, "ab\xc3\xa9"), 2u);
+}
+
+TEST(UsageRecordTest, CopyTruncatedCutsInvalidUtf8WhereItIs) {
+    const std::string longer(300, 'x');
+    char buf[300];
+    EXPECT_EQ(copy_truncated(buf, 256, longer), 256u);
+    // Only continuation bytes: not UTF-8, cut at the cap.
+    EXPECT_EQ(copy_truncated(buf, 6, std::string(10, '\x80')), 6u);
+}
+
+}  // namespace
+}  // namespace apikey
