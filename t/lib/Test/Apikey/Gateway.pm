@@ -149,16 +149,18 @@ sub gateway_metrics {
     return metrics_values($r->{body});
 }
 
-# gateway_settle($gw, $timeout_s): waits until its apikeyd has every ring
-# and its spool empty (a ring's read position moves only after a commit).
-# Meant for after the traffic stopped.
+# gateway_settle($gw, $timeout_s): waits until its apikeyd has every ring,
+# its spool and every aggregation buffer empty (a ring's read position
+# moves, and a buffer is cleared, only after a commit). Meant for after the
+# traffic stopped.
 sub gateway_settle {
     my ($gw, $timeout) = @_;
     wait_until(sub {
         my $m = gateway_metrics($gw);
         return 0 unless grep { /^apikey_ring_depth\{/ } keys %$m;    # segment mapped
-        return metric_sum($m, 'apikey_ring_depth') == 0 && ($m->{apikey_spool_bytes} // 0) == 0;
-    }, $timeout // 20, "gateway $gw->{name}: rings and spool empty");
+        return metric_sum($m, 'apikey_ring_depth') == 0 && ($m->{apikey_spool_bytes} // 0) == 0
+            && metric_sum($m, 'apikey_agg_pending') == 0;
+    }, $timeout // 20, "gateway $gw->{name}: rings, spool and aggregation buffers empty");
 }
 
 # gateway_log($gw, 'apikeyd' | 'error') -> that log's text.
