@@ -2,8 +2,9 @@
 // reads each request's head and (small) body against a deadline, writes
 // each answer and lingers on close, all non-blocking (epoll). Worker threads
 // never touch a socket: they get one complete request in memory and return
-// the answer's bytes. So a slow, stalled or flooding client costs a buffer
-// of a few KiB, never a thread.
+// the answer's bytes, or hand them over while producing them (ReplyStream,
+// bounded). So a slow, stalled or flooding client costs a buffer of a few
+// KiB, never a thread (but a streamed answer's producer waits for it).
 //
 // Two lanes of workers: the bounded "slow" lane (the analytics API, which
 // waits on PostgreSQL) and the fast lane (/healthz, /metrics, the dashboard:
