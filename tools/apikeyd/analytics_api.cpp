@@ -2,7 +2,6 @@
 
 #include <httplib.h>
 
-#include <cmath>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -35,9 +34,6 @@ struct HttpError {
     std::string message;
     std::string www_authenticate;  // "" = no header
 };
-
-// Milliseconds to the microsecond.
-double round_ms(double ms) { return std::round(ms * 1000.0) / 1000.0; }
 
 Json ms_or_null(std::optional<double> ms) {
     return ms ? Json(round_ms(*ms)) : Json(nullptr);

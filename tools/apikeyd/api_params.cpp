@@ -1,6 +1,7 @@
 #include "api_params.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iterator>
 
@@ -431,6 +432,8 @@ std::optional<std::int64_t> parse_time(std::string_view text) noexcept {
         days * 86400 + hour * 3600 + minute * 60 + second - offset_s;
     return secs * kUsPerSecond + frac_us;
 }
+
+double round_ms(double ms) noexcept { return std::round(ms * 1000.0) / 1000.0; }
 
 std::string format_rfc3339(std::int64_t time_us, TimePrecision precision) {
     std::int64_t secs = floor_div(time_us, kUsPerSecond);

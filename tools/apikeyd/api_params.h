@@ -127,6 +127,9 @@ Uuid parse_uuid_segment(std::string_view text, std::string_view what);
 
 // --- time --------------------------------------------------------------------
 
+// Milliseconds as every answer writes them: rounded to the microsecond.
+double round_ms(double ms) noexcept;
+
 // RFC 3339 date-time ("2024-05-01T12:00:00Z", "...T12:00:00.5+02:00";
 // 't'/'z' in either case; a space instead of '+' before the offset, which
 // is what an unescaped '+' in a query string decodes to) or a plain date

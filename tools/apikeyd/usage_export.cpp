@@ -1,6 +1,5 @@
 #include "usage_export.h"
 
-#include <cmath>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -11,19 +10,13 @@ using Json = nlohmann::ordered_json;
 
 constexpr const char* kCursor = "apikey_export";
 
-// Milliseconds to the microsecond, as the API's JSON prints them; one text
-// for both formats.
+// Milliseconds as the API's JSON prints them; one text for both formats.
 Json ms_json(std::optional<double> ms) {
-    if (!ms) return Json(nullptr);
-    return Json(std::round(*ms * 1000.0) / 1000.0);
+    return ms ? Json(round_ms(*ms)) : Json(nullptr);
 }
 
 std::string dump(const Json& j) {
     return j.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
-std::uint64_t to_u64(const std::string& text) {
-    return text.empty() ? 0 : std::stoull(text);
 }
 
 std::string declare_sql(Interval interval) {
@@ -49,12 +42,12 @@ ExportRow read_row(const pg::Result& r, int i) {
     row.key_name = r.get(i, 2);
     row.endpoint = r.get(i, 3);
     row.method = r.get(i, 4);
-    row.requests = to_u64(r.get(i, 5));
-    row.status_2xx = to_u64(r.get(i, 6));
-    row.status_3xx = to_u64(r.get(i, 7));
-    row.status_4xx = to_u64(r.get(i, 8));
-    row.status_5xx = to_u64(r.get(i, 9));
-    row.status_other = to_u64(r.get(i, 10));
+    row.requests = r.get_u64(i, 5);
+    row.status_2xx = r.get_u64(i, 6);
+    row.status_3xx = r.get_u64(i, 7);
+    row.status_4xx = r.get_u64(i, 8);
+    row.status_5xx = r.get_u64(i, 9);
+    row.status_other = r.get_u64(i, 10);
     row.response_time_ms_sum = std::stod(r.get(i, 11));
     if (!row.latency_hist.add_pg_array(r.get(i, 12))) {
         throw std::runtime_error("stored latency_hist is not a histogram");
