@@ -101,6 +101,14 @@ void print_json(std::ostream& out, const json& j) {
     out << j.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
 }
 
+std::vector<keysql::KeyRow> read_keys(const pg::Result& r) {
+    std::vector<keysql::KeyRow> keys;
+    for (int i = 0; i < r.rows(); ++i) {
+        keys.push_back(keysql::KeyRow::read(r, i));
+    }
+    return keys;
+}
+
 void require_org(pg::Connection& conn, const std::string& org_id) {
     if (conn.exec("SELECT 1 FROM orgs WHERE id = $1::uuid", {org_id})
             .rows() == 0) {
@@ -251,10 +259,7 @@ void cmd_key_list(const Options& opts, pg::Connection& conn,
             (opts.dormant_only ? " AND " + keysql::dormant("", 2) : "") +
             " ORDER BY " + keysql::key_order(""),
         {opts.org_id, std::to_string(opts.dormant_days)});
-    std::vector<keysql::KeyRow> keys;
-    for (int i = 0; i < r.rows(); ++i) {
-        keys.push_back(keysql::KeyRow::read(r, i));
-    }
+    std::vector<keysql::KeyRow> keys = read_keys(r);
 
     if (opts.json) {
         json list = json::array();
@@ -408,10 +413,7 @@ void cmd_key_revoke_dormant(const Options& opts, pg::Connection& conn,
                        keysql::key_order("");
     pg::Result r =
         conn.exec(sql, {opts.org_id, std::to_string(opts.dormant_days)});
-    std::vector<keysql::KeyRow> keys;
-    for (int i = 0; i < r.rows(); ++i) {
-        keys.push_back(keysql::KeyRow::read(r, i));
-    }
+    std::vector<keysql::KeyRow> keys = read_keys(r);
     if (opts.json) {
         json list = json::array();
         for (const keysql::KeyRow& k : keys) {

@@ -1,6 +1,7 @@
 #include "aggregate_collector.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
 
@@ -41,7 +42,7 @@ std::size_t AggregateCollector::collect(UsageSegment* seg,
             st.closed_unread = false;
             const bool due = state == kRetired || now_us >= st.next_close_us;
             if (!due) continue;
-            st.next_close_us = now_us + kAggregateEveryUs;
+            st.next_close_us = now_us + close_every_us();
             if (seg->agg_empty(s)) continue;
             epoch = seg->agg_close(s);
             if (epoch == 0) continue;  // not closable (cannot happen here)
@@ -95,6 +96,7 @@ bool AggregateCollector::commit(std::int64_t now_us) {
     buffers.reserve(pending_.size());
     for (const Pending& p : pending_) buffers.push_back(p.buffer);
     AggregateCommitStats cs;
+    const auto started = std::chrono::steady_clock::now();
     try {
         cs = store_->commit_aggregates(buffers);
     } catch (const NodeInUse&) {
@@ -109,6 +111,9 @@ bool AggregateCollector::commit(std::int64_t now_us) {
         }
         return false;
     }
+    last_commit_us_ = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::steady_clock::now() - started)
+                          .count();
     if (db_down_logged_) log_info("drainer: aggregates committed again");
     db_down_logged_ = false;
     // Committed: now the workers may have the buffers back.
@@ -124,6 +129,11 @@ bool AggregateCollector::commit(std::int64_t now_us) {
     stats_->agg_requests_committed += cs.requests;
     stats_->agg_entries_ignored += cs.ignored;
     return true;
+}
+
+std::int64_t AggregateCollector::close_every_us() const {
+    return std::clamp(kAggregateSlowCommitFactor * last_commit_us_,
+                      kAggregateEveryUs, kAggregateMaxEveryUs);
 }
 
 std::int64_t AggregateCollector::unread_since_us(std::int64_t now_us) const {

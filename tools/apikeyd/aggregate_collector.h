@@ -27,6 +27,15 @@ namespace apikey {
 // How often an owned slot's active buffer is closed and collected: a
 // request shows in the rollups within about a second.
 inline constexpr std::int64_t kAggregateEveryUs = 250000;
+// Aggregates are committed on the drainer's thread, between batches of raw
+// records. When commits are slow (traffic spread over tens of thousands of
+// key x endpoint x method entries per collection), buffers are closed only
+// this many times the last commit's duration apart: commits then take at
+// most about a quarter of the thread, and a longer collection holds more
+// requests per entry, not more entries. At most kAggregateMaxEveryUs
+// apart: one commit slowed by a lock must not hold the rollups back long.
+inline constexpr std::int64_t kAggregateSlowCommitFactor = 3;
+inline constexpr std::int64_t kAggregateMaxEveryUs = 1500000;
 
 class AggregateCollector {
 public:
@@ -65,6 +74,7 @@ private:
 
     std::size_t read_closed(UsageSegment* seg, std::uint32_t slot,
                             std::uint64_t epoch, std::int64_t now_us);
+    std::int64_t close_every_us() const;
 
     UsageStore* store_;
     KeyIndex* keys_;
@@ -72,6 +82,7 @@ private:
     std::map<SlotKey, SlotState> slots_;
     std::vector<Pending> pending_;
     std::int64_t next_commit_us_ = 0;
+    std::int64_t last_commit_us_ = 0;  // how long the last commit took
     bool db_down_logged_ = false;
 };
 

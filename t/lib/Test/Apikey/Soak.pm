@@ -43,7 +43,7 @@ use Test::Apikey::Http qw(http_get);
 
 our @EXPORT = qw(
     proc_mapping_rss grow_key_table
-    wrk_path soak_nginx_config make_traffic churn_key rebuild_key_table
+    wrk_path soak_nginx_config make_traffic plan_traffic churn_key rebuild_key_table
     expected_kinds start_wrk wrk_finished finish_wrk proc_status proc_fds
     proc_maps format_kib unrecorded ingest_totals wait_ingested rows_by_key
 );
@@ -103,16 +103,26 @@ sub make_traffic {
     $t->{cycle} = \@cycle;
     my %key_of = ((map { ($_ => $k{$_}{key}) } keys %k),
                   unknown => $t->{unknown}, malformed => $t->{malformed});
+    my $files = plan_traffic([ map { [ @$_, $key_of{ $_->[0] } ] } @cycle ]);
+    return { %$t, %$files };
+}
+
+# plan_traffic([ [kind, path, key, method], ... ]) -> { cycle => [ [kind,
+# path], ... ], plan, script }: the files start_wrk sends a cycle of
+# requests from (method default GET), for a traffic shape of the caller's
+# own; expected_kinds() counts its kinds.
+sub plan_traffic {
+    my ($requests) = @_;
     my $dir = make_world_readable_dir(servroot_path('wrk'));
     my $plan = join '',
         "-- the request cycle of Test::Apikey::Soak (holds keys: never print it)\n",
         "return {\n  stop_path = \"/stop\",\n  requests = {\n",
-        (map { sprintf qq(    { kind = "%s", path = "%s", key = "%s" },\n),
-                   $_->[0], $_->[1], $key_of{ $_->[0] } } @cycle),
+        (map { sprintf qq(    { kind = "%s", path = "%s", key = "%s", method = "%s" },\n),
+                   $_->[0], $_->[1], $_->[2], $_->[3] // 'GET' } @$requests),
         "  },\n}\n";
-    $t->{plan} = spew("$dir/plan.lua", $plan, 0600);
-    $t->{script} = spew("$dir/keyed.lua", _lua(), 0644);
-    return $t;
+    return { cycle => [ map { [ @$_[0, 1] ] } @$requests ],
+             plan => spew("$dir/plan.lua", $plan, 0600),
+             script => spew("$dir/keyed.lua", _lua(), 0644) };
 }
 
 # churn_key($org_id, $name [, $previous]) -> (seconds, key object): creates
@@ -210,7 +220,7 @@ function init(args)
   end_at = tonumber(args[4])
   pause = tonumber(args[5])
   for i, r in ipairs(plan.requests) do
-    reqs[i] = wrk.format("GET", r.path,
+    reqs[i] = wrk.format(r.method, r.path,
       { ["X-API-Key"] = r.key, ["User-Agent"] = "apikey-long/" .. r.kind })
     kinds[i] = r.kind
     issued_by[r.kind] = 0
