@@ -505,19 +505,19 @@ TEST(UsageExportArgs, TheApisRulesAndDefaults) {
 }
 
 TEST(UsageExportArgs, Errors) {
-    EXPECT_NE(error_of({"usage", "export", "--org", kOrg, "--from", "2024-03-01"})
-                  .find("missing --to"),
-              std::string::npos);
-    EXPECT_NE(error_of({"usage", "export", "--org", kOrg, "--from", "2024-03-01",
-                        "--to", "2024-03-05", "--format", "xml"})
-                  .find("format must be csv or ndjson"),
-              std::string::npos);
-    EXPECT_NE(error_of({"--json", "usage", "export", "--org", kOrg, "--from",
-                        "2024-03-01", "--to", "2024-03-05"})
-                  .find("--json does not apply"),
-              std::string::npos);
-    EXPECT_NE(error_of({"usage"}).find("missing subcommand for 'usage' (export)"),
-              std::string::npos);
+    auto says = [](std::vector<std::string> args, const std::string& what) {
+        return error_of(std::move(args)).find(what) != std::string::npos;
+    };
+    const std::string from = "2024-03-01", to = "2024-03-05";
+    EXPECT_TRUE(says({"usage", "export", "--org", kOrg, "--from", from},
+                     "missing --to"));
+    EXPECT_TRUE(says({"usage", "export", "--org", kOrg, "--from", from, "--to",
+                      to, "--format", "xml"},
+                     "format must be csv or ndjson"));
+    EXPECT_TRUE(says({"--json", "usage", "export", "--org", kOrg, "--from",
+                      from, "--to", to},
+                     "--json does not apply"));
+    EXPECT_TRUE(says({"usage"}, "missing subcommand for 'usage' (export)"));
     EXPECT_EQ(usage_error({"usage", "export", "--org", kOrg, "--from", "x",
                            "--to", "2024-03-05"})
                   .topic(),
