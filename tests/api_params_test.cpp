@@ -514,5 +514,49 @@ TEST(UuidSegment, RejectsAnythingElseNamingTheSegment) {
     }
 }
 
+
+// --- export
+// -------------------------------------------------------------------
+
+std::string export_error(const std::string& target) {
+    try {
+        parse_export_params(parse_query(target), kNow);
+    } catch (const ParamError& e) {
+        return e.what();
+    }
+    return "";
+}
+
+TEST(ExportParams, TheRangeRulesOfThePerKeyView) {
+    ExportParams e = parse_export_params(parse_query("/x"), kNow);
+    KeyUsageParams k = parse_key_usage_params(parse_query("/x"), kNow);
+    EXPECT_EQ(e.from_us, k.from_us);
+    EXPECT_EQ(e.to_us, k.to_us);
+    EXPECT_EQ(e.interval, Interval::kDay);
+    EXPECT_EQ(e.format, ExportFormat::kCsv);
+    e = parse_export_params(
+        parse_query("/x?interval=hour&from=2024-04-01&to=2024-04-02"), kNow);
+    EXPECT_EQ(e.interval, Interval::kHour);
+    EXPECT_EQ(e.from_us, at("2024-04-01T00:00:00Z"));
+    EXPECT_EQ(e.to_us, at("2024-04-02T00:00:00Z"));
+    EXPECT_EQ(export_error("/x?interval=hour&from=2024-04-01&to=2024-05-03"),
+              "the range from..to must not exceed 31 days with interval=hour");
+    EXPECT_EQ(export_error("/x?from=2024-04-02&to=2024-04-01"),
+              "from must be before to");
+    EXPECT_EQ(export_error("/x?interval=week"), "interval must be hour or day");
+}
+
+TEST(ExportParams, Format) {
+    EXPECT_EQ(parse_export_params(parse_query("/x?format=ndjson"), kNow).format,
+              ExportFormat::kNdjson);
+    EXPECT_EQ(parse_export_params(parse_query("/x?format=csv"), kNow).format,
+              ExportFormat::kCsv);
+    EXPECT_EQ(export_error("/x?format=CSV"), "format must be csv or ndjson");
+    EXPECT_EQ(export_error("/x?format="), "format must be csv or ndjson");
+    EXPECT_NE(export_error("/x?format=csv&format=csv")
+                  .find("is given more than once"),
+              std::string::npos);
+}
+
 }  // namespace
 }  // namespace apikey::api

@@ -486,5 +486,43 @@ TEST(UsageErrorLine, PointsAtTheRelevantHelp) {
               "missing command (see 'apikeyctl --help')");
 }
 
+
+// --- usage export
+// -------------------------------------------------------------
+
+TEST(UsageExportArgs, TheApisRulesAndDefaults) {
+    Options o = parse({"usage", "export", "--org", kOrg, "--from", "2024-03-01",
+                       "--to", "2024-03-05"});
+    EXPECT_EQ(o.command, Command::kUsageExport);
+    EXPECT_EQ(o.org_id, kOrg);
+    EXPECT_EQ(o.export_params.interval, api::Interval::kDay);
+    EXPECT_EQ(o.export_params.format, api::ExportFormat::kCsv);
+    EXPECT_EQ(o.export_params.from_us, 1709251200LL * 1000000);
+    o = parse({"usage", "export", "--org", kOrg, "--from", "2024-03-01",
+               "--to=2024-03-02", "--interval", "hour", "--format", "ndjson"});
+    EXPECT_EQ(o.export_params.interval, api::Interval::kHour);
+    EXPECT_EQ(o.export_params.format, api::ExportFormat::kNdjson);
+}
+
+TEST(UsageExportArgs, Errors) {
+    auto says = [](std::vector<std::string> args, const std::string& what) {
+        return error_of(std::move(args)).find(what) != std::string::npos;
+    };
+    const std::string from = "2024-03-01", to = "2024-03-05";
+    EXPECT_TRUE(says({"usage", "export", "--org", kOrg, "--from", from},
+                     "missing --to"));
+    EXPECT_TRUE(says({"usage", "export", "--org", kOrg, "--from", from, "--to",
+                      to, "--format", "xml"},
+                     "format must be csv or ndjson"));
+    EXPECT_TRUE(says({"--json", "usage", "export", "--org", kOrg, "--from",
+                      from, "--to", to},
+                     "--json does not apply"));
+    EXPECT_TRUE(says({"usage"}, "missing subcommand for 'usage' (export)"));
+    EXPECT_EQ(usage_error({"usage", "export", "--org", kOrg, "--from", "x",
+                           "--to", "2024-03-05"})
+                  .topic(),
+              "usage export");
+}
+
 }  // namespace
 }  // namespace apikey::ctl

@@ -25,16 +25,23 @@ using Clock = std::chrono::steady_clock;
 
 // Answers 200 with the request line as the body; "/slow" waits for `gate`,
 // "/throw" throws, "/throw-int" throws something else, "/empty" answers
-// nothing and "/big" answers kBigBody bytes.
+// nothing and "/big" answers kBigBody bytes; "/stream" writes kStreamBody
+// bytes through the ReplyStream, kStreamPiece at a time.
 constexpr std::size_t kBigBody = 8 << 20;
+constexpr std::size_t kStreamBody = 64 << 20;
+constexpr std::size_t kStreamPiece = 64 << 10;
 
 class Front : public ::testing::Test {
 protected:
     void start(FrontLimits limits, const std::string& host = "127.0.0.1") {
         front_ = std::make_unique<HttpFront>(
             limits, &stats_,
-            [this](std::string_view req, const Peer& peer, bool last) {
+            [this](std::string_view req, const Peer& peer, bool last,
+                   ReplyStream& out) {
                 std::string line(req.substr(0, req.find("\r\n")));
+                if (line.find(" /stream ") != std::string::npos) {
+                    return stream(out, last);
+                }
                 if (line.find(" /throw ") != std::string::npos) {
                     throw std::runtime_error("boom");
                 }
@@ -147,6 +154,18 @@ protected:
         return "";
     }
 
+    Reply stream(ReplyStream& out, bool last) {
+        std::string piece(kStreamPiece, 'y');
+        bool ok = out.write("HTTP/1.1 200 OK\r\nContent-Length: " +
+                            std::to_string(kStreamBody) + "\r\n\r\n");
+        for (std::size_t n = 0; ok && n < kStreamBody; n += piece.size()) {
+            ok = out.write(piece);
+            if (ok) streamed_ += piece.size();
+        }
+        stream_stopped_ = !ok;
+        return Reply{"", last || !ok};
+    }
+
     std::uint64_t refused(HttpRefusal r) const {
         return stats_.refused[static_cast<int>(r)].load();
     }
@@ -157,6 +176,8 @@ protected:
     std::promise<void> release_;
     std::shared_future<void> gate_ = release_.get_future().share();
     std::atomic<int> slow_started_{0};
+    std::atomic<std::size_t> streamed_{0};
+    std::atomic<bool> stream_stopped_{false};
     std::string peer_ip_;
 };
 
@@ -434,6 +455,51 @@ TEST_F(Front, AResetMidRequestClosesTheConnection) {
     for (int r = 0; r < static_cast<int>(HttpRefusal::kCount); ++r) {
         EXPECT_EQ(refused(static_cast<HttpRefusal>(r)), 0u) << r;
     }
+}
+
+TEST_F(Front, AStreamedAnswerGoesOutAtTheReadersPace) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /stream HTTP/1.1\r\n\r\n");
+    // Nobody reads: the producer waits once the socket buffers and the
+    // stream's bound are full, far short of the whole body.
+    std::this_thread::sleep_for(300ms);
+    EXPECT_GT(streamed_.load(), 0u);
+    EXPECT_LT(streamed_.load(), kStreamBody / 4);
+    std::string head = "HTTP/1.1 200 OK\r\nContent-Length: " +
+                       std::to_string(kStreamBody) + "\r\n\r\n";
+    std::string r = read_n(fd, head.size() + kStreamBody);
+    EXPECT_EQ(r.size(), head.size() + kStreamBody);
+    EXPECT_EQ(r.substr(0, head.size()), head);
+    EXPECT_EQ(r.find_first_not_of('y', head.size()), std::string::npos);
+    // The connection stays usable.
+    send_all(fd, "GET /a HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_n(fd, ok("GET /a HTTP/1.1").size()), ok("GET /a HTTP/1.1"));
+    EXPECT_FALSE(stream_stopped_.load());
+    close(fd);
+}
+
+TEST_F(Front, AReaderThatGoesAwayStopsTheStream) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /stream HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_n(fd, 1000).substr(0, 15), "HTTP/1.1 200 OK");
+    reset(fd);
+    wait_for([&] { return stream_stopped_.load(); });
+    EXPECT_TRUE(stream_stopped_.load());
+    EXPECT_LT(streamed_.load(), kStreamBody);
+}
+
+TEST_F(Front, StoppingTheServerStopsAStreamThatWaits) {
+    start({});
+    int fd = connect_client();
+    send_all(fd, "GET /stream HTTP/1.1\r\n\r\n");
+    wait_for([&] { return streamed_.load() > 0; });
+    std::this_thread::sleep_for(100ms);
+    front_->stop();
+    thread_.join();  // returns only if the blocked producer was released
+    EXPECT_TRUE(stream_stopped_.load());
+    close(fd);
 }
 
 }  // namespace

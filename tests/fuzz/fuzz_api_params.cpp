@@ -177,6 +177,17 @@ void run(std::int64_t now, std::string_view target) {
         for (const auto& kv : query) check_no_echo(e, kv.second);
     }
 
+    // The export: the per-key view's range rules, and a format.
+    try {
+        ExportParams x = parse_export_params(query, now);
+        check_key_params(KeyUsageParams{x.from_us, x.to_us, x.interval,
+                                        kDefaultTop},
+                         now);
+    } catch (const ParamError& e) {
+        check_message(e);
+        for (const auto& kv : query) check_no_echo(e, kv.second);
+    }
+
     // Every decoded value as a time too (the from/to grammar).
     for (const auto& kv : query) {
         if (std::optional<std::int64_t> t = parse_time(kv.second)) {

@@ -44,6 +44,11 @@ const std::vector<CommandSpec>& command_specs() {
          {"--org", "--dormant", "--yes"},
          {},
          "KEY_ID"},
+        {"usage export",
+         Command::kUsageExport,
+         {"--org", "--from", "--to", "--interval", "--format"},
+         {"--org", "--from", "--to"},
+         ""},
     };
     return specs;
 }
@@ -51,7 +56,7 @@ const std::vector<CommandSpec>& command_specs() {
 constexpr std::string_view kValueOptions[] = {
     "--db",     "--org",        "--name",         "--scopes",
     "--prefix", "--expires-in", "--dormant-days", "--grace",
-    "--dormant",
+    "--dormant", "--from", "--to", "--interval", "--format",
 };
 
 bool is_value_option(std::string_view name) {
@@ -59,7 +64,15 @@ bool is_value_option(std::string_view name) {
                      name) != std::end(kValueOptions);
 }
 
-bool is_group(std::string_view word) { return word == "org" || word == "key"; }
+bool is_group(std::string_view word) {
+    return word == "org" || word == "key" || word == "usage";
+}
+
+std::string_view subcommands(std::string_view group) {
+    if (group == "org") return "create, list";
+    if (group == "key") return "create, list, rotate, revoke";
+    return "export";
+}
 
 bool is_base62(char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
@@ -169,9 +182,7 @@ const CommandSpec* resolve(const std::vector<std::string>& words,
             return nullptr;
         }
         throw UsageError("missing subcommand for '" + head + "' (" +
-                             (head == "org" ? "create, list"
-                                            : "create, list, rotate, revoke") +
-                             ")",
+                             std::string(subcommands(head)) + ")",
                          head);
     }
     std::string path = head + " " + words[first + 1];
@@ -241,6 +252,25 @@ bool has_option(const Tokens& t, std::string_view name) {
                        [&](const auto& o) { return o.first == name; });
 }
 
+// usage export's options, checked as the API checks its query string, so
+// both accept the same ranges and print the same lines.
+api::ExportParams export_params(const Tokens& t) {
+    api::QueryParams query;
+    for (const auto& [name, value] : t.options) {
+        if (name == "--from" || name == "--to" || name == "--interval" ||
+            name == "--format") {
+            query.emplace(name.substr(2), value);
+        }
+    }
+    try {
+        // --from and --to are required: "now" is never used.
+        return api::parse_export_params(query, 0);
+    } catch (const api::ParamError& e) {
+        throw UsageError(std::string("invalid usage export range or format: ") +
+                         e.what());
+    }
+}
+
 // Applies the command's options and positional argument to opts.
 void apply(const CommandSpec& spec, const Tokens& t, std::size_t consumed,
            Options* opts) {
@@ -257,6 +287,11 @@ void apply(const CommandSpec& spec, const Tokens& t, std::size_t consumed,
         (has_option(t, "--org") || t.yes)) {
         throw UsageError(
             "--org and --yes apply to 'key revoke' only with --dormant", topic);
+    }
+    if (t.json && spec.command == Command::kUsageExport) {
+        throw UsageError("--json does not apply to 'usage export' (use "
+                         "--format ndjson)",
+                         topic);
     }
     if (t.yes && !bulk) {
         throw UsageError("option --yes does not apply to '" + topic + "'",
@@ -326,6 +361,9 @@ void apply(const CommandSpec& spec, const Tokens& t, std::size_t consumed,
                 opts->dormant_days = parse_dormant(value, topic);
                 opts->dormant_only = true;
             }
+        }
+        if (spec.command == Command::kUsageExport) {
+            opts->export_params = export_params(t);
         }
         if (has_option(t, "--dormant") && has_option(t, "--dormant-days")) {
             throw UsageError("--dormant and --dormant-days exclude each other");

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "api_params.h"
 #include "key_table.h"
 #include "scope.h"
 
@@ -41,6 +42,7 @@ enum class Command {
     kKeyRotate,
     kKeyRevoke,
     kKeyRevokeDormant,  // key revoke --org ORG --dormant D [--yes]
+    kUsageExport,
 };
 
 struct Options {
@@ -61,6 +63,8 @@ struct Options {
     // that threshold; key revoke acts on them.
     bool dormant_only = false;
     bool yes = false;  // --yes: act, not a dry run
+    // usage export: checked by the API's own rules (api_params.h).
+    api::ExportParams export_params;
 };
 
 // A bad command line (exit 2). topic() names the command whose help would

@@ -11,6 +11,7 @@
 #include "key_hash.h"
 #include "key_sql.h"
 #include "migrate.h"
+#include "usage_export.h"
 
 namespace apikey::ctl {
 namespace {
@@ -451,6 +452,22 @@ void cmd_key_revoke_dormant(const Options& opts, pg::Connection& conn,
     }
 }
 
+// --- usage export ---------------------------------------------------------
+
+// Written batch by batch as the cursor reads them: constant memory.
+void cmd_usage_export(const Options& opts, pg::Connection& conn,
+                      std::ostream& out) {
+    require_org(conn, opts.org_id);
+    api::ExportCursor cursor(conn, opts.org_id, opts.export_params);
+    std::string lines;
+    bool more = true;
+    while (more) {
+        more = cursor.next(&lines);
+        out << lines;
+        lines.clear();
+    }
+}
+
 }  // namespace
 
 void run_command(const Options& opts, pg::Connection& conn, std::ostream& out) {
@@ -471,6 +488,8 @@ void run_command(const Options& opts, pg::Connection& conn, std::ostream& out) {
             return cmd_key_revoke(opts, conn, out);
         case Command::kKeyRevokeDormant:
             return cmd_key_revoke_dormant(opts, conn, out);
+        case Command::kUsageExport:
+            return cmd_usage_export(opts, conn, out);
         case Command::kHelp:
             break;
     }

@@ -26,6 +26,10 @@ Commands:
   key revoke KEY_ID       revoke a key now (idempotent)
   key revoke --org ORG_ID --dormant D [--yes]
                           revoke the keys unused for D (dry run without --yes)
+  usage export --org ORG_ID --from T --to T [--interval hour|day]
+               [--format csv|ndjson]
+                          the org's usage per key, endpoint, method and
+                          hour or day, as the API's export prints it
 
 Global options (accepted anywhere on the line):
   --db CONNINFO   libpq connection string or URI, e.g.
@@ -161,6 +165,30 @@ JSON: {"key_id","org_id","revoked_at","already_revoked"}
         "last_used_ip","request_count"}]}
 )";
 
+constexpr std::string_view kUsageExport =
+    R"(Usage: apikeyctl usage export --org ORG_ID --from T --to T
+           [--interval hour|day] [--format csv|ndjson]
+
+Prints the organisation's usage from the rollups, one line per key,
+endpoint, method and bucket with from <= bucket < to: the same lines, byte
+for byte, as GET /api/orgs/ORG_ID/api-keys/usage/export. Lines are written
+as they are read (a cursor in one read-only transaction), so any range
+streams in constant memory; on an error the output stops short and the
+exit status is 1.
+
+  --org ORG_ID               the organisation
+  --from T, --to T           RFC 3339 times or dates (2024-05-01), UTC
+                             unless an offset is given; at most 400 days,
+                             31 with --interval hour
+  --interval hour|day        the rollup to read (default: day)
+  --format csv|ndjson        CSV with a header line, or one JSON object a
+                             line (default: csv); --json does not apply
+
+Columns: bucket, key_id, key_name, endpoint, method, requests, status_2xx,
+status_3xx, status_4xx, status_5xx, status_other, response_time_ms_sum,
+avg_ms, p95_ms.
+)";
+
 }  // namespace
 
 std::string usage(std::string_view topic) {
@@ -173,6 +201,9 @@ std::string usage(std::string_view topic) {
     if (topic == "key list") return std::string(kKeyList);
     if (topic == "key rotate") return std::string(kKeyRotate);
     if (topic == "key revoke") return std::string(kKeyRevoke);
+    if (topic == "usage" || topic == "usage export") {
+        return std::string(kUsageExport);
+    }
     return std::string(kOverview);
 }
 

@@ -41,8 +41,12 @@ int main(int argc, char** argv) {
         return ctl::kExitOk;
     }
 
-    // Buffered so a failure leaves stdout empty rather than half-written.
-    std::ostringstream out;
+    // Buffered so a failure leaves stdout empty rather than half-written;
+    // but an export streams (any size, constant memory) and says on
+    // stderr and in its exit status when it stopped short.
+    const bool stream = opts.command == ctl::Command::kUsageExport;
+    std::ostringstream buffered;
+    std::ostream& out = stream ? std::cout : buffered;
     try {
         pg::Connection conn(opts.conninfo, "apikeyctl");
         ctl::run_command(opts, conn, out);
@@ -51,7 +55,7 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
         return fail(ctl::kExitRuntime, e.what());
     }
-    std::cout << out.str() << std::flush;
+    std::cout << buffered.str() << std::flush;
     if (!std::cout) return fail(ctl::kExitRuntime, "cannot write to stdout");
     return ctl::kExitOk;
 }

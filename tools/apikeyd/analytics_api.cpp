@@ -2,7 +2,6 @@
 
 #include <httplib.h>
 
-#include <cmath>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -14,6 +13,7 @@
 #include "http_server.h"
 #include "log.h"
 #include "time_util.h"
+#include "usage_export.h"
 
 namespace apikey::api {
 namespace {
@@ -24,6 +24,9 @@ constexpr const char* kNotFound = "not found";
 constexpr const char* kRealm = "Bearer realm=\"apikeyd\"";
 constexpr const char* kOrgRoute = R"(/api/orgs/([^/]+)/api-keys/usage)";
 constexpr const char* kKeyRoute = R"(/api/orgs/([^/]+)/api-keys/([^/]+)/usage)";
+constexpr const char* kExportRoute =
+    R"(/api/orgs/([^/]+)/api-keys/usage/export)";
+constexpr const char* kSelfRoute = "/api/keys/self/usage";
 
 // An answer other than 200, thrown by the request steps.
 struct HttpError {
@@ -31,9 +34,6 @@ struct HttpError {
     std::string message;
     std::string www_authenticate;  // "" = no header
 };
-
-// Milliseconds to the microsecond.
-double round_ms(double ms) { return std::round(ms * 1000.0) / 1000.0; }
 
 Json ms_or_null(std::optional<double> ms) {
     return ms ? Json(round_ms(*ms)) : Json(nullptr);
@@ -146,11 +146,9 @@ struct AnalyticsApi::Impl {
     std::mutex secret_mutex;
     std::string secret;  // "" until read
 
-    // Steps shared by both endpoints, in order: key (401/503), org id in
-    // the path (400), the key's org (404), scope (403). Returns the org id.
-    std::string authorize(const httplib::Request& req, std::int64_t now,
-                          std::string_view org_segment,
-                          std::string_view key_segment = {}) {
+    // The caller's key: 401 (missing, malformed, unknown, revoked,
+    // expired) or 503 (no key table yet).
+    AuthResult authenticate(const httplib::Request& req, std::int64_t now) {
         AuthResult who =
             auth.authenticate(header_values(req, "Authorization"), now);
         if (who.status == AuthStatus::kUnavailable) {
@@ -164,6 +162,15 @@ struct AnalyticsApi::Impl {
             throw HttpError{401, std::string(auth_status_message(who.status)),
                             challenge};
         }
+        return who;
+    }
+
+    // Steps shared by the org routes, in order: key (401/503), org id in
+    // the path (400), the key's org (404), scope (403). Returns the org id.
+    std::string authorize(const httplib::Request& req, std::int64_t now,
+                          std::string_view org_segment,
+                          std::string_view key_segment = {}) {
+        AuthResult who = authenticate(req, now);
         Uuid org = parse_uuid_segment(org_segment, "org_id");
         if (!key_segment.empty()) parse_uuid_segment(key_segment, "key_id");
         if (org != who.org_id) throw HttpError{404, kNotFound, ""};
@@ -251,6 +258,21 @@ struct AnalyticsApi::Impl {
             authorize(req, now, req.matches[1].str(), key_segment);
         std::string key_id =
             uuid_to_string(parse_uuid_segment(key_segment, "key_id"));
+        return key_view(req, now, org, key_id);
+    }
+
+    // The caller's own key, whatever its scopes: the ids come from the key
+    // alone, so no request can name another key or org.
+    Answer self_usage(const httplib::Request& req) {
+        std::int64_t now = now_us();
+        AuthResult who = authenticate(req, now);
+        return key_view(req, now, uuid_to_string(who.org_id),
+                        uuid_to_string(who.key_id));
+    }
+
+    // The per-key view of an authorized key of `org`.
+    Answer key_view(const httplib::Request& req, std::int64_t now,
+                    const std::string& org, const std::string& key_id) {
         QueryParams query = parse_query(req.target);
         KeyUsageParams p = parse_key_usage_params(query, now);
         // dormant_days applies to the "key" object as in the listing.
@@ -275,25 +297,71 @@ struct AnalyticsApi::Impl {
         return {key_usage_json(*key, usage), until};
     }
 
-    // Runs one endpoint and turns every failure into its JSON answer. A
-    // request that fails for want of a connection is run once more on a
-    // fresh session: pooled ones die silently when PostgreSQL restarts.
+    // The export's transaction and cursor, and the session they use (the
+    // cursor goes first).
+    struct ExportStream {
+        explicit ExportStream(ConnectionPool::Lease l) : lease(std::move(l)) {}
+        ConnectionPool::Lease lease;
+        std::optional<ExportCursor> cursor;
+    };
+
+    // Checks and opens everything before the first byte, so that each
+    // failure still gets its status; then streams the lines, a FETCH at a
+    // time, at the pace the client reads.
+    void export_usage(const httplib::Request& req, httplib::Response& res) {
+        std::int64_t now = now_us();
+        std::string org = authorize(req, now, req.matches[1].str());
+        ExportParams p = parse_export_params(parse_query(req.target), now);
+        auto stream = std::make_shared<ExportStream>(pool.acquire());
+        stream->cursor.emplace(*stream->lease, org, p);
+        res.set_header("Cache-Control", "no-store");
+        res.set_header("X-Content-Type-Options", "nosniff");
+        stream_body(req, res, export_content_type(p.format),
+                    [stream](const BodyWriter& write) {
+                        std::string lines;
+                        try {
+                            for (bool more = true; more;) {
+                                more = stream->cursor->next(&lines);
+                                if (!write(lines)) return false;
+                                lines.clear();
+                            }
+                        } catch (const std::exception& e) {
+                            log_warn(std::string("api: export cut short: ") +
+                                     e.what());
+                            return false;
+                        }
+                        return true;
+                    });
+    }
+
+    // Runs one endpoint and turns every failure into its JSON answer.
     template <typename Fn>
     void serve(const httplib::Request& req, httplib::Response& res, Fn fn) {
+        guarded(res, [&] {
+            Answer a = (this->*fn)(req);
+            // The tag covers the data, not complete_until (which moves
+            // with the clock): a poll of unchanged data gets a 304.
+            std::string tag = entity_tag(dump(a.body));
+            res.set_header("ETag", tag);
+            if (none_match_hits(header_values(req, "If-None-Match"), tag)) {
+                res.status = 304;
+                res.set_header("Cache-Control", "no-store");
+                return;
+            }
+            a.body["complete_until"] = time_or_null(a.complete_until);
+            send(res, 200, a.body);
+        });
+    }
+
+    // Runs `step`, which answers, and turns every failure into its JSON
+    // answer. A step that fails for want of a connection is run once more
+    // on a fresh session: pooled ones die silently when PostgreSQL
+    // restarts.
+    template <typename Step>
+    void guarded(httplib::Response& res, Step step) {
         for (int attempt = 0;; ++attempt) {
             try {
-                Answer a = (this->*fn)(req);
-                // The tag covers the data, not complete_until (which moves
-                // with the clock): a poll of unchanged data gets a 304.
-                std::string tag = entity_tag(dump(a.body));
-                res.set_header("ETag", tag);
-                if (none_match_hits(header_values(req, "If-None-Match"), tag)) {
-                    res.status = 304;
-                    res.set_header("Cache-Control", "no-store");
-                    return;
-                }
-                a.body["complete_until"] = time_or_null(a.complete_until);
-                send(res, 200, a.body);
+                step();
                 return;
             } catch (const HttpError& e) {
                 if (!e.www_authenticate.empty()) {
@@ -363,6 +431,14 @@ void AnalyticsApi::add_routes(httplib::Server& server) {
     server.Get(kKeyRoute,
                [impl](const httplib::Request& req, httplib::Response& res) {
                    impl->serve(req, res, &Impl::key_usage);
+               });
+    server.Get(kExportRoute,
+               [impl](const httplib::Request& req, httplib::Response& res) {
+                   impl->guarded(res, [&] { impl->export_usage(req, res); });
+               });
+    server.Get(kSelfRoute,
+               [impl](const httplib::Request& req, httplib::Response& res) {
+                   impl->serve(req, res, &Impl::self_usage);
                });
 }
 

@@ -2,11 +2,14 @@
 //   GET /api/orgs/{org_id}/api-keys/usage[?dormant_days&limit&cursor&sort
 //                                          &order&status&dormant&q]
 //   GET /api/orgs/{org_id}/api-keys/{key_id}/usage[?from&to&interval&top]
+//   GET /api/orgs/{org_id}/api-keys/usage/export[?from&to&interval&format]
+//   GET /api/keys/self/usage[?from&to&interval&top] (the caller's key)
 // Bearer-key auth against the key table (api_auth), parameters checked by
-// api_params, data from api_keys and the rollups (analytics_queries).
+// api_params, data from api_keys and the rollups (analytics_queries,
+// usage_export).
 //
-// Both answer with an ETag over their data (complete_until aside) and 304
-// to an If-None-Match that names it.
+// The JSON routes answer with an ETag over their data (complete_until
+// aside) and 304 to an If-None-Match that names it; the export streams.
 //
 // Status codes: 400 bad parameter (an invalid cursor included), 401 missing/bad key, 403 key of the org
 // without usage:read, 404 another org's (or no such) org or key, with one

@@ -20,10 +20,6 @@ std::string format_date(std::int64_t us) {
     return format_rfc3339(us).substr(0, 10);
 }
 
-std::uint64_t to_u64(const std::string& text) {
-    return text.empty() ? 0 : std::stoull(text);
-}
-
 void setup_session(pg::Connection& conn) {
     conn.exec(
         "SELECT set_config('statement_timeout', $1, false),"
@@ -196,9 +192,9 @@ std::vector<UsageRow> query_key_usage(pg::Connection& conn,
         row.bucket_us = std::stoll(r.get(i, 0));
         row.endpoint = r.get(i, 1);
         row.method = r.get(i, 2);
-        row.requests = to_u64(r.get(i, 3));
-        row.errors_4xx = to_u64(r.get(i, 4));
-        row.errors_5xx = to_u64(r.get(i, 5));
+        row.requests = r.get_u64(i, 3);
+        row.errors_4xx = r.get_u64(i, 4);
+        row.errors_5xx = r.get_u64(i, 5);
         row.response_time_ms_sum = std::stod(r.get(i, 6));
         if (!row.latency_hist.add_pg_array(r.get(i, 7))) {
             // Not pg::Error: the session is fine, the data is not (500).

@@ -1,6 +1,7 @@
 #include "api_params.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iterator>
 
@@ -290,45 +291,69 @@ OrgUsageParams parse_org_usage_params(const QueryParams& query) {
     return p;
 }
 
-KeyUsageParams parse_key_usage_params(const QueryParams& query,
-                                      std::int64_t now_us) {
-    KeyUsageParams p;
+namespace {
+
+// from, to and interval, shared by the per-key view and the export: the
+// same defaults and limits, so both cover the same buckets.
+void parse_range(const QueryParams& query, std::int64_t now_us,
+                 std::int64_t* from_us, std::int64_t* to_us,
+                 Interval* interval_out) {
     std::optional<std::string> from = single(query, "from");
     std::optional<std::string> to = single(query, "to");
     std::optional<std::string> interval = single(query, "interval");
-    std::optional<std::string> top = single(query, "top");
 
+    Interval iv = Interval::kDay;
     if (interval) {
         if (*interval == "hour") {
-            p.interval = Interval::kHour;
-        } else if (*interval == "day") {
-            p.interval = Interval::kDay;
-        } else {
+            iv = Interval::kHour;
+        } else if (*interval != "day") {
             throw ParamError("interval must be hour or day");
         }
     }
-    if (top) p.top = parse_int_param("top", *top, 1, kMaxTop);
+    std::int64_t span = iv == Interval::kHour ? kDefaultHourlyRangeUs
+                                              : kDefaultDailyRangeUs;
+    std::int64_t t = to ? parse_time_param("to", *to) : now_us;
+    std::int64_t f = from ? parse_time_param("from", *from) : t - span;
 
-    std::int64_t span = p.interval == Interval::kHour ? kDefaultHourlyRangeUs
-                                                      : kDefaultDailyRangeUs;
-    p.to_us = to ? parse_time_param("to", *to) : now_us;
-    p.from_us = from ? parse_time_param("from", *from) : p.to_us - span;
-
-    if (p.from_us < 0 || p.to_us < 0 || p.from_us >= kMaxTimeUs ||
-        p.to_us >= kMaxTimeUs) {
+    if (f < 0 || t < 0 || f >= kMaxTimeUs || t >= kMaxTimeUs) {
         throw ParamError(
             "from and to must lie between 1970-01-01 and 9999-12-31");
     }
-    if (p.from_us >= p.to_us) {
-        throw ParamError("from must be before to");
-    }
-    if (p.to_us - p.from_us > kMaxRangeUs) {
+    if (f >= t) throw ParamError("from must be before to");
+    if (t - f > kMaxRangeUs) {
         throw ParamError("the range from..to must not exceed 400 days");
     }
-    if (p.interval == Interval::kHour &&
-        p.to_us - p.from_us > kMaxHourlyRangeUs) {
+    if (iv == Interval::kHour && t - f > kMaxHourlyRangeUs) {
         throw ParamError(
             "the range from..to must not exceed 31 days with interval=hour");
+    }
+    *from_us = f;
+    *to_us = t;
+    *interval_out = iv;
+}
+
+}  // namespace
+
+KeyUsageParams parse_key_usage_params(const QueryParams& query,
+                                      std::int64_t now_us) {
+    KeyUsageParams p;
+    parse_range(query, now_us, &p.from_us, &p.to_us, &p.interval);
+    std::optional<std::string> top = single(query, "top");
+    if (top) p.top = parse_int_param("top", *top, 1, kMaxTop);
+    return p;
+}
+
+ExportParams parse_export_params(const QueryParams& query,
+                                 std::int64_t now_us) {
+    ExportParams p;
+    parse_range(query, now_us, &p.from_us, &p.to_us, &p.interval);
+    std::optional<std::string> format = single(query, "format");
+    if (format) {
+        if (*format == "ndjson") {
+            p.format = ExportFormat::kNdjson;
+        } else if (*format != "csv") {
+            throw ParamError("format must be csv or ndjson");
+        }
     }
     return p;
 }
@@ -407,6 +432,8 @@ std::optional<std::int64_t> parse_time(std::string_view text) noexcept {
         days * 86400 + hour * 3600 + minute * 60 + second - offset_s;
     return secs * kUsPerSecond + frac_us;
 }
+
+double round_ms(double ms) noexcept { return std::round(ms * 1000.0) / 1000.0; }
 
 std::string format_rfc3339(std::int64_t time_us, TimePrecision precision) {
     std::int64_t secs = floor_div(time_us, kUsPerSecond);

@@ -100,6 +100,17 @@ struct KeyUsageParams {
     int top = kDefaultTop;
 };
 
+// GET /api/orgs/{org_id}/api-keys/usage/export (and apikeyctl usage
+// export): the per-key view's range rules, and the line format.
+enum class ExportFormat { kCsv, kNdjson };
+
+struct ExportParams {
+    std::int64_t from_us = 0;  // inclusive
+    std::int64_t to_us = 0;    // exclusive
+    Interval interval = Interval::kDay;
+    ExportFormat format = ExportFormat::kCsv;
+};
+
 // Validate every known parameter and apply the defaults; unknown parameters
 // are ignored, a known one given twice is an error. Throws ParamError.
 OrgUsageParams parse_org_usage_params(const QueryParams& query);
@@ -107,12 +118,17 @@ OrgUsageParams parse_org_usage_params(const QueryParams& query);
 int parse_dormant_days(const QueryParams& query);
 KeyUsageParams parse_key_usage_params(const QueryParams& query,
                                       std::int64_t now_us);
+ExportParams parse_export_params(const QueryParams& query,
+                                 std::int64_t now_us);
 
 // A path segment that must be a UUID ("org_id", "key_id" name it in the
 // error). Throws ParamError.
 Uuid parse_uuid_segment(std::string_view text, std::string_view what);
 
 // --- time --------------------------------------------------------------------
+
+// Milliseconds as every answer writes them: rounded to the microsecond.
+double round_ms(double ms) noexcept;
 
 // RFC 3339 date-time ("2024-05-01T12:00:00Z", "...T12:00:00.5+02:00";
 // 't'/'z' in either case; a space instead of '+' before the offset, which

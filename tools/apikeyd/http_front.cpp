@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <stdexcept>
@@ -43,7 +44,70 @@ constexpr std::chrono::milliseconds kAcceptPause{100};
 constexpr int kAcceptBatch = 64;
 constexpr std::size_t kReadChunk = 16384;
 
-enum class Phase { kReading, kWorking, kWriting, kLingering };
+// kStreaming: everything the worker streamed so far is sent, and it is
+// still producing (no deadline, as in kWorking).
+enum class Phase { kReading, kWorking, kWriting, kStreaming, kLingering };
+
+// One request's ReplyStream: the worker appends, the loop takes.
+class Pipe final : public ReplyStream {
+public:
+    // `ready` tells the loop there is something to take; called by the
+    // writer, once per take().
+    explicit Pipe(std::function<void()> ready) : ready_(std::move(ready)) {}
+
+    bool write(std::string_view bytes) override {
+        bool first = false;
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            space_.wait(lock, [this] {
+                return aborted_ || buf_.size() < kStreamBufferBytes;
+            });
+            if (aborted_) return false;
+            if (bytes.empty()) return true;
+            buf_.append(bytes);
+            used_ = true;
+            first = !signalled_;
+            signalled_ = true;
+        }
+        if (first) ready_();
+        return true;
+    }
+
+    // What was written since the last take().
+    std::string take() {
+        std::string out;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            out.swap(buf_);
+            signalled_ = false;
+        }
+        space_.notify_all();
+        return out;
+    }
+
+    bool used() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return used_;
+    }
+
+    // The connection is gone: every write() returns false from now on.
+    void abort() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            aborted_ = true;
+        }
+        space_.notify_all();
+    }
+
+private:
+    const std::function<void()> ready_;
+    std::mutex mutex_;
+    std::condition_variable space_;
+    std::string buf_;
+    bool used_ = false;       // anything written at all
+    bool signalled_ = false;  // ready_ called since the last take()
+    bool aborted_ = false;
+};
 
 struct Conn {
     int fd = -1;
@@ -58,6 +122,8 @@ struct Conn {
     bool peer_closed = false;  // the client sent EOF
     int served = 0;
     std::size_t lingered = 0;
+    // While a worker answers: its stream (kWorking, kWriting, kStreaming).
+    std::shared_ptr<Pipe> pipe;
     Clock::time_point deadline;
     Peer peer;
 };
@@ -65,6 +131,7 @@ struct Conn {
 struct Done {
     std::uint64_t id;
     Reply reply;
+    bool streamed = false;  // not the reply: the stream has bytes to take
 };
 
 bool would_block() { return errno == EAGAIN || errno == EWOULDBLOCK; }
@@ -120,6 +187,7 @@ struct HttpFront::Impl {
     }
 
     ~Impl() {
+        abort_streams();
         fast.stop();
         slow.stop();
         close_all();
@@ -203,9 +271,17 @@ struct HttpFront::Impl {
                 next_sweep = now + kTick;
             }
         }
+        abort_streams();
         fast.stop();
         slow.stop();
         close_all();
+    }
+
+    // Workers blocked on a stream must return before the queues join them.
+    void abort_streams() {
+        for (auto& entry : conns) {
+            if (entry.second->pipe) entry.second->pipe->abort();
+        }
     }
 
     void wake() {
@@ -231,7 +307,8 @@ struct HttpFront::Impl {
             case Phase::kReading: return read_request(c);
             case Phase::kWriting: return write_answer(c);
             case Phase::kLingering: return linger(c);
-            case Phase::kWorking: return;
+            case Phase::kWorking:
+            case Phase::kStreaming: return;
         }
     }
 
@@ -325,12 +402,14 @@ struct HttpFront::Impl {
         watch(c, 0);
         c.phase = Phase::kWorking;
         if (slow_lane) stats->api_queued.fetch_add(1);
+        c.pipe = std::make_shared<Pipe>(
+            [this, id = c.id] { post(Done{id, Reply{}, true}); });
         auto job = [this, id = c.id, peer = c.peer, slow_lane, last,
-                    request = std::move(request)]() {
+                    pipe = c.pipe, request = std::move(request)]() {
             if (slow_lane) stats->api_queued.fetch_sub(1);
             Reply r;
             try {
-                r = handler(request, peer, last);
+                r = handler(request, peer, last, *pipe);
             } catch (const std::exception& e) {
                 log_error(std::string("http: ") + e.what());
                 r = Reply{error_response(500, "internal error"), true};
@@ -338,16 +417,22 @@ struct HttpFront::Impl {
                 r = Reply{error_response(500, "internal error"), true};
             }
             r.close = r.close || last;
-            {
-                std::lock_guard<std::mutex> lock(done_mutex);
-                done.push_back(Done{id, std::move(r)});
-            }
-            wake();
+            post(Done{id, std::move(r)});
         };
         if ((slow_lane ? slow : fast).try_push(std::move(job))) return;
+        c.pipe.reset();
         if (slow_lane) stats->api_queued.fetch_sub(1);
         stats->count(HttpRefusal::kBusy);
         respond(c, busy_answer, true);
+    }
+
+    // From a worker: hands `d` to the loop.
+    void post(Done d) {
+        {
+            std::lock_guard<std::mutex> lock(done_mutex);
+            done.push_back(std::move(d));
+        }
+        wake();
     }
 
     void finish_done() {
@@ -363,12 +448,40 @@ struct HttpFront::Impl {
             auto it = conns.find(d.id);
             if (it == conns.end()) continue;
             Conn& c = *it->second;
-            if (d.reply.bytes.empty()) {
-                close_conn(c);
+            if (d.streamed) {
+                stream_more(c);
             } else {
-                respond(c, std::move(d.reply.bytes), d.reply.close);
+                finish_reply(c, std::move(d.reply));
             }
         }
+    }
+
+    // The worker streamed more; the loop sends it unless it is still
+    // sending what came before (write_answer takes the rest then).
+    void stream_more(Conn& c) {
+        if (!c.pipe || c.phase == Phase::kWriting) return;
+        std::string bytes = c.pipe->take();
+        if (bytes.empty()) return;
+        respond(c, std::move(bytes), false);
+    }
+
+    // The worker is done: what it left in the stream, then its reply.
+    void finish_reply(Conn& c, Reply reply) {
+        bool streamed = false;
+        std::string rest;
+        if (c.pipe) {
+            streamed = c.pipe->used();
+            rest = c.pipe->take();
+            c.pipe.reset();
+        }
+        rest += reply.bytes;
+        if (!streamed && rest.empty()) return close_conn(c);
+        if (c.phase == Phase::kWriting) {
+            c.out += rest;
+            c.close_after = reply.close;
+            return;
+        }
+        respond(c, std::move(rest), reply.close);
     }
 
     void respond(Conn& c, std::string bytes, bool close) {
@@ -381,17 +494,27 @@ struct HttpFront::Impl {
     }
 
     void write_answer(Conn& c) {
-        while (c.sent < c.out.size()) {
-            ssize_t n = send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent,
-                             MSG_NOSIGNAL);
-            if (n > 0) {
-                c.sent += static_cast<std::size_t>(n);
-                c.deadline = Clock::now() + limits.write_timeout;
-                continue;
+        while (true) {
+            while (c.sent < c.out.size()) {
+                ssize_t n = send(c.fd, c.out.data() + c.sent,
+                                 c.out.size() - c.sent, MSG_NOSIGNAL);
+                if (n > 0) {
+                    c.sent += static_cast<std::size_t>(n);
+                    c.deadline = Clock::now() + limits.write_timeout;
+                    continue;
+                }
+                if (n < 0 && errno == EINTR) continue;
+                if (n < 0 && would_block()) return watch(c, EPOLLOUT);
+                return close_conn(c);
             }
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0 && would_block()) return watch(c, EPOLLOUT);
-            return close_conn(c);
+            if (!c.pipe) break;
+            // The worker is still producing: send what it has, or wait.
+            c.out = c.pipe->take();
+            c.sent = 0;
+            if (c.out.empty()) {
+                c.phase = Phase::kStreaming;
+                return watch(c, 0);
+            }
         }
         std::string().swap(c.out);
         ++c.served;
@@ -438,7 +561,8 @@ struct HttpFront::Impl {
         }
         std::vector<std::uint64_t> expired;
         for (const auto& [id, c] : conns) {
-            if (c->phase != Phase::kWorking && c->deadline <= now) {
+            if (c->phase != Phase::kWorking &&
+                c->phase != Phase::kStreaming && c->deadline <= now) {
                 expired.push_back(id);
             }
         }
@@ -475,12 +599,14 @@ struct HttpFront::Impl {
 
     // Destroys `c`.
     void close_conn(Conn& c) {
+        if (c.pipe) c.pipe->abort();
         ::close(c.fd);
         stats->connections.fetch_sub(1);
         conns.erase(c.id);
     }
 
     void close_all() {
+        abort_streams();
         for (auto& entry : conns) ::close(entry.second->fd);
         stats->connections.fetch_sub(static_cast<std::int64_t>(conns.size()));
         conns.clear();

@@ -2,8 +2,9 @@
 // reads each request's head and (small) body against a deadline, writes
 // each answer and lingers on close, all non-blocking (epoll). Worker threads
 // never touch a socket: they get one complete request in memory and return
-// the answer's bytes. So a slow, stalled or flooding client costs a buffer
-// of a few KiB, never a thread.
+// the answer's bytes, or hand them over while producing them (ReplyStream,
+// bounded). So a slow, stalled or flooding client costs a buffer of a few
+// KiB, never a thread (but a streamed answer's producer waits for it).
 //
 // Two lanes of workers: the bounded "slow" lane (the analytics API, which
 // waits on PostgreSQL) and the fast lane (/healthz, /metrics, the dashboard:
@@ -52,14 +53,28 @@ struct Peer {
 };
 
 struct Reply {
-    std::string bytes;   // the whole response; empty: close without one
+    // The response, or its rest after what went through the ReplyStream;
+    // empty with nothing streamed: close without an answer.
+    std::string bytes;
     bool close = false;  // close the connection after it
 };
 
+// The start of an answer, sent while the worker is still producing the
+// rest (a long export). Bounded: write() waits while kStreamBufferBytes
+// are unsent, so a slow reader slows the producer instead of growing a
+// buffer; it returns false, at once, when the connection is gone (closed,
+// timed out, server stopping): the producer should stop.
+class ReplyStream {
+public:
+    virtual ~ReplyStream() = default;
+    virtual bool write(std::string_view bytes) = 0;
+};
+inline constexpr std::size_t kStreamBufferBytes = 256 * 1024;
+
 // Answers one complete request (head and body). `last`: the connection is
 // closed after this answer. Called on a worker thread; must not throw.
-using RequestHandler =
-    std::function<Reply(std::string_view request, const Peer& peer, bool last)>;
+using RequestHandler = std::function<Reply(
+    std::string_view request, const Peer& peer, bool last, ReplyStream& out)>;
 // True when `path` belongs to the slow lane.
 using LaneSelector = std::function<bool(std::string_view path)>;
 

@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -73,7 +74,36 @@ private:
     std::string out_;
 };
 
+// The body a route on this worker thread asked for (stream_body); handle()
+// takes it once the route returned.
+StreamedBody& pending_body() {
+    thread_local StreamedBody body;
+    return body;
+}
+
+// One chunk of a chunked body: size in hex, CRLF, the bytes, CRLF.
+bool write_chunk(ReplyStream& out, std::string_view bytes) {
+    if (bytes.empty()) return true;  // an empty chunk would end the body
+    char size[24];
+    int n = std::snprintf(size, sizeof(size), "%zx\r\n", bytes.size());
+    std::string chunk(size, static_cast<std::size_t>(n));
+    chunk.append(bytes);
+    chunk.append("\r\n");
+    return out.write(chunk);
+}
+
 }  // namespace
+
+void stream_body(const httplib::Request& req, httplib::Response& res,
+                 const char* content_type, StreamedBody body) {
+    res.status = 200;
+    // Only for its head (Transfer-Encoding: chunked): cpp-httplib does not
+    // run it outside its own listen loop; failing keeps a change of that
+    // from sending a second body.
+    res.set_chunked_content_provider(
+        content_type, [](std::size_t, httplib::DataSink&) { return false; });
+    if (req.method != "HEAD") pending_body() = std::move(body);
+}
 
 bool is_analytics_path(std::string_view path) {
     // cpp-httplib routes the percent-decoded path ("/%61pi/..." reaches an
@@ -99,20 +129,31 @@ HttpServer::HttpServer(const DaemonState& state)
     add_routes();
     front_ = std::make_unique<HttpFront>(
         limits, &stats_,
-        [this](std::string_view request, const Peer& peer, bool last) {
-            return handle(request, peer, last);
-        },
+        [this](std::string_view request, const Peer& peer, bool last,
+               ReplyStream& out) { return handle(request, peer, last, out); },
         is_analytics_path);
 }
 
 HttpServer::~HttpServer() = default;
 
 Reply HttpServer::handle(std::string_view request, const Peer& peer,
-                         bool last) {
+                         bool last, ReplyStream& out) {
     MemoryStream stream(request, peer);
     bool closed = false;
+    pending_body() = nullptr;
     bool ok = router_->process_request(stream, last, closed, nullptr);
-    return Reply{stream.take_output(), last || closed || !ok};
+    StreamedBody body = std::move(pending_body());
+    pending_body() = nullptr;
+    bool close = last || closed || !ok;
+    if (!body) return Reply{stream.take_output(), close};
+
+    if (!out.write(stream.take_output())) return Reply{{}, true};
+    bool complete = body([&out](std::string_view bytes) {
+        return write_chunk(out, bytes);
+    });
+    // Short: close after what was sent, so the missing last chunk shows.
+    if (!complete) return Reply{{}, true};
+    return Reply{"0\r\n\r\n", close};
 }
 
 void HttpServer::add_routes() {

@@ -4,6 +4,7 @@
 // routes it, in memory, on a worker thread.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -14,11 +15,31 @@
 #include "http_stats.h"
 #include "key_publisher.h"
 
+namespace httplib {
+struct Request;
+struct Response;
+}  // namespace httplib
+
 namespace apikey {
 
 namespace api {
 class AnalyticsApi;
 }
+
+// A body sent while it is produced (the usage export): it hands its bytes
+// to `write` (false: the reader is gone, stop) and returns true when it
+// wrote them all; false ends the answer short, which the client sees as a
+// chunked body without its last chunk.
+using BodyWriter = std::function<bool(std::string_view bytes)>;
+using StreamedBody = std::function<bool(const BodyWriter& write)>;
+
+// From a route: answers 200 with a chunked body that `body` produces once
+// the route has returned, on the same worker thread, at the pace the client
+// reads (http_front.h's ReplyStream). cpp-httplib runs its own content
+// providers only under its listen loop, which apikeyd does not use. A HEAD
+// request gets the head alone (`body` is dropped unrun).
+void stream_body(const httplib::Request& req, httplib::Response& res,
+                 const char* content_type, StreamedBody body);
 
 struct DaemonState {
     const DaemonConfig* config = nullptr;
@@ -46,7 +67,8 @@ public:
 
 private:
     void add_routes();
-    Reply handle(std::string_view request, const Peer& peer, bool last);
+    Reply handle(std::string_view request, const Peer& peer, bool last,
+                 ReplyStream& out);
 
     DaemonState state_;
     HttpStats stats_;

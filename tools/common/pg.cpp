@@ -79,6 +79,12 @@ std::string Result::get(int row, int col) const {
                        static_cast<std::size_t>(length(row, col)));
 }
 
+std::uint64_t Result::get_u64(int row, int col) const {
+    if (is_null(row, col)) return 0;
+    return std::stoull(std::string(raw(row, col),
+                                   static_cast<std::size_t>(length(row, col))));
+}
+
 std::optional<std::string> Result::get_optional(int row, int col) const {
     if (is_null(row, col)) return std::nullopt;
     return get(row, col);

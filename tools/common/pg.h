@@ -5,6 +5,7 @@
 #include <libpq-fe.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -49,6 +50,8 @@ public:
     }
     // Text value (or bytes for binary results); "" for NULL.
     std::string get(int row, int col) const;
+    // A count column (bigint >= 0) in text format; 0 for NULL.
+    std::uint64_t get_u64(int row, int col) const;
     std::optional<std::string> get_optional(int row, int col) const;
     const char* raw(int row, int col) const {
         return PQgetvalue(res_.get(), row, col);
