@@ -133,6 +133,17 @@ inline std::uint32_t used(const std::atomic<std::uint32_t>& n,
     return v < cap ? v : cap;
 }
 
+// The used prefix of each table of a closed buffer, as apikeyd reads it
+// (after the worker's release stores).
+struct UsedRows {
+    std::uint32_t entries, labels, cells;
+};
+inline UsedRows used_rows(const Buffer& b, const AggLayout& l) noexcept {
+    return {used(b.header->entries_used, l.entries, std::memory_order_acquire),
+            used(b.header->labels_used, l.labels, std::memory_order_acquire),
+            used(b.header->cells_used, l.cells, std::memory_order_acquire)};
+}
+
 // --- the worker's update -----------------------------------------------------
 
 // Open addressing over a table used from row 0 up: the 1-based row that
@@ -466,12 +477,7 @@ std::size_t UsageSegment::agg_read(std::uint32_t slot, std::uint64_t epoch,
         return 0;
     }
     const Buffer b(base, agg_);
-    const std::uint32_t n_entries =
-        used(b.header->entries_used, agg_.entries, std::memory_order_acquire);
-    const std::uint32_t n_labels =
-        used(b.header->labels_used, agg_.labels, std::memory_order_acquire);
-    const std::uint32_t n_cells =
-        used(b.header->cells_used, agg_.cells, std::memory_order_acquire);
+    const auto [n_entries, n_labels, n_cells] = used_rows(b, agg_);
 
     // Every value is read once into a local copy, then checked: the
     // worker's memory may change under us.
@@ -567,12 +573,7 @@ void UsageSegment::agg_clear(std::uint32_t slot, std::uint64_t epoch) noexcept {
         return;
     }
     const Buffer b(base, agg_);
-    const std::uint32_t n_entries =
-        used(b.header->entries_used, agg_.entries, std::memory_order_acquire);
-    const std::uint32_t n_labels =
-        used(b.header->labels_used, agg_.labels, std::memory_order_acquire);
-    const std::uint32_t n_cells =
-        used(b.header->cells_used, agg_.cells, std::memory_order_acquire);
+    const auto [n_entries, n_labels, n_cells] = used_rows(b, agg_);
     // The index slots the used rows name, then the rows: a prefix of each
     // table, so a buffer that saw little costs little to clear.
     for (std::uint32_t i = 0; i < n_entries; ++i) {
