@@ -76,6 +76,11 @@ void ngx_http_apikey_close_table(void);
 /* ngx_http_apikey_variables.c */
 ngx_int_t ngx_http_apikey_add_variables(ngx_conf_t *cf);
 
+/* ngx_http_apikey_usage_conf.c: the directives' setters */
+char *ngx_http_apikey_usage(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_apikey_usage_raw(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
 /* ngx_http_apikey_log.c */
 ngx_int_t ngx_http_apikey_log_handler(ngx_http_request_t *r);
 void ngx_http_apikey_claim_ring(ngx_cycle_t *cycle, apikey_usage_t *usage);
