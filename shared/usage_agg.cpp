@@ -1,5 +1,7 @@
 // The aggregation areas of the usage segment (usage_agg.h): the worker's
-// update path and apikeyd's collection, as UsageSegment members.
+// update path and apikeyd's collection, as UsageSegment members. Both
+// sides stay in one file because they share the buffer layout and the
+// bounds every read re-checks (a worker-written buffer is not trusted).
 #include "usage_agg.h"
 
 #include <algorithm>

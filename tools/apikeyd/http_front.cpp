@@ -1,3 +1,7 @@
+// The epoll loop that owns every HTTP socket (http_front.h). One concern,
+// kept in one file because its parts share the connection state machine:
+// framing and deadlines per phase, the two worker lanes, and answers
+// streamed back at the client's pace (the export).
 #include "http_front.h"
 
 #include <arpa/inet.h>
