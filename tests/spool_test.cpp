@@ -33,6 +33,30 @@ TEST_F(SpoolTest, CreatesItsDirectoryPrivate) {
     EXPECT_EQ(s.bytes(), 0u);
 }
 
+TEST_F(SpoolTest, ReplaysInTurnsOfAtMostTheBatchesAsked) {
+    Spool s(dir_, 64 << 20);
+    for (std::uint64_t id = 1; id <= 3; id++) {
+        ASSERT_TRUE(s.append(batch(id, 2)));
+    }
+
+    std::vector<std::uint64_t> seen;
+    const auto take = [&](const std::vector<UsageRecord>& b) {
+        seen.push_back(batch_id(b));
+        return true;
+    };
+    EXPECT_EQ(s.replay(take, 1), 1u);
+    EXPECT_EQ(s.pending_batches(), 2u);
+    // A batch appended between turns queues behind the older ones.
+    ASSERT_TRUE(s.append(batch(4, 2)));
+    EXPECT_EQ(s.replay(take, 2), 2u);
+    EXPECT_EQ(s.replay(take, 0), 0u);
+    EXPECT_EQ(s.replay(take, 1), 1u);
+    EXPECT_EQ(seen, (std::vector<std::uint64_t>{1, 2, 3, 4}));
+    EXPECT_TRUE(s.empty());
+    EXPECT_EQ(s.bytes(), 0u) << "the last turn removes the emptied file";
+    EXPECT_TRUE(files().empty());
+}
+
 TEST_F(SpoolTest, ReplaysBatchesOldestFirstWithTheirRecords) {
     Spool s(dir_, 64 << 20);
     ASSERT_TRUE(s.append(batch(1, 3)));

@@ -28,6 +28,8 @@ namespace {
 // method per batch) and the commit's fsync; 16k records are ~4.5 MiB.
 constexpr std::size_t kMaxBatch = 16384;
 constexpr int kIdleSleepMs = 20;
+// The longest a spool replay holds up reading the rings and aggregates.
+constexpr std::int64_t kReplayTurnUs = 200000;
 constexpr std::int64_t kAttachRetryUs = 1000000;
 constexpr std::int64_t kMaintenanceEveryUs = 3600LL * 1000000;
 constexpr std::int64_t kOwnerCheckEveryUs = 1000000;
@@ -135,7 +137,7 @@ void Drainer::run(const std::atomic<bool>& stop) {
             log_error(std::string("drainer: ") + e.what());
         }
         if (stopping) break;  // one last pass after the stop request
-        if (n < kMaxBatch) {
+        if (n < kMaxBatch && !replay_pending_) {
             std::this_thread::sleep_for(std::chrono::milliseconds(kIdleSleepMs));
         }
     }
@@ -288,6 +290,7 @@ void Drainer::node_lost() {
 }
 
 std::size_t Drainer::drain_once() {
+    replay_pending_ = false;
     if (!node_usable()) return 0;
     if (!resumed_ && !sources_.empty()) {
         try {
@@ -430,13 +433,25 @@ void Drainer::report_rejections(std::int64_t now) {
 
 // Order matters for exactly-once: whatever is in the spool is older than
 // this batch, so it is replayed first, and while anything stays spooled the
-// new batch is spooled behind it. False when nothing may be stored (the
-// node is another apikeyd's): the records stay in the rings.
+// new batch is spooled behind it. A long replay is cut into turns of
+// kReplayTurnUs so the rings and the aggregation buffers are still read
+// between them: a spool of a long outage must not fill either. False when
+// nothing may be stored (the node is another apikeyd's): the records stay
+// in the rings.
 bool Drainer::store_batch(const std::vector<UsageRecord>& batch) {
     if (!spool_->empty()) {
-        spool_->replay([this](const std::vector<UsageRecord>& old) {
+        const std::int64_t turn_ends = now_us() + kReplayTurnUs;
+        const auto commit = [this](const std::vector<UsageRecord>& old) {
             return commit_to_database(old);
-        });
+        };
+        // One batch at a time; the first is always offered.
+        bool progressed = false;
+        while (spool_->replay(commit, 1) == 1) {
+            progressed = true;
+            if (spool_->empty() || now_us() >= turn_ends) break;
+        }
+        // More to replay and the database takes it: no idle sleep.
+        replay_pending_ = progressed && !spool_->empty();
         stats_->spool_bytes = spool_->bytes();
         if (spool_->empty()) {
             log_info("drainer: spool replayed into PostgreSQL");

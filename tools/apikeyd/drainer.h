@@ -147,6 +147,8 @@ private:
     std::int64_t next_prune_us_ = 0;
     std::int64_t next_drop_log_us_ = 0;
     std::uint64_t unlogged_drops_ = 0;
+    // The last spool replay turn ran out of time, not of batches.
+    bool replay_pending_ = false;
     bool node_in_use_ = false;
     std::int64_t next_node_retry_us_ = 0;
     bool waiting_logged_ = false;

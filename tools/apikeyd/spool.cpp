@@ -397,7 +397,7 @@ void Spool::remove_file(std::size_t index) {
     files_.erase(files_.begin() + static_cast<std::ptrdiff_t>(index));
 }
 
-std::size_t Spool::replay(const ReplayFn& fn) {
+std::size_t Spool::replay(const ReplayFn& fn, std::size_t max_batches) {
     std::size_t removed = 0;
     std::vector<UsageRecord> batch;
     while (!files_.empty()) {
@@ -405,6 +405,7 @@ std::size_t Spool::replay(const ReplayFn& fn) {
             remove_file(0);  // replayed to the end (or never written)
             continue;
         }
+        if (removed == max_batches) break;
         const Frame frame = files_.front().frames.front();
         if (!read_frame(files_.front(), frame, &batch)) {
             break;  // unreadable now: keep everything for a later call

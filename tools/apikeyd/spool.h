@@ -76,9 +76,11 @@ public:
     // Calls fn with each stored batch, oldest first. When fn returns true the
     // batch is committed elsewhere and leaves the spool; at the first false
     // replay stops and keeps that batch and all later ones for the next call.
-    // An exception from fn propagates and keeps the batch too. Returns the
-    // number of batches removed.
-    std::size_t replay(const ReplayFn& fn);
+    // An exception from fn propagates and keeps the batch too. At most
+    // max_batches are offered, so a caller can interleave a long replay with
+    // its other work. Returns the number of batches removed.
+    std::size_t replay(const ReplayFn& fn,
+                       std::size_t max_batches = SIZE_MAX);
 
     // True when no batch is waiting.
     bool empty() const noexcept { return pending_batches_.load() == 0; }
