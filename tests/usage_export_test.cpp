@@ -34,6 +34,14 @@ TEST(UsageExport, CsvFieldQuotesOnlyWhatNeedsIt) {
     EXPECT_EQ(csv_field("a,b"), "\"a,b\"");
     EXPECT_EQ(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     EXPECT_EQ(csv_field("two\nlines"), "\"two\nlines\"");
+    // Cells a spreadsheet would run as formulas are made text.
+    EXPECT_EQ(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+    EXPECT_EQ(csv_field("+1"), "'+1");
+    EXPECT_EQ(csv_field("-2"), "'-2");
+    EXPECT_EQ(csv_field("@SUM(A1)"), "'@SUM(A1)");
+    EXPECT_EQ(csv_field("\tx"), "'\tx");
+    EXPECT_EQ(csv_field("\rx"), "\"'\rx\"");
+    EXPECT_EQ(csv_field("a=b"), "a=b");
     EXPECT_EQ(csv_field("cr\rhere"), "\"cr\rhere\"");
     EXPECT_EQ(csv_field("\""), "\"\"\"\"");
 }

@@ -70,10 +70,19 @@ const char* export_content_type(ExportFormat format) {
 }
 
 std::string csv_field(std::string_view text) {
+    // A spreadsheet runs a cell that starts with one of these as a formula,
+    // and endpoints come from request paths anyone can send: a leading
+    // apostrophe makes the cell text again (what OWASP advises).
+    const bool formula_like =
+        !text.empty() && std::string_view("=+-@\t\r").find(text.front()) !=
+                             std::string_view::npos;
+    const std::string_view lead = formula_like ? "'" : "";
+    std::string out;
     if (text.find_first_of(",\"\r\n") == std::string_view::npos) {
-        return std::string(text);
+        out.append(lead).append(text);
+        return out;
     }
-    std::string out = "\"";
+    out.append("\"").append(lead);
     for (char c : text) {
         if (c == '"') out += '"';
         out += c;
