@@ -68,6 +68,58 @@ void fill_verdict(const apikey::KeyInfo& info,
     std::memcpy(verdict->name, info.name, verdict->name_len);
 }
 
+// apikey_verify() without a reusable verdict: the format check and
+// SHA-256 unless the key is remembered, then the table lookup. Out of line
+// so that the common path sets up no frame for it.
+__attribute__((noinline)) apikey_result_e verify_in_table(
+    apikey_table_t* table, std::string_view text,
+    const apikey::KeyHashMemo::Probe& probe,
+    apikey::KeyHashMemo::Remembered* known, std::int64_t now_us,
+    apikey_verdict_t* verdict) noexcept {
+    if (known == nullptr && !apikey::key_is_well_formed(text)) {
+        return verdict->result = APIKEY_MALFORMED;
+    }
+    const apikey::KeyTableReader* reader = table->reader.get();
+    if (reader == nullptr || !reader->ready()) {
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+
+    apikey::KeyHash computed;
+    if (known == nullptr && !apikey::sha256_key(text, &computed)) {
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+    const apikey::KeyHash& hash = known != nullptr ? known->hash : computed;
+
+    apikey::KeyInfo info;
+    apikey::SlotMark mark;
+    switch (reader->lookup_brief(hash, &info, &mark)) {
+    case apikey::LookupResult::kFound:
+        break;
+    case apikey::LookupResult::kAbsent:
+        return verdict->result = APIKEY_UNKNOWN;
+    case apikey::LookupResult::kBusy:
+        // a slot on the way stayed locked mid-update: fail closed
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+    if (known == nullptr) {
+        // Only keys the table knows: unknown keys cannot evict real ones.
+        known = table->memo.remember(probe, hash);
+    }
+
+    fill_verdict(info, verdict);
+    verdict->result = judge(info.revoked_at_us, info.expires_at_us, now_us);
+
+    if (known != nullptr) {
+        CachedVerdict& c = table->cached[probe.index];
+        c.verdict = *verdict;
+        c.expires_at_us = info.expires_at_us;
+        c.revoked_at_us = info.revoked_at_us;
+        known->slot = mark;
+    }
+    return verdict->result;
+}
+
+
 }  // namespace
 
 static_assert(APIKEY_MAX_SCOPES == apikey::kMaxScopes);
@@ -139,59 +191,19 @@ apikey_result_e apikey_verify(apikey_table_t* table,
     }
 
     // A remembered key was well-formed and has its SHA-256 at hand.
-    apikey::KeyHashMemo& memo = table->memo;
     apikey::KeyHashMemo::Probe probe;
-    apikey::KeyHashMemo::Remembered* known = memo.find(text, &probe);
-
-    if (known == nullptr && !apikey::key_is_well_formed(text)) {
-        return verdict->result = APIKEY_MALFORMED;
-    }
+    apikey::KeyHashMemo::Remembered* known = table->memo.find(text, &probe);
     const apikey::KeyTableReader* reader = table->reader.get();
-    if (reader == nullptr || !reader->ready()) {
-        return verdict->result = APIKEY_UNAVAILABLE;
-    }
-    if (known != nullptr && reader->unchanged(known->slot)) {
+
+    if (known != nullptr && reader != nullptr && reader->ready() &&
+        reader->unchanged(known->slot)) {
         // The slot is as it was read: its verdict stands, times aside.
         const CachedVerdict& c = table->cached[probe.index];
         *verdict = c.verdict;
         return verdict->result =
                    judge(c.revoked_at_us, c.expires_at_us, now_us);
     }
-
-    apikey::KeyHash computed;
-    if (known == nullptr && !apikey::sha256_key(text, &computed)) {
-        return verdict->result = APIKEY_UNAVAILABLE;
-    }
-    const apikey::KeyHash& hash = known != nullptr ? known->hash : computed;
-
-    apikey::KeyInfo info;
-    apikey::SlotMark mark;
-    switch (reader->lookup_brief(hash, &info, &mark)) {
-    case apikey::LookupResult::kFound:
-        break;
-    case apikey::LookupResult::kAbsent:
-        return verdict->result = APIKEY_UNKNOWN;
-    case apikey::LookupResult::kBusy:
-        // a slot on the way stayed locked mid-update: fail closed
-        return verdict->result = APIKEY_UNAVAILABLE;
-    }
-    if (known == nullptr) {
-        // Only keys the table knows: unknown keys cannot evict real ones.
-        known = memo.remember(probe, hash);
-    }
-
-    fill_verdict(info, verdict);
-    verdict->result =
-        judge(info.revoked_at_us, info.expires_at_us, now_us);
-
-    if (known != nullptr) {
-        CachedVerdict& c = table->cached[probe.index];
-        c.verdict = *verdict;
-        c.expires_at_us = info.expires_at_us;
-        c.revoked_at_us = info.revoked_at_us;
-        known->slot = mark;
-    }
-    return verdict->result;
+    return verify_in_table(table, text, probe, known, now_us, verdict);
 }
 
 uint64_t apikey_scope_hash(const unsigned char* scope, size_t len) noexcept {
