@@ -18,15 +18,40 @@
 #include "usage_record.h"
 #include "uuid.h"
 
+namespace {
+
+// What a remembered key's last lookup gave, beside its memo entry (same
+// index): reused while the key's table slot is unchanged.
+struct CachedVerdict {
+    apikey_verdict_t verdict;
+    std::int64_t expires_at_us;
+    std::int64_t revoked_at_us;
+};
+
+}  // namespace
+
 struct apikey_table_s {
     // Replaced only by a successful attach, so a worker keeps serving from
     // the last good table while apikeyd is down or mid-swap.
     std::unique_ptr<apikey::KeyTableReader> reader;
-    // SHA-256 of the keys this worker saw lately (never the keys).
+    // SHA-256 of the keys this worker saw lately (never the keys), and
+    // where in the table each was found.
     apikey::KeyHashMemo memo;
+    std::unique_ptr<CachedVerdict[]> cached;  // KeyHashMemo::kEntries
 };
 
 namespace {
+
+apikey_result_e judge(std::int64_t revoked_at_us, std::int64_t expires_at_us,
+                      std::int64_t now_us) noexcept {
+    if (revoked_at_us != 0 && revoked_at_us <= now_us) {
+        return APIKEY_REVOKED;
+    }
+    if (expires_at_us != 0 && expires_at_us <= now_us) {
+        return APIKEY_EXPIRED;
+    }
+    return APIKEY_OK;
+}
 
 void fill_verdict(const apikey::KeyInfo& info,
                   apikey_verdict_t* verdict) noexcept {
@@ -43,6 +68,58 @@ void fill_verdict(const apikey::KeyInfo& info,
     std::memcpy(verdict->name, info.name, verdict->name_len);
 }
 
+// apikey_verify() without a reusable verdict: the format check and
+// SHA-256 unless the key is remembered, then the table lookup. Out of line
+// so that the common path sets up no frame for it.
+__attribute__((noinline)) apikey_result_e verify_in_table(
+    apikey_table_t* table, std::string_view text,
+    const apikey::KeyHashMemo::Probe& probe,
+    apikey::KeyHashMemo::Remembered* known, std::int64_t now_us,
+    apikey_verdict_t* verdict) noexcept {
+    if (known == nullptr && !apikey::key_is_well_formed(text)) {
+        return verdict->result = APIKEY_MALFORMED;
+    }
+    const apikey::KeyTableReader* reader = table->reader.get();
+    if (reader == nullptr || !reader->ready()) {
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+
+    apikey::KeyHash computed;
+    if (known == nullptr && !apikey::sha256_key(text, &computed)) {
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+    const apikey::KeyHash& hash = known != nullptr ? known->hash : computed;
+
+    apikey::KeyInfo info;
+    apikey::SlotMark mark;
+    switch (reader->lookup_brief(hash, &info, &mark)) {
+    case apikey::LookupResult::kFound:
+        break;
+    case apikey::LookupResult::kAbsent:
+        return verdict->result = APIKEY_UNKNOWN;
+    case apikey::LookupResult::kBusy:
+        // a slot on the way stayed locked mid-update: fail closed
+        return verdict->result = APIKEY_UNAVAILABLE;
+    }
+    if (known == nullptr) {
+        // Only keys the table knows: unknown keys cannot evict real ones.
+        known = table->memo.remember(probe, hash);
+    }
+
+    fill_verdict(info, verdict);
+    verdict->result = judge(info.revoked_at_us, info.expires_at_us, now_us);
+
+    if (known != nullptr) {
+        CachedVerdict& c = table->cached[probe.index];
+        c.verdict = *verdict;
+        c.expires_at_us = info.expires_at_us;
+        c.revoked_at_us = info.revoked_at_us;
+        known->slot = mark;
+    }
+    return verdict->result;
+}
+
+
 }  // namespace
 
 static_assert(APIKEY_MAX_SCOPES == apikey::kMaxScopes);
@@ -52,7 +129,16 @@ static_assert(APIKEY_UUID_TEXT_LEN == apikey::kUuidTextLen);
 extern "C" {
 
 apikey_table_t* apikey_table_new(void) noexcept {
-    return new (std::nothrow) apikey_table_s();
+    std::unique_ptr<apikey_table_s> table(new (std::nothrow) apikey_table_s());
+    if (table == nullptr) {
+        return nullptr;
+    }
+    table->cached.reset(new (std::nothrow)
+                            CachedVerdict[apikey::KeyHashMemo::kEntries]);
+    if (table->cached == nullptr) {
+        return nullptr;
+    }
+    return table.release();
 }
 
 void apikey_table_free(apikey_table_t* table) noexcept { delete table; }
@@ -69,11 +155,14 @@ int apikey_table_attach(apikey_table_t* table, const char* path, char* err,
                 // Fail closed: whoever could plant this file could also
                 // have changed the one still mapped.
                 table->reader.reset();
+                table->memo.forget_slots();
             }
             apikey::copy_error(why, err, err_len);
             return static_cast<int>(s);
         }
         table->reader = std::move(fresh);
+        // the memo's slot marks named slots of the old mapping
+        table->memo.forget_slots();
         return 0;
     } catch (...) {
         apikey::copy_error("out of memory", err, err_len);
@@ -102,45 +191,19 @@ apikey_result_e apikey_verify(apikey_table_t* table,
     }
 
     // A remembered key was well-formed and has its SHA-256 at hand.
-    apikey::KeyHashMemo& memo = table->memo;
     apikey::KeyHashMemo::Probe probe;
-    apikey::KeyHash hash;
-    const bool remembered = memo.find(text, &probe, &hash);
+    apikey::KeyHashMemo::Remembered* known = table->memo.find(text, &probe);
+    const apikey::KeyTableReader* reader = table->reader.get();
 
-    if (!remembered && !apikey::key_is_well_formed(text)) {
-        return verdict->result = APIKEY_MALFORMED;
+    if (known != nullptr && reader != nullptr && reader->ready() &&
+        reader->unchanged(known->slot)) {
+        // The slot is as it was read: its verdict stands, times aside.
+        const CachedVerdict& c = table->cached[probe.index];
+        *verdict = c.verdict;
+        return verdict->result =
+                   judge(c.revoked_at_us, c.expires_at_us, now_us);
     }
-    if (table->reader == nullptr || !table->reader->ready()) {
-        return verdict->result = APIKEY_UNAVAILABLE;
-    }
-    if (!remembered && !apikey::sha256_key(text, &hash)) {
-        return verdict->result = APIKEY_UNAVAILABLE;
-    }
-
-    apikey::KeyInfo info;
-    switch (table->reader->lookup_brief(hash, &info)) {
-    case apikey::LookupResult::kFound:
-        break;
-    case apikey::LookupResult::kAbsent:
-        return verdict->result = APIKEY_UNKNOWN;
-    case apikey::LookupResult::kBusy:
-        // a slot on the way stayed locked mid-update: fail closed
-        return verdict->result = APIKEY_UNAVAILABLE;
-    }
-    if (!remembered) {
-        // Only keys the table knows: unknown keys cannot evict real ones.
-        memo.remember(probe, hash);
-    }
-
-    fill_verdict(info, verdict);
-
-    if (info.revoked_at_us != 0 && info.revoked_at_us <= now_us) {
-        return verdict->result = APIKEY_REVOKED;
-    }
-    if (info.expires_at_us != 0 && info.expires_at_us <= now_us) {
-        return verdict->result = APIKEY_EXPIRED;
-    }
-    return verdict->result = APIKEY_OK;
+    return verify_in_table(table, text, probe, known, now_us, verdict);
 }
 
 uint64_t apikey_scope_hash(const unsigned char* scope, size_t len) noexcept {

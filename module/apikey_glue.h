@@ -61,7 +61,9 @@ int apikey_table_ready(const apikey_table_t *table) APIKEY_NOEXCEPT;
  * (ids, name, scopes) whenever the key is known, even if expired or
  * revoked, so that usage is recorded under it. A key the worker saw lately
  * skips the format check and SHA-256 (the table keeps a memo of their
- * hashes, never the keys); the table lookup is done every time.
+ * hashes, never the keys), and, while its table slot is unchanged, the
+ * lookup too: the verdict read there last is reused. Revocation and
+ * expiry times are compared with now_us every time.
  */
 apikey_result_e apikey_verify(apikey_table_t *table,
     const unsigned char *key, size_t len, int64_t now_us,

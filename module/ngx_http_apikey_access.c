@@ -27,7 +27,8 @@ typedef struct {
 
 static ngx_int_t ngx_http_apikey_reject(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx);
-static ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(ngx_http_request_t *r);
+static ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(ngx_http_request_t *r,
+    ngx_http_apikey_loc_conf_t *alcf);
 static ngx_http_apikey_ctx_t *ngx_http_apikey_create_ctx(
     ngx_http_request_t *r);
 static void ngx_http_apikey_cleanup(void *data);
@@ -36,6 +37,8 @@ static ngx_int_t ngx_http_apikey_find_key(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx);
 static ngx_inline ngx_uint_t ngx_http_apikey_is_key_header(
     ngx_table_elt_t *h, ngx_http_apikey_loc_conf_t *alcf);
+static ngx_inline ngx_uint_t ngx_http_apikey_same_bytes(u_char *a, u_char *b,
+    size_t len);
 static ngx_int_t ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key);
 static ngx_int_t ngx_http_apikey_hide(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx);
@@ -59,7 +62,7 @@ ngx_http_apikey_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
-    ctx = ngx_http_apikey_lookup(r);
+    ctx = ngx_http_apikey_lookup(r, alcf);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -167,14 +170,13 @@ ngx_http_apikey_reject(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
  */
 
 static ngx_http_apikey_ctx_t *
-ngx_http_apikey_lookup(ngx_http_request_t *r)
+ngx_http_apikey_lookup(ngx_http_request_t *r,
+    ngx_http_apikey_loc_conf_t *alcf)
 {
     ngx_str_t                    key;
     ngx_time_t                  *tp;
     ngx_http_apikey_ctx_t       *ctx;
-    ngx_http_apikey_loc_conf_t  *alcf, *prev;
-
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_apikey_module);
+    ngx_http_apikey_loc_conf_t  *prev;
 
     ctx = ngx_http_apikey_get_ctx(r);
 
@@ -252,7 +254,8 @@ ngx_http_apikey_lookup(ngx_http_request_t *r)
 ngx_http_apikey_ctx_t *
 ngx_http_apikey_request_ctx(ngx_http_request_t *r)
 {
-    return ngx_http_apikey_lookup(r);
+    return ngx_http_apikey_lookup(r,
+               ngx_http_get_module_loc_conf(r, ngx_http_apikey_module));
 }
 
 
@@ -348,8 +351,8 @@ ngx_http_apikey_find_key(ngx_http_request_t *r,
             i = 0;
         }
 
-        if (h[i].value.len == 0
-            || !ngx_http_apikey_is_key_header(&h[i], alcf))
+        if (!ngx_http_apikey_is_key_header(&h[i], alcf)
+            || h[i].value.len == 0)
         {
             continue;
         }
@@ -407,12 +410,36 @@ ngx_http_apikey_is_key_header(ngx_table_elt_t *h,
     /* nginx sets lowcase_key; a third-party module might not */
 
     if (h->lowcase_key != NULL) {
-        return ngx_memcmp(h->lowcase_key, alcf->header_lc.data,
-                          alcf->header_lc.len) == 0;
+        return ngx_http_apikey_same_bytes(h->lowcase_key,
+                                          alcf->header_lc.data,
+                                          alcf->header_lc.len);
     }
 
     return ngx_strncasecmp(h->key.data, alcf->header_lc.data,
                            alcf->header_lc.len) == 0;
+}
+
+
+/*
+ * ngx_memcmp() == 0 without the call for the usual header name (8 to 16
+ * bytes: X-API-Key is 9): its first and last 8 bytes, overlapping.
+ */
+
+static ngx_inline ngx_uint_t
+ngx_http_apikey_same_bytes(u_char *a, u_char *b, size_t len)
+{
+    uint64_t  a0, a1, b0, b1;
+
+    if (len < 8 || len > 16) {
+        return ngx_memcmp(a, b, len) == 0;
+    }
+
+    ngx_memcpy(&a0, a, 8);
+    ngx_memcpy(&b0, b, 8);
+    ngx_memcpy(&a1, a + len - 8, 8);
+    ngx_memcpy(&b1, b + len - 8, 8);
+
+    return ((a0 ^ b0) | (a1 ^ b1)) == 0;
 }
 
 

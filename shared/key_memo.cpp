@@ -283,13 +283,13 @@ KeyHashMemo::~KeyHashMemo() {
     }
 }
 
-bool KeyHashMemo::find(std::string_view key, Probe* probe,
-                       KeyHash* hash) noexcept {
+KeyHashMemo::Remembered* KeyHashMemo::find(std::string_view key,
+                                           Probe* probe) noexcept {
     constexpr std::size_t kMinKeyLen = 2 + kRandomChars + kChecksumChars;
     probe->usable = seeded_ && key.size() >= kMinKeyLen &&
                     key.size() <= kMaxKeyLen;
     if (!probe->usable) {
-        return false;
+        return nullptr;
     }
 #ifdef APIKEY_HAVE_AESNI
     probe->tag = aes_ ? aes_cbc_mac(secret_->round_keys, key)
@@ -298,21 +298,34 @@ bool KeyHashMemo::find(std::string_view key, Probe* probe,
     probe->tag = siphash24_128(secret_->sip, key);
 #endif
     probe->index = static_cast<std::size_t>(probe->tag.lo) & (kEntries - 1);
-    const Entry& e = entries_[probe->index];
+    Entry& e = entries_[probe->index];
     if (used_[probe->index] == 0 || e.tag.lo != probe->tag.lo ||
         e.tag.hi != probe->tag.hi) {
-        return false;
+        return nullptr;
     }
-    *hash = e.hash;
-    return true;
+    return &e.remembered;
 }
 
-void KeyHashMemo::remember(const Probe& probe, const KeyHash& hash) noexcept {
+KeyHashMemo::Remembered* KeyHashMemo::remember(const Probe& probe,
+                                               const KeyHash& hash) noexcept {
     if (!probe.usable) {
+        return nullptr;
+    }
+    Entry& e = entries_[probe.index];
+    e.tag = probe.tag;
+    e.remembered.hash = hash;
+    e.remembered.slot = SlotMark{};
+    used_[probe.index] = 1;
+    return &e.remembered;
+}
+
+void KeyHashMemo::forget_slots() noexcept {
+    if (!entries_) {
         return;
     }
-    entries_[probe.index] = Entry{probe.tag, hash};
-    used_[probe.index] = 1;
+    for (std::size_t i = 0; i < kEntries; ++i) {
+        entries_[i].remembered.slot = SlotMark{};
+    }
 }
 
 }  // namespace apikey

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "key_hash.h"
+#include "key_table.h"
 
 namespace apikey {
 
@@ -45,12 +46,18 @@ bool cpu_has_aes() noexcept;
 // guesses, each one a request. Only well-formed keys are remembered, so a
 // hit also stands for the format check.
 //
+// An entry can also keep where the key table held the key (a SlotMark):
+// while that slot is unchanged, the caller may reuse what it read there
+// instead of looking the key up again. Entries are indexed by the probe's
+// `index` (0 to kEntries - 1), so a caller can keep such results in an
+// array of its own beside the memo.
+//
 // Direct-mapped, a fixed size, no allocation after construction; a
 // colliding key evicts the older one. Not thread-safe: one per thread
 // (an nginx worker has one).
 class KeyHashMemo {
 public:
-    static constexpr std::size_t kEntries = 1024;  // 48 KiB
+    static constexpr std::size_t kEntries = 1024;  // 64 KiB
 
     struct Probe {
         Tag128 tag;
@@ -66,18 +73,29 @@ public:
     KeyHashMemo(const KeyHashMemo&) = delete;
     KeyHashMemo& operator=(const KeyHashMemo&) = delete;
 
-    // True with the remembered SHA-256 in *hash if `key` was remembered.
-    // Fills *probe either way, for remember().
-    bool find(std::string_view key, Probe* probe, KeyHash* hash) noexcept;
-    // Remembers the SHA-256 of the (well-formed) key that `probe` is for.
-    void remember(const Probe& probe, const KeyHash& hash) noexcept;
+    // What the memo keeps for a key: its SHA-256, and where the caller
+    // last found it in its key table (SlotMark::kNone: not yet).
+    struct Remembered {
+        KeyHash hash;
+        SlotMark slot;
+    };
+
+    // The entry for `key` if it was remembered, else nullptr. Fills
+    // *probe either way, for remember().
+    Remembered* find(std::string_view key, Probe* probe) noexcept;
+    // Remembers the SHA-256 of the (well-formed) key that `probe` is for,
+    // with no slot; nullptr if the probe is not usable.
+    Remembered* remember(const Probe& probe, const KeyHash& hash) noexcept;
+    // Every entry's slot mark becomes kNone (the caller mapped another
+    // key table); the hashes stay.
+    void forget_slots() noexcept;
 
     bool uses_aes() const noexcept { return aes_; }
 
 private:
     struct Entry {
         Tag128 tag;
-        KeyHash hash;
+        Remembered remembered;
     };
     struct Secret;  // AES round keys or the SipHash key
     std::unique_ptr<Secret> secret_;

@@ -201,7 +201,8 @@ std::int64_t monotonic_ns() noexcept {
 
 template <bool kBrief>
 SlotRead read_slot(const KeyTableSlot& slot, const KeyHash& hash,
-                   KeyInfo* out, std::int64_t max_wait_ns) noexcept {
+                   KeyInfo* out, std::uint32_t* seq,
+                   std::int64_t max_wait_ns) noexcept {
     std::int64_t deadline = 0;  // set once spinning is over
     for (unsigned attempt = 0;; ++attempt) {
         if (attempt >= kSpinRetries) {
@@ -233,6 +234,7 @@ SlotRead read_slot(const KeyTableSlot& slot, const KeyHash& hash,
         }
         std::atomic_thread_fence(std::memory_order_acquire);
         if (slot.seq.load(std::memory_order_relaxed) == before) {
+            *seq = before;
             return result;
         }
     }
@@ -330,17 +332,17 @@ std::int64_t KeyTableReader::synced_at_us() const noexcept {
 }
 
 bool KeyTableReader::lookup(const KeyHash& hash, KeyInfo* out) const noexcept {
-    return find<false>(hash, out) == LookupResult::kFound;
+    return find<false>(hash, out, nullptr) == LookupResult::kFound;
 }
 
-LookupResult KeyTableReader::lookup_brief(const KeyHash& hash,
-                                          KeyInfo* out) const noexcept {
-    return find<true>(hash, out);
+LookupResult KeyTableReader::lookup_brief(const KeyHash& hash, KeyInfo* out,
+                                          SlotMark* mark) const noexcept {
+    return find<true>(hash, out, mark);
 }
 
 template <bool kBrief>
-LookupResult KeyTableReader::find(const KeyHash& hash,
-                                  KeyInfo* out) const noexcept {
+LookupResult KeyTableReader::find(const KeyHash& hash, KeyInfo* out,
+                                  SlotMark* mark) const noexcept {
     if (header_ == nullptr) {
         return LookupResult::kAbsent;
     }
@@ -348,8 +350,14 @@ LookupResult KeyTableReader::find(const KeyHash& hash,
     // Bounded by capacity: a corrupt table without empty slots cannot
     // trap a worker.
     for (std::uint64_t probe = 0; probe <= mask_; ++probe) {
-        switch (read_slot<kBrief>(slots_[i], hash, out, busy_wait_ns_)) {
+        std::uint32_t seq;
+        switch (read_slot<kBrief>(slots_[i], hash, out, &seq,
+                                  busy_wait_ns_)) {
         case SlotRead::kMatch:
+            if (mark != nullptr) {
+                mark->index = i;
+                mark->seq = seq;
+            }
             return LookupResult::kFound;
         case SlotRead::kEmpty:
             return LookupResult::kAbsent;

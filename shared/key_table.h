@@ -85,6 +85,19 @@ std::size_t key_table_file_size(std::uint64_t capacity) noexcept;
 // reader's busy wait, so the key's state is unknown.
 enum class LookupResult { kFound, kAbsent, kBusy };
 
+// Where lookup_brief() found a key, and the slot's sequence it read the
+// entry under. The writer adds two to a slot's sequence for every change
+// (an update, a removal, a reuse by another key), so while the sequence
+// is the same the slot still holds what was read; only 2^31 changes of
+// that one slot between two looks could wrap it back. Valid for the
+// mapping it was taken from only: a reader that attaches another file
+// makes every mark stale (the caller forgets them).
+struct SlotMark {
+    static constexpr std::uint64_t kNone = ~std::uint64_t{0};
+    std::uint64_t index = kNone;
+    std::uint32_t seq = 0;
+};
+
 // The busy wait an event loop can afford (nginx workers): an update holds
 // a slot for ~100 ns, so only a writer descheduled or dead mid-update
 // outlasts it, and the request is answered "unavailable" instead of
@@ -129,8 +142,17 @@ public:
     // times, scope_count and name_len, the first scope_count scope hashes
     // and the first name_len bytes of the name. The rest of *out is left
     // as it was. (The nginx worker's per-request path.)
-    LookupResult lookup_brief(const KeyHash& hash,
-                              KeyInfo* out) const noexcept;
+    // With `mark`: also where the entry was found (only for kFound).
+    LookupResult lookup_brief(const KeyHash& hash, KeyInfo* out,
+                              SlotMark* mark = nullptr) const noexcept;
+    // The slot `mark` names was not written since lookup_brief() set the
+    // mark (on this mapping): what it read then is what the slot holds
+    // now. Inline: asked on every request with a remembered key.
+    bool unchanged(const SlotMark& mark) const noexcept {
+        return mark.index <= mask_ && slots_ != nullptr &&
+               slots_[mark.index].seq.load(std::memory_order_acquire) ==
+                   mark.seq;
+    }
 
     // For walking the whole table (apikeyd reading back what it published):
     // the number of slots (0 when detached), and a consistent copy of slot
@@ -149,7 +171,8 @@ public:
 private:
     std::int64_t busy_wait_ns_ = 200 * 1000 * 1000;
     template <bool kBrief>
-    LookupResult find(const KeyHash& hash, KeyInfo* out) const noexcept;
+    LookupResult find(const KeyHash& hash, KeyInfo* out,
+                      SlotMark* mark) const noexcept;
 
     const KeyTableHeader* header_ = nullptr;
     const KeyTableSlot* slots_ = nullptr;

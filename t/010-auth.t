@@ -1052,3 +1052,33 @@ location /t.txt { apikey on; add_header X-Result $apikey_result always; }
 X-Result: ok
 --- no_error_log
 [error]
+
+
+
+=== TEST 49: the key header is matched by its name, not by nginx's hash of it (X-Token-c0 hashes as X-Token-an); short and long names too
+--- http_config
+apikey_keys $TEST_NGINX_APIKEY_KEYS;
+--- config
+location /t.txt {
+    apikey on;
+    apikey_header X-Token-an;
+    add_header X-Result $apikey_result always;
+}
+location /long/ {
+    apikey on;
+    apikey_header X-Gateway-Api-Key-Long;
+    add_header X-Result $apikey_result always;
+    alias html/;
+}
+--- raw_request eval
+["GET /t.txt HTTP/1.0\r\nX-Token-an: $ENV{TEST_NGINX_KEY}\r\n\r\n",
+ "GET /t.txt HTTP/1.0\r\nX-Token-c0: $ENV{TEST_NGINX_KEY}\r\n\r\n",
+ "GET /t.txt HTTP/1.0\r\nX-Token-am: $ENV{TEST_NGINX_KEY}\r\n\r\n",
+ "GET /long/t.txt HTTP/1.0\r\nx-gateway-api-key-long: $ENV{TEST_NGINX_KEY}\r\n\r\n",
+ "GET /long/t.txt HTTP/1.0\r\nX-Gateway-Api-Key-Lonf: $ENV{TEST_NGINX_KEY}\r\n\r\n"]
+--- error_code eval
+[200, 401, 401, 200, 401]
+--- response_headers eval
+["X-Result: ok", "X-Result: missing", "X-Result: missing", "X-Result: ok", "X-Result: missing"]
+--- no_error_log
+[error]

@@ -327,42 +327,46 @@ void memo_remembers_keys(bool use_aes) {
     KeyHashMemo memo(use_aes);
     const std::string a = generate_key("ak");
     const std::string b = generate_key("ak");
-    KeyHash ha{}, hb{}, got{};
+    KeyHash ha{}, hb{};
     ASSERT_TRUE(sha256_key(a, &ha));
     ASSERT_TRUE(sha256_key(b, &hb));
 
     KeyHashMemo::Probe pa, pb;
-    EXPECT_FALSE(memo.find(a, &pa, &got));
+    EXPECT_EQ(memo.find(a, &pa), nullptr);
     ASSERT_TRUE(pa.usable);
-    memo.remember(pa, ha);
-    EXPECT_TRUE(memo.find(a, &pa, &got));
-    EXPECT_EQ(got, ha);
-    EXPECT_FALSE(memo.find(b, &pb, &got));
+    EXPECT_LT(pa.index, KeyHashMemo::kEntries);
+    ASSERT_NE(memo.remember(pa, ha), nullptr);
+    const KeyHashMemo::Remembered* got = memo.find(a, &pa);
+    ASSERT_NE(got, nullptr);
+    EXPECT_EQ(got->hash, ha);
+    EXPECT_EQ(got->slot.index, SlotMark::kNone) << "no slot until told";
+    EXPECT_EQ(memo.find(b, &pb), nullptr);
     memo.remember(pb, hb);
-    EXPECT_TRUE(memo.find(b, &pb, &got));
-    EXPECT_EQ(got, hb);
+    got = memo.find(b, &pb);
+    ASSERT_NE(got, nullptr);
+    EXPECT_EQ(got->hash, hb);
 
     // one character off: another tag
     std::string typo = a;
     typo[5] = typo[5] == 'A' ? 'B' : 'A';
     KeyHashMemo::Probe pt;
-    EXPECT_FALSE(memo.find(typo, &pt, &got));
+    EXPECT_EQ(memo.find(typo, &pt), nullptr);
     // a prefix or an extension of a remembered key
-    EXPECT_FALSE(memo.find(std::string_view(a).substr(0, a.size() - 1), &pt,
-                           &got));
+    EXPECT_EQ(memo.find(std::string_view(a).substr(0, a.size() - 1), &pt),
+              nullptr);
 
     // never a candidate: too short or too long to be a key
     KeyHashMemo::Probe pn;
-    EXPECT_FALSE(memo.find("ak_short", &pn, &got));
+    EXPECT_EQ(memo.find("ak_short", &pn), nullptr);
     EXPECT_FALSE(pn.usable);
-    EXPECT_FALSE(memo.find(std::string(kMaxKeyLen + 1, 'a'), &pn, &got));
+    EXPECT_EQ(memo.find(std::string(kMaxKeyLen + 1, 'a'), &pn), nullptr);
     EXPECT_FALSE(pn.usable);
-    memo.remember(pn, ha);  // ignored
+    EXPECT_EQ(memo.remember(pn, ha), nullptr);  // ignored
 
     // another memo has another secret: nothing carries over
     KeyHashMemo other(use_aes);
     KeyHashMemo::Probe po;
-    EXPECT_FALSE(other.find(a, &po, &got));
+    EXPECT_EQ(other.find(a, &po), nullptr);
     EXPECT_TRUE(po.tag.lo != pa.tag.lo || po.tag.hi != pa.tag.hi);
 }
 
@@ -387,22 +391,48 @@ TEST(KeyHashMemo, ManyKeysEvictButNeverConfuse) {
         hashes.emplace_back();
         ASSERT_TRUE(sha256_key(keys.back(), &hashes.back()));
         KeyHashMemo::Probe p;
-        KeyHash got{};
-        if (!memo.find(keys.back(), &p, &got)) {
+        if (memo.find(keys.back(), &p) == nullptr) {
             memo.remember(p, hashes.back());
         }
     }
     std::size_t hits = 0;
     for (std::size_t i = 0; i < keys.size(); ++i) {
         KeyHashMemo::Probe p;
-        KeyHash got{};
-        if (memo.find(keys[i], &p, &got)) {
+        if (const KeyHashMemo::Remembered* got = memo.find(keys[i], &p)) {
             ++hits;
-            EXPECT_EQ(got, hashes[i]) << i;
+            EXPECT_EQ(got->hash, hashes[i]) << i;
         }
     }
     EXPECT_GT(hits, 0u);
     EXPECT_LE(hits, KeyHashMemo::kEntries);
+}
+
+// A new key table mapping: every slot mark goes, every hash stays.
+TEST(KeyHashMemo, ForgetSlotsDropsMarksAndKeepsHashes) {
+    KeyHashMemo memo;
+    const std::string a = generate_key("ak");
+    KeyHash ha{};
+    ASSERT_TRUE(sha256_key(a, &ha));
+    KeyHashMemo::Probe p;
+    ASSERT_EQ(memo.find(a, &p), nullptr);
+    KeyHashMemo::Remembered* r = memo.remember(p, ha);
+    ASSERT_NE(r, nullptr);
+    r->slot = SlotMark{7, 42};
+    ASSERT_EQ(memo.find(a, &p), r);
+    EXPECT_EQ(r->slot.index, 7u);
+
+    memo.forget_slots();
+    const KeyHashMemo::Remembered* got = memo.find(a, &p);
+    ASSERT_NE(got, nullptr);
+    EXPECT_EQ(got->slot.index, SlotMark::kNone);
+    EXPECT_EQ(got->hash, ha);
+
+    // remembered again (evicted and back): no stale mark either
+    r = memo.remember(p, ha);
+    ASSERT_NE(r, nullptr);
+    r->slot = SlotMark{7, 42};
+    r = memo.remember(p, ha);
+    EXPECT_EQ(r->slot.index, SlotMark::kNone);
 }
 
 

@@ -415,6 +415,58 @@ TEST_F(KeyTableTest, BriefLookupCopiesWhatARequestNeedsAndNothingElse) {
     EXPECT_EQ(r.lookup_brief(hash_of(999999), &out), LookupResult::kAbsent);
 }
 
+// A worker reuses what it read from a slot while the slot's mark holds:
+// every change of that key (revocation, expiry, rotation, removal) must
+// break the mark, and changes of other keys must not.
+TEST_F(KeyTableTest, SlotMarkHoldsUntilThatSlotChanges) {
+    KeyTableWriter w = published();
+    ASSERT_TRUE(w.upsert(info_for(hash_of(1), 1)));
+    ASSERT_TRUE(w.upsert(info_for(hash_of(2), 2)));
+    KeyTableReader r;
+    ASSERT_EQ(r.attach(path_.c_str(), nullptr), SegmentStatus::kOk);
+
+    SlotMark none;
+    EXPECT_FALSE(r.unchanged(none)) << "no mark never holds";
+    KeyInfo out{};
+    SlotMark mark;
+    ASSERT_EQ(r.lookup_brief(hash_of(1), &out, &mark), LookupResult::kFound);
+    EXPECT_LT(mark.index, r.capacity());
+    EXPECT_EQ(mark.seq % 2, 0u);
+    EXPECT_TRUE(r.unchanged(mark));
+    SlotMark other;
+    ASSERT_EQ(r.lookup_brief(hash_of(2), &out, &other), LookupResult::kFound);
+    SlotMark absent;
+    EXPECT_EQ(r.lookup_brief(hash_of(3), &out, &absent),
+              LookupResult::kAbsent);
+    EXPECT_EQ(absent.index, SlotMark::kNone) << "only a found key is marked";
+
+    // another key's change, a new key: the mark holds
+    ASSERT_TRUE(w.upsert(info_for(hash_of(2), 20)));
+    ASSERT_TRUE(w.upsert(info_for(hash_of(3), 3)));
+    EXPECT_TRUE(r.unchanged(mark));
+    EXPECT_FALSE(r.unchanged(other));
+
+    // the key revoked (an upsert of its entry): broken, and a new look
+    // marks the new version
+    KeyInfo revoked = info_for(hash_of(1), 1);
+    revoked.revoked_at_us = 1700000000000000;
+    ASSERT_TRUE(w.upsert(revoked));
+    EXPECT_FALSE(r.unchanged(mark));
+    SlotMark again;
+    ASSERT_EQ(r.lookup_brief(hash_of(1), &out, &again), LookupResult::kFound);
+    EXPECT_EQ(out.revoked_at_us, revoked.revoked_at_us);
+    EXPECT_EQ(again.index, mark.index);
+    EXPECT_TRUE(r.unchanged(again));
+
+    // removed: broken
+    ASSERT_TRUE(w.remove(hash_of(1)));
+    EXPECT_FALSE(r.unchanged(again));
+
+    // a mark of another mapping is out of range for a detached reader
+    r.detach();
+    EXPECT_FALSE(r.unchanged(other));
+}
+
 // A writer that died between the two sequence stores leaves its slot odd.
 TEST_F(KeyTableTest, SlotStuckMidUpdateIsBusyWithinTheEventLoopBound) {
     KeyTableWriter w = published();
