@@ -129,9 +129,10 @@ ListingQuery build_listing(const std::string& org_id,
     // The spike rule over the stored last hour ($5); spike=true is a range
     // of the hour index (requests_hour >= spike_min in the hour).
     if (p.spike != ListDormant::kAny) {
-        std::string cond = spike_condition(
-            "$5", b.bind(ratio_text(p.spike_rule.ratio)),
-            b.bind(std::to_string(p.spike_rule.min)));
+        // Bound one after the other: argument order is unspecified.
+        std::string ratio = b.bind(ratio_text(p.spike_rule.ratio));
+        std::string min = b.bind(std::to_string(p.spike_rule.min));
+        std::string cond = spike_condition("$5", ratio, min);
         b.sql += p.spike == ListDormant::kYes ? " AND " + cond
                                               : " AND NOT " + cond;
     }
