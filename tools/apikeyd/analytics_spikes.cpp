@@ -28,34 +28,48 @@ std::string ts_param(std::int64_t us) {
     return format_rfc3339(us, TimePrecision::kMicros);
 }
 
-// Per key with requests in the hour $1 or the 7 days before it: the
-// hour's requests and the baseline (the window's requests over its hours
-// from the creation hour on; NULL under 24 h of history), as
-// baseline_hours() counts them. Through orgs, so that each org's range is
-// one scan of the rollup's (org_id, bucket) index.
+// Keys refreshed per transaction: each holds its rows' locks briefly, so
+// an ingest commit that updates the same listing rows waits a moment,
+// never the whole refresh.
+constexpr int kRefreshBatch = 2000;
+
+// One batch: the next kRefreshBatch keys after $4 in key-id order; per key
+// with requests in the hour $1 or the 7 days before it, the hour's
+// requests and the baseline (the window's requests over its hours from the
+// creation hour on; NULL under 24 h of history), as baseline_hours()
+// counts them, each key's rows one range of the rollup's primary key.
+// Answers the batch's last key id (NULL: no keys left) and the keys
+// updated.
 constexpr const char* kRefreshSql = R"(
-WITH h AS (
+WITH b AS (
+    SELECT key_id FROM api_key_listing
+     WHERE key_id > $4::uuid ORDER BY key_id LIMIT $5::int
+), h AS (
     SELECT r.key_id,
            coalesce(sum(r.requests) FILTER (WHERE r.bucket = $1::timestamptz),
                     0) AS n,
            coalesce(sum(r.requests) FILTER (WHERE r.bucket < $1::timestamptz),
                     0) AS b
-      FROM orgs o
-      JOIN api_key_usage_hourly r ON r.org_id = o.id
+      FROM b
+      JOIN api_key_usage_hourly r ON r.key_id = b.key_id
      WHERE r.bucket >= $1::timestamptz - make_interval(hours => $2::int)
        AND r.bucket <= $1::timestamptz
      GROUP BY r.key_id
+), u AS (
+    UPDATE api_key_listing s
+       SET hour = $1::timestamptz, requests_hour = h.n,
+           baseline_hourly = CASE
+               WHEN k.created_at <= $1::timestamptz - make_interval(hours => $3::int)
+               THEN h.b::float8 / (extract(epoch FROM $1::timestamptz - greatest(
+                        $1::timestamptz - make_interval(hours => $2::int),
+                        date_trunc('hour', k.created_at))) / 3600)::float8
+           END
+      FROM h JOIN api_keys k ON k.id = h.key_id
+     WHERE s.key_id = h.key_id
+    RETURNING 1
 )
-UPDATE api_key_listing s
-   SET hour = $1::timestamptz, requests_hour = h.n,
-       baseline_hourly = CASE
-           WHEN k.created_at <= $1::timestamptz - make_interval(hours => $3::int)
-           THEN h.b::float8 / (extract(epoch FROM $1::timestamptz - greatest(
-                    $1::timestamptz - make_interval(hours => $2::int),
-                    date_trunc('hour', k.created_at))) / 3600)::float8
-       END
-  FROM h JOIN api_keys k ON k.id = h.key_id
- WHERE s.key_id = h.key_id)";
+SELECT (SELECT key_id::text FROM b ORDER BY key_id DESC LIMIT 1),
+       (SELECT count(*) FROM u))";
 
 }  // namespace
 
@@ -153,33 +167,39 @@ std::vector<HourTotal> query_hour_totals(pg::Connection& conn,
     return out;
 }
 
-bool refresh_spikes(pg::Connection& conn, std::int64_t hour_us, bool force) {
+std::optional<std::size_t> refresh_spikes(pg::Connection& conn,
+                                          std::int64_t hour_us, bool force) {
     std::string hour = ts_param(hour_us);
-    conn.exec("BEGIN");
-    try {
-        conn.exec("SELECT pg_advisory_xact_lock($1::bigint)",
-                  {std::to_string(kRefreshLockKey)});
-        pg::Result done = conn.exec(
-            "SELECT hour >= $1::timestamptz FROM api_spike_refresh"
-            " WHERE id = 1",
-            {hour});
-        if (!force && done.rows() == 1 && done.get(0, 0) == "t") {
-            conn.exec("COMMIT");
-            return false;
+    // A session lock: the batches commit one by one under it. On an error
+    // the caller closes the session, which releases it.
+    conn.exec("SELECT pg_advisory_lock($1::bigint)",
+              {std::to_string(kRefreshLockKey)});
+    std::optional<std::size_t> keys;
+    pg::Result done = conn.exec(
+        "SELECT hour >= $1::timestamptz FROM api_spike_refresh WHERE id = 1",
+        {hour});
+    if (force || done.rows() == 0 || done.get(0, 0) != "t") {
+        keys = 0;
+        std::string after = "00000000-0000-0000-0000-000000000000";
+        for (;;) {
+            pg::Result r = conn.exec(
+                kRefreshSql, {hour, std::to_string(kBaselineHours),
+                              std::to_string(kMinHistoryHours), after,
+                              std::to_string(kRefreshBatch)});
+            *keys += std::stoull(r.get(0, 1));
+            std::optional<std::string> last = r.get_optional(0, 0);
+            if (!last) break;
+            after = *last;
         }
-        conn.exec(kRefreshSql, {hour, std::to_string(kBaselineHours),
-                                std::to_string(kMinHistoryHours)});
         conn.exec(
             "INSERT INTO api_spike_refresh (id, hour) VALUES (1, $1)"
             " ON CONFLICT (id) DO UPDATE SET hour = greatest("
             "api_spike_refresh.hour, excluded.hour)",
             {hour});
-        conn.exec("COMMIT");
-        return true;
-    } catch (...) {
-        if (conn.ok()) conn.exec("ROLLBACK");
-        throw;
     }
+    conn.exec("SELECT pg_advisory_unlock($1::bigint)",
+              {std::to_string(kRefreshLockKey)});
+    return keys;
 }
 
 std::int64_t count_spiking(pg::Connection& conn, std::int64_t hour_us) {
@@ -206,7 +226,6 @@ void SpikeRefresher::run(const std::atomic<bool>& stop) {
                 log_warn(std::string("spikes: refresh failed, retrying in"
                                      " 30 s: ") +
                          e.what());
-                conn_.reset();
                 next_try = now + kRetryUs;
             }
         }
@@ -219,18 +238,20 @@ void SpikeRefresher::step(std::int64_t now) {
     std::int64_t hour = last_complete_hour(now - kRefreshDelayUs);
     bool due = hour > refreshed_hour_;
     if (!due && now < next_count_us_) return;
-    if (!conn_) {
-        conn_.emplace(conninfo_, "apikeyd-spikes");
-        conn_->exec("SET TimeZone = 'UTC'");
-    }
+    // A session for the moment it is needed, not one more held per host.
+    pg::Connection conn(conninfo_, "apikeyd-spikes");
+    conn.exec("SET TimeZone = 'UTC'");
     if (due) {
         // Forced at start: the rollup may have changed while no node ran.
-        if (refresh_spikes(*conn_, hour, refreshed_hour_ < 0)) {
-            stats_->refreshes.fetch_add(1);
+        std::int64_t started = now_us();
+        if (auto keys = refresh_spikes(conn, hour, refreshed_hour_ < 0)) {
+            log_info("spikes: hour " + format_rfc3339(hour) + " refreshed for " +
+                     std::to_string(*keys) + " keys in " +
+                     std::to_string((now_us() - started) / 1000) + " ms");
         }
         refreshed_hour_ = hour;
     }
-    stats_->spiking.store(count_spiking(*conn_, hour));
+    stats_->spiking.store(count_spiking(conn, hour));
     next_count_us_ = now + kCountEveryUs;
 }
 

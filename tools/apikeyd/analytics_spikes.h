@@ -87,15 +87,16 @@ struct SpikeStats {
     // Keys spiking in the last complete hour by the default rule, all orgs
     // of the database; -1 until first counted.
     std::atomic<std::int64_t> spiking{-1};
-    std::atomic<std::uint64_t> refreshes{0};
 };
 
 // Sets api_key_listing's hour, requests_hour and baseline_hourly for
-// `hour_us` (every key with requests in it or in the 7 days before), once
-// per hour for all nodes: under an advisory lock, skipped when
-// api_spike_refresh already names the hour unless `force`. Returns whether
-// it ran. One transaction.
-bool refresh_spikes(pg::Connection& conn, std::int64_t hour_us, bool force);
+// `hour_us` (every key with requests in it or in the 7 days before), in
+// batches of keys, one transaction each; once per hour for all nodes:
+// under a session advisory lock, skipped when api_spike_refresh already
+// names the hour unless `force`. Returns the keys it updated, nullopt when
+// another node had done it.
+std::optional<std::size_t> refresh_spikes(pg::Connection& conn,
+                                          std::int64_t hour_us, bool force);
 
 // Keys spiking in `hour_us` by the default rule, over every org.
 std::int64_t count_spiking(pg::Connection& conn, std::int64_t hour_us);
@@ -112,7 +113,6 @@ class SpikeRefresher {
 
     std::string conninfo_;
     SpikeStats* stats_;
-    std::optional<pg::Connection> conn_;
     std::int64_t refreshed_hour_ = -1;  // -1: none yet (force)
     std::int64_t next_count_us_ = 0;
 };
