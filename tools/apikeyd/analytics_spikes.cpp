@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <thread>
 
 #include "log.h"
@@ -13,7 +12,7 @@
 namespace apikey::api {
 namespace {
 
-// pg_advisory_xact_lock key of the hourly refresh ("akspike" in ASCII).
+// pg_advisory_lock key of the hourly refresh ("akspike" in ASCII).
 constexpr long long kRefreshLockKey = 0x616b7370696b65;
 // The refresh waits this long past the hour boundary, so that the
 // aggregates of the hour's last moments (committed every 250 ms, up to
