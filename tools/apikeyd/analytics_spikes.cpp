@@ -167,7 +167,8 @@ std::vector<HourTotal> query_hour_totals(pg::Connection& conn,
 }
 
 std::optional<std::size_t> refresh_spikes(pg::Connection& conn,
-                                          std::int64_t hour_us, bool force) {
+                                          std::int64_t hour_us, bool force,
+                                          const std::atomic<bool>* stop) {
     std::string hour = ts_param(hour_us);
     // A session lock: the batches commit one by one under it. On an error
     // the caller closes the session, which releases it.
@@ -189,6 +190,7 @@ std::optional<std::size_t> refresh_spikes(pg::Connection& conn,
             std::optional<std::string> last = r.get_optional(0, 0);
             if (!last) break;
             after = *last;
+            if (stop && stop->load()) return keys;
         }
         conn.exec(
             "INSERT INTO api_spike_refresh (id, hour) VALUES (1, $1)"
@@ -220,7 +222,7 @@ void SpikeRefresher::run(const std::atomic<bool>& stop) {
         std::int64_t now = now_us();
         if (now >= next_try) {
             try {
-                step(now);
+                step(now, stop);
             } catch (const std::exception& e) {
                 log_warn(std::string("spikes: refresh failed, retrying in"
                                      " 30 s: ") +
@@ -232,7 +234,7 @@ void SpikeRefresher::run(const std::atomic<bool>& stop) {
     }
 }
 
-void SpikeRefresher::step(std::int64_t now) {
+void SpikeRefresher::step(std::int64_t now, const std::atomic<bool>& stop) {
     // The hour whose aggregates are all in, by kRefreshDelayUs.
     std::int64_t hour = last_complete_hour(now - kRefreshDelayUs);
     bool due = hour > refreshed_hour_;
@@ -243,7 +245,8 @@ void SpikeRefresher::step(std::int64_t now) {
     if (due) {
         // Forced at start: the rollup may have changed while no node ran.
         std::int64_t started = now_us();
-        if (auto keys = refresh_spikes(conn, hour, refreshed_hour_ < 0)) {
+        if (auto keys =
+                refresh_spikes(conn, hour, refreshed_hour_ < 0, &stop)) {
             log_info("spikes: hour " + format_rfc3339(hour) + " refreshed for " +
                      std::to_string(*keys) + " keys in " +
                      std::to_string((now_us() - started) / 1000) + " ms");

@@ -94,9 +94,11 @@ struct SpikeStats {
 // batches of keys, one transaction each; once per hour for all nodes:
 // under a session advisory lock, skipped when api_spike_refresh already
 // names the hour unless `force`. Returns the keys it updated, nullopt when
-// another node had done it.
-std::optional<std::size_t> refresh_spikes(pg::Connection& conn,
-                                          std::int64_t hour_us, bool force);
+// another node had done it. A `stop` set between batches ends it early,
+// the hour not marked done.
+std::optional<std::size_t> refresh_spikes(
+    pg::Connection& conn, std::int64_t hour_us, bool force,
+    const std::atomic<bool>* stop = nullptr);
 
 // Keys spiking in `hour_us` by the default rule, over every org.
 std::int64_t count_spiking(pg::Connection& conn, std::int64_t hour_us);
@@ -109,7 +111,7 @@ class SpikeRefresher {
     void run(const std::atomic<bool>& stop);
 
    private:
-    void step(std::int64_t now_us);
+    void step(std::int64_t now_us, const std::atomic<bool>& stop);
 
     std::string conninfo_;
     SpikeStats* stats_;
