@@ -263,7 +263,8 @@ ok(!(grep { $_->{key_id} eq $K{clientB}{key_id} || $_->{key_id} eq $K{adminB}{ke
      @{ $j->{keys} }), "org listing: no key of the other org");
 is_deeply([ sort keys %{ $j->{keys}[0] } ],
           [ sort qw(key_id name hint scopes status created_at expires_at last_used_at
-                    last_used_ip request_count requests_today requests_this_month dormant) ],
+                    last_used_ip request_count requests_today requests_this_month dormant
+                    requests_last_hour baseline_hourly spike) ],
           'org listing: each key has exactly the contract fields');
 
 my $c = $by{ $K{clientA}{key_id} };
@@ -357,7 +358,7 @@ my $r = $responses->[0];
 my $j = $r->{json};
 is_deeply([ sort keys %$j ],
           [ sort qw(key requests_today requests_this_month series top_endpoints error_rate
-                    avg_ms p95_ms complete_until) ], 'key usage: exactly the contract fields');
+                    avg_ms p95_ms spikes complete_until) ], 'key usage: exactly the contract fields');
 is($j->{key}{key_id}, $K{clientA}{key_id}, 'key usage: key.key_id');
 is($j->{key}{request_count}, 12, 'key usage: key.request_count');
 SKIP: {

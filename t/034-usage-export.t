@@ -322,6 +322,7 @@ for my $k (qw(clientA otherA adminA)) {
     is($r->{status}, 200, "$k: 200");
     is($r->{json}{key}{key_id}, $K{$k}{key_id}, "$k: its own key");
     my $view = api(key_path($A, $K{$k}{key_id}, $q), $K{adminA}{key})->{json};
+    is(delete $r->{json}{key}{org_id}, $A, "$k: key.org_id names its org");
     delete $_->{complete_until} for $view, $r->{json};
     is_deeply($r->{json}, $view, "$k: the per-key view of that key");
 }

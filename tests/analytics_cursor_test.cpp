@@ -16,7 +16,7 @@ const std::vector<std::string> kPos = {"2024-05-01 10:00:00.123456+00",
 
 CursorScope scope() {
     return {"11111111-1111-4111-8111-111111111111", "created_at", false, "",
-            "", 30, ""};
+            "", 30, "", "", "5", 100};
 }
 
 TEST(Cursor, RoundTripsItsPosition) {
@@ -36,7 +36,7 @@ TEST(Cursor, KeepsAnyText) {
 
 TEST(Cursor, IsBoundToEveryPartOfItsListing) {
     std::string c = encode_cursor(kSecret, scope(), kPos);
-    std::vector<CursorScope> others(8, scope());
+    std::vector<CursorScope> others(11, scope());
     others[0].org_id = "22222222-2222-4222-8222-222222222222";
     others[1].sort = "name";
     others[2].descending = true;
@@ -44,6 +44,9 @@ TEST(Cursor, IsBoundToEveryPartOfItsListing) {
     others[4].dormant = "true";
     others[5].dormant_days = 31;
     others[6].q = "svc";
+    others[7].spike = "true";
+    others[8].spike_ratio = "4";
+    others[9].spike_min = 99;
     for (std::size_t i = 0; i + 1 < others.size(); ++i) {
         EXPECT_FALSE(decode_cursor(kSecret, others[i], c)) << i;
     }

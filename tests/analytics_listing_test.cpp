@@ -21,10 +21,11 @@ bool has(const std::string& sql, const std::string& part) {
 
 TEST(ListingQuery, FirstPageOfTheDefaultSort) {
     ListingQuery q = build_listing(kOrg, OrgUsageParams{}, {}, kWindow);
-    EXPECT_TRUE(has(q.sql, "ORDER BY k.created_at ASC, k.id ASC LIMIT $5::int"));
+    EXPECT_TRUE(has(q.sql, "ORDER BY k.created_at ASC, k.id ASC LIMIT $6::int"));
     EXPECT_FALSE(has(q.sql, "s.org_id"));  // api_keys' index serves it
-    EXPECT_EQ(q.params, (std::vector<pg::Param>{kOrg, "30", "2024-05-15",
-                                                "2024-05-01", "101"}));
+    EXPECT_EQ(q.params,
+              (std::vector<pg::Param>{kOrg, "30", "2024-05-15", "2024-05-01",
+                                      "2024-05-15T09:00:00.000000Z", "101"}));
 }
 
 TEST(ListingQuery, APageAfterAPositionDescending) {
@@ -36,9 +37,9 @@ TEST(ListingQuery, APageAfterAPositionDescending) {
         build_listing(kOrg, p, {"2024-05-15", "7", "k-id"}, kWindow);
     EXPECT_TRUE(has(q.sql, " AND s.org_id = $1::uuid"));
     EXPECT_TRUE(has(q.sql, "AND (s.day, s.requests_day, s.key_id) < "
-                           "($5::date, $6::bigint, $7::uuid)"));
+                           "($6::date, $7::bigint, $8::uuid)"));
     EXPECT_TRUE(has(q.sql, "ORDER BY s.day DESC, s.requests_day DESC, "
-                           "s.key_id DESC LIMIT $8::int"));
+                           "s.key_id DESC LIMIT $9::int"));
     EXPECT_EQ(q.params.back(), pg::Param("11"));
 }
 
@@ -55,9 +56,9 @@ TEST(ListingQuery, QueryIsABoundPrefixPatternWithLikeCharactersEscaped) {
     OrgUsageParams p;
     p.q = "a_b%c\\";
     ListingQuery q = build_listing(kOrg, p, {}, kWindow);
-    EXPECT_TRUE(has(q.sql, "lower(k.name) LIKE lower($5)"));
-    EXPECT_TRUE(has(q.sql, "k.hint LIKE $5"));
-    EXPECT_EQ(q.params[4], pg::Param("a\\_b\\%c\\\\%"));
+    EXPECT_TRUE(has(q.sql, "lower(k.name) LIKE lower($6)"));
+    EXPECT_TRUE(has(q.sql, "k.hint LIKE $6"));
+    EXPECT_EQ(q.params[5], pg::Param("a\\_b\\%c\\\\%"));
 }
 
 TEST(ListingQuery, FiltersAddTheirConditions) {
@@ -75,8 +76,42 @@ TEST(ListingQuery, FiltersAddTheirConditions) {
     EXPECT_TRUE(has(q.sql, "k.revoked_at IS NOT NULL"));
     // The rule, and the last-used range a day wider than it.
     EXPECT_TRUE(has(q.sql, " AND s.org_id = $1::uuid"));
-    EXPECT_TRUE(has(q.sql, "AND s.last_used_at < $5::timestamptz"));
-    EXPECT_EQ(q.params[4], pg::Param("2024-05-09T10:30:00.000000Z"));
+    EXPECT_TRUE(has(q.sql, "AND s.last_used_at < $6::timestamptz"));
+    EXPECT_EQ(q.params[5], pg::Param("2024-05-09T10:30:00.000000Z"));
+}
+
+TEST(ListingQuery, SortByTheLastHourReadsTheHourIndex) {
+    OrgUsageParams p;
+    p.sort = ListSort::kRequestsLastHour;
+    p.descending = true;
+    ListingQuery q = build_listing(
+        kOrg, p, {"2024-05-15 09:00:00+00", "7", "k-id"}, kWindow);
+    EXPECT_TRUE(has(q.sql, " AND s.org_id = $1::uuid"));
+    EXPECT_TRUE(has(q.sql, "AND (s.hour, s.requests_hour, s.key_id) < "
+                           "($6::timestamptz, $7::bigint, $8::uuid)"));
+    EXPECT_TRUE(has(q.sql, "ORDER BY s.hour DESC, s.requests_hour DESC, "
+                           "s.key_id DESC LIMIT $9::int"));
+    EXPECT_EQ(position_size(ListSort::kRequestsLastHour), 3u);
+}
+
+TEST(ListingQuery, SpikeFilterBindsTheRuleAgainstTheLastHour) {
+    OrgUsageParams p;
+    p.spike = ListDormant::kYes;
+    p.spike_rule = {2.5, 40};
+    ListingQuery q = build_listing(kOrg, p, {}, kWindow);
+    // The hour index's org condition, and the rule over the hour ($5).
+    EXPECT_TRUE(has(q.sql, " AND s.org_id = $1::uuid"));
+    EXPECT_TRUE(has(q.sql, " AND (s.hour = $5::timestamptz AND "
+                           "s.requests_hour >= greatest($7::bigint, 1)"));
+    EXPECT_TRUE(has(q.sql, "s.requests_hour >= $6::float8 * s.baseline_hourly"));
+    EXPECT_EQ(q.params[4], pg::Param("2024-05-15T09:00:00.000000Z"));
+    EXPECT_EQ(q.params[5], pg::Param("2.5"));
+    EXPECT_EQ(q.params[6], pg::Param("40"));
+
+    p.spike = ListDormant::kNo;
+    q = build_listing(kOrg, p, {}, kWindow);
+    EXPECT_TRUE(has(q.sql, " AND NOT (s.hour = $5::timestamptz"));
+    EXPECT_FALSE(has(q.sql, "s.org_id"));
 }
 
 }  // namespace

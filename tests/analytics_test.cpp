@@ -174,21 +174,22 @@ TEST(KeyUsageJson, HasEveryContractFieldInOrder) {
     k.requests_today = 2;
     k.requests_this_month = 7;
     std::vector<UsageRow> rows = {row(kT0, "/a", "GET", 7, 1, 2, 1500)};
-    Json j = key_usage_json(k, summarize_usage(rows, days(2), 10));
+    Json j = key_usage_json(k, summarize_usage(rows, days(2), 10), {}, {});
 
     std::vector<std::string> fields;
     for (auto& [name, value] : j.items()) fields.push_back(name);
     EXPECT_EQ(fields, (std::vector<std::string>{
                           "key", "requests_today", "requests_this_month",
                           "series", "top_endpoints", "error_rate", "avg_ms",
-                          "p95_ms"}));
+                          "p95_ms", "spikes"}));
     std::vector<std::string> key_fields;
     for (auto& [name, value] : j["key"].items()) key_fields.push_back(name);
     EXPECT_EQ(key_fields,
               (std::vector<std::string>{
                   "key_id", "name", "hint", "scopes", "status", "created_at",
                   "expires_at", "last_used_at", "last_used_ip", "request_count",
-                  "requests_today", "requests_this_month", "dormant"}));
+                  "requests_today", "requests_this_month", "dormant",
+                  "requests_last_hour", "baseline_hourly", "spike"}));
     EXPECT_TRUE(j["key"]["expires_at"].is_null());
     EXPECT_EQ(j["key"]["scopes"], Json::array({"usage:read"}));
     EXPECT_EQ(j["series"].size(), 2u);

@@ -306,7 +306,8 @@ TEST(OrgUsageParams, SortsAndTheirDefaultOrder) {
                  {"name", ListSort::kName, false},
                  {"last_used_at", ListSort::kLastUsedAt, true},
                  {"requests_today", ListSort::kRequestsToday, true},
-                 {"requests_this_month", ListSort::kRequestsThisMonth, true}};
+                 {"requests_this_month", ListSort::kRequestsThisMonth, true},
+                 {"requests_last_hour", ListSort::kRequestsLastHour, true}};
     for (const auto& c : cases) {
         OrgUsageParams p = org(std::string("/x?sort=") + c.name);
         EXPECT_EQ(p.sort, c.sort) << c.name;
@@ -318,7 +319,7 @@ TEST(OrgUsageParams, SortsAndTheirDefaultOrder) {
     for (const char* bad : {"", "id", "Name", "requests", "created_at "}) {
         EXPECT_EQ(org_error(std::string("/x?sort=") + bad),
                   "sort must be created_at, last_used_at, requests_today,"
-                  " requests_this_month or name")
+                  " requests_this_month, requests_last_hour or name")
             << bad;
     }
     EXPECT_EQ(org_error("/x?order=up"), "order must be asc or desc");
@@ -556,6 +557,60 @@ TEST(ExportParams, Format) {
     EXPECT_NE(export_error("/x?format=csv&format=csv")
                   .find("is given more than once"),
               std::string::npos);
+}
+
+// --- the spike rule's parameters
+// ------------------------------------------------------
+
+TEST(SpikeParams, DefaultsOnBothEndpoints) {
+    OrgUsageParams o = parse_org_usage_params(parse_query("/x"));
+    EXPECT_EQ(o.spike_rule.ratio, 5.0);
+    EXPECT_EQ(o.spike_rule.min, 100);
+    EXPECT_EQ(o.spike, ListDormant::kAny);
+    KeyUsageParams k = parse_key_usage_params(parse_query("/x"), kNow);
+    EXPECT_EQ(k.spike_rule.ratio, 5.0);
+    EXPECT_EQ(k.spike_rule.min, 100);
+}
+
+TEST(SpikeParams, AcceptsDecimalsAboveOneAndWholeMinimums) {
+    OrgUsageParams o = parse_org_usage_params(
+        parse_query("/x?spike_ratio=2.5&spike_min=0&spike=true"));
+    EXPECT_EQ(o.spike_rule.ratio, 2.5);
+    EXPECT_EQ(o.spike_rule.min, 0);
+    EXPECT_EQ(o.spike, ListDormant::kYes);
+    EXPECT_EQ(parse_org_usage_params(parse_query("/x?spike=false")).spike,
+              ListDormant::kNo);
+    KeyUsageParams k = parse_key_usage_params(
+        parse_query("/x?spike_ratio=1000&spike_min=999999999"), kNow);
+    EXPECT_EQ(k.spike_rule.ratio, 1000.0);
+    EXPECT_EQ(k.spike_rule.min, 999999999);
+    EXPECT_EQ(parse_spike_rule(parse_query("/x?spike_ratio=1.0001")).ratio,
+              1.0001);
+}
+
+TEST(SpikeParams, RefusesEverythingElseNamingTheParameter) {
+    for (const char* q :
+         {"spike_ratio=1", "spike_ratio=1.0", "spike_ratio=0.5", "spike_ratio=",
+          "spike_ratio=abc", "spike_ratio=1e3", "spike_ratio=-2",
+          "spike_ratio=+2", "spike_ratio=5.", "spike_ratio=.5",
+          "spike_ratio=1.2.3", "spike_ratio=inf", "spike_ratio=nan",
+          "spike_ratio=1000.01", "spike_ratio=0x10", "spike_ratio=0000000000005",
+          "spike_ratio=5&spike_ratio=5"}) {
+        std::string target = std::string("/x?") + q;
+        EXPECT_NE(org_error(target).find("spike_ratio"), std::string::npos)
+            << q;
+        EXPECT_NE(key_error(target).find("spike_ratio"), std::string::npos)
+            << q;
+    }
+    for (const char* q : {"spike_min=-1", "spike_min=1.5", "spike_min=",
+                          "spike_min=x", "spike_min=1000000000"}) {
+        std::string target = std::string("/x?") + q;
+        EXPECT_NE(org_error(target).find("spike_min"), std::string::npos) << q;
+        EXPECT_NE(key_error(target).find("spike_min"), std::string::npos) << q;
+    }
+    EXPECT_EQ(org_error("/x?spike=yes"), "spike must be true or false");
+    // The per-key view has no spike filter: an unknown parameter there.
+    EXPECT_EQ(key_error("/x?spike=yes"), "");
 }
 
 }  // namespace

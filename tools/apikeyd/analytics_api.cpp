@@ -79,7 +79,7 @@ std::optional<std::int64_t> complete_until_us(const CaptureState& s,
     return std::min(s.newest_committed_us, now_us);
 }
 
-Json key_json(const KeySummary& k) {
+Json key_json(const KeySummary& k, const SpikeRule& rule) {
     const keysql::KeyRow& r = k.key;
     return Json{{"key_id", r.key_id},
                 {"name", r.name},
@@ -93,10 +93,18 @@ Json key_json(const KeySummary& k) {
                 {"request_count", r.request_count},
                 {"requests_today", k.requests_today},
                 {"requests_this_month", k.requests_this_month},
-                {"dormant", r.dormant}};
+                {"dormant", r.dormant},
+                {"requests_last_hour", k.requests_last_hour},
+                {"baseline_hourly", k.baseline_hourly
+                                        ? Json(*k.baseline_hourly)
+                                        : Json(nullptr)},
+                {"spike",
+                 is_spike(k.requests_last_hour, k.baseline_hourly, rule)}};
 }
 
-Json key_usage_json(const KeySummary& key, const UsageSummary& usage) {
+Json key_usage_json(const KeySummary& key, const UsageSummary& usage,
+                    const std::vector<SpikeHour>& spikes,
+                    const SpikeRule& rule) {
     Json series = Json::array();
     for (const SeriesPoint& p : usage.series) {
         series.push_back({{"t", format_rfc3339(p.t_us)},
@@ -115,8 +123,16 @@ Json key_usage_json(const KeySummary& key, const UsageSummary& usage) {
                        {"errors_5xx", e.totals.errors_5xx},
                        {"avg_ms", ms_or_null(e.totals.avg_ms())}});
     }
+    Json spike_list = Json::array();
+    for (const SpikeHour& s : spikes) {
+        spike_list.push_back(
+            {{"t", format_rfc3339(s.t_us)},
+             {"requests", s.requests},
+             {"baseline_hourly", s.baseline_hourly},
+             {"ratio", s.ratio ? Json(*s.ratio) : Json(nullptr)}});
+    }
     return Json{
-        {"key", key_json(key)},
+        {"key", key_json(key, rule)},
         {"requests_today", key.requests_today},
         {"requests_this_month", key.requests_this_month},
         {"series", std::move(series)},
@@ -124,7 +140,8 @@ Json key_usage_json(const KeySummary& key, const UsageSummary& usage) {
         {"error_rate",
          {{"4xx", usage.totals.rate_4xx()}, {"5xx", usage.totals.rate_5xx()}}},
         {"avg_ms", ms_or_null(usage.totals.avg_ms())},
-        {"p95_ms", ms_or_null(usage.totals.p95_ms())}};
+        {"p95_ms", ms_or_null(usage.totals.p95_ms())},
+        {"spikes", std::move(spike_list)}};
 }
 
 struct AnalyticsApi::Impl {
@@ -219,7 +236,10 @@ struct AnalyticsApi::Impl {
                 status_name(p.status),
                 dormant_name(p.dormant),
                 p.dormant_days,
-                p.q};
+                p.q,
+                dormant_name(p.spike),
+                ratio_text(p.spike_rule.ratio),
+                p.spike_rule.min};
     }
 
     Answer org_usage(const httplib::Request& req) {
@@ -242,7 +262,9 @@ struct AnalyticsApi::Impl {
         ListingPage page =
             query_listing(*conn, org, p, after, CalendarWindow::at(now));
         Json list = Json::array();
-        for (const KeySummary& k : page.keys) list.push_back(key_json(k));
+        for (const KeySummary& k : page.keys) {
+            list.push_back(key_json(k, p.spike_rule));
+        }
         return {Json{{"org_id", org},
                      {"keys", std::move(list)},
                      {"next_cursor", page.next ? Json(encode_cursor(
@@ -266,8 +288,12 @@ struct AnalyticsApi::Impl {
     Answer self_usage(const httplib::Request& req) {
         std::int64_t now = now_us();
         AuthResult who = authenticate(req, now);
-        return key_view(req, now, uuid_to_string(who.org_id),
-                        uuid_to_string(who.key_id));
+        std::string org = uuid_to_string(who.org_id);
+        Answer a = key_view(req, now, org, uuid_to_string(who.key_id));
+        // The key's org, which a holder of the key alone (the dashboard's
+        // sign-in) needs for the org routes.
+        a.body["key"]["org_id"] = org;
+        return a;
     }
 
     // The per-key view of an authorized key of `org`.
@@ -285,16 +311,23 @@ struct AnalyticsApi::Impl {
         std::optional<KeySummary> key = query_key(
             *conn, org, key_id, dormant_days, CalendarWindow::at(now));
         std::vector<UsageRow> rows;
+        std::vector<HourTotal> hours;
         if (key) {
             rows = query_key_usage(*conn, org, key_id, p.interval, p.from_us,
                                    p.to_us);
+            hours = query_hour_totals(*conn, org, key_id,
+                                      spike_window_start(p.from_us), p.to_us);
         }
         conn->exec("COMMIT");
         if (!key) throw HttpError{404, kNotFound, ""};
 
         UsageSummary usage = summarize_usage(
             rows, series_buckets(p.from_us, p.to_us, p.interval), p.top);
-        return {key_usage_json(*key, usage), until};
+        // Hours, whatever the interval: the rule is hourly.
+        std::int64_t created = parse_time(key->key.created_at).value_or(0);
+        std::vector<SpikeHour> spikes = find_spikes(
+            hours, created, p.from_us, p.to_us, now, p.spike_rule);
+        return {key_usage_json(*key, usage, spikes, p.spike_rule), until};
     }
 
     // The export's transaction and cursor, and the session they use (the

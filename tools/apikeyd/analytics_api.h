@@ -1,7 +1,9 @@
 // The org usage analytics API (docs/api.md):
 //   GET /api/orgs/{org_id}/api-keys/usage[?dormant_days&limit&cursor&sort
-//                                          &order&status&dormant&q]
-//   GET /api/orgs/{org_id}/api-keys/{key_id}/usage[?from&to&interval&top]
+//                                          &order&status&dormant&q&spike
+//                                          &spike_ratio&spike_min]
+//   GET /api/orgs/{org_id}/api-keys/{key_id}/usage[?from&to&interval&top
+//                                          &spike_ratio&spike_min]
 //   GET /api/orgs/{org_id}/api-keys/usage/export[?from&to&interval&format]
 //   GET /api/keys/self/usage[?from&to&interval&top] (the caller's key)
 // Bearer-key auth against the key table (api_auth), parameters checked by
@@ -22,6 +24,7 @@
 #include <optional>
 
 #include "analytics_queries.h"
+#include "analytics_spikes.h"
 #include "api_auth.h"
 #include "api_params.h"
 
@@ -58,11 +61,14 @@ std::optional<std::int64_t> complete_until_us(const CaptureState& state,
 // --- JSON
 // --------------------------------------------------------------------------
 
-// One element of "keys" (and the per-key endpoint's "key").
-Json key_json(const KeySummary& key);
+// One element of "keys" (and the per-key endpoint's "key"); "spike" by
+// `rule`.
+Json key_json(const KeySummary& key, const SpikeRule& rule);
 
 // The whole per-key answer but complete_until, which the route adds last.
-Json key_usage_json(const KeySummary& key, const UsageSummary& usage);
+Json key_usage_json(const KeySummary& key, const UsageSummary& usage,
+                    const std::vector<SpikeHour>& spikes,
+                    const SpikeRule& rule);
 
 // --- routes
 // --------------------------------------------------------------------------

@@ -79,6 +79,9 @@ std::string mac(std::string_view secret, const CursorScope& s,
     field(&msg, s.dormant);
     field(&msg, std::to_string(s.dormant_days));
     field(&msg, s.q);
+    field(&msg, s.spike);
+    field(&msg, s.spike_ratio);
+    field(&msg, std::to_string(s.spike_min));
     field(&msg, payload);
     std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
     unsigned int len = 0;

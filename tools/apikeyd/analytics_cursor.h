@@ -7,6 +7,7 @@
 // passed in), unit-tested alone.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,6 +24,9 @@ struct CursorScope {
     std::string_view dormant;  // "" = any, "true", "false"
     int dormant_days = 0;
     std::string q;
+    std::string_view spike;   // "" = any, "true", "false"
+    std::string spike_ratio;  // as bound (ratio_text)
+    std::int64_t spike_min = 0;
 };
 
 // "<base64url(JSON array of the position's strings)>.<base64url(MAC)>".

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "analytics_spikes.h"
+
 namespace apikey::api {
 namespace {
 
@@ -26,6 +28,10 @@ std::vector<SortColumn> sort_columns(ListSort sort) {
                     {"s.key_id", "uuid"}};
         case ListSort::kName:
             return {{"k.name", "text"}, {"k.id", "uuid"}};
+        case ListSort::kRequestsLastHour:
+            return {{"s.hour", "timestamptz"},
+                    {"s.requests_hour", "bigint"},
+                    {"s.key_id", "uuid"}};
         case ListSort::kCreatedAt:
             break;
     }
@@ -34,7 +40,8 @@ std::vector<SortColumn> sort_columns(ListSort sort) {
 
 bool driven_by_listing(ListSort sort) {
     return sort == ListSort::kLastUsedAt || sort == ListSort::kRequestsToday ||
-           sort == ListSort::kRequestsThisMonth;
+           sort == ListSort::kRequestsThisMonth ||
+           sort == ListSort::kRequestsLastHour;
 }
 
 // The same conditions as keysql::status().
@@ -79,7 +86,8 @@ struct Builder {
 
 std::size_t position_size(ListSort sort) noexcept {
     return sort == ListSort::kRequestsToday ||
-                   sort == ListSort::kRequestsThisMonth
+                   sort == ListSort::kRequestsThisMonth ||
+                   sort == ListSort::kRequestsLastHour
                ? 3
                : 2;
 }
@@ -96,7 +104,8 @@ ListingQuery build_listing(const std::string& org_id,
               key_summary_params(org_id, p.dormant_days, window)};
     // The listing indexes' own org condition, beside api_keys' (which
     // isolates): for the sorts they serve, and for the dormant range.
-    if (driven_by_listing(p.sort) || p.dormant == ListDormant::kYes) {
+    if (driven_by_listing(p.sort) || p.dormant == ListDormant::kYes ||
+        p.spike == ListDormant::kYes) {
         b.sql += " AND s.org_id = $1::uuid";
     }
     b.sql += status_condition(p.status);
@@ -116,6 +125,16 @@ ListingQuery build_listing(const std::string& org_id,
                  "::timestamptz";
     } else if (p.dormant == ListDormant::kNo) {
         b.sql += " AND NOT " + keysql::dormant("k.", 2);
+    }
+    // The spike rule over the stored last hour ($5); spike=true is a range
+    // of the hour index (requests_hour >= spike_min in the hour).
+    if (p.spike != ListDormant::kAny) {
+        // Bound one after the other: argument order is unspecified.
+        std::string ratio = b.bind(ratio_text(p.spike_rule.ratio));
+        std::string min = b.bind(std::to_string(p.spike_rule.min));
+        std::string cond = spike_condition("$5", ratio, min);
+        b.sql += p.spike == ListDormant::kYes ? " AND " + cond
+                                              : " AND NOT " + cond;
     }
     if (!p.q.empty()) {
         std::string q = b.bind(prefix_pattern(p.q));
@@ -156,7 +175,7 @@ ListingPage query_listing(pg::Connection& conn, const std::string& org_id,
     for (int i = 0; i < rows; ++i) page.keys.push_back(read_key_summary(r, i));
     if (r.rows() > p.limit) {
         std::vector<std::string> last;
-        int first = keysql::kKeyColumns + 2;
+        int first = kKeySummaryColumns;
         for (std::size_t c = 0; c < position_size(p.sort); ++c) {
             last.push_back(r.get(rows - 1, first + static_cast<int>(c)));
         }

@@ -6,6 +6,8 @@
 #include <tuple>
 #include <utility>
 
+#include "analytics_spikes.h"
+
 namespace apikey::api {
 namespace {
 
@@ -39,6 +41,13 @@ std::string key_summary_from() {
     return "SELECT " + keysql::key_columns("k.", 2) +
            ", CASE WHEN s.day = $3::date THEN s.requests_day ELSE 0 END"
            ", CASE WHEN s.month = $4::date THEN s.requests_month ELSE 0 END"
+           // The last complete hour ($5): a stored hour older than it had
+           // no requests in it, nor in the 7 days before.
+           ", CASE WHEN s.hour = $5::timestamptz THEN s.requests_hour"
+           " ELSE 0 END"
+           ", CASE WHEN s.hour = $5::timestamptz THEN s.baseline_hourly"
+           " WHEN k.created_at <= $5::timestamptz - interval '" +
+           std::to_string(kMinHistoryHours) + " hours' THEN 0 END"
            " FROM api_keys k JOIN api_key_listing s ON s.key_id = k.id"
            " WHERE k.org_id = $1::uuid";
 }
@@ -47,7 +56,8 @@ std::vector<pg::Param> key_summary_params(const std::string& org_id,
                                           int dormant_days,
                                           const CalendarWindow& w) {
     return {org_id, std::to_string(dormant_days),
-            format_date(w.day_start_us), format_date(w.month_start_us)};
+            format_date(w.day_start_us), format_date(w.month_start_us),
+            ts_param(last_complete_hour(w.now_us))};
 }
 
 KeySummary read_key_summary(const pg::Result& r, int row) {
@@ -55,6 +65,10 @@ KeySummary read_key_summary(const pg::Result& r, int row) {
     s.key = keysql::KeyRow::read(r, row);
     s.requests_today = std::stoll(r.get(row, keysql::kKeyColumns));
     s.requests_this_month = std::stoll(r.get(row, keysql::kKeyColumns + 1));
+    s.requests_last_hour = std::stoll(r.get(row, keysql::kKeyColumns + 2));
+    if (auto b = r.get_optional(row, keysql::kKeyColumns + 3)) {
+        s.baseline_hourly = std::stod(*b);
+    }
     return s;
 }
 
@@ -156,7 +170,7 @@ std::optional<KeySummary> query_key(pg::Connection& conn,
                                     const std::string& org_id,
                                     const std::string& key_id, int dormant_days,
                                     const CalendarWindow& window) {
-    static const std::string sql = key_summary_from() + " AND k.id = $5::uuid";
+    static const std::string sql = key_summary_from() + " AND k.id = $6::uuid";
     std::vector<pg::Param> params =
         key_summary_params(org_id, dormant_days, window);
     params.emplace_back(key_id);

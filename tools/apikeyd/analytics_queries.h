@@ -113,11 +113,19 @@ struct KeySummary {
     keysql::KeyRow key;
     std::int64_t requests_today = 0;
     std::int64_t requests_this_month = 0;
+    // The last complete UTC hour's requests and the key's baseline for it
+    // (analytics_spikes.h; nullopt: under 24 h of history).
+    std::int64_t requests_last_hour = 0;
+    std::optional<double> baseline_hourly;
 };
+
+// Columns of a key summary: the key's, then the four above.
+inline constexpr int kKeySummaryColumns = keysql::kKeyColumns + 4;
 
 // SELECT <a key summary> FROM api_keys k JOIN api_key_listing s WHERE <k of
 // the org>, to extend with more conditions. Parameters: key_summary_params()
-// ($1 org_id, $2 dormant_days, $3 today, $4 this month's first day).
+// ($1 org_id, $2 dormant_days, $3 today, $4 this month's first day, $5 the
+// last complete hour's start).
 std::string key_summary_from();
 std::vector<pg::Param> key_summary_params(const std::string& org_id,
                                           int dormant_days,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iterator>
 
 #include "rollup.h"
@@ -197,6 +198,8 @@ std::string_view sort_name(ListSort sort) noexcept {
             return "requests_this_month";
         case ListSort::kName:
             return "name";
+        case ListSort::kRequestsLastHour:
+            return "requests_last_hour";
         case ListSort::kCreatedAt:
             break;
     }
@@ -229,6 +232,31 @@ int parse_dormant_days(const QueryParams& query) {
              : kDefaultDormantDays;
 }
 
+SpikeRule parse_spike_rule(const QueryParams& query) {
+    SpikeRule rule;
+    if (auto v = single(query, "spike_ratio")) {
+        // Plain decimals ("5", "2.5"), at most 12 characters: no exponent,
+        // sign, inf or nan for strtod to accept.
+        bool ok = !v->empty() && v->size() <= 12 && v->front() != '.' &&
+                  v->back() != '.' &&
+                  std::count(v->begin(), v->end(), '.') <= 1 &&
+                  std::all_of(v->begin(), v->end(), [](char c) {
+                      return (c >= '0' && c <= '9') || c == '.';
+                  });
+        double ratio = ok ? std::strtod(v->c_str(), nullptr) : 0.0;
+        if (!ok || !(ratio > 1.0) || ratio > kMaxSpikeRatio) {
+            throw ParamError(
+                "spike_ratio must be a decimal number greater than 1 and at"
+                " most 1000");
+        }
+        rule.ratio = ratio;
+    }
+    if (auto v = single(query, "spike_min")) {
+        rule.min = parse_int_param("spike_min", *v, 0, kMaxSpikeMin);
+    }
+    return rule;
+}
+
 OrgUsageParams parse_org_usage_params(const QueryParams& query) {
     OrgUsageParams p;
     p.dormant_days = parse_dormant_days(query);
@@ -239,13 +267,13 @@ OrgUsageParams parse_org_usage_params(const QueryParams& query) {
         static constexpr ListSort kSorts[] = {
             ListSort::kCreatedAt, ListSort::kLastUsedAt,
             ListSort::kRequestsToday, ListSort::kRequestsThisMonth,
-            ListSort::kName};
+            ListSort::kName, ListSort::kRequestsLastHour};
         auto it = std::find_if(std::begin(kSorts), std::end(kSorts),
                                [&](ListSort s) { return sort_name(s) == *v; });
         if (it == std::end(kSorts)) {
             throw ParamError(
                 "sort must be created_at, last_used_at, requests_today,"
-                " requests_this_month or name");
+                " requests_this_month, requests_last_hour or name");
         }
         p.sort = *it;
     }
@@ -273,6 +301,13 @@ OrgUsageParams parse_org_usage_params(const QueryParams& query) {
         }
         p.dormant = *v == "true" ? ListDormant::kYes : ListDormant::kNo;
     }
+    if (auto v = single(query, "spike")) {
+        if (*v != "true" && *v != "false") {
+            throw ParamError("spike must be true or false");
+        }
+        p.spike = *v == "true" ? ListDormant::kYes : ListDormant::kNo;
+    }
+    p.spike_rule = parse_spike_rule(query);
     if (auto v = single(query, "q")) {
         // Names are UTF-8 without NUL in the database; anything else could
         // never match and PostgreSQL would refuse it.
@@ -340,6 +375,7 @@ KeyUsageParams parse_key_usage_params(const QueryParams& query,
     parse_range(query, now_us, &p.from_us, &p.to_us, &p.interval);
     std::optional<std::string> top = single(query, "top");
     if (top) p.top = parse_int_param("top", *top, 1, kMaxTop);
+    p.spike_rule = parse_spike_rule(query);
     return p;
 }
 

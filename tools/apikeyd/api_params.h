@@ -69,7 +69,8 @@ enum class ListSort {
     kLastUsedAt,
     kRequestsToday,
     kRequestsThisMonth,
-    kName
+    kName,
+    kRequestsLastHour
 };
 enum class ListStatus { kAny, kActive, kRevoked, kExpired };
 enum class ListDormant { kAny, kYes, kNo };
@@ -77,6 +78,23 @@ enum class ListDormant { kAny, kYes, kNo };
 std::string_view sort_name(ListSort sort) noexcept;
 std::string_view status_name(ListStatus status) noexcept;
 std::string_view dormant_name(ListDormant dormant) noexcept;
+
+// The spike rule's two knobs (analytics_spikes.h applies them): a key
+// spikes in an hour when its requests are >= ratio x its baseline and
+// >= min. The ratio is a decimal in (1, 1000], min a whole number.
+inline constexpr double kDefaultSpikeRatio = 5.0;
+inline constexpr double kMaxSpikeRatio = 1000.0;
+inline constexpr std::int64_t kDefaultSpikeMin = 100;
+inline constexpr int kMaxSpikeMin = 999999999;
+
+struct SpikeRule {
+    double ratio = kDefaultSpikeRatio;
+    std::int64_t min = kDefaultSpikeMin;
+};
+
+// spike_ratio and spike_min, defaults for the absent ones. Throws
+// ParamError.
+SpikeRule parse_spike_rule(const QueryParams& query);
 
 // GET /api/orgs/{org_id}/api-keys/usage
 struct OrgUsageParams {
@@ -88,6 +106,8 @@ struct OrgUsageParams {
     bool descending = false;
     ListStatus status = ListStatus::kAny;
     ListDormant dormant = ListDormant::kAny;
+    ListDormant spike = ListDormant::kAny;  // spike=true|false
+    SpikeRule spike_rule;
     std::string q;       // name (any case) or hint prefix; "" = none
     std::string cursor;  // "" = the first page
 };
@@ -98,6 +118,7 @@ struct KeyUsageParams {
     std::int64_t to_us = 0;    // exclusive
     Interval interval = Interval::kDay;
     int top = kDefaultTop;
+    SpikeRule spike_rule;
 };
 
 // GET /api/orgs/{org_id}/api-keys/usage/export (and apikeyctl usage

@@ -178,7 +178,10 @@ void HttpServer::add_routes() {
                                     httplib::Response& res) {
         res.set_content(format_metrics(*state_.keys, *state_.drain,
                                        state_.drainer->snapshot(), now_us()) +
-                            format_http_metrics(stats_),
+                            format_http_metrics(stats_) +
+                            (state_.spikes
+                                 ? api::format_spike_metrics(*state_.spikes)
+                                 : std::string()),
                         "text/plain; version=0.0.4");
     });
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "analytics_spikes.h"
 #include "config.h"
 #include "drainer.h"
 #include "http_front.h"
@@ -46,6 +47,7 @@ struct DaemonState {
     KeyPublisherStats* keys = nullptr;
     DrainerStats* drain = nullptr;
     const Drainer* drainer = nullptr;
+    const api::SpikeStats* spikes = nullptr;  // nullptr: no gauge
 };
 
 class HttpRouter;

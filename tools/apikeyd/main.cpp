@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "analytics_spikes.h"
 #include "check_config.h"
 #include "config.h"
 #include "drainer.h"
@@ -62,7 +63,10 @@ int main(int argc, char** argv) {
     KeyPublisher publisher(config, &key_stats, &key_index);
     Drainer drainer(config, &drain_stats, &key_index);
     if (!drainer.claim_node()) return 1;
-    DaemonState state{&config, &key_stats, &drain_stats, &drainer};
+    api::SpikeStats spike_stats;
+    api::SpikeRefresher spikes(config.db, &spike_stats);
+    DaemonState state{&config, &key_stats, &drain_stats, &drainer,
+                      &spike_stats};
 
     HttpServer http(state);
     try {
@@ -80,6 +84,7 @@ int main(int argc, char** argv) {
     std::thread keys_thread([&] { publisher.run(g_stop); });
     std::thread drain_thread([&] { drainer.run(g_stop); });
     std::thread http_thread([&] { http.serve(); });
+    std::thread spike_thread([&] { spikes.run(g_stop); });
 
     while (!g_stop.load()) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -90,6 +95,7 @@ int main(int argc, char** argv) {
     http_thread.join();
     keys_thread.join();
     drain_thread.join();
+    spike_thread.join();
     log_info("apikeyd stopped");
     return 0;
 }

@@ -6,10 +6,12 @@
 //
 // Environment:
 //   DASHBOARD_URL      apikeyd base URL, e.g. http://127.0.0.1:8089
-//   DASHBOARD_ORG      org id
+//   DASHBOARD_ORG      org id (the session bar must show it: the sign-in
+//                      asks for the key alone)
 //   DASHBOARD_KEY      an admin key of that org (scope usage:read)
-//   DASHBOARD_KEY_ID   the key to open (it must be in the list)
-//   DASHBOARD_OTHER_ORG  a valid org id the admin key does not belong to
+//   DASHBOARD_KEY_ID   the key to open (it must be in the list, spiking in
+//                      the last complete hour)
+//   DASHBOARD_SELF_KEY the secret of DASHBOARD_KEY_ID (no usage:read)
 //   DASHBOARD_REPORT   where to write the JSON report
 //   DASHBOARD_SCREENSHOT  PNG path (1280 px wide, the key's page); the key
 //                      list goes to *-keys.png, the key's page at 390 px
@@ -33,7 +35,7 @@ const URL_BASE = env('DASHBOARD_URL').replace(/\/$/, '');
 const ORG = env('DASHBOARD_ORG');
 const ADMIN_KEY = env('DASHBOARD_KEY');
 const KEY_ID = env('DASHBOARD_KEY_ID');
-const OTHER_ORG = env('DASHBOARD_OTHER_ORG');
+const SELF_KEY = env('DASHBOARD_SELF_KEY');
 const REPORT = env('DASHBOARD_REPORT');
 const SCREENSHOT = env('DASHBOARD_SCREENSHOT');
 const PROFILE = env('DASHBOARD_PROFILE');
@@ -100,9 +102,10 @@ async function apiAnswer(page, pathRe, action) {
 
 const LIST_RE = /^\/api\/orgs\/[^/]+\/api-keys\/usage$/;
 const KEY_RE = /^\/api\/orgs\/[^/]+\/api-keys\/[^/]+\/usage$/;
+const SELF_RE = /^\/api\/keys\/self\/usage$/;
 
-async function signIn(page, org, key) {
-  await page.fill('#org-id', org);
+// The key alone: the dashboard finds its org.
+async function signIn(page, key) {
   await page.fill('#admin-key', key);
   await page.click('#sign-in');
 }
@@ -118,6 +121,7 @@ async function rowOf(page, keyId) {
     lastUsed: tr.querySelector('.c-last-used').innerText,
     today: tr.querySelector('.c-today').textContent,
     month: tr.querySelector('.c-month').textContent,
+    lastHour: tr.querySelector('.c-last-hour').textContent,
   }));
 }
 
@@ -125,11 +129,12 @@ function expectedRow(k) {
   return {
     name: k.name,
     hint: k.hint,
-    badges: k.dormant ? [k.status, 'dormant'] : [k.status],
+    badges: [k.status].concat(k.dormant ? ['dormant'] : [], k.spike ? ['spike'] : []),
     scopes: k.scopes,
     lastUsed: k.last_used_at ? utcMinutes(k.last_used_at) + '\n' + (k.last_used_ip || '') : 'never',
     today: fmtInt(k.requests_today),
     month: fmtInt(k.requests_this_month),
+    lastHour: fmtInt(k.requests_last_hour),
   };
 }
 
@@ -289,6 +294,11 @@ async function checkKeyView(page, answer, label) {
                      +g.querySelector('.e5').getAttribute('height') > 0).length);
   checkEq(`${label}: 4xx/5xx overlaid on the buckets that have errors`, errorBars,
     j.series.filter((b) => b.errors_4xx + b.errors_5xx > 0).length);
+  const step = queryOf(answer).interval === 'day' ? 86400000 : 3600000;
+  checkEq(`${label}: spike marks on the buckets holding a spike hour`,
+    await page.$$eval('#trend-chart g.bucket.spike', (gs) => gs.map((g) => g.dataset.t)),
+    j.series.filter((b) => (j.spikes || []).some((s) =>
+      Date.parse(s.t) >= Date.parse(b.t) && Date.parse(s.t) < Date.parse(b.t) + step)).map((b) => b.t));
   checkEq(`${label}: summary cards match the API`, await cardTexts(page), expectedCards(j));
   checkEq(`${label}: top endpoints table matches the API`, await topRows(page), expectedTopRows(j));
   const latencyRuns = await page.$$eval('#latency-chart .line.avg > *', (n) => n.length);
@@ -340,17 +350,40 @@ async function checkErrors(page) {
     await page.evaluate(() => sessionStorage.getItem('apikey.dashboard.key')), null);
   checkEq('forget key: back to the sign-in form', await page.isVisible('#login'), true);
 
-  let a = await apiAnswer(page, LIST_RE, () => signIn(page, ORG, ADMIN_KEY.slice(0, -1) + 'x'));
+  const a = await apiAnswer(page, SELF_RE, () => signIn(page, ADMIN_KEY.slice(0, -1) + 'x'));
   checkEq('bad key: API 401', a.status, 401);
   check('bad key: "key rejected"', /^Key rejected/.test(await errorText(page)), await errorText(page), 'Key rejected…');
+  checkEq('bad key: not kept', await page.evaluate(() => sessionStorage.getItem('apikey.dashboard.key')), null);
+}
 
-  a = await apiAnswer(page, LIST_RE, () => signIn(page, OTHER_ORG, ADMIN_KEY));
-  checkEq('another org: API 404', a.status, 404);
-  checkEq('another org: "no such org or key"', await errorText(page), 'No such org or key.');
-
-  a = await apiAnswer(page, LIST_RE, () => signIn(page, 'not-a-uuid', ADMIN_KEY));
-  checkEq('bad org id: API 400', a.status, 400);
-  checkEq('bad org id: the API\'s message', await errorText(page), a.json.error);
+// A key without usage:read: the org listing answers 403, the dashboard
+// shows the key's own usage (the self view) with a note.
+async function checkSelfSignIn(page) {
+  let listed = null;
+  const onList = (r) => { if (LIST_RE.test(new URL(r.url()).pathname)) listed = r.status(); };
+  page.on('response', onList);
+  // The view's own request (with its range), not the sign-in's probe.
+  const viewed = page.waitForResponse((r) => {
+    const u = new URL(r.url());
+    return SELF_RE.test(u.pathname) && u.searchParams.has('interval');
+  }, { timeout: TIMEOUT_MS }).catch(() => null);
+  await signIn(page, SELF_KEY);
+  const res = await viewed;
+  const own = res && { status: res.status(), path: new URL(res.url()).pathname + new URL(res.url()).search,
+                       json: await res.json() };
+  page.off('response', onList);
+  checkEq('own key: the org listing answered 403', listed, 403);
+  check('own key: the self view loaded', own && own.status === 200, own && own.status, 200);
+  if (!own) return;
+  await checkKeyView(page, own, 'own key');
+  checkEq('own key: the note says so, no way back to a list',
+    [await page.isVisible('#self-note'), await page.isVisible('#back')], [true, false]);
+  checkEq('own key: the session bar names its org', await page.textContent('#session-org'), ORG);
+  checkEq('own key: kept where the admin key was',
+    await page.evaluate(() => sessionStorage.getItem('apikey.dashboard.key')), SELF_KEY);
+  check('own key: its spike hour marked', own.json.spikes.length > 0 &&
+    (await page.$$('#trend-chart g.bucket.spike')).length > 0, own.json.spikes, '>0');
+  await page.click('#forget-key');
 }
 
 async function checkStorage(page) {
@@ -390,8 +423,13 @@ async function run() {
     await page.goto(URL_BASE + '/', { timeout: TIMEOUT_MS });
     checkEq('the page loads with its script', await page.isVisible('#login'), true);
 
-    const list = await apiAnswer(page, LIST_RE, () => signIn(page, ORG, ADMIN_KEY));
+    const list = await apiAnswer(page, LIST_RE, () => signIn(page, ADMIN_KEY));
     await checkKeyList(page, list);
+    checkEq('sign-in by the key alone: the org came from the key', await page.textContent('#session-org'), ORG);
+    const spiking = list.json.keys.filter((k) => k.spike).map((k) => k.key_id);
+    checkEq('list: the spiking key is marked', [spiking, await page.$$eval(
+      '#keys-table tbody tr', (trs) => trs.filter((tr) => tr.querySelector('.badge.spike'))
+        .map((tr) => tr.dataset.keyId))], [[KEY_ID], [KEY_ID]]);
     await checkStorage(page);
     await page.screenshot({ path: SCREENSHOT.replace(/\.png$/, '-keys.png'), fullPage: true });
 
@@ -399,6 +437,8 @@ async function run() {
       () => page.click(`#keys-table tr[data-key-id="${KEY_ID}"] .c-name a`));
     report.api.day = day;
     checkEq('24 h: hourly, 24 bars', [queryOf(day).interval, day.json.series.length], ['hour', 24]);
+    checkEq('24 h: one spike hour, the last complete one', day.json.spikes.map((s) => s.t),
+      [new Date(Math.floor(Date.now() / 3600000) * 3600000 - 3600000).toISOString().replace('.000', '')]);
     await checkKeyView(page, day, '24 h');
     await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
@@ -412,6 +452,7 @@ async function run() {
     const errors = report.console.filter((m) => m.type === 'error' || m.type === 'pageerror');
     checkEq('no console errors (CSP violations included)', errors, []);
     await checkErrors(page);
+    await checkSelfSignIn(page);
     checkRequests();
   } finally {
     await context.close();

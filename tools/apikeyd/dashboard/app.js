@@ -1,7 +1,8 @@
 // apikeyd's usage dashboard: plain JS, no dependencies, served by apikeyd
-// itself (docs/dashboard.md). It reads the analytics API with an org admin
-// key that the user pastes; the key lives in sessionStorage only and goes
-// out only in an Authorization header.
+// itself (docs/dashboard.md). It reads the analytics API with the key the
+// user pastes (the org comes from the key; a key without usage:read sees
+// its own usage only); the key lives in sessionStorage only and goes out
+// only in an Authorization header.
 //
 // Safety rule for this file: text from the API (key names, endpoints, ...)
 // is inserted with textContent or as attribute values, never as HTML.
@@ -16,17 +17,22 @@ const RANGE_DAYS = { '24h': 1, '7d': 7, '30d': 30 };
 const RANGE_INTERVAL = { '24h': 'hour', '7d': 'hour', '30d': 'day' };
 const STORE_ORG = 'apikey.dashboard.org';
 const STORE_KEY = 'apikey.dashboard.key';
+// 'self': the key has no usage:read and sees its own usage only.
+const STORE_MODE = 'apikey.dashboard.mode';
+const SELF_PATH = '/api/keys/self/usage';
 const STATUSES = ['active', 'expired', 'revoked'];
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const PAGE_SIZE = 50;
 const SEARCH_DELAY_MS = 300;
 // The API's default order per sort: activity sorts busiest / latest first.
 const DEFAULT_ORDER = { created_at: 'asc', name: 'asc', last_used_at: 'desc',
-                        requests_today: 'desc', requests_this_month: 'desc' };
+                        requests_today: 'desc', requests_this_month: 'desc',
+                        requests_last_hour: 'desc' };
 
 const state = {
   org: '',
   key: '',
+  self: false,       // own usage only (no usage:read)
   range: '24h',
   interval: 'hour',
   custom: { from: '', to: '' },
@@ -126,19 +132,24 @@ function isoSeconds(date) {
 function loadSession() {
   state.org = sessionStorage.getItem(STORE_ORG) || '';
   state.key = sessionStorage.getItem(STORE_KEY) || '';
+  state.self = sessionStorage.getItem(STORE_MODE) === 'self';
 }
 
-function saveSession(org, key) {
+function saveSession(org, key, self) {
   state.org = org;
   state.key = key;
+  state.self = self;
   sessionStorage.setItem(STORE_ORG, org);
   sessionStorage.setItem(STORE_KEY, key);
+  sessionStorage.setItem(STORE_MODE, self ? 'self' : 'org');
 }
 
 function forgetKey() {
   state.key = '';
+  state.self = false;
   state.cache.clear();
   sessionStorage.removeItem(STORE_KEY);
+  sessionStorage.removeItem(STORE_MODE);
   byId('admin-key').value = '';
 }
 
@@ -160,7 +171,7 @@ function apiErrorMessage(status, body) {
   const detail = body && typeof body.error === 'string' ? body.error : '';
   if (isKeyRejected(status)) {
     return 'Key rejected' + (detail ? ' (' + detail + ')' : '') +
-           ': paste a key of this org with the usage:read scope.';
+           ': paste an active API key.';
   }
   if (status === 404) return 'No such org or key.';
   if (status === 400) return detail || 'Bad request.';
@@ -241,8 +252,7 @@ function showLogin() {
   showOnly('');
   show('session', false);
   show('login', true);
-  byId('org-id').value = state.org;
-  (state.org ? byId('admin-key') : byId('org-id')).focus();
+  byId('admin-key').focus();
 }
 
 function showSessionBar() {
@@ -259,11 +269,21 @@ function statusBadge(status) {
   return el('span', { className: 'badge status-' + known }, status || 'unknown');
 }
 
+function fmtBaseline(b) {
+  return b == null ? 'no baseline yet' : 'baseline ' + (Math.round(b * 10) / 10) + '/h';
+}
+
 function badges(key) {
   const span = el('span', { className: 'badges' }, statusBadge(key.status));
   if (key.dormant) {
     span.append(el('span', { className: 'badge dormant',
                              title: 'No use within the dormant window' }, 'dormant'));
+  }
+  if (key.spike) {
+    span.append(el('span', { className: 'badge spike',
+                             title: fmtInt(key.requests_last_hour) +
+                               ' requests in the last complete hour, ' +
+                               fmtBaseline(key.baseline_hourly) }, 'spike'));
   }
   return span;
 }
@@ -298,7 +318,8 @@ function keyRow(key) {
     el('td', { className: 'c-scopes' }, scopeList(key.scopes)),
     el('td', { className: 'c-last-used' }, lastUsed(key)),
     numCell('c-today', key.requests_today),
-    numCell('c-month', key.requests_this_month));
+    numCell('c-month', key.requests_this_month),
+    numCell('c-last-hour', key.requests_last_hour));
   tr.dataset.keyId = key.key_id;
   return tr;
 }
@@ -343,7 +364,9 @@ function listParams() {
   const params = { dormant_days: dormantDays(), limit: String(PAGE_SIZE),
                    sort: list.sort, order: list.order };
   if (list.status) params.status = list.status;
-  if (list.dormant) params.dormant = list.dormant;
+  // One select: dormant=true|false, or spike=true.
+  if (list.dormant === 'spike') params.spike = 'true';
+  else if (list.dormant) params.dormant = list.dormant;
   if (list.q) params.q = list.q;
   const cursor = list.cursors[list.page];
   if (cursor) params.cursor = cursor;
@@ -492,6 +515,8 @@ function renderTopEndpoints(rows) {
 
 function renderKeyDetail(data, range) {
   renderKeyHead(data.key);
+  show('back', !state.self);
+  show('self-note', state.self);
   renderCards(data);
   setText('trend-unit', state.interval);
   renderTopEndpoints(data.top_endpoints);
@@ -512,7 +537,9 @@ async function loadKey(keyId) {
     return;
   }
   await runLoad(async (isCurrent) => {
-    const data = await apiGet(orgPath() + '/' + encodeURIComponent(keyId) + '/usage', {
+    const path = state.self ? SELF_PATH
+                            : orgPath() + '/' + encodeURIComponent(keyId) + '/usage';
+    const data = await apiGet(path, {
       from: isoSeconds(range.from), to: isoSeconds(range.to),
       interval: state.interval, top: '10', dormant_days: dormantDays(),
     });
@@ -595,9 +622,25 @@ function drawTimeAxis(svg, scales) {
 }
 
 function bucketTitle(b) {
-  return fmtBucket(b.ms, state.interval, true) + ' UTC: ' + fmtInt(b.requests) +
+  let title = fmtBucket(b.ms, state.interval, true) + ' UTC: ' + fmtInt(b.requests) +
     ' requests, ' + fmtInt(b.errors_4xx) + ' 4xx, ' + fmtInt(b.errors_5xx) + ' 5xx, avg ' +
     fmtMs(b.avg_ms) + ', p95 ' + fmtMs(b.p95_ms);
+  for (const s of b.spikes) {
+    title += '; spike at ' + fmtBucket(Date.parse(s.t), 'hour', true) + ': ' +
+      fmtInt(s.requests) + ' requests, ' + fmtBaseline(s.baseline_hourly);
+  }
+  return title;
+}
+
+// The spike hours of each bucket (a day bucket may hold several).
+function withSpikes(buckets, spikes, stepMs) {
+  for (const b of buckets) {
+    b.spikes = (spikes || []).filter((s) => {
+      const t = Date.parse(s.t);
+      return t >= b.ms && t < b.ms + stepMs;
+    });
+  }
+  return buckets;
 }
 
 // One <g class="bucket"> per series entry: the requests bar with its 4xx
@@ -617,6 +660,15 @@ function drawBar(scales, b) {
     bar('e5', b.errors_4xx, b.errors_5xx));
   g.dataset.t = b.t;
   g.dataset.requests = String(b.requests);
+  if (b.spikes.length) {
+    // A dot over the bar: the hour (or a day holding one) met the rule.
+    g.classList.add('spike');
+    g.append(svgEl('circle', {
+      class: 'spike-mark', r: 4,
+      cx: (x + scales.barWidth / 2).toFixed(2),
+      cy: (scales.y(b.requests) - 7).toFixed(2),
+    }));
+  }
   return g;
 }
 
@@ -670,7 +722,9 @@ function drawLatencyChart(svg, buckets, range) {
 
 function drawCharts() {
   if (!state.shown) return;
-  const buckets = bucketsOf(state.shown.data.series);
+  const buckets = withSpikes(bucketsOf(state.shown.data.series),
+                             state.shown.data.spikes,
+                             state.interval === 'day' ? DAY_MS : HOUR_MS);
   drawRequestChart(byId('trend-chart'), buckets, state.shown.range);
   drawLatencyChart(byId('latency-chart'), buckets, state.shown.range);
 }
@@ -693,7 +747,8 @@ function route() {
   }
   showSessionBar();
   const m = location.hash.match(/^#\/key\/([^/?]+)$/);
-  if (m) loadKey(decodeURIComponent(m[1]));
+  if (state.self) loadKey(null);
+  else if (m) loadKey(decodeURIComponent(m[1]));
   else loadKeyList();
 }
 
@@ -702,28 +757,50 @@ function currentKeyId() {
   return m ? decodeURIComponent(m[1]) : null;
 }
 
-// The key is kept (sessionStorage) only once the org's key list loaded
-// with it; until then the form stays, with the API's error under it.
+// The key's own view (no scope needed) names its org; then the org's key
+// list, or, for a key without usage:read (403), the key's own usage. The
+// key is kept (sessionStorage) only once one of them loaded with it; until
+// then the form stays, with the API's error under it.
 async function onSignIn(event) {
   event.preventDefault();
-  const org = byId('org-id').value.trim();
   const key = byId('admin-key').value.trim();
-  if (!org || !key) {
-    showError('Enter the org id and an admin key.');
+  if (!key) {
+    showError('Enter an API key.');
+    return;
+  }
+  state.key = key;
+  state.self = false;
+  state.list.cursors = [''];
+  state.list.page = 0;
+  let org = '';
+  const found = await runLoad(async (isCurrent) => {
+    const self = await apiGet(SELF_PATH, {});
+    if (isCurrent()) org = self.key.org_id;
+  });
+  if (!found || !org) {
+    state.key = '';             // not kept: the form still holds it for a retry
+    if (found) showError('apikeyd did not name the key\'s org.');
     return;
   }
   state.org = org;
-  state.key = key;
-  state.list.cursors = [''];
-  state.list.page = 0;
-  if (!(await loadKeyList())) {
-    state.key = '';             // not kept: the form still holds it for a retry
+  let self = false;
+  const listed = await runLoad(async (isCurrent) => {
+    try {
+      const data = await apiGet(orgPath() + '/usage', listParams());
+      if (isCurrent()) renderKeyList(data);
+    } catch (e) {
+      if (e.status !== 403) throw e;
+      self = true;              // a valid key without usage:read
+    }
+  });
+  if (!listed) {
+    state.key = '';
     return;
   }
-  saveSession(org, key);
+  saveSession(org, key, self);
   byId('admin-key').value = '';
   showSessionBar();
-  if (currentKeyId()) route();
+  if (self || currentKeyId()) route();
 }
 
 function onForget() {
