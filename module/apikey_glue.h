@@ -105,11 +105,12 @@ typedef struct apikey_usage_s  apikey_usage_t;
 /*
  * Record text fields. A source flagged in apikey_usage_fields_t.padded was
  * fitted to the field at configuration (apikey_usage_pad_text() or a
- * static table): it is not cut again per request.
+ * static table) and never changes at that address: it is not cut again
+ * per request, and the worker recognises a repeat by its address.
  */
 #define APIKEY_METHOD_FIELD_LEN    16
 #define APIKEY_ENDPOINT_FIELD_LEN  96
-#define APIKEY_PADDED_METHOD       1
+#define APIKEY_PADDED_METHOD       1     /* 16 bytes, zero past method_len */
 #define APIKEY_PADDED_ENDPOINT     2
 
 /*
@@ -175,20 +176,18 @@ int apikey_usage_claim(apikey_usage_t *usage, int pid, int64_t now_us)
     APIKEY_NOEXCEPT;
 void apikey_usage_retire(apikey_usage_t *usage, int slot) APIKEY_NOEXCEPT;
 
-/* Never blocks: 0 if the chunk pool was empty (the drop is counted). */
-int apikey_usage_push(apikey_usage_t *usage, int slot,
-    const apikey_usage_fields_t *fields) APIKEY_NOEXCEPT;
-
-/* A request with a known key that the raw-event policy kept out. */
-void apikey_usage_count_policy(apikey_usage_t *usage, int slot)
-    APIKEY_NOEXCEPT;
+/* What apikey_usage_log() could not do (both are counted). */
+#define APIKEY_USAGE_DROPPED       1     /* raw record: chunk pool empty */
+#define APIKEY_USAGE_OVERFLOW      2     /* aggregate: entry table full */
 
 /*
- * Adds the request to the worker's aggregates. Never blocks, never
- * allocates: 0 if the entry table was full (counted).
+ * A request with a known key: added to the worker's aggregates and, if
+ * raw (the raw-event policy keeps it), one record into its stream;
+ * otherwise counted as kept out by the policy. Never blocks, never
+ * allocates. Returns APIKEY_USAGE_* bits, 0 when all went in.
  */
-int apikey_usage_aggregate(apikey_usage_t *usage, int slot,
-    const apikey_usage_fields_t *fields) APIKEY_NOEXCEPT;
+int apikey_usage_log(apikey_usage_t *usage, int slot,
+    const apikey_usage_fields_t *fields, int raw) APIKEY_NOEXCEPT;
 
 /*
  * A request whose result is not recorded (apikey_result_is_recorded) is

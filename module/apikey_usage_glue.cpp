@@ -34,31 +34,6 @@ std::string_view text(const unsigned char* p, size_t n) noexcept {
     return std::string_view(reinterpret_cast<const char*>(p), n);
 }
 
-// A padded source, which apikey_usage_pad_text() (or the shim's method
-// table) already fitted to the field: no cut needed.
-std::string_view padded(const unsigned char* p, size_t len,
-                        size_t cap) noexcept {
-    return text(p, len < cap ? len : cap);
-}
-
-// An endpoint label as the record field would keep it.
-std::string_view endpoint_text(const unsigned char* p, size_t len,
-                               bool is_padded) noexcept {
-    constexpr size_t cap = apikey::kUsageEndpointLen;
-    if (is_padded || len <= cap) {
-        return padded(p, len, cap);
-    }
-    return text(p, apikey::truncated_len(text(p, len), cap));
-}
-
-apikey::IpFamily ip_family(int family) noexcept {
-    switch (family) {
-        case 4: return apikey::IpFamily::kV4;
-        case 6: return apikey::IpFamily::kV6;
-        default: return apikey::IpFamily::kNone;
-    }
-}
-
 }  // namespace
 
 extern "C" {
@@ -128,71 +103,46 @@ size_t apikey_usage_pad_text(unsigned char* dst, size_t cap,
                                   text(src, len));
 }
 
-// Encoded straight into the stream's chunk: no record on the stack.
-int apikey_usage_push(apikey_usage_t* usage, int slot,
-                      const apikey_usage_fields_t* f) noexcept {
+uint64_t apikey_usage_label_hash(const unsigned char* field,
+                                 size_t len) noexcept {
+    return apikey::agg_text_hash(text(field, len));
+}
+
+static_assert(static_cast<int>(apikey::IpFamily::kV4) == 4 &&
+              static_cast<int>(apikey::IpFamily::kV6) == 6);
+
+// One translation of the request for both: the record is encoded straight
+// into the stream's chunk, the aggregate added in place.
+int apikey_usage_log(apikey_usage_t* usage, int slot,
+                     const apikey_usage_fields_t* f, int raw) noexcept {
     apikey::UsageFields u;
     u.result = static_cast<apikey::AuthResult>(f->verdict->result);
+    // 0, 4 or 6; the encoder and the aggregation take any other as none
+    u.ip_family = static_cast<apikey::IpFamily>(f->ip_family);
     u.status = static_cast<std::uint16_t>(f->status);
     u.time_us = f->time_us;
     u.response_time_us = f->response_time_us;
     u.bytes_sent = f->bytes_sent;
     u.key_id = f->verdict->key_id;
     u.org_id = f->verdict->org_id;
-    u.ip_family = ip_family(f->ip_family);
     u.ip = f->ip;
-    u.method = (f->padded & APIKEY_PADDED_METHOD)
-                   ? padded(f->method, f->method_len, apikey::kUsageMethodLen)
-                   : text(f->method, f->method_len);
-    u.endpoint = (f->padded & APIKEY_PADDED_ENDPOINT)
-                     ? padded(f->endpoint, f->endpoint_len,
-                              apikey::kUsageEndpointLen)
-                     : text(f->endpoint, f->endpoint_len);
+    u.method = text(f->method, f->method_len);
+    u.endpoint = text(f->endpoint, f->endpoint_len);
     u.user_agent = text(f->user_agent, f->user_agent_len);
-    return usage->segment.append(static_cast<std::uint32_t>(slot),
-                                 &usage->writer, u)
-               ? 1
-               : 0;
-}
-
-void apikey_usage_count_policy(apikey_usage_t* usage, int slot) noexcept {
-    usage->segment.count_policy_skipped(static_cast<std::uint32_t>(slot));
-}
-
-uint64_t apikey_usage_label_hash(const unsigned char* field,
-                                 size_t len) noexcept {
-    return apikey::agg_text_hash(text(field, len));
-}
-
-int apikey_usage_aggregate(apikey_usage_t* usage, int slot,
-                           const apikey_usage_fields_t* f) noexcept {
-    apikey::AggregateInput in;
-    in.key_id = f->verdict->key_id;
-    in.time_us = f->time_us;
-    in.response_time_us = f->response_time_us;
-    in.bytes_sent = f->bytes_sent;
-    in.status = static_cast<std::uint16_t>(f->status);
-    in.ip_family = ip_family(f->ip_family);
-    in.ip = f->ip;
-    // The aggregate takes the method as a padded field, as the shim's
-    // table of common methods has it; others are padded here.
-    char method[apikey::kUsageMethodLen];
-    if (f->padded & APIKEY_PADDED_METHOD) {
-        in.method = reinterpret_cast<const char*>(f->method);
-        in.method_len = static_cast<std::uint8_t>(
-            padded(f->method, f->method_len, sizeof method).size());
-    } else {
-        std::memset(method, 0, sizeof method);
-        in.method = method;
-        in.method_len = static_cast<std::uint8_t>(apikey::copy_truncated(
-            method, sizeof method, text(f->method, f->method_len)));
+    u.method_constant = (f->padded & APIKEY_PADDED_METHOD) != 0;
+    u.endpoint_constant = (f->padded & APIKEY_PADDED_ENDPOINT) != 0;
+    u.endpoint_hash = f->endpoint_hash;
+    const auto s = static_cast<std::uint32_t>(slot);
+    int missed = 0;
+    if (!raw) {
+        usage->segment.count_policy_skipped(s);
+    } else if (!usage->segment.append(s, &usage->writer, u)) {
+        missed |= APIKEY_USAGE_DROPPED;
     }
-    const bool constant = (f->padded & APIKEY_PADDED_ENDPOINT) != 0;
-    in.endpoint = endpoint_text(f->endpoint, f->endpoint_len, constant);
-    in.endpoint_constant = constant;
-    in.endpoint_hash = f->endpoint_hash;
-    return usage->segment.aggregate(static_cast<std::uint32_t>(slot), in) ? 1
-                                                                          : 0;
+    if (!usage->segment.aggregate(s, u)) {
+        missed |= APIKEY_USAGE_OVERFLOW;
+    }
+    return missed;
 }
 
 void apikey_usage_count(apikey_usage_t* usage, int slot,

@@ -124,6 +124,7 @@ static void
 ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
     ngx_http_apikey_loc_conf_t *alcf)
 {
+    int                        missed;
     ngx_str_t                  endpoint;
     ngx_time_t                *tp;
     ngx_msec_int_t             ms;
@@ -212,22 +213,18 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
         f.user_agent_len = 0;
     }
 
-    if (!apikey_raw_kept(alcf->raw_policy, alcf->raw_sample, f.status,
-                         &ngx_http_apikey_worker.sampled))
-    {
-        apikey_usage_count_policy(ngx_http_apikey_worker.usage,
-                                  ngx_http_apikey_worker.slot);
+    missed = apikey_usage_log(ngx_http_apikey_worker.usage,
+                              ngx_http_apikey_worker.slot, &f,
+                              apikey_raw_kept(alcf->raw_policy,
+                                              alcf->raw_sample, f.status,
+                                              &ngx_http_apikey_worker.sampled));
 
-    } else if (!apikey_usage_push(ngx_http_apikey_worker.usage,
-                                  ngx_http_apikey_worker.slot, &f))
-    {
+    if (missed & APIKEY_USAGE_DROPPED) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "apikey: usage chunk pool empty, record dropped");
     }
 
-    if (!apikey_usage_aggregate(ngx_http_apikey_worker.usage,
-                                ngx_http_apikey_worker.slot, &f))
-    {
+    if (missed & APIKEY_USAGE_OVERFLOW) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "apikey: aggregation table full, request counted "
                        "as an overflow");

@@ -179,57 +179,65 @@ inline std::uint32_t find_or_add(std::uint32_t* index, std::uint32_t index_size,
     return 0;  // an index full of garbage
 }
 
+// A label as the worker looks it up: the method as the two words of its
+// zero-padded field, the endpoint already cut to fit.
+struct LabelKey {
+    const char* method;  // kUsageMethodLen bytes, zero past method_len
+    std::uint64_t m0, m1;
+    std::uint8_t method_len;
+    std::string_view endpoint;
+    bool constant;       // endpoint: configuration memory, hash given
+    std::uint64_t endpoint_hash;
+};
+
 // The label id of (method, endpoint), added if new; kAggOtherLabel when the
 // label table is full.
 std::uint32_t find_label(const Buffer& b, const AggLayout& l,
-                         const AggregateInput& in) noexcept {
-    const std::uint64_t m0 = load_u64(in.method);
-    const std::uint64_t m1 = load_u64(in.method + 8);
+                         const LabelKey& k) noexcept {
     const std::uint64_t h = label_hash(
-        m0, m1,
-        in.endpoint_constant ? in.endpoint_hash : agg_text_hash(in.endpoint));
+        k.m0, k.m1, k.constant ? k.endpoint_hash : agg_text_hash(k.endpoint));
     const auto h32 = static_cast<std::uint32_t>(h);
     static_assert(kAggOtherLabel == 0, "find_or_add's full");
     return find_or_add(
         b.label_index, l.label_index, b.labels, b.header->labels_used,
         l.labels, h,
         [&](const AggLabel& lb) {
-            return lb.hash == h32 && lb.method_len == in.method_len &&
-                   lb.endpoint_len == in.endpoint.size() &&
-                   load_u64(lb.method) == m0 && load_u64(lb.method + 8) == m1 &&
-                   std::memcmp(lb.endpoint, in.endpoint.data(),
-                               in.endpoint.size()) == 0;
+            return lb.hash == h32 && lb.method_len == k.method_len &&
+                   lb.endpoint_len == k.endpoint.size() &&
+                   load_u64(lb.method) == k.m0 &&
+                   load_u64(lb.method + 8) == k.m1 &&
+                   std::memcmp(lb.endpoint, k.endpoint.data(),
+                               k.endpoint.size()) == 0;
         },
         [&](AggLabel& lb, std::uint32_t at) {
             std::memset(&lb, 0, sizeof lb);
             lb.hash = h32;
             lb.index_slot = at;
-            lb.method_len = in.method_len;
-            lb.endpoint_len = static_cast<std::uint8_t>(in.endpoint.size());
-            std::memcpy(lb.method, in.method, sizeof lb.method);
-            std::memcpy(lb.endpoint, in.endpoint.data(), in.endpoint.size());
+            lb.method_len = k.method_len;
+            lb.endpoint_len = static_cast<std::uint8_t>(k.endpoint.size());
+            std::memcpy(lb.method, k.method, sizeof lb.method);
+            std::memcpy(lb.endpoint, k.endpoint.data(), k.endpoint.size());
         });
 }
 
 // find_label() through the worker's memo, for a constant label.
 std::uint32_t label_of(AggLabelMemo& memos, const Buffer& b,
                        const AggLayout& l, std::uint32_t slot,
-                       std::uint64_t epoch, const AggregateInput& in) noexcept {
-    if (!in.endpoint_constant) {
-        return find_label(b, l, in);
+                       std::uint64_t epoch, const LabelKey& k) noexcept {
+    if (!k.constant) {
+        return find_label(b, l, k);
     }
-    const std::uint64_t m0 = load_u64(in.method);
-    const std::uint64_t m1 = load_u64(in.method + 8);
-    const auto at = reinterpret_cast<std::uintptr_t>(in.endpoint.data());
-    AggLabelMemoEntry& memo = memos[((at >> 4) ^ m0) % memos.size()];
-    if (memo.endpoint == in.endpoint.data() && memo.epoch == epoch &&
-        memo.slot == slot && memo.m0 == m0 && memo.m1 == m1 &&
-        memo.method_len == in.method_len) {
+    const auto at = reinterpret_cast<std::uintptr_t>(k.endpoint.data());
+    AggLabelMemoEntry& memo = memos[((at >> 4) ^ k.m0) % memos.size()];
+    if (memo.endpoint == k.endpoint.data() && memo.epoch == epoch &&
+        memo.slot == slot && memo.m0 == k.m0 && memo.m1 == k.m1 &&
+        memo.method_len == k.method_len) {
         return memo.label;
     }
-    const std::uint32_t label = find_label(b, l, in);
+    const std::uint32_t label = find_label(b, l, k);
     if (label != kAggOtherLabel) {
-        memo = {in.endpoint.data(), m0, m1, epoch, slot, label, in.method_len};
+        memo = {k.endpoint.data(), k.m0, k.m1, epoch, slot, label,
+                k.method_len};
     }
     return label;
 }
@@ -265,10 +273,10 @@ AggEntry* find_entry(const Buffer& b, const AggLayout& l,
     return &b.entries[id - 1];
 }
 
-// One more latency in the entry's histogram; false if the cell table is
-// full.
-bool add_latency(const Buffer& b, const AggLayout& l, AggEntry& e,
-                 std::uint32_t index, std::uint32_t bucket) noexcept {
+// One more latency in the entry's histogram: the cell counted in, nullptr
+// if the cell table is full.
+AggCell* add_latency(const Buffer& b, const AggLayout& l, AggEntry& e,
+                     std::uint32_t index, std::uint32_t bucket) noexcept {
     const std::uint32_t n =
         used(b.header->cells_used, l.cells, std::memory_order_relaxed);
     std::uint32_t c = e.first_cell;
@@ -278,12 +286,12 @@ bool add_latency(const Buffer& b, const AggLayout& l, AggEntry& e,
         AggCell& cell = b.cells[c - 1];
         if ((cell.entry_bucket & kBucketMask) == bucket) {
             ++cell.count;
-            return true;
+            return &cell;
         }
         c = cell.next;
     }
     if (n == l.cells) {
-        return false;
+        return nullptr;
     }
     AggCell& cell = b.cells[n];
     cell.entry_bucket = index << kBucketBits | bucket;
@@ -291,7 +299,87 @@ bool add_latency(const Buffer& b, const AggLayout& l, AggEntry& e,
     cell.count = 1;
     e.first_cell = n + 1;
     b.header->cells_used.store(n + 1, std::memory_order_relaxed);
-    return true;
+    return &cell;
+}
+
+// latency_bucket() without the call for the fastest responses.
+inline std::uint32_t bucket_of(std::uint64_t response_time_us) noexcept {
+    return response_time_us < kLatencyFirstBoundUs
+               ? 0
+               : static_cast<std::uint32_t>(latency_bucket(response_time_us));
+}
+
+// The memo's entry is the request's: same slot and epoch, key, constant
+// method and endpoint texts, hour.
+inline bool memo_holds(const AggEntryMemo& m, std::uint32_t slot,
+                       std::uint64_t epoch, const UsageFields& f) noexcept {
+    return m.epoch == epoch && m.slot == slot && f.method_constant &&
+           f.endpoint_constant && f.method.data() == m.method &&
+           f.endpoint.data() == m.endpoint &&
+           f.method.size() == m.method_len &&
+           f.endpoint.size() == m.endpoint_len &&
+           ((load_u64(f.key_id) ^ m.key0) | (load_u64(f.key_id + 8) ^ m.key1)) ==
+               0 &&
+           f.time_us >= m.hour_start_us && f.time_us < m.hour_end_us;
+}
+
+// The slow path of aggregate(): the label (through its memo), the entry
+// (hash and probe), and the entry memo set for the next request when the
+// texts are constant.
+AggEntry* find_entry_of(AggLabelMemo& labels, AggEntryMemo& m, UsageSlot& s,
+                        const Buffer& b, const AggLayout& l,
+                        std::uint32_t slot, std::uint64_t epoch,
+                        const UsageFields& f, std::uint32_t* index) noexcept {
+    // The aggregation keys labels by the method's zero-padded field; a
+    // method not from the worker's constant table is padded here.
+    char padded[kUsageMethodLen];
+    LabelKey k;
+    if (f.method_constant) {
+        k.method = f.method.data();
+        k.method_len = static_cast<std::uint8_t>(
+            f.method.size() < kUsageMethodLen ? f.method.size()
+                                              : kUsageMethodLen);
+    } else {
+        std::memset(padded, 0, sizeof padded);
+        k.method = padded;
+        k.method_len = static_cast<std::uint8_t>(
+            copy_truncated(padded, sizeof padded, f.method));
+    }
+    k.m0 = load_u64(k.method);
+    k.m1 = load_u64(k.method + 8);
+    k.constant = f.endpoint_constant;
+    k.endpoint = f.endpoint_constant
+                     ? f.endpoint
+                     : f.endpoint.substr(
+                           0, truncated_len(f.endpoint, kUsageEndpointLen));
+    k.endpoint_hash = f.endpoint_hash;
+    const std::uint32_t label = label_of(labels, b, l, slot, epoch, k);
+    if (label == kAggOtherLabel) {
+        bump(s.agg_label_overflow);
+    }
+    const std::int64_t hour = hour_of(f.time_us);
+    AggEntry* entry = find_entry(b, l, f.key_id, label,
+                                 static_cast<std::int32_t>(hour), index);
+    // Not for the "(other)" label: each of its requests counts an overflow.
+    if (entry != nullptr && label != kAggOtherLabel && f.method_constant &&
+        f.endpoint_constant) {
+        m.epoch = epoch;
+        m.slot = slot;
+        m.index = *index;
+        m.method = f.method.data();
+        m.endpoint = f.endpoint.data();
+        m.method_len = static_cast<std::uint8_t>(f.method.size());
+        m.endpoint_len = static_cast<std::uint8_t>(f.endpoint.size());
+        m.key0 = load_u64(f.key_id);
+        m.key1 = load_u64(f.key_id + 8);
+        m.hour_start_us = hour * kUsPerHour;
+        m.hour_end_us = m.hour_start_us + kUsPerHour;
+        m.entry = entry;
+        m.cell = nullptr;
+    } else {
+        m.epoch = 0;
+    }
+    return entry;
 }
 
 // --- apikeyd's reading -------------------------------------------------------
@@ -348,6 +436,23 @@ std::uint64_t agg_text_hash(std::string_view text) noexcept {
 
 bool UsageSegment::aggregate(std::uint32_t slot,
                              const AggregateInput& in) noexcept {
+    UsageFields f{};
+    f.key_id = in.key_id;
+    f.time_us = in.time_us;
+    f.response_time_us = in.response_time_us;
+    f.bytes_sent = in.bytes_sent;
+    f.status = in.status;
+    f.ip_family = in.ip_family;
+    f.ip = in.ip;
+    f.method = std::string_view(in.method, in.method_len);
+    f.endpoint = in.endpoint;
+    f.endpoint_constant = in.endpoint_constant;
+    f.endpoint_hash = in.endpoint_hash;
+    return aggregate(slot, f);
+}
+
+bool UsageSegment::aggregate(std::uint32_t slot,
+                             const UsageFields& f) noexcept {
     if (slot >= slot_count_) {
         return false;
     }
@@ -364,35 +469,45 @@ bool UsageSegment::aggregate(std::uint32_t slot,
         }
         e = now;
     }
-    const Buffer b(agg_buffer(slot, e), agg_);
-    const std::uint32_t label = label_of(label_memo_, b, agg_, slot, e, in);
-    if (label == kAggOtherLabel) {
-        bump(s.agg_label_overflow);
+    AggEntryMemo& m = entry_memo_;
+    AggEntry* entry;
+    std::uint32_t index;
+    if (memo_holds(m, slot, e, f)) {
+        entry = m.entry;
+        index = m.index;
+    } else {
+        const Buffer b(agg_buffer(slot, e), agg_);
+        entry = find_entry_of(label_memo_, m, s, b, agg_, slot, e, f, &index);
     }
-    std::uint32_t index = 0;
-    AggEntry* entry = find_entry(b, agg_, in.key_id, label,
-                                 static_cast<std::int32_t>(hour_of(in.time_us)),
-                                 &index);
     if (entry == nullptr) {
         bump(s.agg_overflow);
     } else {
-        ++entry->status[static_cast<int>(status_class(in.status))];
-        entry->response_time_us_sum += in.response_time_us;
-        entry->bytes_sent += in.bytes_sent;
-        if (in.time_us >= entry->last_used_us) {
-            entry->last_used_us = in.time_us;
-            entry->ip_family = in.ip_family;
+        ++entry->status[static_cast<int>(status_class(f.status))];
+        entry->response_time_us_sum += f.response_time_us;
+        entry->bytes_sent += f.bytes_sent;
+        if (f.time_us >= entry->last_used_us) {
+            entry->last_used_us = f.time_us;
+            entry->ip_family = f.ip_family;
             std::memset(entry->ip, 0, sizeof entry->ip);
-            if (in.ip_family == IpFamily::kV4) {
-                std::memcpy(entry->ip, in.ip, 4);
-            } else if (in.ip_family == IpFamily::kV6) {
-                std::memcpy(entry->ip, in.ip, 16);
+            if (f.ip_family == IpFamily::kV4) {
+                std::memcpy(entry->ip, f.ip, 4);
+            } else if (f.ip_family == IpFamily::kV6) {
+                std::memcpy(entry->ip, f.ip, 16);
             }
         }
-        if (!add_latency(b, agg_, *entry, index,
-                         static_cast<std::uint32_t>(
-                             latency_bucket(in.response_time_us)))) {
-            bump(s.agg_histogram_overflow);
+        const std::uint32_t bucket = bucket_of(f.response_time_us);
+        if (m.cell != nullptr && m.bucket == bucket && m.entry == entry &&
+            m.epoch == e) {
+            ++m.cell->count;
+        } else {
+            const Buffer b(agg_buffer(slot, e), agg_);
+            AggCell* cell = add_latency(b, agg_, *entry, index, bucket);
+            if (cell == nullptr) {
+                bump(s.agg_histogram_overflow);
+            } else if (m.entry == entry && m.epoch == e) {
+                m.cell = cell;
+                m.bucket = bucket;
+            }
         }
     }
     // Release: apikeyd, seeing us out, sees every write above.

@@ -153,7 +153,8 @@ AggLayout agg_layout_for(std::uint32_t entries) noexcept;
 // cannot aim probe chains at one another.
 std::uint64_t agg_text_hash(std::string_view text) noexcept;
 
-// One request as the worker aggregates it.
+// One request as a test or tool hands it to the aggregation (the worker
+// hands its UsageFields, the same struct its record is encoded from).
 struct AggregateInput {
     const std::uint8_t* key_id = nullptr;  // 16 bytes
     std::int64_t time_us = 0;              // request start
@@ -191,6 +192,29 @@ struct AggLabelMemoEntry {
 };
 using AggLabelMemo = std::array<AggLabelMemoEntry, 16>;
 
+// The entry the worker's last request went to, and its latency cell: a
+// request with the same key, the same constant method and endpoint texts
+// (by address: configuration memory) and a start in the same hour, in the
+// same (slot, epoch), adds to them without a hash or a probe. Entries and
+// cells are append-only within an epoch, so the pointers hold while the
+// epoch does. epoch 0: nothing remembered.
+struct AggEntryMemo {
+    std::uint64_t epoch = 0;
+    std::uint32_t slot = 0;
+    std::uint32_t index = 0;        // the entry's row
+    const char* method = nullptr;
+    const char* endpoint = nullptr;
+    std::uint8_t method_len = 0;
+    std::uint8_t endpoint_len = 0;
+    std::uint64_t key0 = 0;
+    std::uint64_t key1 = 0;
+    std::int64_t hour_start_us = 0;  // [start, end): the entry's hour
+    std::int64_t hour_end_us = 0;
+    AggEntry* entry = nullptr;
+    AggCell* cell = nullptr;        // nullptr: none remembered
+    std::uint32_t bucket = 0;       // the cell's
+};
+
 // --- what apikeyd sees -------------------------------------------------------
 
 // One entry of a closed buffer, decoded. method and endpoint are as the
@@ -224,6 +248,6 @@ struct AggregateEntry {
 //   size_t agg_read(slot, epoch, &out)    its entries, decoded
 //   void agg_clear(slot, epoch)           zeroes it, kClean
 //   bool agg_empty(slot)                  the active buffer has no entry
-// and the worker's: bool aggregate(slot, input).
+// and the worker's: bool aggregate(slot, fields).
 
 }  // namespace apikey

@@ -9,15 +9,19 @@ namespace {
 // The longest UTF-8 sequence has three continuation bytes.
 constexpr std::size_t kMaxContinuationBytes = 3;
 
-// The flags byte. kRecordMark tells a record from the 0x00 that ends a
-// chunk; the other bits say which fields repeat the previous record's.
-constexpr unsigned kRecordMark = 0x80;
-constexpr unsigned kSameKey = 0x01;
-constexpr unsigned kSameIp = 0x02;
-constexpr unsigned kSameMethod = 0x04;
-constexpr unsigned kSameEndpoint = 0x08;
-constexpr unsigned kSameUserAgent = 0x10;
-constexpr unsigned kAbsoluteTime = 0x20;
+// The flags byte (record_detail, usage_record.h). kRecordMark tells a
+// record from the 0x00 that ends a chunk; the other bits say which fields
+// repeat the previous record's.
+using record_detail::equal_bytes;
+using record_detail::kAbsoluteTime;
+using record_detail::kRecordMark;
+using record_detail::kSameEndpoint;
+using record_detail::kSameIp;
+using record_detail::kSameKey;
+using record_detail::kSameMethod;
+using record_detail::kSameUserAgent;
+using record_detail::put_varint;
+using record_detail::zigzag;
 constexpr unsigned kKnownFlags = kRecordMark | kSameKey | kSameIp |
                                  kSameMethod | kSameEndpoint | kSameUserAgent |
                                  kAbsoluteTime;
@@ -27,20 +31,6 @@ inline bool is_continuation(char c) noexcept {
     return (static_cast<unsigned char>(c) & 0xC0) == 0x80;
 }
 
-inline unsigned char* put_varint(unsigned char* p, std::uint64_t v) noexcept {
-    while (v >= 0x80) {
-        *p++ = static_cast<unsigned char>(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = static_cast<unsigned char>(v);
-    return p;
-}
-
-inline std::uint64_t zigzag(std::int64_t v) noexcept {
-    return (static_cast<std::uint64_t>(v) << 1) ^
-           static_cast<std::uint64_t>(v >> 63);
-}
-
 inline std::int64_t unzigzag(std::uint64_t v) noexcept {
     return static_cast<std::int64_t>(v >> 1) ^ -static_cast<std::int64_t>(v & 1);
 }
@@ -48,40 +38,6 @@ inline std::int64_t unzigzag(std::uint64_t v) noexcept {
 inline std::string_view cut(std::string_view text, std::size_t cap) noexcept {
     return text.size() <= cap ? text
                               : text.substr(0, truncated_len(text, cap));
-}
-
-inline std::uint64_t load64(const void* p) noexcept {
-    std::uint64_t v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-inline std::uint32_t load32(const void* p) noexcept {
-    std::uint32_t v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-
-// a[0, n) == b[0, n) with word loads inside both ranges (the last word may
-// overlap the one before): cheaper than a call to memcmp for the short
-// texts of a record, on every request.
-inline bool equal_bytes(const unsigned char* a, const unsigned char* b,
-                        std::size_t n) noexcept {
-    if (n >= 8) {
-        std::uint64_t diff = 0;
-        for (std::size_t i = 0; i + 8 <= n; i += 8) {
-            diff |= load64(a + i) ^ load64(b + i);
-        }
-        return (diff | (load64(a + n - 8) ^ load64(b + n - 8))) == 0;
-    }
-    if (n >= 4) {
-        return ((load32(a) ^ load32(b)) |
-                (load32(a + n - 4) ^ load32(b + n - 4))) == 0;
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-        if (a[i] != b[i]) return false;
-    }
-    return true;
 }
 
 // A text field as last written at chunk[at]: length (one byte, or a
@@ -99,6 +55,34 @@ inline bool same_text(const unsigned char* chunk, std::uint32_t at,
            equal_bytes(chunk + at + skip,
                        reinterpret_cast<const unsigned char*>(text.data()),
                        len);
+}
+
+// What encode_repeat_record compares the next record with: only a record
+// whose method and endpoint are constant texts, and whose user agent was
+// not cut, can be repeated by address and length.
+inline void remember_for_repeat(const unsigned char* chunk,
+                                const UsageFields& f, IpFamily family,
+                                std::string_view agent, std::size_t longest,
+                                RecordEncodeContext* ctx) noexcept {
+    ctx->repeatable = f.method_constant && f.endpoint_constant &&
+                      f.method.size() <= kUsageMethodLen &&
+                      f.endpoint.size() <= kUsageEndpointLen &&
+                      agent.size() == f.user_agent.size();
+    if (!ctx->repeatable) return;
+    const std::uint32_t at = ctx->user_agent;
+    ctx->agent_len = static_cast<std::uint16_t>(agent.size());
+    ctx->agent_at = at + (chunk[at] >= 0x80 ? 2 : 1);
+    ctx->longest = static_cast<std::uint32_t>(longest);
+    ctx->method_len = static_cast<std::uint8_t>(f.method.size());
+    ctx->endpoint_len = static_cast<std::uint8_t>(f.endpoint.size());
+    ctx->method_text = f.method.data();
+    ctx->endpoint_text = f.endpoint.data();
+    ctx->ids[0] = record_detail::load64(f.key_id);
+    ctx->ids[1] = record_detail::load64(f.key_id + 8);
+    ctx->ids[2] = record_detail::load64(f.org_id);
+    ctx->ids[3] = record_detail::load64(f.org_id + 8);
+    ctx->ip_family = family;
+    record_detail::ip_as_words(family, f.ip, ctx->ip_words);
 }
 
 // A bounded reader over untrusted bytes.
@@ -289,6 +273,7 @@ std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
     }
     ctx->started = true;
     ctx->time_us = f.time_us;
+    remember_for_repeat(chunk, f, family, agent, longest, ctx);
     const std::size_t body = static_cast<std::size_t>(p - (start + 3));
     start[0] = static_cast<unsigned char>(flags);
     start[1] = static_cast<unsigned char>(body);

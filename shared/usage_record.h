@@ -126,6 +126,17 @@ struct UsageFields {
     std::string_view method;
     std::string_view endpoint;
     std::string_view user_agent;
+    // The worker's promises, for its fast paths (encode_repeat_record, the
+    // aggregation's memo); false unless the text is configuration memory.
+    // method_constant: method.data() holds kUsageMethodLen bytes, zero past
+    // method.size(), that never change while the writer lives (the shim's
+    // table of common methods), so its address names the text.
+    bool method_constant = false;
+    // endpoint_constant: the endpoint is already cut to kUsageEndpointLen,
+    // never changes at that address, and endpoint_hash is
+    // agg_text_hash(endpoint).
+    bool endpoint_constant = false;
+    std::uint64_t endpoint_hash = 0;
 };
 
 // A decoded record's fields, to encode it again (the spool, tests).
@@ -144,6 +155,21 @@ struct RecordEncodeContext {
     std::uint32_t method = 0;
     std::uint32_t endpoint = 0;
     std::uint32_t user_agent = 0;
+    // The previous record's identity, for encode_repeat_record: valid when
+    // `repeatable` (its method and endpoint were constant texts). Kept in
+    // the worker's memory, so the check reads no line of the segment but
+    // the user agent's bytes in the chunk.
+    bool repeatable = false;
+    std::uint8_t method_len = 0;
+    std::uint8_t endpoint_len = 0;
+    std::uint16_t agent_len = 0;
+    std::uint32_t agent_at = 0;   // the user agent's bytes in the chunk
+    std::uint32_t longest = 0;    // the record's longest form (the fit)
+    const char* method_text = nullptr;
+    const char* endpoint_text = nullptr;
+    std::uint64_t ids[4] = {};    // key_id, org_id
+    std::uint64_t ip_words[2] = {};
+    IpFamily ip_family = IpFamily::kNone;
 };
 
 // The decoder's: the previous record of the chunk.
@@ -196,6 +222,148 @@ inline std::size_t copy_truncated(char* dst, std::size_t cap,
         return n;
     }
     return n == 0 ? 0 : copy_cut(dst, cap, text);
+}
+
+namespace record_detail {
+
+// The flags byte (usage_record.cpp documents the encoding).
+inline constexpr unsigned kRecordMark = 0x80;
+inline constexpr unsigned kSameKey = 0x01;
+inline constexpr unsigned kSameIp = 0x02;
+inline constexpr unsigned kSameMethod = 0x04;
+inline constexpr unsigned kSameEndpoint = 0x08;
+inline constexpr unsigned kSameUserAgent = 0x10;
+inline constexpr unsigned kAbsoluteTime = 0x20;
+inline constexpr unsigned kSameAll =
+    kSameKey | kSameIp | kSameMethod | kSameEndpoint | kSameUserAgent;
+
+inline std::uint64_t load64(const void* p) noexcept {
+    std::uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline std::uint32_t load32(const void* p) noexcept {
+    std::uint32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// a[0, n) == b[0, n) with word loads inside both ranges (the last word may
+// overlap the one before): cheaper than a call to memcmp for the short
+// texts of a record, on every request.
+inline bool equal_bytes(const unsigned char* a, const unsigned char* b,
+                        std::size_t n) noexcept {
+    if (n >= 8) {
+        std::uint64_t diff = 0;
+        for (std::size_t i = 0; i + 8 <= n; i += 8) {
+            diff |= load64(a + i) ^ load64(b + i);
+        }
+        return (diff | (load64(a + n - 8) ^ load64(b + n - 8))) == 0;
+    }
+    if (n >= 4) {
+        return ((load32(a) ^ load32(b)) |
+                (load32(a + n - 4) ^ load32(b + n - 4))) == 0;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        if (a[i] != b[i]) return false;
+    }
+    return true;
+}
+
+__attribute__((always_inline)) inline unsigned char* put_varint(
+    unsigned char* p, std::uint64_t v) noexcept {
+    if (v < 0x80) {  // the usual time delta, response time, size: 1-2 bytes
+        *p = static_cast<unsigned char>(v);
+        return p + 1;
+    }
+    if (v < 0x4000) {
+        p[0] = static_cast<unsigned char>(v | 0x80);
+        p[1] = static_cast<unsigned char>(v >> 7);
+        return p + 2;
+    }
+    while (v >= 0x80) {
+        *p++ = static_cast<unsigned char>(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = static_cast<unsigned char>(v);
+    return p;
+}
+
+inline std::uint64_t zigzag(std::int64_t v) noexcept {
+    return (static_cast<std::uint64_t>(v) << 1) ^
+           static_cast<std::uint64_t>(v >> 63);
+}
+
+// The address as two words, zero past its bytes (a family without bytes,
+// or an unknown one, has none).
+inline void ip_as_words(IpFamily family, const std::uint8_t* ip,
+                        std::uint64_t* w) noexcept {
+    w[0] = 0;
+    w[1] = 0;
+    if (family == IpFamily::kV4) {
+        w[0] = load32(ip);
+    } else if (family == IpFamily::kV6) {
+        w[0] = load64(ip);
+        w[1] = load64(ip + 8);
+    }
+}
+
+}  // namespace record_detail
+
+// The usual request of a busy worker: the same key, address, method,
+// endpoint and user agent as the record before it in the chunk. Writes
+// exactly the bytes encode_usage_record would (every field "as before")
+// without its per-field comparisons and returns their count; 0 when `f`
+// is not such a repeat (or might not fit: the same rule), and then the
+// caller encodes it with encode_usage_record. Always inline (every
+// request): a call and its argument set-up would cost a fifth of it.
+__attribute__((always_inline)) inline std::size_t encode_repeat_record(
+    unsigned char* chunk, std::size_t offset, std::size_t chunk_size,
+    const UsageFields& f, RecordEncodeContext* ctx) noexcept {
+    namespace d = record_detail;
+    // The previous record's texts were constant at their addresses (that
+    // is what made it repeatable), so the same address and length is the
+    // same text, whatever this request's flags say.
+    if (!ctx->repeatable || f.method.data() != ctx->method_text ||
+        f.endpoint.data() != ctx->endpoint_text ||
+        f.method.size() != ctx->method_len ||
+        f.endpoint.size() != ctx->endpoint_len ||
+        f.user_agent.size() != ctx->agent_len ||
+        offset >= chunk_size || chunk_size - offset < ctx->longest) {
+        return 0;
+    }
+    const std::uint64_t key =
+        (d::load64(f.key_id) ^ ctx->ids[0]) |
+        (d::load64(f.key_id + 8) ^ ctx->ids[1]) |
+        (d::load64(f.org_id) ^ ctx->ids[2]) |
+        (d::load64(f.org_id + 8) ^ ctx->ids[3]);
+    std::uint64_t ip[2];
+    d::ip_as_words(f.ip_family, f.ip, ip);
+    if ((key | (ip[0] ^ ctx->ip_words[0]) | (ip[1] ^ ctx->ip_words[1])) != 0 ||
+        f.ip_family != ctx->ip_family ||
+        !d::equal_bytes(chunk + ctx->agent_at,
+                        reinterpret_cast<const unsigned char*>(
+                            f.user_agent.data()),
+                        ctx->agent_len)) {
+        return 0;
+    }
+    unsigned char* const start = chunk + offset;
+    unsigned char* p = start + 3;
+    *p++ = static_cast<unsigned char>(f.result);
+    *p++ = static_cast<unsigned char>(f.status);
+    *p++ = static_cast<unsigned char>(f.status >> 8);
+    p = d::put_varint(p, d::zigzag(static_cast<std::int64_t>(
+                             static_cast<std::uint64_t>(f.time_us) -
+                             static_cast<std::uint64_t>(ctx->time_us))));
+    p = d::put_varint(p, f.response_time_us);
+    p = d::put_varint(p, f.bytes_sent);
+    ctx->time_us = f.time_us;
+    const std::size_t body = static_cast<std::size_t>(p - (start + 3));
+    start[0] = static_cast<unsigned char>(d::kRecordMark | d::kSameAll);
+    start[1] = static_cast<unsigned char>(body);
+    start[2] = static_cast<unsigned char>(body >> 8);
+    return static_cast<std::size_t>(p - start);
 }
 
 }  // namespace apikey

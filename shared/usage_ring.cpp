@@ -177,6 +177,7 @@ UsageSegment::UsageSegment(UsageSegment&& other) noexcept
       agg_areas_(std::exchange(other.agg_areas_, nullptr)),
       agg_(std::exchange(other.agg_, AggLayout{})),
       label_memo_(std::exchange(other.label_memo_, AggLabelMemo{})),
+      entry_memo_(std::exchange(other.entry_memo_, AggEntryMemo{})),
       map_(std::move(other.map_)) {}
 
 UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
@@ -190,6 +191,7 @@ UsageSegment& UsageSegment::operator=(UsageSegment&& other) noexcept {
         agg_areas_ = std::exchange(other.agg_areas_, nullptr);
         agg_ = std::exchange(other.agg_, AggLayout{});
         label_memo_ = std::exchange(other.label_memo_, AggLabelMemo{});
+        entry_memo_ = std::exchange(other.entry_memo_, AggEntryMemo{});
         map_ = std::move(other.map_);
     }
     return *this;
@@ -204,6 +206,7 @@ void UsageSegment::reset() noexcept {
     agg_areas_ = nullptr;
     agg_ = AggLayout{};
     label_memo_ = AggLabelMemo{};  // ids of another mapping's buffers
+    entry_memo_ = AggEntryMemo{};
     map_.reset();
 }
 
@@ -387,6 +390,7 @@ int UsageSegment::claim_slot(std::int32_t pid, std::int64_t now_us) noexcept {
         s.claimed_at_us.store(now_us, std::memory_order_relaxed);
         // A dead predecessor may have left its epoch here.
         s.agg_active.store(0, std::memory_order_relaxed);
+        entry_memo_ = AggEntryMemo{};  // the worker's memory of its last slot
         // Last, release: a non-zero pid means the claim is complete.
         s.owner_pid.store(pid, std::memory_order_release);
         return static_cast<int>(i);
@@ -402,21 +406,9 @@ void UsageSegment::retire_slot(std::uint32_t slot) noexcept {
     slots_[slot].state.store(kRetired, std::memory_order_release);
 }
 
-bool UsageSegment::append(std::uint32_t slot, StreamWriter* writer,
-                          const UsageFields& fields) noexcept {
-    if (slot >= slot_count_) {
-        if (header_ != nullptr) {
-            header_->unslotted_drops.fetch_add(1, std::memory_order_relaxed);
-        }
-        return false;
-    }
-    return stream_.append(slot, slots_[slot], writer, fields);
-}
-
-void UsageSegment::count_policy_skipped(std::uint32_t slot) noexcept {
-    if (slot < slot_count_) {
-        stream_.state(slot).policy_skipped.fetch_add(
-            1, std::memory_order_relaxed);
+void UsageSegment::count_unslotted() noexcept {
+    if (header_ != nullptr) {
+        header_->unslotted_drops.fetch_add(1, std::memory_order_relaxed);
     }
 }
 

@@ -189,10 +189,22 @@ public:
     // on every claim). Never blocks: false when the pool has no chunk (a
     // drop, counted) or the slot is out of range (counted in the header's
     // unslotted_drops).
+    // Inline: every request.
     [[nodiscard]] bool append(std::uint32_t slot, StreamWriter* writer,
-                              const UsageFields& fields) noexcept;
+                              const UsageFields& fields) noexcept {
+        if (slot >= slot_count_) {
+            count_unslotted();
+            return false;
+        }
+        return stream_.append(slot, slots_[slot], writer, fields);
+    }
     // A request with a known key that the raw-event policy kept out.
-    void count_policy_skipped(std::uint32_t slot) noexcept;
+    void count_policy_skipped(std::uint32_t slot) noexcept {
+        if (slot < slot_count_) {
+            stream_.state(slot).policy_skipped.fetch_add(
+                1, std::memory_order_relaxed);
+        }
+    }
     void count_unrecorded(std::uint32_t slot, UnrecordedCounter c) noexcept;
 
     // --- consumer (apikeyd) ---
@@ -216,7 +228,10 @@ public:
     // --- aggregation (usage_agg.h), worker ---
     // Adds one request to the slot's active buffer. Never blocks, never
     // allocates: false if the entry table is full (counted in
-    // agg_overflow) or the slot is out of range.
+    // agg_overflow) or the slot is out of range. Reads the key id, time,
+    // response time, bytes, status, address, method, endpoint and the
+    // promises about the texts (UsageFields).
+    bool aggregate(std::uint32_t slot, const UsageFields& f) noexcept;
     bool aggregate(std::uint32_t slot, const AggregateInput& in) noexcept;
 
     // --- aggregation, apikeyd ---
@@ -245,6 +260,7 @@ public:
 
 private:
     void adopt(MappedFile&& map) noexcept;
+    void count_unslotted() noexcept;
     // Inline: every aggregated request locates its buffer.
     unsigned char* agg_buffer(std::uint32_t slot,
                               std::uint64_t epoch) const noexcept {
@@ -263,6 +279,7 @@ private:
     unsigned char* agg_areas_ = nullptr;
     AggLayout agg_;
     AggLabelMemo label_memo_{};  // the worker's, in its own memory
+    AggEntryMemo entry_memo_{};  // likewise
     MappedFile map_;
 };
 

@@ -157,8 +157,12 @@ bool UsageStream::append(std::uint32_t slot, UsageSlot& s, StreamWriter* w,
             // Someone else wrote since (a forger): refer to nothing.
             w->context = RecordEncodeContext{};
         }
-        const std::size_t n =
-            encode_usage_record(w->chunk, off, kStreamChunkSize, f, &w->context);
+        std::size_t n =
+            encode_repeat_record(w->chunk, off, kStreamChunkSize, f, &w->context);
+        if (n == 0) {
+            n = encode_usage_record(w->chunk, off, kStreamChunkSize, f,
+                                    &w->context);
+        }
         if (n != 0) {
             w->head = head + n;
             // Release: the consumer that sees the head sees the record.

@@ -717,5 +717,130 @@ TEST_F(UsageAggTest, AnIndexValuePastTheUsedCountIsAFreeSlot) {
     EXPECT_EQ(got[0].requests, 2u);
 }
 
+// --- the worker's entry memo (constant method and endpoint texts) ------------
+
+const char kGetField[kUsageMethodLen] = "GET";
+const char kPostField[kUsageMethodLen] = "POST";
+const char kItems[] = "/items";
+const char kOrders[] = "/orders";
+
+// The worker's input: texts at fixed addresses, promised constant.
+UsageFields worker_fields(const Request& r, const char* method,
+                          const char* endpoint) {
+    UsageFields f{};
+    f.key_id = r.key.data();
+    f.org_id = r.key.data();
+    f.time_us = r.time_us;
+    f.response_time_us = r.response_time_us;
+    f.bytes_sent = r.bytes_sent;
+    f.status = r.status;
+    f.ip_family = r.family;
+    f.ip = r.ip.data();
+    f.method = std::string_view(method, std::strlen(method));
+    f.endpoint = std::string_view(endpoint, std::strlen(endpoint));
+    f.method_constant = true;
+    f.endpoint_constant = true;
+    f.endpoint_hash = agg_text_hash(f.endpoint);
+    return f;
+}
+
+TEST_F(UsageAggTest, RepeatsThroughTheMemoSumExactly) {
+    // Runs of one (key, label, hour) with changes of label, method, key,
+    // hour and latency between them: the memo must follow every change.
+    create();
+    std::mt19937_64 rng(11);
+    std::map<Key, Sums> want;
+    const char* methods[] = {kGetField, kPostField};
+    const char* endpoints[] = {kItems, kOrders};
+    Request r;
+    const char* method = kGetField;
+    const char* endpoint = kItems;
+    for (int i = 0; i < 5000; ++i) {
+        switch (rng() % 12) {
+        case 0: endpoint = endpoints[rng() % 2]; break;
+        case 1: method = methods[rng() % 2]; break;
+        case 2: r.key = key_of(static_cast<unsigned>(rng() % 3)); break;
+        case 3: r.time_us += kUsPerHour; break;
+        case 4: r.time_us -= kUsPerHour; break;  // a late request
+        default: break;
+        }
+        r.time_us += static_cast<std::int64_t>(rng() % 1000);
+        r.response_time_us = (rng() % 3) * 1000;
+        r.status = (rng() % 4 == 0) ? 404 : 200;
+        r.method = method;
+        r.endpoint = endpoint;
+        ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, method, endpoint)));
+        want[key_for(r)].add(r);
+    }
+    const auto got = collect();
+    EXPECT_EQ(got.size(), want.size());
+    EXPECT_EQ(sums_of(got), want);
+}
+
+TEST_F(UsageAggTest, AnHourBoundaryStartsANewEntry) {
+    create();
+    Request r;
+    r.time_us = kJan2Us + kUsPerHour - 1;
+    ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+    r.time_us = kJan2Us + kUsPerHour;  // the next hour's first µs
+    ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+    ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+    r.time_us = kJan2Us;  // back in the first hour
+    ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+    std::map<std::int64_t, std::uint64_t> per_hour;
+    for (const auto& e : collect()) per_hour[e.hour_us] += e.requests;
+    EXPECT_EQ(per_hour, (std::map<std::int64_t, std::uint64_t>{
+                            {kJan2Us, 2}, {kJan2Us + kUsPerHour, 2}}));
+}
+
+TEST_F(UsageAggTest, AnEpochFlipBetweenTwoRequestsForgetsTheEntry) {
+    // The same request before and after each collection: every buffer
+    // holds its own, with its latency, also once a cleared buffer is
+    // written again (a stale entry or cell would lose or misplace it).
+    create();
+    Request r;
+    r.response_time_us = 5000;
+    for (std::uint64_t epoch = 1; epoch <= 4; ++epoch) {
+        ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+        ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+        const auto got = collect();
+        ASSERT_EQ(got.size(), 1u) << "epoch " << epoch;
+        EXPECT_EQ(got[0].requests, 2u);
+        ASSERT_EQ(got[0].latency.size(), 1u);
+        EXPECT_EQ(got[0].latency[0].second, 2u);
+        EXPECT_EQ(got[0].latency[0].first, latency_bucket(5000));
+    }
+    // Closed between two requests while the other buffer is still clean
+    // (no collection): the second lands in the new epoch.
+    ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+    const std::uint64_t closed = seg_.agg_close(0);
+    ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+    std::vector<AggregateEntry> out;
+    ASSERT_EQ(seg_.agg_read(0, closed, &out), 1u);
+    EXPECT_EQ(out[0].requests, 1u);
+    seg_.agg_clear(0, closed);
+    const auto rest = collect();
+    ASSERT_EQ(rest.size(), 1u);
+    EXPECT_EQ(rest[0].requests, 1u);
+}
+
+TEST_F(UsageAggTest, ALabelTableFullOfOtherCountsEveryOverflowThroughTheMemo) {
+    // Requests under "(other)" are never remembered: each one counts.
+    create();
+    Request r;
+    std::vector<std::string> names;
+    for (std::uint32_t i = 0; i < seg_.agg_layout().labels; ++i) {
+        names.push_back("/fill/" + std::to_string(i));
+    }
+    for (const auto& n : names) {
+        r.endpoint = n;
+        ASSERT_TRUE(seg_.aggregate(0, r.input()));
+    }
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_TRUE(seg_.aggregate(0, worker_fields(r, kGetField, kItems)));
+    }
+    EXPECT_EQ(seg_.slot(0).agg_label_overflow.load(), 3u);
+}
+
 }  // namespace
 }  // namespace apikey

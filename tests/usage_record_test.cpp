@@ -4,6 +4,7 @@
 #include "usage_record.h"
 
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -344,6 +345,162 @@ TEST(UsageRecordTest, CopyTruncatedCutsInvalidUtf8WhereItIs) {
     EXPECT_EQ(copy_truncated(buf, 256, longer), 256u);
     // Only continuation bytes: not UTF-8, cut at the cap.
     EXPECT_EQ(copy_truncated(buf, 6, std::string(10, '\x80')), 6u);
+}
+
+// --- the worker's repeat path (encode_repeat_record) --------------------------
+
+// Texts at fixed addresses, as the worker's method table and configuration
+// hold them.
+const char kGet[kUsageMethodLen] = "GET";
+const char kPost[kUsageMethodLen] = "POST";
+const char kEndA[] = "/a";
+const char kEndB[] = "/b";  // same length as kEndA, another label
+
+struct Worker {
+    std::uint8_t key[16] = {1, 2, 3};
+    std::uint8_t org[16] = {9, 9};
+    std::uint8_t ip[16] = {10, 0, 0, 1};
+    std::string agent = "wrk/4.1 (bench)";
+    const char* method = kGet;
+    const char* endpoint = kEndA;
+    std::int64_t time_us = 1700000000000000;
+
+    UsageFields fields() const {
+        UsageFields f{};
+        f.result = AuthResult::kOk;
+        f.ip_family = IpFamily::kV4;
+        f.status = 200;
+        f.time_us = time_us;
+        f.response_time_us = 1000;
+        f.bytes_sent = 1300;
+        f.key_id = key;
+        f.org_id = org;
+        f.ip = ip;
+        f.method = std::string_view(method, std::strlen(method));
+        f.endpoint = std::string_view(endpoint, std::strlen(endpoint));
+        f.user_agent = agent;
+        f.method_constant = true;
+        f.endpoint_constant = true;
+        return f;
+    }
+};
+
+// Encodes as UsageStream::append does (repeat path first); *repeats
+// counts the records the repeat path wrote.
+std::size_t encode_as_worker(unsigned char* chunk, std::size_t at,
+                             const UsageFields& f, RecordEncodeContext* ctx,
+                             int* repeats) {
+    std::size_t n = encode_repeat_record(chunk, at, kChunk, f, ctx);
+    if (n != 0) {
+        ++*repeats;
+        return n;
+    }
+    return encode_usage_record(chunk, at, kChunk, f, ctx);
+}
+
+TEST(UsageRecordRepeatTest, ARepeatIsWrittenByTheFastPathAndDecodes) {
+    std::vector<unsigned char> buf(kChunk);
+    RecordEncodeContext ctx;
+    Worker w;
+    int repeats = 0;
+    std::size_t at = encode_as_worker(buf.data(), 0, w.fields(), &ctx, &repeats);
+    EXPECT_EQ(repeats, 0);  // nothing before it
+    w.time_us += 3000;
+    const std::size_t n =
+        encode_as_worker(buf.data(), at, w.fields(), &ctx, &repeats);
+    EXPECT_EQ(repeats, 1);
+    // flags, length, result, status, then three one- or two-byte varints
+    EXPECT_EQ(n, 3u + 1 + 2 + 2 + 2 + 2);
+    EXPECT_EQ(buf[at], 0x80 | 0x1f);  // every field as before
+    const auto got = decode_all(buf.data(), at + n);
+    ASSERT_EQ(got.size(), 2u);
+    EXPECT_EQ(got[1].time_us, w.time_us);
+    EXPECT_EQ(got[1].user_agent_view(), w.agent);
+    EXPECT_EQ(got[1].endpoint_view(), "/a");
+    EXPECT_EQ(std::memcmp(got[1].key_id, w.key, 16), 0);
+}
+
+TEST(UsageRecordRepeatTest, AnyChangedFieldTakesTheFullEncoder) {
+    std::vector<unsigned char> buf(kChunk);
+    const Worker base;
+    // Each change, made after one record of `base`: the repeat path must
+    // refuse it.
+    const std::vector<void (*)(Worker&)> changes = {
+        [](Worker& w) { w.endpoint = kEndB; },            // label
+        [](Worker& w) { w.method = kPost; },              // method
+        [](Worker& w) { w.agent[3] = 'X'; },              // same length
+        [](Worker& w) { w.agent += "!"; },                // longer
+        [](Worker& w) { w.key[15] ^= 1; },
+        [](Worker& w) { w.org[8] ^= 1; },
+        [](Worker& w) { w.ip[3] = 2; },
+    };
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+        RecordEncodeContext ctx;
+        const std::size_t first =
+            encode_usage_record(buf.data(), 0, kChunk, base.fields(), &ctx);
+        Worker w = base;
+        changes[i](w);
+        EXPECT_EQ(encode_repeat_record(buf.data(), first, kChunk, w.fields(),
+                                       &ctx),
+                  0u)
+            << "change " << i;
+    }
+    // Texts not promised constant are never repeated by address.
+    RecordEncodeContext ctx;
+    UsageFields f = base.fields();
+    f.endpoint_constant = false;
+    const std::size_t first = encode_usage_record(buf.data(), 0, kChunk, f, &ctx);
+    EXPECT_EQ(encode_repeat_record(buf.data(), first, kChunk, f, &ctx), 0u);
+    // Nor a record with nothing before it in the chunk.
+    RecordEncodeContext fresh;
+    EXPECT_EQ(encode_repeat_record(buf.data(), 0, kChunk, base.fields(), &fresh),
+              0u);
+}
+
+TEST(UsageRecordRepeatTest, TheWorkersBytesAreTheFullEncodersBytes) {
+    // A worker's traffic: runs of repeats, label, user-agent, key and
+    // address changes, time jumps, end of chunk. Encoded with the repeat
+    // path and, separately, with the full encoder alone (no promises):
+    // the same bytes, record for record.
+    std::vector<unsigned char> fast(kChunk), full(kChunk);
+    RecordEncodeContext fctx, sctx;
+    std::mt19937_64 rng(7);
+    Worker w;
+    const char* endpoints[] = {kEndA, kEndB};
+    const char* methods[] = {kGet, kPost};
+    const std::string agents[] = {"wrk/4.1 (bench)", "wrk/4.1 (bencH)",
+                                  std::string(200, 'u')};
+    std::size_t at = 0;
+    int repeats = 0;
+    int records = 0;
+    while (true) {
+        const unsigned roll = static_cast<unsigned>(rng() % 40);
+        if (roll == 0) w.endpoint = endpoints[rng() % 2];
+        if (roll == 1) w.method = methods[rng() % 2];
+        if (roll == 2) w.agent = agents[rng() % 3];
+        if (roll == 3) w.key[0] = static_cast<std::uint8_t>(rng() % 3);
+        if (roll == 4) w.ip[3] = static_cast<std::uint8_t>(rng() % 3);
+        w.time_us += static_cast<std::int64_t>(rng() % 5000) - 1000;
+        if (roll == 5) w.time_us += 3600LL * 1000000;  // next hour
+        UsageFields f = w.fields();
+        f.response_time_us = (rng() % 3) * 1000;
+        UsageFields plain = f;
+        plain.method_constant = false;
+        plain.endpoint_constant = false;
+        const std::size_t n = encode_as_worker(fast.data(), at, f, &fctx,
+                                               &repeats);
+        const std::size_t m =
+            encode_usage_record(full.data(), at, kChunk, plain, &sctx);
+        ASSERT_EQ(n, m) << "record " << records;
+        if (n == 0) break;  // the chunk is full: the same record for both
+        at += n;
+        ++records;
+    }
+    EXPECT_GT(records, 200);
+    EXPECT_GT(repeats, records / 2);
+    EXPECT_EQ(std::memcmp(fast.data(), full.data(), at), 0);
+    EXPECT_EQ(decode_all(fast.data(), at).size(),
+              static_cast<std::size_t>(records));
 }
 
 }  // namespace
