@@ -14,6 +14,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "usage_ipset.h"
 #include "usage_ring.h"
 
 namespace apikey {
@@ -321,9 +322,9 @@ AggLayout agg_layout_for(std::uint32_t entries) noexcept {
     l.labels_offset =
         l.entries_offset + std::size_t{entries} * sizeof(AggEntry);
     l.cells_offset = l.labels_offset + std::size_t{l.labels} * sizeof(AggLabel);
-    l.buffer_size = (l.cells_offset + std::size_t{l.cells} * sizeof(AggCell) +
-                     kPage - 1) &
-                    ~(kPage - 1);
+    const std::size_t end = ipset_layout(
+        &l, l.cells_offset + std::size_t{l.cells} * sizeof(AggCell));
+    l.buffer_size = (end + kPage - 1) & ~(kPage - 1);
     l.area_size = 2 * l.buffer_size;
     return l;
 }
@@ -364,7 +365,11 @@ bool UsageSegment::aggregate(std::uint32_t slot,
         }
         e = now;
     }
-    const Buffer b(agg_buffer(slot, e), agg_);
+    unsigned char* base = agg_buffer(slot, e);
+    if (!ipset_add(base, agg_, in)) {
+        bump(s.agg_ipset_overflow);
+    }
+    const Buffer b(base, agg_);
     const std::uint32_t label = label_of(label_memo_, b, agg_, slot, e, in);
     if (label == kAggOtherLabel) {
         bump(s.agg_label_overflow);
@@ -596,6 +601,7 @@ void UsageSegment::agg_clear(std::uint32_t slot, std::uint64_t epoch) noexcept {
                 std::size_t{n_labels} * sizeof(AggLabel));
     std::memset(static_cast<void*>(b.cells), 0,
                 std::size_t{n_cells} * sizeof(AggCell));
+    ipset_clear(base, agg_);
     b.header->entries_used.store(0, std::memory_order_relaxed);
     b.header->labels_used.store(0, std::memory_order_relaxed);
     b.header->cells_used.store(0, std::memory_order_relaxed);

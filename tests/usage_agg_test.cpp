@@ -194,8 +194,8 @@ TEST(AggLayoutTest, DefaultHoldsFiftyThousandEntriesAndSaysItsSize) {
     EXPECT_EQ(l.label_index, 8192u);
     EXPECT_EQ(l.buffer_size % 4096, 0u);
     EXPECT_EQ(l.area_size, 2 * l.buffer_size);
-    // docs/capture.md: 13.04 MiB a buffer, 26.07 MiB a slot.
-    EXPECT_EQ(l.buffer_size, 13668352u);
+    // docs/capture.md: 13.66 MiB a buffer, 27.32 MiB a slot.
+    EXPECT_EQ(l.buffer_size, 14323712u);
     EXPECT_LT(l.cells_offset + l.cells * sizeof(AggCell), l.buffer_size + 1);
 }
 
@@ -228,7 +228,7 @@ TEST(AggLayoutTest, OutOfRangeIsInvalid) {
 TEST_F(UsageAggTest, HeaderRecordsTheAreasAndEpochsStartAtOne) {
     create(2);
     const UsageHeader& h = seg_.header();
-    EXPECT_EQ(h.layout_version, 3u);
+    EXPECT_EQ(h.layout_version, 4u);
     // Right after the stream area: the header page, the slots' page, the
     // stream.
     EXPECT_EQ(h.agg_area_offset,
@@ -297,7 +297,26 @@ TEST_F(UsageAggTest, AVersionTwoFileIsRefusedNamingBothVersions) {
     EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kBadVersion);
     EXPECT_NE(error.find(path_), std::string::npos) << error;
     EXPECT_NE(error.find("layout version 2 (chunk size 288), this build "
-                         "reads version 3 (chunk size 65536)"),
+                         "reads version 4 (chunk size 65536)"),
+              std::string::npos)
+        << error;
+}
+
+// The layout before the client-address sets: same header, smaller
+// buffers; refused by its version.
+TEST_F(UsageAggTest, AVersionThreeFileIsRefused) {
+    create(1);
+    seg_.reset();
+    const int fd = open(path_.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    const std::uint32_t v3 = 3;
+    ASSERT_EQ(pwrite(fd, &v3, 4, offsetof(UsageHeader, layout_version)), 4);
+    close(fd);
+    UsageSegment s;
+    std::string error;
+    EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kBadVersion);
+    EXPECT_NE(error.find("layout version 3 (chunk size 65536), this build "
+                         "reads version 4 (chunk size 65536)"),
               std::string::npos)
         << error;
 }

@@ -2,12 +2,14 @@
 
 #include <httplib.h>
 
+#include <map>
 #include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "analytics_cursor.h"
+#include "analytics_distinct_ips.h"
 #include "analytics_etag.h"
 #include "analytics_listing.h"
 #include "http_server.h"
@@ -93,7 +95,9 @@ Json key_json(const KeySummary& k) {
                 {"request_count", r.request_count},
                 {"requests_today", k.requests_today},
                 {"requests_this_month", k.requests_this_month},
-                {"dormant", r.dormant}};
+                {"dormant", r.dormant},
+                {"distinct_ips_today", k.distinct_ips_today},
+                {"distinct_ips_7d", k.distinct_ips_7d}};
 }
 
 Json key_usage_json(const KeySummary& key, const UsageSummary& usage) {
@@ -105,6 +109,7 @@ Json key_usage_json(const KeySummary& key, const UsageSummary& usage) {
                           {"errors_5xx", p.totals.errors_5xx},
                           {"avg_ms", ms_or_null(p.totals.avg_ms())},
                           {"p95_ms", ms_or_null(p.totals.p95_ms())}});
+        if (p.distinct_ips) series.back()["distinct_ips"] = *p.distinct_ips;
     }
     Json top = Json::array();
     for (const EndpointUsage& e : usage.top) {
@@ -285,15 +290,24 @@ struct AnalyticsApi::Impl {
         std::optional<KeySummary> key = query_key(
             *conn, org, key_id, dormant_days, CalendarWindow::at(now));
         std::vector<UsageRow> rows;
+        std::map<std::int64_t, std::uint64_t> ips_by_day;
         if (key) {
             rows = query_key_usage(*conn, org, key_id, p.interval, p.from_us,
                                    p.to_us);
+            add_distinct_ips(*conn, org, &*key, 1, CalendarWindow::at(now));
+            if (p.interval == Interval::kDay) {
+                ips_by_day = query_distinct_ips_by_day(*conn, org, key_id,
+                                                       p.from_us, p.to_us);
+            }
         }
         conn->exec("COMMIT");
         if (!key) throw HttpError{404, kNotFound, ""};
 
         UsageSummary usage = summarize_usage(
             rows, series_buckets(p.from_us, p.to_us, p.interval), p.top);
+        if (p.interval == Interval::kDay) {
+            fill_distinct_ips(&usage.series, ips_by_day);
+        }
         return {key_usage_json(*key, usage), until};
     }
 

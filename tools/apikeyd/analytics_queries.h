@@ -113,6 +113,9 @@ struct KeySummary {
     keysql::KeyRow key;
     std::int64_t requests_today = 0;
     std::int64_t requests_this_month = 0;
+    // analytics_distinct_ips.h
+    std::int64_t distinct_ips_today = 0;
+    std::int64_t distinct_ips_7d = 0;
 };
 
 // SELECT <a key summary> FROM api_keys k JOIN api_key_listing s WHERE <k of
@@ -176,6 +179,8 @@ struct UsageTotals {
 struct SeriesPoint {
     std::int64_t t_us = 0;
     UsageTotals totals;
+    // Day series only (analytics_distinct_ips.h).
+    std::optional<std::uint64_t> distinct_ips;
 };
 
 struct EndpointUsage {
