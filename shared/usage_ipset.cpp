@@ -2,29 +2,17 @@
 // worker's insert after a memo miss, apikeyd's read and clear.
 #include "usage_ipset.h"
 
-#include "usage_ring.h"
-
 #include <limits>
 #include <string_view>
+
+#include "hash_mix.h"
+#include "usage_ring.h"
 
 namespace apikey {
 namespace {
 
 constexpr std::uint64_t kMul = 0x9e3779b97f4a7c15ULL;
 
-inline std::uint64_t rotl(std::uint64_t v, int r) noexcept {
-    return (v << r) | (v >> (64 - r));
-}
-
-// MurmurHash3's finalizer: every input bit reaches every output bit.
-inline std::uint64_t fmix(std::uint64_t h) noexcept {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return h;
-}
 
 inline std::uint64_t load_u64(const void* p) noexcept {
     std::uint64_t v;
@@ -79,12 +67,13 @@ std::size_t ipset_layout(AggLayout* l, std::size_t offset) noexcept {
 std::uint64_t ipset_ip_hash(IpFamily family, const std::uint8_t* ip) noexcept {
     // Fixed constants, no seed: this value is stored in the sketches.
     const std::uint64_t f = static_cast<std::uint64_t>(family);
-    return fmix(load_u64(ip) * kMul ^ rotl(load_u64(ip + 8) * kMul, 29) ^
-                (f + 1) * 0xc2b2ae3d27d4eb4fULL);
+    return fmix64(load_u64(ip) * kMul ^ rotl64(load_u64(ip + 8) * kMul, 29) ^
+                  (f + 1) * 0xc2b2ae3d27d4eb4fULL);
 }
 
 bool ipset_insert(unsigned char* buffer, const AggLayout& l,
-                  const AggregateInput& in, std::int32_t day) noexcept {
+                  const AggregateInput& in) noexcept {
+    const auto day = static_cast<std::int32_t>(hour_of(in.time_us) / 24);
     std::uint8_t ip[16] = {};
     if (in.ip_family == IpFamily::kV4) {
         std::memcpy(ip, in.ip, 4);
@@ -100,8 +89,8 @@ bool ipset_insert(unsigned char* buffer, const AggLayout& l,
     const std::uint32_t n = used_rows(*s.header, l, std::memory_order_relaxed);
     const std::uint32_t mask = l.ipset_index - 1;
     const std::uint64_t probe =
-        fmix(h ^ probe_seed() ^ k0 * kMul ^ rotl(k1, 31) ^
-             rotl(static_cast<std::uint64_t>(day) * kMul, 17));
+        fmix64(h ^ probe_seed() ^ k0 * kMul ^ rotl64(k1, 31) ^
+               rotl64(static_cast<std::uint64_t>(day) * kMul, 17));
     std::uint32_t i = static_cast<std::uint32_t>(probe >> 32) & mask;
     for (std::uint32_t probes = 0;; ++probes, i = (i + 1) & mask) {
         if (probes == l.ipset_index) {
@@ -130,7 +119,7 @@ bool ipset_insert(unsigned char* buffer, const AggLayout& l,
     AggIpSetHeader& m = *s.header;
     std::memcpy(m.memo_key, in.key_id, 16);
     std::memcpy(m.memo_ip, ip, 16);
-    m.memo_day = day;
+    m.memo_day_start_us = std::int64_t{day} * kUsPerDay;
     m.memo_family = in.ip_family;
     return true;
 }

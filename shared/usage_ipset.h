@@ -33,8 +33,8 @@ struct AggIpSetHeader {
     std::atomic<std::uint32_t> used;
     IpFamily memo_family;      // kNone: no memo yet
     std::uint8_t reserved[3];
-    std::int32_t memo_day;
-    std::uint32_t reserved1;
+    // The memo's UTC day, as its first µs: "same day" is one subtraction.
+    std::int64_t memo_day_start_us;
     std::uint8_t memo_key[16];
     std::uint8_t memo_ip[16];  // v4: 4 bytes, then zero
     std::uint8_t reserved2[16];
@@ -70,7 +70,7 @@ std::uint64_t ipset_ip_hash(IpFamily family, const std::uint8_t* ip) noexcept;
 // buffer's start). True when it is in the set (or has no address); false
 // when the set is full.
 bool ipset_insert(unsigned char* buffer, const AggLayout& l,
-                  const AggregateInput& in, std::int32_t day) noexcept;
+                  const AggregateInput& in) noexcept;
 
 // The worker's side, per request: a repeat of the last insert is a few
 // compares (`in.ip` always holds 16 readable bytes).
@@ -78,7 +78,6 @@ inline bool ipset_add(unsigned char* buffer, const AggLayout& l,
                       const AggregateInput& in) noexcept {
     const auto* h =
         reinterpret_cast<const AggIpSetHeader*>(buffer + l.ipset_offset);
-    const auto day = static_cast<std::int32_t>(in.time_us / kUsPerDay);
     auto u64 = [](const void* p) {
         std::uint64_t v;
         std::memcpy(&v, p, sizeof v);
@@ -89,7 +88,9 @@ inline bool ipset_add(unsigned char* buffer, const AggLayout& l,
         std::memcpy(&v, p, sizeof v);
         return v;
     };
-    if (h->memo_family == in.ip_family && h->memo_day == day &&
+    if (h->memo_family == in.ip_family &&
+        static_cast<std::uint64_t>(in.time_us - h->memo_day_start_us) <
+            static_cast<std::uint64_t>(kUsPerDay) &&
         u64(h->memo_key) == u64(in.key_id) &&
         u64(h->memo_key + 8) == u64(in.key_id + 8) &&
         (in.ip_family == IpFamily::kV4
@@ -98,7 +99,7 @@ inline bool ipset_add(unsigned char* buffer, const AggLayout& l,
                    u64(h->memo_ip + 8) == u64(in.ip + 8))) {
         return true;
     }
-    return ipset_insert(buffer, l, in, day);
+    return ipset_insert(buffer, l, in);
 }
 
 // apikeyd: appends the rows of the buffer at `buffer` (closed, settled) to
