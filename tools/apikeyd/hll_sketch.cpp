@@ -62,26 +62,30 @@ bool HllSketch::merge(const HllSketch& other) noexcept {
     return grew;
 }
 
+// Checked whole before any register changes, then applied in place: a
+// listing page merges hundreds of stored sketches, mostly sparse ones of a
+// few bytes, and must not pay 4 KiB for each.
 bool HllSketch::merge_stored(std::string_view s) noexcept {
-    HllSketch other;
     auto byte = [&](std::size_t i) { return static_cast<std::uint8_t>(s[i]); };
     if (s.empty()) return true;
     if (byte(0) == kDense && s.size() == 1 + kHllRegisters) {
         for (std::size_t i = 0; i < kHllRegisters; ++i) {
             if (byte(1 + i) > kQ + 1) return false;
-            other.registers_[i] = byte(1 + i);
         }
-    } else if (byte(0) == kSparse && (s.size() - 1) % 3 == 0) {
-        for (std::size_t at = 1; at < s.size(); at += 3) {
-            const std::size_t index = std::size_t{byte(at)} << 8 | byte(at + 1);
-            const std::uint8_t value = byte(at + 2);
-            if (index >= kHllRegisters || value > kQ + 1) return false;
-            other.registers_[index] = value;
+        for (std::size_t i = 0; i < kHllRegisters; ++i) {
+            registers_[i] = std::max(registers_[i], byte(1 + i));
         }
-    } else {
-        return false;
+        return true;
     }
-    merge(other);
+    if (byte(0) != kSparse || (s.size() - 1) % 3 != 0) return false;
+    for (std::size_t at = 1; at < s.size(); at += 3) {
+        const std::size_t index = std::size_t{byte(at)} << 8 | byte(at + 1);
+        if (index >= kHllRegisters || byte(at + 2) > kQ + 1) return false;
+    }
+    for (std::size_t at = 1; at < s.size(); at += 3) {
+        std::uint8_t& r = registers_[std::size_t{byte(at)} << 8 | byte(at + 1)];
+        r = std::max(r, byte(at + 2));
+    }
     return true;
 }
 
