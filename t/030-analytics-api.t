@@ -263,7 +263,8 @@ ok(!(grep { $_->{key_id} eq $K{clientB}{key_id} || $_->{key_id} eq $K{adminB}{ke
      @{ $j->{keys} }), "org listing: no key of the other org");
 is_deeply([ sort keys %{ $j->{keys}[0] } ],
           [ sort qw(key_id name hint scopes status created_at expires_at last_used_at
-                    last_used_ip request_count requests_today requests_this_month dormant) ],
+                    last_used_ip request_count requests_today requests_this_month dormant
+                    distinct_ips_today distinct_ips_7d) ],
           'org listing: each key has exactly the contract fields');
 
 my $c = $by{ $K{clientA}{key_id} };
