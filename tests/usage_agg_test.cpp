@@ -279,22 +279,29 @@ TEST_F(UsageAggTest, AttachRefusesAreaSizesThatDisagree) {
     EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kOk) << error;
 }
 
+// A segment rewritten as an older layout: its version and chunk size in
+// the header; attach()'s error.
+std::string attach_as_layout(const std::string& path, std::uint32_t version,
+                             std::uint32_t chunk_size) {
+    const int fd = open(path.c_str(), O_RDWR);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(pwrite(fd, &version, 4, offsetof(UsageHeader, layout_version)),
+              4);
+    EXPECT_EQ(pwrite(fd, &chunk_size, 4, offsetof(UsageHeader, chunk_size)),
+              4);
+    close(fd);
+    UsageSegment s;
+    std::string error;
+    EXPECT_EQ(s.attach(path.c_str(), &error), SegmentStatus::kBadVersion);
+    return error;
+}
+
 // The layout before the stream (fixed 288-byte records in rings, then
 // the aggregation areas) is refused, never read as this one.
 TEST_F(UsageAggTest, AVersionTwoFileIsRefusedNamingBothVersions) {
     create(1);
     seg_.reset();
-    const int fd = open(path_.c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    const std::uint32_t v2 = 2;
-    const std::uint32_t record_size = 288;
-    ASSERT_EQ(pwrite(fd, &v2, 4, offsetof(UsageHeader, layout_version)), 4);
-    ASSERT_EQ(pwrite(fd, &record_size, 4, offsetof(UsageHeader, chunk_size)),
-              4);
-    close(fd);
-    UsageSegment s;
-    std::string error;
-    EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kBadVersion);
+    const std::string error = attach_as_layout(path_, 2, 288);
     EXPECT_NE(error.find(path_), std::string::npos) << error;
     EXPECT_NE(error.find("layout version 2 (chunk size 288), this build "
                          "reads version 4 (chunk size 65536)"),
@@ -307,14 +314,7 @@ TEST_F(UsageAggTest, AVersionTwoFileIsRefusedNamingBothVersions) {
 TEST_F(UsageAggTest, AVersionThreeFileIsRefused) {
     create(1);
     seg_.reset();
-    const int fd = open(path_.c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    const std::uint32_t v3 = 3;
-    ASSERT_EQ(pwrite(fd, &v3, 4, offsetof(UsageHeader, layout_version)), 4);
-    close(fd);
-    UsageSegment s;
-    std::string error;
-    EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kBadVersion);
+    const std::string error = attach_as_layout(path_, 3, 65536);
     EXPECT_NE(error.find("layout version 3 (chunk size 65536), this build "
                          "reads version 4 (chunk size 65536)"),
               std::string::npos)
