@@ -14,6 +14,8 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "hash_mix.h"
+#include "usage_ipset.h"
 #include "usage_ring.h"
 
 namespace apikey {
@@ -49,27 +51,13 @@ std::uint32_t ceil_power_of_two(std::uint64_t v) noexcept {
     return static_cast<std::uint32_t>(p);
 }
 
-inline std::uint64_t rotl(std::uint64_t v, int r) noexcept {
-    return (v << r) | (v >> (64 - r));
-}
-
-// MurmurHash3's finalizer: every input bit reaches every output bit.
-inline std::uint64_t fmix(std::uint64_t h) noexcept {
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return h;
-}
-
 std::uint64_t make_seed() noexcept {
     std::uint64_t seed = 0;
     if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        seed = fmix(static_cast<std::uint64_t>(ts.tv_nsec) ^
-                    (static_cast<std::uint64_t>(getpid()) << 32));
+        seed = fmix64(static_cast<std::uint64_t>(ts.tv_nsec) ^
+                      (static_cast<std::uint64_t>(getpid()) << 32));
     }
     return seed | 1;
 }
@@ -89,8 +77,8 @@ inline std::uint64_t load_u64(const void* p) noexcept {
 // The method is a zero-padded 16-byte field: two words.
 inline std::uint64_t label_hash(std::uint64_t m0, std::uint64_t m1,
                                 std::uint64_t endpoint_hash) noexcept {
-    return fmix((m0 ^ g_seed) * kMul ^ rotl(m1 * kMul, 29) ^
-                rotl(endpoint_hash, 23));
+    return fmix64((m0 ^ g_seed) * kMul ^ rotl64(m1 * kMul, 29) ^
+                  rotl64(endpoint_hash, 23));
 }
 
 // Key ids are the server's, not the client's: no seed needed.
@@ -98,8 +86,8 @@ inline std::uint64_t entry_hash(const std::uint8_t* key, std::uint32_t label,
                                 std::int32_t hour) noexcept {
     const std::uint64_t lh =
         (std::uint64_t{label} << 32) | static_cast<std::uint32_t>(hour);
-    return fmix(load_u64(key) * kMul ^ rotl(load_u64(key + 8), 31) ^
-                rotl(lh * kMul, 17));
+    return fmix64(load_u64(key) * kMul ^ rotl64(load_u64(key + 8), 31) ^
+                  rotl64(lh * kMul, 17));
 }
 
 // A count only this process writes: no locked instruction needed.
@@ -409,9 +397,9 @@ AggLayout agg_layout_for(std::uint32_t entries) noexcept {
     l.labels_offset =
         l.entries_offset + std::size_t{entries} * sizeof(AggEntry);
     l.cells_offset = l.labels_offset + std::size_t{l.labels} * sizeof(AggLabel);
-    l.buffer_size = (l.cells_offset + std::size_t{l.cells} * sizeof(AggCell) +
-                     kPage - 1) &
-                    ~(kPage - 1);
+    const std::size_t end = ipset_layout(
+        &l, l.cells_offset + std::size_t{l.cells} * sizeof(AggCell));
+    l.buffer_size = (end + kPage - 1) & ~(kPage - 1);
     l.area_size = 2 * l.buffer_size;
     return l;
 }
@@ -422,14 +410,14 @@ std::uint64_t agg_text_hash(std::string_view text) noexcept {
     std::uint64_t h = g_seed ^ (n * kMul);
     std::size_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        h = rotl((h ^ load_u64(p + i)) * kMul, 31);
+        h = rotl64((h ^ load_u64(p + i)) * kMul, 31);
     }
     if (i < n) {
         std::uint64_t w = 0;
         std::memcpy(&w, p + i, n - i);
-        h = rotl((h ^ w) * kMul, 31);
+        h = rotl64((h ^ w) * kMul, 31);
     }
-    return fmix(h);
+    return fmix64(h);
 }
 
 // --- UsageSegment: the worker's side -----------------------------------------
@@ -468,6 +456,9 @@ bool UsageSegment::aggregate(std::uint32_t slot,
             break;
         }
         e = now;
+    }
+    if (!ipset_add(agg_buffer(slot, e), agg_, f)) {
+        bump(s.agg_ipset_overflow);
     }
     AggEntryMemo& m = entry_memo_;
     AggEntry* entry;
@@ -711,6 +702,7 @@ void UsageSegment::agg_clear(std::uint32_t slot, std::uint64_t epoch) noexcept {
                 std::size_t{n_labels} * sizeof(AggLabel));
     std::memset(static_cast<void*>(b.cells), 0,
                 std::size_t{n_cells} * sizeof(AggCell));
+    ipset_clear(base, agg_);
     b.header->entries_used.store(0, std::memory_order_relaxed);
     b.header->labels_used.store(0, std::memory_order_relaxed);
     b.header->cells_used.store(0, std::memory_order_relaxed);

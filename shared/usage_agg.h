@@ -22,7 +22,8 @@
 // buffer's contents for good: with (node, slot, generation) it is the
 // identity apikeyd commits exactly once.
 //
-// A buffer holds three append-only tables, each an array filled from index
+// A buffer holds three append-only tables (and the client-address set of
+// usage_ipset.h, after them), each an array filled from index
 // 0 plus (for entries and labels) an open-addressing u32 index of
 // 1-based positions, so that the used part is a prefix and a clear only
 // touches what was used:
@@ -137,6 +138,12 @@ struct AggLayout {
     std::size_t entries_offset = 0;
     std::size_t labels_offset = 0;
     std::size_t cells_offset = 0;
+    // The client-address set (usage_ipset.h), after the cells.
+    std::uint32_t ipset_rows = 0;
+    std::uint32_t ipset_index = 0;  // slots, a power of two >= 2 rows
+    std::size_t ipset_offset = 0;   // its header
+    std::size_t ipset_index_offset = 0;
+    std::size_t ipset_rows_offset = 0;
     std::size_t buffer_size = 0;
     std::size_t area_size = 0;      // both buffers of one slot
 };

@@ -55,6 +55,7 @@ std::uint64_t latency_bucket_upper_us(std::size_t bucket) noexcept;
 // --- hours -------------------------------------------------------------------
 
 inline constexpr std::int64_t kUsPerHour = 3600LL * 1000000;
+inline constexpr std::int64_t kUsPerDay = 24 * kUsPerHour;
 
 // The UTC hour that holds time_us, counted from 1970 (floor, also before).
 inline std::int64_t hour_of(std::int64_t time_us) noexcept {

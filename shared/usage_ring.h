@@ -36,6 +36,7 @@
 
 #include "segment_file.h"
 #include "usage_agg.h"
+#include "usage_ipset.h"
 #include "usage_record.h"
 #include "usage_stream.h"
 
@@ -44,8 +45,9 @@ namespace apikey {
 inline constexpr std::uint64_t kUsageMagic =
     0x31474e5259454b41ULL;  // "AKEYRNG1"
 // 3: variable-length records in a shared chunk pool, slot descriptors of
-// four cache lines, aggregation areas after the stream area.
-inline constexpr std::uint32_t kUsageLayoutVersion = 3;
+// four cache lines, aggregation areas after the stream area. 4: a
+// client-address set at the end of each aggregation buffer.
+inline constexpr std::uint32_t kUsageLayoutVersion = 4;
 inline constexpr std::size_t kUsageHeaderSize = 4096;
 inline constexpr std::size_t kCacheLine = 64;
 // A replaced segment stays at PATH + kUsageOldSuffix + its created_at_us
@@ -99,6 +101,8 @@ struct UsageSlot {
     // Latencies left out of a histogram (cell table full); the request
     // itself is counted.
     std::atomic<std::uint64_t> agg_histogram_overflow;
+    // Client addresses not counted (the buffer's address set was full).
+    std::atomic<std::uint64_t> agg_ipset_overflow;
 };
 static_assert(sizeof(UsageSlot) == 4 * kCacheLine);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
@@ -251,6 +255,10 @@ public:
     // not trusted); returns how many. 0 if `epoch` is not a closed buffer.
     std::size_t agg_read(std::uint32_t slot, std::uint64_t epoch,
                          std::vector<AggregateEntry>* out) const;
+    // Appends the client-address set of closed buffer `epoch` to *out
+    // (usage_ipset.h); returns how many rows. 0 if it is not closed.
+    std::size_t agg_read_ips(std::uint32_t slot, std::uint64_t epoch,
+                             std::vector<IpSetEntry>* out) const;
     // Zeroes the used part of closed buffer `epoch` and marks it kClean.
     void agg_clear(std::uint32_t slot, std::uint64_t epoch) noexcept;
     // The active buffer has no entry (or the slot is out of range).

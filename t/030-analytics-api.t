@@ -264,7 +264,8 @@ ok(!(grep { $_->{key_id} eq $K{clientB}{key_id} || $_->{key_id} eq $K{adminB}{ke
 is_deeply([ sort keys %{ $j->{keys}[0] } ],
           [ sort qw(key_id name hint scopes status created_at expires_at last_used_at
                     last_used_ip request_count requests_today requests_this_month dormant
-                    requests_last_hour baseline_hourly spike) ],
+                    requests_last_hour baseline_hourly spike
+                    distinct_ips_today distinct_ips_7d) ],
           'org listing: each key has exactly the contract fields');
 
 my $c = $by{ $K{clientA}{key_id} };

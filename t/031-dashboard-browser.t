@@ -195,6 +195,13 @@ UPDATE api_key_usage_daily d
          GROUP BY 1) h
  WHERE d.key_id = :'key' AND d.endpoint = 'orders' AND d.method = 'GET' AND d.bucket = h.day;
 SQL
+# checkout-web's client addresses: sparse sketches (docs/api.md) of 12
+# addresses today and 9 yesterday, 5 of them the same: 16 in 7 days.
+my $sketch = sub { '01' . join('', map { sprintf '%04x01', $_ } @_) };
+psql(q{INSERT INTO api_key_distinct_ips (key_id, day, org_id, ips, sketch) VALUES
+       (:'key', (now() AT TIME ZONE 'UTC')::date, :'org', 12, decode(:'today', 'hex')),
+       (:'key', (now() AT TIME ZONE 'UTC')::date - 1, :'org', 9, decode(:'yesterday', 'hex'))},
+     { key => $CHECKOUT, org => $ORG, today => $sketch->(1 .. 12), yesterday => $sketch->(8 .. 16) });
 
 # The batch key: real requests through nginx (3 x 200, 2 x 404).
 my $html = $ENV{TEST_NGINX_HTML_DIR};
@@ -213,6 +220,11 @@ ok_eventually(sub {
     my ($k) = grep { $_->{name} eq $BATCH } @{ apikeyd_get($LIST, \@ADMIN)->{json}{keys} };
     $k && $k->{request_count} == 5;
 }, 15, 'batch traffic visible through the API');
+{
+    my ($k) = grep { $_->{key_id} eq $CHECKOUT } @{ apikeyd_get($LIST, \@ADMIN)->{json}{keys} };
+    is_deeply([ @$k{qw(distinct_ips_today distinct_ips_7d)} ], [ 12, 16 ],
+              'checkout-web: 12 distinct IPs today, 16 in 7 days');
+}
 stop_nginx();
 # The spike refresh runs when apikeyd starts (then hourly).
 restart_apikeyd();

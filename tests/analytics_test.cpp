@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "analytics_api.h"
+#include "analytics_distinct_ips.h"
 #include "analytics_queries.h"
 
 namespace apikey::api {
@@ -189,7 +190,8 @@ TEST(KeyUsageJson, HasEveryContractFieldInOrder) {
                   "key_id", "name", "hint", "scopes", "status", "created_at",
                   "expires_at", "last_used_at", "last_used_ip", "request_count",
                   "requests_today", "requests_this_month", "dormant",
-                  "requests_last_hour", "baseline_hourly", "spike"}));
+                  "requests_last_hour", "baseline_hourly", "spike",
+                  "distinct_ips_today", "distinct_ips_7d"}));
     EXPECT_TRUE(j["key"]["expires_at"].is_null());
     EXPECT_EQ(j["key"]["scopes"], Json::array({"usage:read"}));
     EXPECT_EQ(j["series"].size(), 2u);
@@ -204,6 +206,30 @@ TEST(KeyUsageJson, HasEveryContractFieldInOrder) {
     EXPECT_DOUBLE_EQ(j["error_rate"]["4xx"].get<double>(), 1.0 / 7);
     EXPECT_DOUBLE_EQ(j["error_rate"]["5xx"].get<double>(), 2.0 / 7);
     EXPECT_EQ(j["avg_ms"], 1.5);
+    // Not a day series with distinct_ips filled: no such field.
+    EXPECT_FALSE(j["series"][0].contains("distinct_ips"));
+}
+
+TEST(KeyUsageJson, DaySeriesCarriesDistinctIps) {
+    KeySummary k;
+    k.key.scopes_json = "[]";
+    k.distinct_ips_today = 3;
+    k.distinct_ips_7d = 5;
+    UsageSummary usage = summarize_usage({}, days(3), 10);
+    fill_distinct_ips(&usage.series, {{kT0 + kApiUsPerDay, 3}});
+    Json j = key_usage_json(k, usage);
+    EXPECT_EQ(j["key"]["distinct_ips_today"], 3);
+    EXPECT_EQ(j["key"]["distinct_ips_7d"], 5);
+    std::vector<std::string> point_fields;
+    for (auto& [name, value] : j["series"][1].items()) {
+        point_fields.push_back(name);
+    }
+    EXPECT_EQ(point_fields, (std::vector<std::string>{
+                                "t", "requests", "errors_4xx", "errors_5xx",
+                                "avg_ms", "p95_ms", "distinct_ips"}));
+    EXPECT_EQ(j["series"][0]["distinct_ips"], 0);
+    EXPECT_EQ(j["series"][1]["distinct_ips"], 3);
+    EXPECT_EQ(j["series"][2]["distinct_ips"], 0);
 }
 
 }  // namespace

@@ -194,8 +194,8 @@ TEST(AggLayoutTest, DefaultHoldsFiftyThousandEntriesAndSaysItsSize) {
     EXPECT_EQ(l.label_index, 8192u);
     EXPECT_EQ(l.buffer_size % 4096, 0u);
     EXPECT_EQ(l.area_size, 2 * l.buffer_size);
-    // docs/capture.md: 13.04 MiB a buffer, 26.07 MiB a slot.
-    EXPECT_EQ(l.buffer_size, 13668352u);
+    // docs/capture.md: 13.66 MiB a buffer, 27.32 MiB a slot.
+    EXPECT_EQ(l.buffer_size, 14323712u);
     EXPECT_LT(l.cells_offset + l.cells * sizeof(AggCell), l.buffer_size + 1);
 }
 
@@ -228,7 +228,7 @@ TEST(AggLayoutTest, OutOfRangeIsInvalid) {
 TEST_F(UsageAggTest, HeaderRecordsTheAreasAndEpochsStartAtOne) {
     create(2);
     const UsageHeader& h = seg_.header();
-    EXPECT_EQ(h.layout_version, 3u);
+    EXPECT_EQ(h.layout_version, 4u);
     // Right after the stream area: the header page, the slots' page, the
     // stream.
     EXPECT_EQ(h.agg_area_offset,
@@ -279,25 +279,44 @@ TEST_F(UsageAggTest, AttachRefusesAreaSizesThatDisagree) {
     EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kOk) << error;
 }
 
+// A segment rewritten as an older layout: its version and chunk size in
+// the header; attach()'s error.
+std::string attach_as_layout(const std::string& path, std::uint32_t version,
+                             std::uint32_t chunk_size) {
+    const int fd = open(path.c_str(), O_RDWR);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(pwrite(fd, &version, 4, offsetof(UsageHeader, layout_version)),
+              4);
+    EXPECT_EQ(pwrite(fd, &chunk_size, 4, offsetof(UsageHeader, chunk_size)),
+              4);
+    close(fd);
+    UsageSegment s;
+    std::string error;
+    EXPECT_EQ(s.attach(path.c_str(), &error), SegmentStatus::kBadVersion);
+    return error;
+}
+
 // The layout before the stream (fixed 288-byte records in rings, then
 // the aggregation areas) is refused, never read as this one.
 TEST_F(UsageAggTest, AVersionTwoFileIsRefusedNamingBothVersions) {
     create(1);
     seg_.reset();
-    const int fd = open(path_.c_str(), O_RDWR);
-    ASSERT_GE(fd, 0);
-    const std::uint32_t v2 = 2;
-    const std::uint32_t record_size = 288;
-    ASSERT_EQ(pwrite(fd, &v2, 4, offsetof(UsageHeader, layout_version)), 4);
-    ASSERT_EQ(pwrite(fd, &record_size, 4, offsetof(UsageHeader, chunk_size)),
-              4);
-    close(fd);
-    UsageSegment s;
-    std::string error;
-    EXPECT_EQ(s.attach(path_.c_str(), &error), SegmentStatus::kBadVersion);
+    const std::string error = attach_as_layout(path_, 2, 288);
     EXPECT_NE(error.find(path_), std::string::npos) << error;
     EXPECT_NE(error.find("layout version 2 (chunk size 288), this build "
-                         "reads version 3 (chunk size 65536)"),
+                         "reads version 4 (chunk size 65536)"),
+              std::string::npos)
+        << error;
+}
+
+// The layout before the client-address sets: same header, smaller
+// buffers; refused by its version.
+TEST_F(UsageAggTest, AVersionThreeFileIsRefused) {
+    create(1);
+    seg_.reset();
+    const std::string error = attach_as_layout(path_, 3, 65536);
+    EXPECT_NE(error.find("layout version 3 (chunk size 65536), this build "
+                         "reads version 4 (chunk size 65536)"),
               std::string::npos)
         << error;
 }

@@ -85,6 +85,16 @@ std::size_t AggregateCollector::read_closed(UsageSegment* seg,
         b.entries.push_back(std::move(e));
         b.orgs.push_back(*org);
     }
+    std::vector<IpSetEntry> ips;
+    seg->agg_read_ips(slot, epoch, &ips);
+    for (const IpSetEntry& e : ips) {
+        Uuid key;
+        std::memcpy(key.data(), e.key_id, key.size());
+        if (std::optional<Uuid> org = keys_->org_of(key, now_us)) {
+            b.ips.push_back(e);
+            b.ip_orgs.push_back(*org);
+        }
+    }
     stats_->agg_rejected_unknown_key += rejected;
     pending_.push_back(std::move(p));
     return rejected;

@@ -2,12 +2,14 @@
 
 #include <httplib.h>
 
+#include <map>
 #include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "analytics_cursor.h"
+#include "analytics_distinct_ips.h"
 #include "analytics_etag.h"
 #include "analytics_listing.h"
 #include "http_server.h"
@@ -99,7 +101,9 @@ Json key_json(const KeySummary& k, const SpikeRule& rule) {
                                         ? Json(*k.baseline_hourly)
                                         : Json(nullptr)},
                 {"spike",
-                 is_spike(k.requests_last_hour, k.baseline_hourly, rule)}};
+                 is_spike(k.requests_last_hour, k.baseline_hourly, rule)},
+                {"distinct_ips_today", k.distinct_ips_today},
+                {"distinct_ips_7d", k.distinct_ips_7d}};
 }
 
 Json key_usage_json(const KeySummary& key, const UsageSummary& usage,
@@ -113,6 +117,7 @@ Json key_usage_json(const KeySummary& key, const UsageSummary& usage,
                           {"errors_5xx", p.totals.errors_5xx},
                           {"avg_ms", ms_or_null(p.totals.avg_ms())},
                           {"p95_ms", ms_or_null(p.totals.p95_ms())}});
+        if (p.distinct_ips) series.back()["distinct_ips"] = *p.distinct_ips;
     }
     Json top = Json::array();
     for (const EndpointUsage& e : usage.top) {
@@ -312,17 +317,26 @@ struct AnalyticsApi::Impl {
             *conn, org, key_id, dormant_days, CalendarWindow::at(now));
         std::vector<UsageRow> rows;
         std::vector<HourTotal> hours;
+        std::map<std::int64_t, std::uint64_t> ips_by_day;
         if (key) {
             rows = query_key_usage(*conn, org, key_id, p.interval, p.from_us,
                                    p.to_us);
             hours = query_hour_totals(*conn, org, key_id,
                                       spike_window_start(p.from_us), p.to_us);
+            add_distinct_ips(*conn, org, &*key, 1, CalendarWindow::at(now));
+            if (p.interval == Interval::kDay) {
+                ips_by_day = query_distinct_ips_by_day(*conn, org, key_id,
+                                                       p.from_us, p.to_us);
+            }
         }
         conn->exec("COMMIT");
         if (!key) throw HttpError{404, kNotFound, ""};
 
         UsageSummary usage = summarize_usage(
             rows, series_buckets(p.from_us, p.to_us, p.interval), p.top);
+        if (p.interval == Interval::kDay) {
+            fill_distinct_ips(&usage.series, ips_by_day);
+        }
         // Hours, whatever the interval: the rule is hourly.
         std::int64_t created = parse_time(key->key.created_at).value_or(0);
         std::vector<SpikeHour> spikes = find_spikes(

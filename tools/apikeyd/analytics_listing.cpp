@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "analytics_distinct_ips.h"
 #include "analytics_spikes.h"
 
 namespace apikey::api {
@@ -173,6 +174,7 @@ ListingPage query_listing(pg::Connection& conn, const std::string& org_id,
     int rows = std::min(r.rows(), p.limit);
     page.keys.reserve(static_cast<std::size_t>(rows));
     for (int i = 0; i < rows; ++i) page.keys.push_back(read_key_summary(r, i));
+    add_distinct_ips(conn, org_id, page.keys.data(), page.keys.size(), window);
     if (r.rows() > p.limit) {
         std::vector<std::string> last;
         int first = kKeySummaryColumns;

@@ -257,7 +257,7 @@ UsageSummary summarize_usage(const std::vector<UsageRow>& rows,
                              int top) {
     UsageSummary s;
     s.series.reserve(buckets.size());
-    for (std::int64_t t : buckets) s.series.push_back({t, {}});
+    for (std::int64_t t : buckets) s.series.push_back({t, {}, {}});
 
     std::map<std::pair<std::string, std::string>, UsageTotals> by_endpoint;
     for (const UsageRow& row : rows) {

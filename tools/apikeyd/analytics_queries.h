@@ -117,6 +117,9 @@ struct KeySummary {
     // (analytics_spikes.h; nullopt: under 24 h of history).
     std::int64_t requests_last_hour = 0;
     std::optional<double> baseline_hourly;
+    // analytics_distinct_ips.h
+    std::int64_t distinct_ips_today = 0;
+    std::int64_t distinct_ips_7d = 0;
 };
 
 // Columns of a key summary: the key's, then the four above.
@@ -184,6 +187,8 @@ struct UsageTotals {
 struct SeriesPoint {
     std::int64_t t_us = 0;
     UsageTotals totals;
+    // Day series only (analytics_distinct_ips.h).
+    std::optional<std::uint64_t> distinct_ips;
 };
 
 struct EndpointUsage {

@@ -656,6 +656,7 @@ SegmentSnapshot Drainer::snapshot() const {
             r.agg_overflow = slot.agg_overflow.load();
             r.agg_label_overflow = slot.agg_label_overflow.load();
             r.agg_histogram_overflow = slot.agg_histogram_overflow.load();
+            r.agg_ipset_overflow = slot.agg_ipset_overflow.load();
             std::uint64_t closed = 0;
             r.agg_pending =
                 seg.agg_closed_epoch(s, &closed) || !seg.agg_empty(s);

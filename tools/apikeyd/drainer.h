@@ -73,6 +73,7 @@ struct RingSnapshot {
     std::uint64_t agg_overflow;            // requests not aggregated
     std::uint64_t agg_label_overflow;      // aggregated under "(other)"
     std::uint64_t agg_histogram_overflow;  // latencies left out
+    std::uint64_t agg_ipset_overflow;      // client addresses left out
     bool agg_pending;  // a closed buffer, or entries in the active one
 };
 

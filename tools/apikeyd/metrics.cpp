@@ -190,6 +190,10 @@ std::string format_metrics(const KeyPublisherStats& keys,
              "Latencies left out of a rollup's histogram because a buffer's "
              "cell table was full (the request is still counted).",
              [](const RingSnapshot& r) { return r.agg_histogram_overflow; });
+    per_ring("apikey_agg_ipset_overflow_total", "counter",
+             "Client addresses left out of distinct_ips because a buffer's "
+             "address set was full (the request is still counted).",
+             [](const RingSnapshot& r) { return r.agg_ipset_overflow; });
     per_ring("apikey_agg_pending", "gauge",
              "1 while a slot's aggregation buffers hold requests not "
              "committed yet.",

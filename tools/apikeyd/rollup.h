@@ -91,7 +91,6 @@ std::optional<double> latency_percentile_ms(const LatencyHistogram& hist,
 
 // --- rollups -----------------------------------------------------------------
 
-inline constexpr std::int64_t kUsPerDay = 24 * kUsPerHour;
 
 // Start of the UTC hour / day that holds time_us (floor, also before 1970).
 std::int64_t hour_bucket_us(std::int64_t time_us) noexcept;

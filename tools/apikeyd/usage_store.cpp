@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "distinct_ips_write.h"
 #include "log.h"
 #include "pg_binary.h"
 #include "pg_copy.h"
@@ -341,6 +342,7 @@ AggregateCommitStats UsageStore::commit_aggregate_batch(
     // buffer was cleared); the rest advance their epoch.
     std::vector<OrgEntry> entries;
     std::map<SlotKey, std::uint64_t> advance;
+    std::vector<const AggregateBuffer*> fresh;  // not committed before
     for (const AggregateBuffer& b : buffers) {
         const SlotKey k(b.slot, b.generation);
         if (seen[k] && b.epoch <= stored[k]) {
@@ -350,6 +352,7 @@ AggregateCommitStats UsageStore::commit_aggregate_batch(
         std::uint64_t& to = advance[k];
         to = std::max(to, b.epoch);
         stats.buffers++;
+        fresh.push_back(&b);
         for (std::size_t i = 0; i < b.entries.size(); ++i) {
             if (storable(b.entries[i])) {
                 entries.push_back({&b.entries[i], b.orgs[i]});
@@ -381,6 +384,7 @@ AggregateCommitStats UsageStore::commit_aggregate_batch(
             stats.keys_touched = write.finish(conn, results, 0);
         }
     }
+    stats.distinct_ip_days = write_distinct_ips(conn, fresh, now_us());
     conn.exec("COMMIT");
     write.committed();
     return stats;
@@ -432,6 +436,7 @@ void UsageStore::maintain_partitions(std::int64_t now_us_value,
         std::vector<MonthIndex> months = maintain_usage_partitions(
             conn, now_us_value, retention_months_, created, dropped);
         partitions_ = std::set<MonthIndex>(months.begin(), months.end());
+        prune_distinct_ip_sketches(conn, now_us_value);
     });
 }
 

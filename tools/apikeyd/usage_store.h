@@ -34,6 +34,7 @@
 #include "partitions.h"
 #include "pg.h"
 #include "usage_agg.h"
+#include "usage_ipset.h"
 #include "usage_record.h"
 #include "uuid.h"
 
@@ -77,6 +78,10 @@ struct AggregateBuffer {
     std::uint64_t epoch = 0;
     std::vector<AggregateEntry> entries;
     std::vector<Uuid> orgs;
+    // Its client-address set (usage_ipset.h), of known keys, with their
+    // orgs.
+    std::vector<IpSetEntry> ips;
+    std::vector<Uuid> ip_orgs;
 };
 
 struct AggregateCommitStats {
@@ -88,6 +93,7 @@ struct AggregateCommitStats {
     // (a corrupt buffer).
     std::size_t ignored = 0;
     std::size_t keys_touched = 0;  // api_keys rows updated
+    std::size_t distinct_ip_days = 0;  // (key, day) sketches that grew
 };
 
 class UsageStore {

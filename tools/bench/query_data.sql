@@ -168,6 +168,20 @@ UPDATE api_keys k
 \endif
 
 \if :is_finish
+-- Distinct client addresses, the last 7 UTC days of every key: sparse
+-- sketches of 1..40 addresses, 1 key in 100 a dense (4 KiB) one.
+INSERT INTO api_key_distinct_ips (key_id, day, org_id, ips, sketch)
+SELECT bk.id, d::date, bk.org_id, x.ips,
+       CASE WHEN bk.n % 100 = 5 THEN decode('02' || repeat('05', 4096), 'hex')
+            ELSE decode('01' || (SELECT string_agg(lpad(to_hex(r), 4, '0') || '01', ''
+                                                   ORDER BY r)
+                                   FROM generate_series(1, x.ips) r), 'hex') END
+  FROM bench_keys bk
+ CROSS JOIN generate_series((now() AT TIME ZONE 'UTC')::date - 6,
+                            (now() AT TIME ZONE 'UTC')::date, interval '1 day') d
+ CROSS JOIN LATERAL (SELECT CASE WHEN bk.n % 100 = 5 THEN 90000
+                                 ELSE 1 + abs(hashtext(bk.id::text || d::text)) % 40
+                            END AS ips) x;
 DROP TABLE bench_params, bench_keys, bench_orgs;
 \endif
 

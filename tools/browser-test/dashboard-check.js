@@ -119,10 +119,16 @@ async function rowOf(page, keyId) {
     badges: [...tr.querySelectorAll('.c-status .badge')].map((b) => b.textContent),
     scopes: [...tr.querySelectorAll('.c-scopes code')].map((c) => c.textContent),
     lastUsed: tr.querySelector('.c-last-used').innerText,
+    distinctIps: (tr.querySelector('.c-last-used .distinct-ips') || {}).textContent || '',
     today: tr.querySelector('.c-today').textContent,
     month: tr.querySelector('.c-month').textContent,
     lastHour: tr.querySelector('.c-last-hour').textContent,
   }));
+}
+
+// The dashboard's marker beside the last-used address.
+function distinctIpsText(k) {
+  return fmtInt(k.distinct_ips_today) + ' IPs today, ' + fmtInt(k.distinct_ips_7d) + ' in 7 days';
 }
 
 function expectedRow(k) {
@@ -131,7 +137,9 @@ function expectedRow(k) {
     hint: k.hint,
     badges: [k.status].concat(k.dormant ? ['dormant'] : [], k.spike ? ['spike'] : []),
     scopes: k.scopes,
-    lastUsed: k.last_used_at ? utcMinutes(k.last_used_at) + '\n' + (k.last_used_ip || '') : 'never',
+    lastUsed: k.last_used_at ? utcMinutes(k.last_used_at) + '\n' + (k.last_used_ip || '') +
+      (k.distinct_ips_7d > 0 ? ' · ' + distinctIpsText(k) : '') : 'never',
+    distinctIps: k.last_used_at && k.distinct_ips_7d > 0 ? distinctIpsText(k) : '',
     today: fmtInt(k.requests_today),
     month: fmtInt(k.requests_this_month),
     lastHour: fmtInt(k.requests_last_hour),
@@ -147,6 +155,10 @@ async function checkKeyList(page, list) {
   for (const k of list.json.keys) {
     checkEq(`list: row of "${k.name}" shows the API's values`, await rowOf(page, k.key_id), expectedRow(k));
   }
+  const marked = await page.$$eval('#keys-table .c-last-used .distinct-ips', (n) => n.length);
+  check('list: distinct-IP marker beside the last-used address',
+    marked > 0 && marked === list.json.keys.filter((k) => k.last_used_at && k.distinct_ips_7d > 0).length,
+    marked, '> 0, one per used key with addresses');
   checkEq('list: key names are text, never markup',
     await page.$$eval('#keys-table b, #keys-table script, #keys-table img', (n) => n.length), 0);
   const note = await page.textContent('#keys-complete');
@@ -286,6 +298,11 @@ async function checkKeyView(page, answer, label) {
     return gs.length === n && (n === 0 || (gs[0].dataset.t === first && gs[n - 1].dataset.t === last));
   }, ends, { timeout: TIMEOUT_MS });
   checkEq(`${label}: key name`, await page.textContent('#key-name'), j.key.name);
+  if (j.key.last_used_at) {
+    const meta = await page.textContent('#key-meta');
+    check(`${label}: distinct IPs beside the last-used address`,
+      meta.includes('(' + distinctIpsText(j.key) + ')'), meta, distinctIpsText(j.key));
+  }
   const bars = await page.$$eval('#trend-chart g.bucket', (gs) => gs.map((g) => [g.dataset.t, +g.dataset.requests]));
   checkEq(`${label}: one bar per series bucket, same times and counts`, bars,
     j.series.map((b) => [b.t, b.requests]));

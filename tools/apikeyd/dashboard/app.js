@@ -295,12 +295,24 @@ function scopeList(scopes) {
   return span;
 }
 
+// Distinct client addresses beside the last one: many for one key is the
+// sign of a shared or leaked key.
+function distinctIps(key) {
+  return fmtInt(key.distinct_ips_today) + ' IPs today, ' +
+    fmtInt(key.distinct_ips_7d) + ' in 7 days';
+}
+
 function lastUsed(key) {
   if (!key.last_used_at) return el('span', { className: 'muted' }, 'never');
-  return el('span', { title: key.last_used_at },
-            fmtTime(key.last_used_at),
-            el('br'),
-            el('span', { className: 'muted ip' }, key.last_used_ip || ''));
+  const span = el('span', { title: key.last_used_at },
+                  fmtTime(key.last_used_at),
+                  el('br'),
+                  el('span', { className: 'muted ip' }, key.last_used_ip || ''));
+  if (key.distinct_ips_7d > 0) {
+    span.append(' · ', el('span', { className: 'distinct-ips',
+                                    title: 'distinct client addresses' }, distinctIps(key)));
+  }
+  return span;
 }
 
 function numCell(className, value) {
@@ -476,7 +488,8 @@ function renderKeyHead(key) {
   const meta = ['created ' + fmtTime(key.created_at)];
   if (key.expires_at) meta.push('expires ' + fmtTime(key.expires_at));
   meta.push(key.last_used_at
-    ? 'last used ' + fmtTime(key.last_used_at) + ' from ' + (key.last_used_ip || '?')
+    ? 'last used ' + fmtTime(key.last_used_at) + ' from ' + (key.last_used_ip || '?') +
+      ' (' + distinctIps(key) + ')'
     : 'never used');
   meta.push(fmtInt(key.request_count) + ' requests in total');
   setText('key-meta', meta.join(' · '));

@@ -40,7 +40,7 @@ sub build_request {
     return join('', map { "$_\r\n" } @lines) . "\r\n" . ($body // '');
 }
 
-# http_request($raw, port => P, host => H, timeout => S, method => M)
+# http_request($raw, port => P, host => H, local => A, timeout => S, method => M)
 # -> { status, reason, protocol, status_line, headers => {lc name => value,
 #      repeated values joined by ", "}, header_list => [[Name, value], ...],
 #      body, raw, elapsed, error }   (status 0 and error set on failure)
@@ -55,6 +55,8 @@ sub http_request {
     my $sock = IO::Socket::INET->new(
         PeerAddr => $opt{host} // '127.0.0.1', PeerPort => $port,
         Proto => 'tcp', Timeout => $timeout,
+        # local => '127.0.0.2': another client address on loopback
+        (defined $opt{local} ? (LocalAddr => $opt{local}) : ()),
     ) or return _failed("connect to port $port: $!", '', $start);
     binmode $sock;
     my $err = _send_all($sock, $raw, $start + $timeout);
