@@ -217,7 +217,7 @@ TEST(KeyUsageJson, DaySeriesCarriesDistinctIps) {
     k.distinct_ips_7d = 5;
     UsageSummary usage = summarize_usage({}, days(3), 10);
     fill_distinct_ips(&usage.series, {{kT0 + kApiUsPerDay, 3}});
-    Json j = key_usage_json(k, usage);
+    Json j = key_usage_json(k, usage, {}, {});
     EXPECT_EQ(j["key"]["distinct_ips_today"], 3);
     EXPECT_EQ(j["key"]["distinct_ips_7d"], 5);
     std::vector<std::string> point_fields;
