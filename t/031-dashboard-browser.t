@@ -66,6 +66,8 @@ start_apikeyd();
 
 my %ASSETS = ('/' => ['index.html', 'text/html; charset=utf-8'],
               '/app.js' => ['app.js', 'text/javascript; charset=utf-8'],
+              '/chart.js' => ['chart.js', 'text/javascript; charset=utf-8'],
+              '/util.js' => ['util.js', 'text/javascript; charset=utf-8'],
               '/style.css' => ['style.css', 'text/css; charset=utf-8'],
               '/favicon.svg' => ['favicon.svg', 'image/svg+xml']);
 for my $path (sort keys %ASSETS) {
@@ -88,9 +90,11 @@ is(apikeyd_get('/app.jsx')->{status}, 404, 'route patterns are exact (/app.jsx i
     my @inline = ($html =~ /<script(?![^>]*\bsrc=)[^>]*>/g, $html =~ /\son\w+\s*=/g, $html =~ /\sstyle\s*=/g);
     is_deeply(\@inline, [], 'index.html: no inline script, handler or style');
     unlike($html, qr/<(?:input|select|textarea)\b[^>]*\bname\s*=/, 'index.html: form fields have no name (nothing to submit)');
-    my $js = slurp("$ROOT/tools/apikeyd/dashboard/app.js");
-    unlike($js, qr/innerHTML|outerHTML|insertAdjacentHTML|document\.write|localStorage\.setItem|document\.cookie\s*=/,
-           'app.js: no HTML injection sinks, no localStorage writes, no cookies');
+    for my $file (qw(app.js chart.js util.js)) {
+        my $js = slurp("$ROOT/tools/apikeyd/dashboard/$file");
+        unlike($js, qr/innerHTML|outerHTML|insertAdjacentHTML|document\.write|localStorage\.setItem|document\.cookie\s*=/,
+               "$file: no HTML injection sinks, no localStorage writes, no cookies");
+    }
 }
 
 # --- org, keys, usage --------------------------------------------------------------------

@@ -298,7 +298,7 @@ ok(!unplanned(@SENT), 'nginx answered every request as planned')
     send_api('revoked key', "$base/usage", bearer('rev'), 401);
     send_api('expired key', "$base/usage", bearer('rot'), 401);
     send_api('key without usage:read', "$base/usage", bearer('client'), 403);
-    send_api("dashboard $_", $_, [], 200) for qw(/ /app.js /style.css /favicon.svg);
+    send_api("dashboard $_", $_, [], 200) for qw(/ /app.js /chart.js /util.js /style.css /favicon.svg);
     send_api('healthz', '/healthz', [], 200);
 }
 my $metrics = send_api('metrics', '/metrics', [], 200)->{body} // '';

@@ -72,6 +72,8 @@ std::string_view dashboard_content_type(std::string_view name) {
 void add_dashboard_routes(httplib::Server& server) {
     serve(server, "/", "index.html");
     serve(server, "/app.js", "app.js");
+    serve(server, "/chart.js", "chart.js");
+    serve(server, "/util.js", "util.js");
     serve(server, "/style.css", "style.css");
     serve(server, "/favicon.svg", "favicon.svg");
 }

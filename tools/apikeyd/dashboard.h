@@ -16,10 +16,12 @@ class Server;
 namespace apikey {
 
 // tools/apikeyd/dashboard/*, embedded at build time (generated
-// dashboard_files.cpp): index.html, app.js, style.css, favicon.svg.
+// dashboard_files.cpp): index.html, app.js, chart.js, util.js, style.css,
+// favicon.svg.
 const std::vector<EmbeddedFile>& dashboard_files();
 
-// Registers GET / (index.html), /app.js, /style.css and /favicon.svg.
+// Registers GET / (index.html), /app.js, /chart.js, /util.js, /style.css
+// and /favicon.svg.
 void add_dashboard_routes(httplib::Server& server);
 
 // The Content-Type apikeyd serves a dashboard file with (by extension).

@@ -6,12 +6,15 @@
 //
 // Safety rule for this file: text from the API (key names, endpoints, ...)
 // is inserted with textContent or as attribute values, never as HTML.
-'use strict';
+// A module (strict, deferred); chart.js draws the charts, util.js holds the
+// DOM helpers and formats both use.
 
-(function () {
+import { drawCharts } from './chart.js';
+import {
+  DAY_MS, HOUR_MS, byId, el, fmtBaseline, fmtInt, fmtMs, fmtRate, fmtTime,
+  fmtTimeSeconds, isoSeconds, setText, show,
+} from './util.js';
 
-const HOUR_MS = 3600 * 1000;
-const DAY_MS = 24 * HOUR_MS;
 const MAX_HOURLY_RANGE_MS = 31 * DAY_MS;
 const RANGE_DAYS = { '24h': 1, '7d': 7, '30d': 30 };
 const RANGE_INTERVAL = { '24h': 'hour', '7d': 'hour', '30d': 'day' };
@@ -21,7 +24,6 @@ const STORE_KEY = 'apikey.dashboard.key';
 const STORE_MODE = 'apikey.dashboard.mode';
 const SELF_PATH = '/api/keys/self/usage';
 const STATUSES = ['active', 'expired', 'revoked'];
-const SVG_NS = 'http://www.w3.org/2000/svg';
 const PAGE_SIZE = 50;
 const SEARCH_DELAY_MS = 300;
 // The API's default order per sort: activity sorts busiest / latest first.
@@ -46,86 +48,6 @@ const state = {
   // 304 and reuses it.
   cache: new Map(),
 };
-
-// --- DOM helpers -----------------------------------------------------------
-
-function byId(id) {
-  return document.getElementById(id);
-}
-
-// el('td', {className: 'num', title: 'x'}, 'text', childNode, ...)
-function el(tag, props, ...children) {
-  const node = document.createElement(tag);
-  Object.assign(node, props || {});
-  for (const child of children) {
-    node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
-}
-
-function svgEl(tag, attrs, ...children) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [name, value] of Object.entries(attrs || {})) {
-    node.setAttribute(name, String(value));
-  }
-  node.append(...children);
-  return node;
-}
-
-function show(id, visible) {
-  byId(id).hidden = !visible;
-}
-
-function setText(id, text) {
-  byId(id).textContent = text;
-}
-
-// --- formatting ------------------------------------------------------------
-
-const intFormat = new Intl.NumberFormat('en-US');
-
-function fmtInt(n) {
-  return n == null ? '—' : intFormat.format(n);
-}
-
-// A rate in [0, 1] as a percentage.
-function fmtRate(rate) {
-  if (rate == null) return '—';
-  const pct = rate * 100;
-  if (pct > 0 && pct < 0.1) return '<0.1%';
-  return pct.toFixed(1) + '%';
-}
-
-function fmtMs(ms) {
-  if (ms == null) return '—';
-  if (ms >= 1000) return (ms / 1000).toFixed(2) + ' s';
-  return ms.toFixed(1) + ' ms';
-}
-
-// "2024-05-01 13:05 UTC"
-function fmtTime(iso) {
-  if (!iso) return '—';
-  const d = new Date(iso);
-  if (isNaN(d)) return iso;
-  return d.toISOString().slice(0, 16).replace('T', ' ') + ' UTC';
-}
-
-// "2024-05-01 13:05:09 UTC"
-function fmtTimeSeconds(iso) {
-  const d = new Date(iso);
-  return isNaN(d) ? iso : d.toISOString().slice(0, 19).replace('T', ' ') + ' UTC';
-}
-
-// Axis and tooltip label of a bucket.
-function fmtBucket(ms, interval, long) {
-  const iso = new Date(ms).toISOString();
-  if (interval === 'day') return iso.slice(5, 10);
-  return long ? iso.slice(5, 16).replace('T', ' ') : iso.slice(11, 16);
-}
-
-function isoSeconds(date) {
-  return date.toISOString().replace(/\.\d{3}Z$/, 'Z');
-}
 
 // --- session (sessionStorage only: never a URL, cookie or localStorage) ----
 
@@ -267,10 +189,6 @@ function showSessionBar() {
 function statusBadge(status) {
   const known = STATUSES.includes(status) ? status : 'other';
   return el('span', { className: 'badge status-' + known }, status || 'unknown');
-}
-
-function fmtBaseline(b) {
-  return b == null ? 'no baseline yet' : 'baseline ' + (Math.round(b * 10) / 10) + '/h';
 }
 
 function badges(key) {
@@ -537,7 +455,7 @@ function renderKeyDetail(data, range) {
   byId('key-complete').dataset.value = data.complete_until || '';
   showOnly('key');              // visible first: the charts measure themselves
   state.shown = { data, range };
-  drawCharts();
+  redrawCharts();
 }
 
 async function loadKey(keyId) {
@@ -560,193 +478,18 @@ async function loadKey(keyId) {
   });
 }
 
-// --- charts (hand-written SVG) ---------------------------------------------
-// Drawn in CSS pixels (the viewBox is the SVG's rendered size), so text is
-// never stretched; redrawn when the window is resized.
-
-const MARGIN = { left: 56, right: 12, top: 10, bottom: 26 };
-
-function bucketsOf(series) {
-  return series.map((b) => Object.assign({}, b, { ms: Date.parse(b.t) }));
-}
-
-// 0 .. a round number >= max, split into 4 ticks.
-function niceMax(max) {
-  if (!(max > 0)) return 4;
-  const step = Math.pow(10, Math.floor(Math.log10(max / 4)));
-  for (const m of [1, 2, 2.5, 5, 10]) {
-    if (step * m * 4 >= max) return step * m * 4;
-  }
-  return max;
-}
-
-// Empties `svg` and sizes its viewBox to its rendered size.
-function resetChart(svg) {
-  svg.replaceChildren();
-  const box = svg.getBoundingClientRect();
-  const size = { width: Math.max(200, Math.round(box.width) || 800),
-                 height: Math.max(120, Math.round(box.height) || 220) };
-  svg.setAttribute('viewBox', '0 0 ' + size.width + ' ' + size.height);
-  return size;
-}
-
-// Scales from bucket time / value to SVG coordinates, and the bar width.
-function chartScales(size, buckets, range, yMax) {
-  const step = state.interval === 'hour' ? HOUR_MS : DAY_MS;
-  const last = buckets.length ? buckets[buckets.length - 1].ms + step : 0;
-  const t0 = Math.min(range.from.getTime(), buckets.length ? buckets[0].ms : Infinity);
-  const t1 = Math.max(range.to.getTime(), last);
-  const plotW = size.width - MARGIN.left - MARGIN.right;
-  const plotH = size.height - MARGIN.top - MARGIN.bottom;
-  return {
-    size,
-    step,
-    t0,
-    t1,
-    x: (ms) => MARGIN.left + (ms - t0) / (t1 - t0) * plotW,
-    y: (v) => MARGIN.top + plotH - v / yMax * plotH,
-    barWidth: Math.max(1, step / (t1 - t0) * plotW * 0.8),
-  };
-}
-
-function drawGrid(svg, scales, yMax, fmtTick) {
-  const g = svgEl('g', { class: 'grid' });
-  for (let i = 0; i <= 4; i++) {
-    const y = scales.y(yMax * i / 4);
-    g.append(svgEl('line', { x1: MARGIN.left, x2: scales.size.width - MARGIN.right, y1: y, y2: y }),
-             svgEl('text', { x: MARGIN.left - 6, y: y + 4, class: 'y-label' }, fmtTick(yMax * i / 4)));
-  }
-  svg.append(g);
-}
-
-// Time labels on bucket boundaries, about one per 110 px.
-function drawTimeAxis(svg, scales) {
-  const g = svgEl('g', { class: 'axis' });
-  const count = Math.round((scales.t1 - scales.t0) / scales.step);
-  const fit = Math.max(2, Math.floor((scales.size.width - MARGIN.left) / 110));
-  const every = Math.max(1, Math.ceil(count / fit));
-  const long = state.interval === 'hour' && scales.t1 - scales.t0 > DAY_MS;
-  for (let i = 0; i < count; i += every) {
-    const ms = scales.t0 + i * scales.step;
-    g.append(svgEl('text', { x: scales.x(ms + scales.step / 2), y: scales.size.height - 8,
-                             class: 'x-label' }, fmtBucket(ms, state.interval, long)));
-  }
-  svg.append(g);
-}
-
-function bucketTitle(b) {
-  let title = fmtBucket(b.ms, state.interval, true) + ' UTC: ' + fmtInt(b.requests) +
-    ' requests, ' + fmtInt(b.errors_4xx) + ' 4xx, ' + fmtInt(b.errors_5xx) + ' 5xx, avg ' +
-    fmtMs(b.avg_ms) + ', p95 ' + fmtMs(b.p95_ms);
-  for (const s of b.spikes) {
-    title += '; spike at ' + fmtBucket(Date.parse(s.t), 'hour', true) + ': ' +
-      fmtInt(s.requests) + ' requests, ' + fmtBaseline(s.baseline_hourly);
-  }
-  return title;
-}
-
-// The spike hours of each bucket (a day bucket may hold several).
-function withSpikes(buckets, spikes, stepMs) {
-  for (const b of buckets) {
-    b.spikes = (spikes || []).filter((s) => {
-      const t = Date.parse(s.t);
-      return t >= b.ms && t < b.ms + stepMs;
-    });
-  }
-  return buckets;
-}
-
-// One <g class="bucket"> per series entry: the requests bar with its 4xx
-// and 5xx parts stacked over its foot.
-function drawBar(scales, b) {
-  const slot = scales.x(b.ms + scales.step) - scales.x(b.ms);
-  const x = scales.x(b.ms) + (slot - scales.barWidth) / 2;
-  const bar = (cls, from, count) => svgEl('rect', {
-    class: cls, x: x.toFixed(2), width: scales.barWidth.toFixed(2),
-    y: scales.y(from + count).toFixed(2),
-    height: Math.max(0, scales.y(from) - scales.y(from + count)).toFixed(2),
-  });
-  const g = svgEl('g', { class: 'bucket' },
-    svgEl('title', {}, bucketTitle(b)),
-    bar('req', 0, b.requests),
-    bar('e4', 0, b.errors_4xx),
-    bar('e5', b.errors_4xx, b.errors_5xx));
-  g.dataset.t = b.t;
-  g.dataset.requests = String(b.requests);
-  if (b.spikes.length) {
-    // A dot over the bar: the hour (or a day holding one) met the rule.
-    g.classList.add('spike');
-    g.append(svgEl('circle', {
-      class: 'spike-mark', r: 4,
-      cx: (x + scales.barWidth / 2).toFixed(2),
-      cy: (scales.y(b.requests) - 7).toFixed(2),
-    }));
-  }
-  return g;
-}
-
-function drawRequestChart(svg, buckets, range) {
-  const size = resetChart(svg);
-  const yMax = niceMax(Math.max(0, ...buckets.map((b) => b.requests)));
-  const scales = chartScales(size, buckets, range, yMax);
-  drawGrid(svg, scales, yMax, (v) => fmtInt(Math.round(v)));
-  drawTimeAxis(svg, scales);
-  const bars = svgEl('g', { class: 'bars' });
-  for (const b of buckets) bars.append(drawBar(scales, b));
-  svg.append(bars);
-  svg.setAttribute('aria-label', buckets.length + ' buckets, ' +
-    fmtInt(buckets.reduce((sum, b) => sum + b.requests, 0)) + ' requests');
-}
-
-// A polyline per run of buckets that have a value (null: no requests); a
-// dot for a run of one.
-function latencyLine(scales, buckets, field, cls) {
-  const g = svgEl('g', { class: 'line ' + cls });
-  let run = [];
-  const flush = () => {
-    if (run.length === 1) {
-      g.append(svgEl('circle', { cx: run[0][0], cy: run[0][1], r: 2.5 }));
-    } else if (run.length > 1) {
-      g.append(svgEl('polyline', { points: run.map((p) => p.join(',')).join(' ') }));
-    }
-    run = [];
-  };
-  for (const b of buckets) {
-    if (b[field] == null) {
-      flush();
-    } else {
-      run.push([scales.x(b.ms + scales.step / 2).toFixed(1), scales.y(b[field]).toFixed(1)]);
-    }
-  }
-  flush();
-  return g;
-}
-
-function drawLatencyChart(svg, buckets, range) {
-  const size = resetChart(svg);
-  const values = buckets.flatMap((b) => [b.avg_ms, b.p95_ms]).filter((v) => v != null);
-  const yMax = niceMax(Math.max(0, ...values));
-  const scales = chartScales(size, buckets, range, yMax);
-  drawGrid(svg, scales, yMax, (v) => (yMax < 4 ? v.toFixed(1) : fmtInt(Math.round(v))));
-  drawTimeAxis(svg, scales);
-  svg.append(latencyLine(scales, buckets, 'avg_ms', 'avg'),
-             latencyLine(scales, buckets, 'p95_ms', 'p95'));
-}
-
-function drawCharts() {
+// The charts of the key on screen (again after a resize).
+function redrawCharts() {
   if (!state.shown) return;
-  const buckets = withSpikes(bucketsOf(state.shown.data.series),
-                             state.shown.data.spikes,
-                             state.interval === 'day' ? DAY_MS : HOUR_MS);
-  drawRequestChart(byId('trend-chart'), buckets, state.shown.range);
-  drawLatencyChart(byId('latency-chart'), buckets, state.shown.range);
+  drawCharts(byId('trend-chart'), byId('latency-chart'), state.shown.data,
+             Object.assign({ interval: state.interval }, state.shown.range));
 }
 
 let resizeTimer = 0;
 function onResize() {
   clearTimeout(resizeTimer);
   resizeTimer = setTimeout(() => {
-    if (!byId('key-view').hidden) drawCharts();
+    if (!byId('key-view').hidden) redrawCharts();
   }, 150);
 }
 
@@ -880,5 +623,3 @@ function init() {
 }
 
 document.addEventListener('DOMContentLoaded', init);
-
-})();
