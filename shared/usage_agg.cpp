@@ -349,8 +349,8 @@ AggEntry* find_entry_of(AggLabelMemo& labels, AggEntryMemo& m, UsageSlot& s,
     k.m1 = load_u64(k.method + 8);
     k.constant = f.endpoint_constant;
     k.endpoint = f.endpoint_constant
-                     ? f.endpoint
-                     : f.endpoint.substr(
+                     ? f.endpoint.view()
+                     : f.endpoint.view().substr(
                            0, truncated_len(f.endpoint, kUsageEndpointLen));
     k.endpoint_hash = f.endpoint_hash;
     const std::uint32_t label = label_of(labels, b, l, slot, epoch, k);
