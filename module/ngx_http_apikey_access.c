@@ -478,11 +478,16 @@ ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key)
 
 /*
  * Removes the key headers (every one, if the key header was repeated) from
- * the request headers that upstreams see. Elements cannot be unlinked in
- * place (other pointers, such as r->headers_in.host, point into the list),
- * so the list is rebuilt as one part without them, copying the runs between
- * them; the old elements stay valid in the request pool. When the key
- * header came last, the part is only shortened.
+ * the request headers that upstreams see. Elements cannot be moved (other
+ * pointers, such as r->headers_in.host, point into the list), so the list
+ * is rebuilt as one part without them, copying the runs between them; the
+ * old elements stay valid. The usual request (one part, one key header)
+ * needs no allocation: with the key header last the part is shortened,
+ * first or second it starts one element later (the first header's copy
+ * taking the key header's element), otherwise the copy goes to the part's
+ * unused elements when they suffice. Either way the list's nalloc is what
+ * the new part can hold, so a module that pushes a header later writes
+ * into memory of its own.
  */
 
 static ngx_int_t
@@ -512,10 +517,29 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
 
         i = key - h;
 
-        if (i < n - 1) {
-            elts = ngx_palloc(r->pool, (n - 1) * sizeof(ngx_table_elt_t));
-            if (elts == NULL) {
-                return NGX_ERROR;
+        if (i == n - 1) {
+            /* last: the part is only shortened */
+
+        } else if (i <= 1) {
+            if (i == 1) {
+                h[1] = h[0];
+            }
+
+            list->part.elts = h + 1;
+            list->nalloc--;
+
+        } else {
+            if (list->nalloc >= 2 * n - 1) {
+                elts = h + n;
+                list->nalloc -= n;
+
+            } else {
+                elts = ngx_palloc(r->pool, (n - 1) * sizeof(ngx_table_elt_t));
+                if (elts == NULL) {
+                    return NGX_ERROR;
+                }
+
+                list->nalloc = n - 1;
             }
 
             ngx_memcpy(elts, h, i * sizeof(ngx_table_elt_t));
@@ -523,7 +547,6 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
                        (n - 1 - i) * sizeof(ngx_table_elt_t));
 
             list->part.elts = elts;
-            list->nalloc = n - 1;
         }
 
         list->part.nelts = n - 1;

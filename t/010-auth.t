@@ -1082,3 +1082,35 @@ location /long/ {
 ["X-Result: ok", "X-Result: missing", "X-Result: missing", "X-Result: ok", "X-Result: missing"]
 --- no_error_log
 [error]
+
+
+
+=== TEST 50: hiding the key header wherever it comes (first, second, middle, last, among many): every other header keeps its value, on both sides, and the Cookie headers their order
+--- http_config
+apikey_keys $TEST_NGINX_APIKEY_KEYS;
+map $http_x_api_key $up_key { "" none; default present; }
+server {
+    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
+    location / { return 200 "key=$up_key cookie=$http_cookie ua=$http_user_agent a=$http_x_a z=$http_x_z front=$http_x_front\n"; }
+}
+--- config
+location /api/ {
+    apikey on;
+    proxy_set_header X-Front "$http_cookie|$http_user_agent|$http_x_a|$http_x_api_key";
+    proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
+}
+--- raw_request eval
+my $k = "X-API-Key: $ENV{TEST_NGINX_KEY}\r\n";
+my $many = join '', map { "X-Pad-$_: $_\r\n" } 1 .. 12;
+["GET /api/x HTTP/1.0\r\n${k}Cookie: a=1\r\nUser-Agent: ua1\r\nX-A: 1\r\nCookie: b=2\r\nX-Z: z\r\n\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\n${k}User-Agent: ua1\r\nX-A: 1\r\nCookie: b=2\r\nX-Z: z\r\n\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\nUser-Agent: ua1\r\n${k}X-A: 1\r\nCookie: b=2\r\nX-Z: z\r\n\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\nUser-Agent: ua1\r\nX-A: 1\r\nCookie: b=2\r\nX-Z: z\r\n$k\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\nUser-Agent: ua1\r\n${many}X-A: 1\r\n${k}Cookie: b=2\r\nX-Z: z\r\n\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\nUser-Agent: ua1\r\n${many}${many}X-A: 1\r\n${k}Cookie: b=2\r\nX-Z: z\r\n\r\n"]
+--- error_code eval
+[200, 200, 200, 200, 200, 200]
+--- response_body eval
+[("key=none cookie=a=1; b=2 ua=ua1 a=1 z=z front=a=1; b=2|ua1|1|\n") x 6]
+--- no_error_log
+[error]
