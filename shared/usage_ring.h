@@ -189,14 +189,33 @@ public:
     // on every claim). Never blocks: false when the pool has no chunk (a
     // drop, counted) or the slot is out of range (counted in the header's
     // unslotted_drops).
-    // Inline: every request.
-    [[nodiscard]] bool append(std::uint32_t slot, StreamWriter* writer,
+    // Inline, with the usual request's path: a repeat record
+    // (encode_repeat_record) in the writer's chunk, nobody else having
+    // written since; anything else goes through UsageStream::append.
+    // Always inline: at nginx's -O the call and its frame would cost
+    // a tenth of it.
+    [[nodiscard]] __attribute__((always_inline)) bool append(std::uint32_t slot, StreamWriter* writer,
                               const UsageFields& fields) noexcept {
         if (slot >= slot_count_) {
             count_unslotted();
             return false;
         }
-        return stream_.append(slot, slots_[slot], writer, fields);
+        UsageSlot& s = slots_[slot];
+        const std::uint64_t head = s.head.load(std::memory_order_relaxed);
+        if (writer->chunk != nullptr && head == writer->head &&
+            writer->chunk_seq == head >> kStreamChunkShift) {
+            const std::size_t n = encode_repeat_record(
+                writer->chunk,
+                static_cast<std::size_t>(head & (kStreamChunkSize - 1)),
+                kStreamChunkSize, fields, &writer->context);
+            if (n != 0) {
+                writer->head = head + n;
+                // Release: the consumer that sees the head sees the record.
+                s.head.store(writer->head, std::memory_order_release);
+                return true;
+            }
+        }
+        return stream_.append(slot, s, writer, fields);
     }
     // A request with a known key that the raw-event policy kept out.
     void count_policy_skipped(std::uint32_t slot) noexcept {
