@@ -25,14 +25,18 @@ extern "C" {
 #define APIKEY_UUID_TEXT_LEN 36
 
 
-/* What a request learned about its key; never the key itself. */
+/*
+ * What a request learned about its key; never the key itself. The fixed
+ * fields first: a remembered verdict is handed out as them plus only the
+ * scope hashes and name bytes in use.
+ */
 typedef struct {
     apikey_result_e   result;
+    unsigned          scope_count;
     unsigned char     key_id[16];
     unsigned char     org_id[16];
-    uint64_t          scope_hashes[APIKEY_MAX_SCOPES];
-    unsigned          scope_count;
     size_t            name_len;
+    uint64_t          scope_hashes[APIKEY_MAX_SCOPES];
     char              name[APIKEY_MAX_NAME_LEN];
 } apikey_verdict_t;
 
