@@ -250,7 +250,39 @@ public:
     // agg_overflow) or the slot is out of range. Reads the key id, time,
     // response time, bytes, status, address, method, endpoint and the
     // promises about the texts (UsageFields).
-    bool aggregate(std::uint32_t slot, const UsageFields& f) noexcept;
+    // Inline, with the usual request's path: the entry memo and its
+    // latency cell hold the request (agg_memo_holds, same bucket); anything
+    // else goes through aggregate_rest. Always inline, as append.
+    __attribute__((always_inline)) bool aggregate(
+        std::uint32_t slot, const UsageFields& f) noexcept {
+        if (slot >= slot_count_) {
+            return false;
+        }
+        UsageSlot& s = slots_[slot];
+        // Say which buffer we are in, then check apikeyd has not moved on
+        // in between (seq_cst both sides: apikeyd stores agg_epoch, then
+        // loads agg_active; one of the two sees the other).
+        std::uint64_t e = s.agg_epoch.load(std::memory_order_acquire);
+        for (;;) {
+            s.agg_active.exchange(e, std::memory_order_seq_cst);
+            const std::uint64_t now =
+                s.agg_epoch.load(std::memory_order_seq_cst);
+            if (now == e) {
+                break;
+            }
+            e = now;
+        }
+        const AggEntryMemo& m = entry_memo_;
+        if (m.cell != nullptr && agg_memo_holds(m, slot, e, f) &&
+            m.bucket == agg_bucket_of(f.response_time_us)) {
+            agg_count(*m.entry, f);
+            ++m.cell->count;
+            // Release: apikeyd, seeing us out, sees every write above.
+            s.agg_active.store(0, std::memory_order_release);
+            return true;
+        }
+        return aggregate_rest(slot, s, e, f);
+    }
     bool aggregate(std::uint32_t slot, const AggregateInput& in) noexcept;
 
     // --- aggregation, apikeyd ---
@@ -280,6 +312,10 @@ public:
 private:
     void adopt(MappedFile&& map) noexcept;
     void count_unslotted() noexcept;
+    // aggregate() past its epoch handshake (e: the epoch it entered), for
+    // any request its inline path does not take; leaves the buffer.
+    bool aggregate_rest(std::uint32_t slot, UsageSlot& s, std::uint64_t e,
+                        const UsageFields& f) noexcept;
     // Inline: every aggregated request locates its buffer.
     unsigned char* agg_buffer(std::uint32_t slot,
                               std::uint64_t epoch) const noexcept {
