@@ -515,13 +515,13 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
     {
         /* one part, one key header: the usual request */
 
-        i = key - h;
+        /* compared as pointers: no division by the element size */
 
-        if (i == n - 1) {
+        if (key == h + n - 1) {
             /* last: the part is only shortened */
 
-        } else if (i <= 1) {
-            if (i == 1) {
+        } else if (key <= h + 1) {
+            if (key == h + 1) {
                 h[1] = h[0];
             }
 
@@ -529,6 +529,8 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
             list->nalloc--;
 
         } else {
+            i = key - h;
+
             if (list->nalloc >= 2 * n - 1) {
                 elts = h + n;
                 list->nalloc -= n;
