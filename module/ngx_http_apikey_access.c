@@ -211,12 +211,12 @@ ngx_http_apikey_lookup(ngx_http_request_t *r,
     ctx->extra_keys = 0;
     ctx->found_with = alcf;
     ctx->checked = NULL;
-    ctx->verdict.scope_count = 0;
-    ctx->verdict.name_len = 0;
 
-    /* ids too (32 bytes): no stale pool memory can reach a usage record */
-    ngx_memzero(ctx->verdict.key_id, sizeof(ctx->verdict.key_id));
-    ngx_memzero(ctx->verdict.org_id, sizeof(ctx->verdict.org_id));
+    /*
+     * The verdict's fixed fields (scope count, ids, name length) in one
+     * block: no stale pool memory can reach a usage record.
+     */
+    ngx_memzero(&ctx->verdict, offsetof(apikey_verdict_t, scope_hashes));
 
     ctx->verdict.result = ngx_http_apikey_find_key(r, alcf, &key, ctx);
     ctx->key_result = ctx->verdict.result;

@@ -130,9 +130,9 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
     ngx_http_apikey_loc_conf_t *alcf)
 {
     int                        kept, missed;
+    int64_t                    now_us;
     ngx_str_t                  endpoint;
     ngx_time_t                *tp;
-    ngx_msec_int_t             ms;
     struct sockaddr_in        *sin;
     apikey_usage_fields_t      f;
 #if (NGX_HAVE_INET6)
@@ -148,14 +148,16 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
     f.key_id = ctx->verdict.key_id;
     f.org_id = ctx->verdict.org_id;
 
-    /* the same clock and resolution as $request_time */
+    /*
+     * The same clock and resolution as $request_time: now minus the start,
+     * both in microseconds of whole milliseconds.
+     */
 
     tp = ngx_timeofday();
-    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
-                           + (tp->msec - r->start_msec));
     f.time_us = (int64_t) r->start_sec * 1000000
                 + (int64_t) r->start_msec * 1000;
-    f.response_time_us = (uint64_t) ngx_max(ms, 0) * 1000;
+    now_us = (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000;
+    f.response_time_us = now_us > f.time_us ? now_us - f.time_us : 0;
 
     if (r->err_status) {
         f.status = (uint16_t) r->err_status;
