@@ -283,27 +283,16 @@ KeyHashMemo::~KeyHashMemo() {
     }
 }
 
-KeyHashMemo::Remembered* KeyHashMemo::find(std::string_view key,
-                                           Probe* probe) noexcept {
-    constexpr std::size_t kMinKeyLen = 2 + kRandomChars + kChecksumChars;
-    probe->usable = seeded_ && key.size() >= kMinKeyLen &&
-                    key.size() <= kMaxKeyLen;
-    if (!probe->usable) {
-        return nullptr;
-    }
 #ifdef APIKEY_HAVE_AESNI
-    probe->tag = aes_ ? aes_cbc_mac(secret_->round_keys, key)
-                      : siphash24_128(secret_->sip, key);
-#else
-    probe->tag = siphash24_128(secret_->sip, key);
+__attribute__((target("aes,sse2")))
 #endif
-    probe->index = static_cast<std::size_t>(probe->tag.lo) & (kEntries - 1);
-    Entry& e = entries_[probe->index];
-    if (used_[probe->index] == 0 || e.tag.lo != probe->tag.lo ||
-        e.tag.hi != probe->tag.hi) {
-        return nullptr;
-    }
-    return &e.remembered;
+Tag128 KeyHashMemo::tag_of(std::string_view key) const noexcept {
+#ifdef APIKEY_HAVE_AESNI
+    return aes_ ? aes_cbc_mac(secret_->round_keys, key)
+                : siphash24_128(secret_->sip, key);
+#else
+    return siphash24_128(secret_->sip, key);
+#endif
 }
 
 KeyHashMemo::Remembered* KeyHashMemo::remember(const Probe& probe,
