@@ -137,7 +137,8 @@ APIKEY_SAME_FIELD(endpoint_constant, endpoint_constant);
 APIKEY_SAME_FIELD(endpoint_hash, endpoint_hash);
 #undef APIKEY_SAME_FIELD
 static_assert(sizeof(apikey_usage_fields_t) == sizeof(apikey::UsageFields));
-static_assert(sizeof(bool) == 1 && std::is_standard_layout_v<apikey::UsageFields>);
+static_assert(sizeof(bool) == 1 &&
+              std::is_standard_layout_v<apikey::UsageFields>);
 
 // The record is encoded straight into the stream's chunk, the aggregate
 // added in place, both from the shim's fields.

@@ -194,8 +194,9 @@ public:
     // written since; anything else goes through UsageStream::append.
     // Always inline: at nginx's -O the call and its frame would cost
     // a tenth of it.
-    [[nodiscard]] __attribute__((always_inline)) bool append(std::uint32_t slot, StreamWriter* writer,
-                              const UsageFields& fields) noexcept {
+    [[nodiscard]] __attribute__((always_inline)) bool append(
+        std::uint32_t slot, StreamWriter* writer,
+        const UsageFields& fields) noexcept {
         if (slot >= slot_count_) {
             count_unslotted();
             return false;
