@@ -5,6 +5,7 @@
 #include "apikey_glue.h"
 #include "apikey_glue_errors.h"
 
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -66,6 +67,29 @@ void fill_verdict(const apikey::KeyInfo& info,
     verdict->name_len =
         info.name_len <= APIKEY_MAX_NAME_LEN ? info.name_len : 0;
     std::memcpy(verdict->name, info.name, verdict->name_len);
+}
+
+// A remembered verdict as the request reads it: the fixed fields, the
+// scope hashes if any, the name in a short block when it fits (the usual
+// name); fixed sizes, so no memcpy call. Bytes past scope_count and
+// name_len are left as they were: nothing reads them.
+inline constexpr std::size_t kShortName = 32;
+static_assert(offsetof(apikey_verdict_t, scope_hashes) == 48 &&
+              offsetof(apikey_verdict_t, name) + kShortName <=
+                  sizeof(apikey_verdict_t));
+
+void copy_verdict(const apikey_verdict_t& from,
+                  apikey_verdict_t* to) noexcept {
+    std::memcpy(to, &from, offsetof(apikey_verdict_t, scope_hashes));
+    if (from.scope_count != 0) {
+        std::memcpy(to->scope_hashes, from.scope_hashes,
+                    sizeof from.scope_hashes);
+    }
+    if (from.name_len <= kShortName) {
+        std::memcpy(to->name, from.name, kShortName);
+    } else {
+        std::memcpy(to->name, from.name, sizeof from.name);
+    }
 }
 
 // apikey_verify() without a reusable verdict: the format check and
@@ -199,7 +223,7 @@ apikey_result_e apikey_verify(apikey_table_t* table,
         reader->unchanged(known->slot)) {
         // The slot is as it was read: its verdict stands, times aside.
         const CachedVerdict& c = table->cached[probe.index];
-        *verdict = c.verdict;
+        copy_verdict(c.verdict, verdict);
         return verdict->result =
                    judge(c.revoked_at_us, c.expires_at_us, now_us);
     }

@@ -25,14 +25,18 @@ extern "C" {
 #define APIKEY_UUID_TEXT_LEN 36
 
 
-/* What a request learned about its key; never the key itself. */
+/*
+ * What a request learned about its key; never the key itself. The fixed
+ * fields first: a remembered verdict is handed out as them plus only the
+ * scope hashes and name bytes in use.
+ */
 typedef struct {
     apikey_result_e   result;
+    unsigned          scope_count;
     unsigned char     key_id[16];
     unsigned char     org_id[16];
-    uint64_t          scope_hashes[APIKEY_MAX_SCOPES];
-    unsigned          scope_count;
     size_t            name_len;
+    uint64_t          scope_hashes[APIKEY_MAX_SCOPES];
     char              name[APIKEY_MAX_NAME_LEN];
 } apikey_verdict_t;
 
@@ -103,38 +107,45 @@ void apikey_redact_keys(unsigned char *buf, size_t len, int truncated)
 typedef struct apikey_usage_s  apikey_usage_t;
 
 /*
- * Record text fields. A source flagged in apikey_usage_fields_t.padded was
- * fitted to the field at configuration (apikey_usage_pad_text() or a
- * static table) and never changes at that address: it is not cut again
+ * Record text fields. A source flagged constant in apikey_usage_fields_t
+ * (padded) was fitted to the field at configuration
+ * (apikey_usage_pad_text() or a static table: a method is 16 bytes, zero
+ * past its length) and never changes at that address: it is not cut again
  * per request, and the worker recognises a repeat by its address.
  */
 #define APIKEY_METHOD_FIELD_LEN    16
 #define APIKEY_ENDPOINT_FIELD_LEN  96
-#define APIKEY_PADDED_METHOD       1     /* 16 bytes, zero past method_len */
-#define APIKEY_PADDED_ENDPOINT     2
 
 /*
  * One request, as the log phase sees it; text is copied and truncated.
+ * The layout of the core's UsageFields (the glue asserts every offset), so
+ * the shim fills what the core reads. result: an apikey_result_e.
+ * method_constant / endpoint_constant: the text is padded (above).
  * endpoint_hash: apikey_usage_label_hash() of a padded endpoint, computed
- * at configuration (ignored unless APIKEY_PADDED_ENDPOINT is set); a padded
- * endpoint never changes while the segment is mapped (configuration
- * memory), so the worker remembers its label by its address.
+ * at configuration (ignored unless endpoint_constant); a padded endpoint
+ * never changes while the segment is mapped (configuration memory), so
+ * the worker remembers its label by its address.
  */
 typedef struct {
-    const apikey_verdict_t  *verdict;
+    const unsigned char     *data;
+    size_t                   len;
+} apikey_usage_text_t;
+
+typedef struct {
+    uint8_t                  result;
+    uint8_t                  ip_family;      /* 0, 4 or 6 */
+    uint16_t                 status;
     int64_t                  time_us;
     uint64_t                 response_time_us;
     uint64_t                 bytes_sent;
-    unsigned                 status;
-    int                      ip_family;      /* 0, 4 or 6 */
+    const unsigned char     *key_id;         /* 16 bytes */
+    const unsigned char     *org_id;         /* 16 bytes */
     const unsigned char     *ip;             /* 4 or 16 bytes */
-    const unsigned char     *method;
-    size_t                   method_len;
-    const unsigned char     *endpoint;
-    size_t                   endpoint_len;
-    const unsigned char     *user_agent;
-    size_t                   user_agent_len;
-    unsigned                 padded;         /* APIKEY_PADDED_* */
+    apikey_usage_text_t      method;
+    apikey_usage_text_t      endpoint;
+    apikey_usage_text_t      user_agent;
+    uint8_t                  method_constant;
+    uint8_t                  endpoint_constant;
     uint64_t                 endpoint_hash;
 } apikey_usage_fields_t;
 

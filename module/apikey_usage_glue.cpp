@@ -8,6 +8,7 @@
 #include <new>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "apikey_glue.h"
 #include "apikey_glue_errors.h"
@@ -111,27 +112,40 @@ uint64_t apikey_usage_label_hash(const unsigned char* field,
 static_assert(static_cast<int>(apikey::IpFamily::kV4) == 4 &&
               static_cast<int>(apikey::IpFamily::kV6) == 6);
 
-// One translation of the request for both: the record is encoded straight
-// into the stream's chunk, the aggregate added in place.
+// The shim fills the core's UsageFields itself: the same layout.
+#define APIKEY_SAME_FIELD(c, cpp)                                      \
+    static_assert(offsetof(apikey_usage_fields_t, c) ==                \
+                      offsetof(apikey::UsageFields, cpp) &&            \
+                  sizeof(apikey_usage_fields_t::c) ==                  \
+                      sizeof(apikey::UsageFields::cpp))
+APIKEY_SAME_FIELD(result, result);
+APIKEY_SAME_FIELD(ip_family, ip_family);
+APIKEY_SAME_FIELD(status, status);
+APIKEY_SAME_FIELD(time_us, time_us);
+APIKEY_SAME_FIELD(response_time_us, response_time_us);
+APIKEY_SAME_FIELD(bytes_sent, bytes_sent);
+APIKEY_SAME_FIELD(key_id, key_id);
+APIKEY_SAME_FIELD(org_id, org_id);
+APIKEY_SAME_FIELD(ip, ip);
+APIKEY_SAME_FIELD(method, method);
+APIKEY_SAME_FIELD(method.data, method.ptr);
+APIKEY_SAME_FIELD(method.len, method.len);
+APIKEY_SAME_FIELD(endpoint, endpoint);
+APIKEY_SAME_FIELD(user_agent, user_agent);
+APIKEY_SAME_FIELD(method_constant, method_constant);
+APIKEY_SAME_FIELD(endpoint_constant, endpoint_constant);
+APIKEY_SAME_FIELD(endpoint_hash, endpoint_hash);
+#undef APIKEY_SAME_FIELD
+static_assert(sizeof(apikey_usage_fields_t) == sizeof(apikey::UsageFields));
+static_assert(sizeof(bool) == 1 &&
+              std::is_standard_layout_v<apikey::UsageFields>);
+
+// The record is encoded straight into the stream's chunk, the aggregate
+// added in place, both from the shim's fields.
 int apikey_usage_log(apikey_usage_t* usage, int slot,
                      const apikey_usage_fields_t* f, int raw) noexcept {
-    apikey::UsageFields u;
-    u.result = static_cast<apikey::AuthResult>(f->verdict->result);
-    // 0, 4 or 6; the encoder and the aggregation take any other as none
-    u.ip_family = static_cast<apikey::IpFamily>(f->ip_family);
-    u.status = static_cast<std::uint16_t>(f->status);
-    u.time_us = f->time_us;
-    u.response_time_us = f->response_time_us;
-    u.bytes_sent = f->bytes_sent;
-    u.key_id = f->verdict->key_id;
-    u.org_id = f->verdict->org_id;
-    u.ip = f->ip;
-    u.method = text(f->method, f->method_len);
-    u.endpoint = text(f->endpoint, f->endpoint_len);
-    u.user_agent = text(f->user_agent, f->user_agent_len);
-    u.method_constant = (f->padded & APIKEY_PADDED_METHOD) != 0;
-    u.endpoint_constant = (f->padded & APIKEY_PADDED_ENDPOINT) != 0;
-    u.endpoint_hash = f->endpoint_hash;
+    const apikey::UsageFields& u =
+        *reinterpret_cast<const apikey::UsageFields*>(f);
     const auto s = static_cast<std::uint32_t>(slot);
     int missed = 0;
     if (!raw) {

@@ -211,12 +211,12 @@ ngx_http_apikey_lookup(ngx_http_request_t *r,
     ctx->extra_keys = 0;
     ctx->found_with = alcf;
     ctx->checked = NULL;
-    ctx->verdict.scope_count = 0;
-    ctx->verdict.name_len = 0;
 
-    /* ids too (32 bytes): no stale pool memory can reach a usage record */
-    ngx_memzero(ctx->verdict.key_id, sizeof(ctx->verdict.key_id));
-    ngx_memzero(ctx->verdict.org_id, sizeof(ctx->verdict.org_id));
+    /*
+     * The verdict's fixed fields (scope count, ids, name length) in one
+     * block: no stale pool memory can reach a usage record.
+     */
+    ngx_memzero(&ctx->verdict, offsetof(apikey_verdict_t, scope_hashes));
 
     ctx->verdict.result = ngx_http_apikey_find_key(r, alcf, &key, ctx);
     ctx->key_result = ctx->verdict.result;
@@ -478,11 +478,16 @@ ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key)
 
 /*
  * Removes the key headers (every one, if the key header was repeated) from
- * the request headers that upstreams see. Elements cannot be unlinked in
- * place (other pointers, such as r->headers_in.host, point into the list),
- * so the list is rebuilt as one part without them, copying the runs between
- * them; the old elements stay valid in the request pool. When the key
- * header came last, the part is only shortened.
+ * the request headers that upstreams see. Elements cannot be moved (other
+ * pointers, such as r->headers_in.host, point into the list), so the list
+ * is rebuilt as one part without them, copying the runs between them; the
+ * old elements stay valid. The usual request (one part, one key header)
+ * needs no allocation: with the key header last the part is shortened,
+ * first or second it starts one element later (the first header's copy
+ * taking the key header's element), otherwise the copy goes to the part's
+ * unused elements when they suffice. Either way the list's nalloc is what
+ * the new part can hold, so a module that pushes a header later writes
+ * into memory of its own.
  */
 
 static ngx_int_t
@@ -510,12 +515,33 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
     {
         /* one part, one key header: the usual request */
 
-        i = key - h;
+        /* compared as pointers: no division by the element size */
 
-        if (i < n - 1) {
-            elts = ngx_palloc(r->pool, (n - 1) * sizeof(ngx_table_elt_t));
-            if (elts == NULL) {
-                return NGX_ERROR;
+        if (key == h + n - 1) {
+            /* last: the part is only shortened */
+
+        } else if (key <= h + 1) {
+            if (key == h + 1) {
+                h[1] = h[0];
+            }
+
+            list->part.elts = h + 1;
+            list->nalloc--;
+
+        } else {
+            i = key - h;
+
+            if (list->nalloc >= 2 * n - 1) {
+                elts = h + n;
+                list->nalloc -= n;
+
+            } else {
+                elts = ngx_palloc(r->pool, (n - 1) * sizeof(ngx_table_elt_t));
+                if (elts == NULL) {
+                    return NGX_ERROR;
+                }
+
+                list->nalloc = n - 1;
             }
 
             ngx_memcpy(elts, h, i * sizeof(ngx_table_elt_t));
@@ -523,7 +549,6 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
                        (n - 1 - i) * sizeof(ngx_table_elt_t));
 
             list->part.elts = elts;
-            list->nalloc = n - 1;
         }
 
         list->part.nelts = n - 1;

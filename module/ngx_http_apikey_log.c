@@ -102,8 +102,13 @@ ngx_http_apikey_method_field(ngx_uint_t method)
         "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"
     };
 
+    /* the usual one first, without the switch's chain of comparisons */
+
+    if (method == NGX_HTTP_GET) {
+        return fields[0];
+    }
+
     switch (method) {
-    case NGX_HTTP_GET:     return fields[0];
     case NGX_HTTP_HEAD:    return fields[1];
     case NGX_HTTP_POST:    return fields[2];
     case NGX_HTTP_PUT:     return fields[3];
@@ -124,37 +129,41 @@ static void
 ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
     ngx_http_apikey_loc_conf_t *alcf)
 {
-    int                        missed;
+    int                        kept, missed;
+    int64_t                    now_us;
     ngx_str_t                  endpoint;
     ngx_time_t                *tp;
-    ngx_msec_int_t             ms;
     struct sockaddr_in        *sin;
     apikey_usage_fields_t      f;
 #if (NGX_HAVE_INET6)
     struct sockaddr_in6       *sin6;
 #endif
 
-    /* every field is set below: no ngx_memzero() of the struct */
+    /*
+     * Every field is set below (no ngx_memzero() of the struct): the
+     * core's own layout, read by it as it is.
+     */
 
-    f.verdict = &ctx->verdict;
+    f.result = (uint8_t) ctx->verdict.result;
+    f.key_id = ctx->verdict.key_id;
+    f.org_id = ctx->verdict.org_id;
 
-    /* the same clock and resolution as $request_time */
+    /*
+     * The same clock and resolution as $request_time: now minus the start,
+     * both in microseconds of whole milliseconds.
+     */
 
     tp = ngx_timeofday();
-    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
-                           + (tp->msec - r->start_msec));
     f.time_us = (int64_t) r->start_sec * 1000000
                 + (int64_t) r->start_msec * 1000;
-    f.response_time_us = (uint64_t) ngx_max(ms, 0) * 1000;
+    now_us = (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000;
+    f.response_time_us = now_us > f.time_us ? now_us - f.time_us : 0;
 
     if (r->err_status) {
-        f.status = r->err_status;
-
-    } else if (r->headers_out.status) {
-        f.status = r->headers_out.status;
+        f.status = (uint16_t) r->err_status;
 
     } else {
-        f.status = 0;
+        f.status = (uint16_t) r->headers_out.status;
     }
 
     f.bytes_sent = r->connection->sent;
@@ -179,45 +188,48 @@ ngx_http_apikey_record(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx,
 #endif
     }
 
-    f.method = ngx_http_apikey_method_field(r->method);
-    f.padded = f.method ? APIKEY_PADDED_METHOD : 0;
+    f.method.data = ngx_http_apikey_method_field(r->method);
+    f.method.len = r->method_name.len;
+    f.method_constant = (f.method.data != NULL);
 
-    if (f.method == NULL) {
-        f.method = r->method_name.data;
+    if (f.method.data == NULL) {
+        f.method.data = r->method_name.data;
     }
 
-    f.method_len = r->method_name.len;
-
     if (alcf->endpoint_field) {
-        f.endpoint = alcf->endpoint_field;
-        f.endpoint_len = alcf->endpoint_field_len;
-        f.endpoint_hash = alcf->endpoint_hash;
-        f.padded |= APIKEY_PADDED_ENDPOINT;
+        f.endpoint.data = alcf->endpoint_field;
+        f.endpoint.len = alcf->endpoint_field_len;
+        f.endpoint_constant = 1;
 
     } else {
         if (ngx_http_complex_value(r, alcf->endpoint, &endpoint) != NGX_OK) {
             ngx_str_null(&endpoint);
         }
 
-        f.endpoint = endpoint.data;
-        f.endpoint_len = endpoint.len;
-        f.endpoint_hash = 0;
+        f.endpoint.data = endpoint.data;
+        f.endpoint.len = endpoint.len;
+        f.endpoint_constant = 0;
     }
+
+    f.endpoint_hash = alcf->endpoint_hash;
 
     if (r->headers_in.user_agent) {
-        f.user_agent = r->headers_in.user_agent->value.data;
-        f.user_agent_len = r->headers_in.user_agent->value.len;
+        f.user_agent.data = r->headers_in.user_agent->value.data;
+        f.user_agent.len = r->headers_in.user_agent->value.len;
 
     } else {
-        f.user_agent = NULL;
-        f.user_agent_len = 0;
+        f.user_agent.data = NULL;
+        f.user_agent.len = 0;
     }
 
+    /* the default policy without a call through the policy's switch */
+
+    kept = alcf->raw_policy == APIKEY_RAW_ALL
+           || apikey_raw_kept(alcf->raw_policy, alcf->raw_sample, f.status,
+                              &ngx_http_apikey_worker.sampled);
+
     missed = apikey_usage_log(ngx_http_apikey_worker.usage,
-                              ngx_http_apikey_worker.slot, &f,
-                              apikey_raw_kept(alcf->raw_policy,
-                                              alcf->raw_sample, f.status,
-                                              &ngx_http_apikey_worker.sampled));
+                              ngx_http_apikey_worker.slot, &f, kept);
 
     if (missed & APIKEY_USAGE_DROPPED) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,

@@ -180,7 +180,8 @@ __attribute__((target("aes,sse2"))) Tag128 aes_cbc_mac_copy(
 // least 31 bytes long, so the first two blocks are plain unaligned loads
 // (the first shifted by the length byte) and only the tail goes through a
 // 32-byte stack buffer, to be zero-padded.
-__attribute__((target("aes,sse2"))) Tag128 aes_cbc_mac(
+// Always inline: into KeyHashMemo::tag_of(), the per-request call.
+__attribute__((target("aes,sse2"), always_inline)) inline Tag128 aes_cbc_mac(
     const __m128i rk[11], std::string_view data) noexcept {
     const std::size_t n = data.size();
     if (n < 31 || n > kMaxMacData) {
@@ -208,6 +209,12 @@ __attribute__((target("aes,sse2"))) Tag128 aes_cbc_mac(
     return Tag128{out[0], out[1]};
 }
 
+// aes_cbc_mac() for a caller without the AES target.
+__attribute__((target("aes,sse2"), noinline)) Tag128 aes_cbc_mac_call(
+    const __m128i rk[11], std::string_view data) noexcept {
+    return aes_cbc_mac(rk, data);
+}
+
 #endif  // APIKEY_HAVE_AESNI
 
 }  // namespace
@@ -230,7 +237,7 @@ bool aes128_cbc_mac_tag(const std::uint8_t key[16], std::string_view data,
     }
     __m128i rk[11];
     aes128_expand(key, rk);
-    *tag = aes_cbc_mac(rk, data);
+    *tag = aes_cbc_mac_call(rk, data);
     OPENSSL_cleanse(rk, sizeof rk);
     return true;
 #else
@@ -283,27 +290,16 @@ KeyHashMemo::~KeyHashMemo() {
     }
 }
 
-KeyHashMemo::Remembered* KeyHashMemo::find(std::string_view key,
-                                           Probe* probe) noexcept {
-    constexpr std::size_t kMinKeyLen = 2 + kRandomChars + kChecksumChars;
-    probe->usable = seeded_ && key.size() >= kMinKeyLen &&
-                    key.size() <= kMaxKeyLen;
-    if (!probe->usable) {
-        return nullptr;
-    }
 #ifdef APIKEY_HAVE_AESNI
-    probe->tag = aes_ ? aes_cbc_mac(secret_->round_keys, key)
-                      : siphash24_128(secret_->sip, key);
-#else
-    probe->tag = siphash24_128(secret_->sip, key);
+__attribute__((target("aes,sse2")))
 #endif
-    probe->index = static_cast<std::size_t>(probe->tag.lo) & (kEntries - 1);
-    Entry& e = entries_[probe->index];
-    if (used_[probe->index] == 0 || e.tag.lo != probe->tag.lo ||
-        e.tag.hi != probe->tag.hi) {
-        return nullptr;
-    }
-    return &e.remembered;
+Tag128 KeyHashMemo::tag_of(std::string_view key) const noexcept {
+#ifdef APIKEY_HAVE_AESNI
+    return aes_ ? aes_cbc_mac(secret_->round_keys, key)
+                : siphash24_128(secret_->sip, key);
+#else
+    return siphash24_128(secret_->sip, key);
+#endif
 }
 
 KeyHashMemo::Remembered* KeyHashMemo::remember(const Probe& probe,

@@ -290,30 +290,9 @@ AggCell* add_latency(const Buffer& b, const AggLayout& l, AggEntry& e,
     return &cell;
 }
 
-// latency_bucket() without the call for the fastest responses.
-inline std::uint32_t bucket_of(std::uint64_t response_time_us) noexcept {
-    return response_time_us < kLatencyFirstBoundUs
-               ? 0
-               : static_cast<std::uint32_t>(latency_bucket(response_time_us));
-}
-
-// The memo's entry is the request's: same slot and epoch, key, constant
-// method and endpoint texts, hour.
-inline bool memo_holds(const AggEntryMemo& m, std::uint32_t slot,
-                       std::uint64_t epoch, const UsageFields& f) noexcept {
-    return m.epoch == epoch && m.slot == slot && f.method_constant &&
-           f.endpoint_constant && f.method.data() == m.method &&
-           f.endpoint.data() == m.endpoint &&
-           f.method.size() == m.method_len &&
-           f.endpoint.size() == m.endpoint_len &&
-           ((load_u64(f.key_id) ^ m.key0) | (load_u64(f.key_id + 8) ^ m.key1)) ==
-               0 &&
-           f.time_us >= m.hour_start_us && f.time_us < m.hour_end_us;
-}
-
-// The slow path of aggregate(): the label (through its memo), the entry
-// (hash and probe), and the entry memo set for the next request when the
-// texts are constant.
+// The entry's path: the label (through its memo), the entry (hash and
+// probe), and the entry memo set for the next request when the texts are
+// constant.
 AggEntry* find_entry_of(AggLabelMemo& labels, AggEntryMemo& m, UsageSlot& s,
                         const Buffer& b, const AggLayout& l,
                         std::uint32_t slot, std::uint64_t epoch,
@@ -337,8 +316,8 @@ AggEntry* find_entry_of(AggLabelMemo& labels, AggEntryMemo& m, UsageSlot& s,
     k.m1 = load_u64(k.method + 8);
     k.constant = f.endpoint_constant;
     k.endpoint = f.endpoint_constant
-                     ? f.endpoint
-                     : f.endpoint.substr(
+                     ? f.endpoint.view()
+                     : f.endpoint.view().substr(
                            0, truncated_len(f.endpoint, kUsageEndpointLen));
     k.endpoint_hash = f.endpoint_hash;
     const std::uint32_t label = label_of(labels, b, l, slot, epoch, k);
@@ -439,31 +418,13 @@ bool UsageSegment::aggregate(std::uint32_t slot,
     return aggregate(slot, f);
 }
 
-bool UsageSegment::aggregate(std::uint32_t slot,
-                             const UsageFields& f) noexcept {
-    if (slot >= slot_count_) {
-        return false;
-    }
-    UsageSlot& s = slots_[slot];
-    // Say which buffer we are in, then check apikeyd has not moved on in
-    // between (seq_cst both sides: apikeyd stores agg_epoch, then loads
-    // agg_active; one of the two sees the other).
-    std::uint64_t e = s.agg_epoch.load(std::memory_order_acquire);
-    for (;;) {
-        s.agg_active.exchange(e, std::memory_order_seq_cst);
-        const std::uint64_t now = s.agg_epoch.load(std::memory_order_seq_cst);
-        if (now == e) {
-            break;
-        }
-        e = now;
-    }
-    if (!ipset_add(agg_buffer(slot, e), agg_, f)) {
-        bump(s.agg_ipset_overflow);
-    }
+bool UsageSegment::aggregate_rest(std::uint32_t slot, UsageSlot& s,
+                                  std::uint64_t e,
+                                  const UsageFields& f) noexcept {
     AggEntryMemo& m = entry_memo_;
     AggEntry* entry;
     std::uint32_t index;
-    if (memo_holds(m, slot, e, f)) {
+    if (agg_memo_holds(m, slot, e, f)) {
         entry = m.entry;
         index = m.index;
     } else {
@@ -473,20 +434,8 @@ bool UsageSegment::aggregate(std::uint32_t slot,
     if (entry == nullptr) {
         bump(s.agg_overflow);
     } else {
-        ++entry->status[static_cast<int>(status_class(f.status))];
-        entry->response_time_us_sum += f.response_time_us;
-        entry->bytes_sent += f.bytes_sent;
-        if (f.time_us >= entry->last_used_us) {
-            entry->last_used_us = f.time_us;
-            entry->ip_family = f.ip_family;
-            std::memset(entry->ip, 0, sizeof entry->ip);
-            if (f.ip_family == IpFamily::kV4) {
-                std::memcpy(entry->ip, f.ip, 4);
-            } else if (f.ip_family == IpFamily::kV6) {
-                std::memcpy(entry->ip, f.ip, 16);
-            }
-        }
-        const std::uint32_t bucket = bucket_of(f.response_time_us);
+        agg_count(*entry, f);
+        const std::uint32_t bucket = agg_bucket_of(f.response_time_us);
         if (m.cell != nullptr && m.bucket == bucket && m.entry == entry &&
             m.epoch == e) {
             ++m.cell->count;

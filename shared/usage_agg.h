@@ -39,6 +39,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -221,6 +222,48 @@ struct AggEntryMemo {
     AggCell* cell = nullptr;        // nullptr: none remembered
     std::uint32_t bucket = 0;       // the cell's
 };
+
+// The memo's entry is the request's: same slot and epoch, key, constant
+// method and endpoint texts, hour.
+inline bool agg_memo_holds(const AggEntryMemo& m, std::uint32_t slot,
+                           std::uint64_t epoch,
+                           const UsageFields& f) noexcept {
+    std::uint64_t k0, k1;
+    std::memcpy(&k0, f.key_id, 8);
+    std::memcpy(&k1, f.key_id + 8, 8);
+    return m.epoch == epoch && m.slot == slot && f.method_constant &&
+           f.endpoint_constant && f.method.data() == m.method &&
+           f.endpoint.data() == m.endpoint &&
+           f.method.size() == m.method_len &&
+           f.endpoint.size() == m.endpoint_len &&
+           ((k0 ^ m.key0) | (k1 ^ m.key1)) == 0 &&
+           f.time_us >= m.hour_start_us && f.time_us < m.hour_end_us;
+}
+
+// latency_bucket() without the call for the fastest responses.
+inline std::uint32_t agg_bucket_of(std::uint64_t response_time_us) noexcept {
+    return response_time_us < kLatencyFirstBoundUs
+               ? 0
+               : static_cast<std::uint32_t>(latency_bucket(response_time_us));
+}
+
+// One request added to its entry's counters and last-used time and
+// address (not its latency cell).
+inline void agg_count(AggEntry& entry, const UsageFields& f) noexcept {
+    ++entry.status[static_cast<int>(status_class(f.status))];
+    entry.response_time_us_sum += f.response_time_us;
+    entry.bytes_sent += f.bytes_sent;
+    if (f.time_us >= entry.last_used_us) {
+        entry.last_used_us = f.time_us;
+        entry.ip_family = f.ip_family;
+        std::memset(entry.ip, 0, sizeof entry.ip);
+        if (f.ip_family == IpFamily::kV4) {
+            std::memcpy(entry.ip, f.ip, 4);
+        } else if (f.ip_family == IpFamily::kV6) {
+            std::memcpy(entry.ip, f.ip, 16);
+        }
+    }
+}
 
 // --- what apikeyd sees -------------------------------------------------------
 

@@ -18,14 +18,12 @@ inline constexpr std::size_t kStatusClassCount = 5;
 // response) and anything else -> kOther (status_other), so that
 // requests = 2xx + 3xx + 4xx + 5xx + other. Inline: the worker classifies
 // every request.
+// Arithmetic, not a switch: the classes k2xx..k5xx are 0..3 in order.
 inline StatusClass status_class(std::uint16_t status) noexcept {
-    switch (status / 100) {
-    case 2: return StatusClass::k2xx;
-    case 3: return StatusClass::k3xx;
-    case 4: return StatusClass::k4xx;
-    case 5: return StatusClass::k5xx;
-    default: return StatusClass::kOther;
-    }
+    static_assert(static_cast<int>(StatusClass::k5xx) == 3 &&
+                  static_cast<int>(StatusClass::kOther) == 4);
+    const unsigned c = static_cast<unsigned>(status) / 100 - 2;
+    return c < 4 ? static_cast<StatusClass>(c) : StatusClass::kOther;
 }
 
 // --- latency histogram -------------------------------------------------------

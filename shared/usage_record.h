@@ -111,8 +111,28 @@ struct UsageRecord {
 };
 static_assert(std::is_trivially_copyable_v<UsageRecord>);
 
+// A text of UsageFields: address and length, in that order, so that the C
+// shim's apikey_usage_fields_t (apikey_glue.h) has the same layout and the
+// shim fills UsageFields directly; reads as a std::string_view.
+struct UsageText {
+    const char* ptr = nullptr;
+    std::size_t len = 0;
+
+    UsageText() = default;
+    UsageText(std::string_view s) noexcept : ptr(s.data()), len(s.size()) {}
+    const char* data() const noexcept { return ptr; }
+    std::size_t size() const noexcept { return len; }
+    bool empty() const noexcept { return len == 0; }
+    operator std::string_view() const noexcept { return {ptr, len}; }
+    std::string_view view() const noexcept { return {ptr, len}; }
+};
+static_assert(std::is_standard_layout_v<UsageText> &&
+              std::is_trivially_copyable_v<UsageText>);
+
 // One request as the worker hands it to the encoder. Texts are cut by the
-// encoder (UTF-8 boundary) to the field lengths above.
+// encoder (UTF-8 boundary) to the field lengths above. Standard layout, in
+// the order of the shim's apikey_usage_fields_t (the glue asserts every
+// offset): change both together.
 struct UsageFields {
     AuthResult result;
     IpFamily ip_family;
@@ -123,9 +143,9 @@ struct UsageFields {
     const std::uint8_t* key_id;  // 16 bytes
     const std::uint8_t* org_id;  // 16 bytes
     const std::uint8_t* ip;      // 4 or 16 bytes per ip_family
-    std::string_view method;
-    std::string_view endpoint;
-    std::string_view user_agent;
+    UsageText method;
+    UsageText endpoint;
+    UsageText user_agent;
     // The worker's promises, for its fast paths (encode_repeat_record, the
     // aggregation's memo); false unless the text is configuration memory.
     // method_constant: method.data() holds kUsageMethodLen bytes, zero past

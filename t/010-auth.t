@@ -28,6 +28,10 @@ my $seven   = key('--name', 'seven', '--scopes', 's1,s2,s3,s4,s5,s6,s7,other');
 my $gone    = key('--name', 'deleted');
 my $expired = key('--name', 'expired');
 my $revoked = key('--name', 'revoked');
+# names around the verdict's short block (32 bytes) and at the maximum
+my $n32     = key('--name', ('a' x 31) . 'Z', '--scopes', 'read');
+my $n33     = key('--name', ('b' x 32) . 'Y');
+my $n100    = key('--name', ('c' x 99) . 'X', '--scopes', 's1,s2,s3,s4,s5,s6,s7,s8');
 
 # the harness's key generator (make_key, key_typo) agrees with apikeyctl on
 # the checksum
@@ -52,6 +56,9 @@ apikeyctl('key', 'revoke', $revoked->{key_id});
     TEST_NGINX_PREFIX8_KEY  => $pfx8->{key},
     TEST_NGINX_EIGHT_KEY    => $eight->{key},
     TEST_NGINX_SEVEN_KEY    => $seven->{key},
+    TEST_NGINX_N32_KEY      => $n32->{key},
+    TEST_NGINX_N33_KEY      => $n33->{key},
+    TEST_NGINX_N100_KEY     => $n100->{key},
     TEST_NGINX_GONE_KEY     => $gone->{key},
     TEST_NGINX_EXPIRED_KEY  => $expired->{key},
     TEST_NGINX_EXPIRED_ID   => $expired->{key_id},
@@ -1080,5 +1087,60 @@ location /long/ {
 [200, 401, 401, 200, 401]
 --- response_headers eval
 ["X-Result: ok", "X-Result: missing", "X-Result: missing", "X-Result: ok", "X-Result: missing"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 50: hiding the key header wherever it comes (first, second, middle, last, among many): every other header keeps its value, on both sides, and the Cookie headers their order
+--- http_config
+apikey_keys $TEST_NGINX_APIKEY_KEYS;
+map $http_x_api_key $up_key { "" none; default present; }
+server {
+    listen 127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
+    location / { return 200 "key=$up_key cookie=$http_cookie ua=$http_user_agent a=$http_x_a z=$http_x_z front=$http_x_front\n"; }
+}
+--- config
+location /api/ {
+    apikey on;
+    proxy_set_header X-Front "$http_cookie|$http_user_agent|$http_x_a|$http_x_api_key";
+    proxy_pass http://127.0.0.1:$TEST_NGINX_UPSTREAM_PORT;
+}
+--- raw_request eval
+my $k = "X-API-Key: $ENV{TEST_NGINX_KEY}\r\n";
+my $many = join '', map { "X-Pad-$_: $_\r\n" } 1 .. 12;
+["GET /api/x HTTP/1.0\r\n${k}Cookie: a=1\r\nUser-Agent: ua1\r\nX-A: 1\r\nCookie: b=2\r\nX-Z: z\r\n\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\n${k}User-Agent: ua1\r\nX-A: 1\r\nCookie: b=2\r\nX-Z: z\r\n\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\nUser-Agent: ua1\r\n${k}X-A: 1\r\nCookie: b=2\r\nX-Z: z\r\n\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\nUser-Agent: ua1\r\nX-A: 1\r\nCookie: b=2\r\nX-Z: z\r\n$k\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\nUser-Agent: ua1\r\n${many}X-A: 1\r\n${k}Cookie: b=2\r\nX-Z: z\r\n\r\n",
+ "GET /api/x HTTP/1.0\r\nCookie: a=1\r\nUser-Agent: ua1\r\n${many}${many}X-A: 1\r\n${k}Cookie: b=2\r\nX-Z: z\r\n\r\n"]
+--- error_code eval
+[200, 200, 200, 200, 200, 200]
+--- response_body eval
+[("key=none cookie=a=1; b=2 ua=ua1 a=1 z=z front=a=1; b=2|ua1|1|\n") x 6]
+--- no_error_log
+[error]
+
+
+
+=== TEST 51: a remembered key's verdict is whole: names of 32, 33 and 100 bytes, scopes or none, on the first request and again from the memo
+--- http_config
+apikey_keys $TEST_NGINX_APIKEY_KEYS;
+--- config
+location /t.txt { apikey on; add_header X-Name "$apikey_name." always; }
+location /s8.txt { apikey on; apikey_scope s8; alias html/t.txt; add_header X-Name "$apikey_name." always; }
+--- raw_request eval
+my @r;
+for my $k ([N32 => '/t.txt'], [N33 => '/t.txt'], [N100 => '/s8.txt'], [N32 => '/s8.txt'], [N33 => '/s8.txt']) {
+    push @r, ("GET $k->[1] HTTP/1.0\r\nX-API-Key: $ENV{\"TEST_NGINX_$k->[0]_KEY\"}\r\n\r\n") x 2;
+}
+\@r
+--- error_code eval
+[200, 200, 200, 200, 200, 200, 403, 403, 403, 403]
+--- response_headers eval
+[("X-Name: " . ("a" x 31) . "Z.") x 2, ("X-Name: " . ("b" x 32) . "Y.") x 2,
+ ("X-Name: " . ("c" x 99) . "X.") x 2, ("X-Name: " . ("a" x 31) . "Z.") x 2,
+ ("X-Name: " . ("b" x 32) . "Y.") x 2]
 --- no_error_log
 [error]

@@ -365,7 +365,7 @@ void memo_remembers_keys(bool use_aes) {
 
     // another memo has another secret: nothing carries over
     KeyHashMemo other(use_aes);
-    KeyHashMemo::Probe po;
+    KeyHashMemo::Probe po{};
     EXPECT_EQ(other.find(a, &po), nullptr);
     EXPECT_TRUE(po.tag.lo != pa.tag.lo || po.tag.hi != pa.tag.hi);
 }

@@ -151,17 +151,17 @@ TEST(UsageRecordTest, UserAgentKeeps256BytesAndCutsLongerAtUtf8Boundary) {
     const std::string exact(256, 'a');
     Owned o = record(1, "GET", "/", "");
     UsageFields f = o.fields();
-    f.user_agent = exact;
+    f.user_agent = std::string_view(exact);
     std::vector<unsigned char> buf(kChunk);
     RecordEncodeContext ctx;
     std::size_t at = encode_usage_record(buf.data(), 0, kChunk, f, &ctx);
     // 255 x 'a' then a 2-byte character: 257 bytes, the cut backs off to 255.
     const std::string longer = std::string(255, 'a') + "\xc3\xa9";
-    f.user_agent = longer;
+    f.user_agent = std::string_view(longer);
     at += encode_usage_record(buf.data(), at, kChunk, f, &ctx);
     // 600 bytes of 'b': cut at 256.
     const std::string huge(600, 'b');
-    f.user_agent = huge;
+    f.user_agent = std::string_view(huge);
     at += encode_usage_record(buf.data(), at, kChunk, f, &ctx);
     const auto got = decode_all(buf.data(), at);
     ASSERT_EQ(got.size(), 3u);
@@ -175,8 +175,8 @@ TEST(UsageRecordTest, MethodAndEndpointAreCutToTheirFields) {
     UsageFields f = o.fields();
     const std::string method = std::string(15, 'M') + "\xe2\x82\xac";
     const std::string endpoint(200, 'e');
-    f.method = method;
-    f.endpoint = endpoint;
+    f.method = std::string_view(method);
+    f.endpoint = std::string_view(endpoint);
     std::vector<unsigned char> buf(kChunk);
     RecordEncodeContext ctx;
     const std::size_t n = encode_usage_record(buf.data(), 0, kChunk, f, &ctx);
@@ -378,7 +378,7 @@ struct Worker {
         f.ip = ip;
         f.method = std::string_view(method, std::strlen(method));
         f.endpoint = std::string_view(endpoint, std::strlen(endpoint));
-        f.user_agent = agent;
+        f.user_agent = std::string_view(agent);
         f.method_constant = true;
         f.endpoint_constant = true;
         return f;
