@@ -343,6 +343,7 @@ AggEntry* find_entry_of(AggLabelMemo& labels, AggEntryMemo& m, UsageSlot& s,
         m.hour_end_us = m.hour_start_us + kUsPerHour;
         m.entry = entry;
         m.cell = nullptr;
+        m.ip_family = IpFamily::kNone;
     } else {
         m.epoch = 0;
     }
@@ -419,8 +420,8 @@ bool UsageSegment::aggregate(std::uint32_t slot,
 }
 
 bool UsageSegment::aggregate_rest(std::uint32_t slot, UsageSlot& s,
-                                  std::uint64_t e,
-                                  const UsageFields& f) noexcept {
+                                  std::uint64_t e, const UsageFields& f,
+                                  bool ip_in_set) noexcept {
     AggEntryMemo& m = entry_memo_;
     AggEntry* entry;
     std::uint32_t index;
@@ -448,6 +449,9 @@ bool UsageSegment::aggregate_rest(std::uint32_t slot, UsageSlot& s,
                 m.cell = cell;
                 m.bucket = bucket;
             }
+        }
+        if (ip_in_set && m.entry == entry && m.epoch == e) {
+            agg_memo_set_ip(m, f);
         }
     }
     // Release: apikeyd, seeing us out, sees every write above.

@@ -221,6 +221,12 @@ struct AggEntryMemo {
     AggEntry* entry = nullptr;
     AggCell* cell = nullptr;        // nullptr: none remembered
     std::uint32_t bucket = 0;       // the cell's
+    // An address in the epoch's client-address set with the memo's key
+    // and day (its hour's): the same client again skips the set's insert.
+    // kNone: none remembered (reset whenever the entry changes).
+    IpFamily ip_family = IpFamily::kNone;
+    std::uint64_t ip0 = 0;          // v4: the 4 bytes, then zero
+    std::uint64_t ip1 = 0;
 };
 
 // The memo's entry is the request's: same slot and epoch, key, constant
@@ -238,6 +244,43 @@ inline bool agg_memo_holds(const AggEntryMemo& m, std::uint32_t slot,
            f.endpoint.size() == m.endpoint_len &&
            ((k0 ^ m.key0) | (k1 ^ m.key1)) == 0 &&
            f.time_us >= m.hour_start_us && f.time_us < m.hour_end_us;
+}
+
+// The request's address is the memo's (which agg_memo_holds vouches for
+// key, day and epoch): it is in the set already.
+inline bool agg_memo_ip_holds(const AggEntryMemo& m,
+                              const UsageFields& f) noexcept {
+    if (m.ip_family != f.ip_family) {
+        return false;
+    }
+    if (m.ip_family == IpFamily::kV4) {
+        std::uint32_t v;
+        std::memcpy(&v, f.ip, 4);
+        return v == m.ip0;
+    }
+    if (m.ip_family != IpFamily::kV6) {
+        return false;
+    }
+    std::uint64_t a, b;
+    std::memcpy(&a, f.ip, 8);
+    std::memcpy(&b, f.ip + 8, 8);
+    return ((a ^ m.ip0) | (b ^ m.ip1)) == 0;
+}
+
+// Remembers the request's address (v4 or v6), now in the memo epoch's set.
+inline void agg_memo_set_ip(AggEntryMemo& m, const UsageFields& f) noexcept {
+    if (f.ip_family == IpFamily::kV4) {
+        std::uint32_t v;
+        std::memcpy(&v, f.ip, 4);
+        m.ip0 = v;
+        m.ip1 = 0;
+    } else if (f.ip_family == IpFamily::kV6) {
+        std::memcpy(&m.ip0, f.ip, 8);
+        std::memcpy(&m.ip1, f.ip + 8, 8);
+    } else {
+        return;
+    }
+    m.ip_family = f.ip_family;
 }
 
 // latency_bucket() without the call for the fastest responses.

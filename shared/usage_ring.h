@@ -277,22 +277,28 @@ public:
             }
             e = now;
         }
-        if (!ipset_add(agg_buffer(slot, e), agg_, f)) {
-            // Only this worker writes its slot's counts: no locked add.
-            s.agg_ipset_overflow.store(
-                s.agg_ipset_overflow.load(std::memory_order_relaxed) + 1,
-                std::memory_order_relaxed);
+        AggEntryMemo& m = entry_memo_;
+        const bool held = m.cell != nullptr && agg_memo_holds(m, slot, e, f);
+        bool ip_in_set = held && agg_memo_ip_holds(m, f);
+        if (!ip_in_set) {
+            ip_in_set = ipset_add(agg_buffer(slot, e), agg_, f);
+            if (!ip_in_set) {
+                // Only this worker writes its slot's counts: no locked add.
+                s.agg_ipset_overflow.store(
+                    s.agg_ipset_overflow.load(std::memory_order_relaxed) + 1,
+                    std::memory_order_relaxed);
+            } else if (held) {
+                agg_memo_set_ip(m, f);
+            }
         }
-        const AggEntryMemo& m = entry_memo_;
-        if (m.cell != nullptr && agg_memo_holds(m, slot, e, f) &&
-            m.bucket == agg_bucket_of(f.response_time_us)) {
+        if (held && m.bucket == agg_bucket_of(f.response_time_us)) {
             agg_count(*m.entry, f);
             ++m.cell->count;
             // Release: apikeyd, seeing us out, sees every write above.
             s.agg_active.store(0, std::memory_order_release);
             return true;
         }
-        return aggregate_rest(slot, s, e, f);
+        return aggregate_rest(slot, s, e, f, ip_in_set);
     }
     bool aggregate(std::uint32_t slot, const AggregateInput& in) noexcept;
 
@@ -329,8 +335,9 @@ private:
     void count_unslotted() noexcept;
     // aggregate() past its epoch handshake (e: the epoch it entered), for
     // any request its inline path does not take; leaves the buffer.
+    // ip_in_set: the request's address reached the epoch's set.
     bool aggregate_rest(std::uint32_t slot, UsageSlot& s, std::uint64_t e,
-                        const UsageFields& f) noexcept;
+                        const UsageFields& f, bool ip_in_set) noexcept;
     // Inline: every aggregated request locates its buffer.
     unsigned char* agg_buffer(std::uint32_t slot,
                               std::uint64_t epoch) const noexcept {

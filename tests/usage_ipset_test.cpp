@@ -8,6 +8,7 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
@@ -62,6 +63,25 @@ protected:
 
     void add(const Request& r) {
         EXPECT_TRUE(seg_.aggregate(0, r.input()));
+    }
+
+    // As the worker hands it: constant texts, so the entry memo holds the
+    // repeats (and with them the address it last put in the set).
+    void add_worker(const Request& r) {
+        static const char kGet[kUsageMethodLen] = {'G', 'E', 'T'};
+        static const char kItems[] = "/items";
+        UsageFields f{};
+        f.key_id = r.key.data();
+        f.time_us = r.time_us;
+        f.status = 200;
+        f.ip_family = r.family;
+        f.ip = r.ip.data();
+        f.method = std::string_view(kGet, 3);
+        f.endpoint = std::string_view(kItems);
+        f.method_constant = true;
+        f.endpoint_constant = true;
+        f.endpoint_hash = agg_text_hash(f.endpoint);
+        EXPECT_TRUE(seg_.aggregate(0, f));
     }
 
     // Closes the active buffer; returns its set (and clears it).
@@ -172,6 +192,97 @@ TEST_F(UsageIpSetTest, ClearedBufferForgetsTheMemo) {
     const std::vector<IpSetEntry> third = collect();
     ASSERT_EQ(third.size(), 1u);
     EXPECT_EQ(third[0].day, kJan2);
+}
+
+// The entry memo's address: repeats skip the insert, a new address on the
+// same entry is inserted, and every (key, day, address) is a row.
+TEST_F(UsageIpSetTest, TheEntryMemoSkipsOnlyItsOwnAddress) {
+    Request a;
+    Request b = a;
+    b.ip[3] = 2;
+    Request dirty = a;
+    dirty.ip[9] = 0x55;  // the same v4 address
+    Request v6 = a;
+    v6.family = IpFamily::kV6;
+    v6.ip = {{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}};
+    Request v6b = v6;
+    v6b.ip[15] = 2;
+    Request later = a;  // another hour (a new entry), same day
+    later.time_us += 3 * kUsPerHour;
+    Request next_day = a;
+    next_day.time_us += kUsPerDay;
+    Request other_key = a;
+    other_key.key[0] = 9;
+    for (int i = 0; i < 3; ++i) {
+        for (const Request* x :
+             {&a, &a, &b, &b, &dirty, &a, &v6, &v6b, &v6, &later, &b,
+              &next_day, &a, &other_key, &a}) {
+            add_worker(*x);
+        }
+    }
+    const std::set<Row> want = {
+        {a.key, kJan2, ipset_ip_hash(IpFamily::kV4, a.ip.data())},
+        {a.key, kJan2, ipset_ip_hash(IpFamily::kV4, b.ip.data())},
+        {a.key, kJan2, ipset_ip_hash(IpFamily::kV6, v6.ip.data())},
+        {a.key, kJan2, ipset_ip_hash(IpFamily::kV6, v6b.ip.data())},
+        {a.key, kJan2 + 1, ipset_ip_hash(IpFamily::kV4, a.ip.data())},
+        {other_key.key, kJan2, ipset_ip_hash(IpFamily::kV4, a.ip.data())},
+    };
+    const std::vector<IpSetEntry> got = collect();
+    EXPECT_EQ(got.size(), want.size());
+    EXPECT_EQ(rows(got), want);
+}
+
+// The entry memo is the worker's, not the buffer's: after a flip the same
+// (key, day, address) must reach the new buffer's set, every time.
+TEST_F(UsageIpSetTest, AnEpochFlipReinsertsTheMemoAddress) {
+    Request r;
+    const std::set<Row> want = {
+        {r.key, kJan2, ipset_ip_hash(IpFamily::kV4, r.ip.data())}};
+    for (int round = 0; round < 4; ++round) {
+        add_worker(r);
+        add_worker(r);  // the memo's repeat
+        const std::vector<IpSetEntry> got = collect();
+        EXPECT_EQ(rows(got), want) << "round " << round;
+    }
+    // A flip with nothing collected in between: the closed buffer keeps
+    // its row, the new one gets its own.
+    add_worker(r);
+    const std::uint64_t e = seg_.agg_close(0);
+    ASSERT_NE(e, 0u);
+    add_worker(r);
+    std::vector<IpSetEntry> closed;
+    seg_.agg_read_ips(0, e, &closed);
+    seg_.agg_clear(0, e);
+    EXPECT_EQ(rows(closed), want);
+    EXPECT_EQ(rows(collect()), want);
+}
+
+// An address the full set dropped is not remembered: each repeat of it is
+// counted, none is skipped as if it were in the set.
+TEST_F(UsageIpSetTest, ADroppedAddressIsNotRemembered) {
+    const std::uint32_t cap = seg_.agg_layout().ipset_rows;
+    Request r;
+    for (std::uint32_t i = 0; i < cap; ++i) {
+        r.ip[2] = static_cast<std::uint8_t>(i >> 8);
+        r.ip[3] = static_cast<std::uint8_t>(i);
+        add_worker(r);
+    }
+    EXPECT_EQ(seg_.slot(0).agg_ipset_overflow.load(), 0u);
+    Request dropped = r;
+    dropped.ip[0] = 10;
+    for (int i = 0; i < 5; ++i) add_worker(dropped);
+    EXPECT_EQ(seg_.slot(0).agg_ipset_overflow.load(), 5u);
+    add_worker(r);  // the memo's address is in the set: no count
+    EXPECT_EQ(seg_.slot(0).agg_ipset_overflow.load(), 5u);
+    // Another key's entry forgets the address: (other key, r's address)
+    // was never in the set.
+    Request other_key = r;
+    other_key.key[0] = 9;
+    add_worker(other_key);
+    add_worker(other_key);
+    EXPECT_EQ(seg_.slot(0).agg_ipset_overflow.load(), 7u);
+    EXPECT_EQ(collect().size(), cap);
 }
 
 TEST_F(UsageIpSetTest, AFullSetCountsTheRestAndKeepsAggregating) {
