@@ -9,9 +9,10 @@
 // written by the worker under the same epoch protocol, read and zeroed by
 // apikeyd with the rest. A header line holds the used count and the
 // worker's memo of its last insert, so a client repeating on one key costs
-// a comparison, not a probe; clearing the buffer clears the memo. Rows are
-// used from 0 up with an open-addressing u32 index of 1-based rows, like
-// the buffer's other tables. A full set drops the address and counts it
+// a comparison, not a probe; clearing the buffer clears the memo. (The
+// worker's entry memo, usage_agg.h, skips even that for its own repeats.)
+// Rows are used from 0 up with an open-addressing u32 index of 1-based
+// rows, like the buffer's other tables. A full set drops the address and counts it
 // (agg_ipset_overflow); the worker never waits.
 #pragma once
 
