@@ -337,7 +337,10 @@ SegmentStatus UsageSegment::open_or_create(const char* path,
             static_cast<long long>(
                 static_cast<UsageHeader*>(old.data())->created_at_us));
         if (n > 0 && static_cast<std::size_t>(n) < sizeof kept) {
-            link(path, kept);  // best effort: EEXIST means already kept
+            // Best effort: EEXIST means already kept. The result is
+            // named, not dropped: glibc's _FORTIFY_SOURCE marks link()
+            // warn_unused_result, and package builds use -Werror.
+            [[maybe_unused]] const int linked = link(path, kept);
         }
     }
     if (std::rename(tmp, path) != 0) {
