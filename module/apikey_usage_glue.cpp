@@ -146,16 +146,10 @@ int apikey_usage_log(apikey_usage_t* usage, int slot,
                      const apikey_usage_fields_t* f, int raw) noexcept {
     const apikey::UsageFields& u =
         *reinterpret_cast<const apikey::UsageFields*>(f);
-    const auto s = static_cast<std::uint32_t>(slot);
-    int missed = 0;
-    if (!raw) {
-        usage->segment.count_policy_skipped(s);
-    } else if (!usage->segment.append(s, &usage->writer, u)) {
-        missed |= APIKEY_USAGE_DROPPED;
-    }
-    if (!usage->segment.aggregate(s, u)) {
-        missed |= APIKEY_USAGE_OVERFLOW;
-    }
+    const int missed = usage->segment.log(static_cast<std::uint32_t>(slot),
+                                          &usage->writer, u, raw != 0);
+    static_assert(apikey::UsageSegment::kLogDropped == APIKEY_USAGE_DROPPED &&
+                  apikey::UsageSegment::kLogOverflow == APIKEY_USAGE_OVERFLOW);
     return missed;
 }
 

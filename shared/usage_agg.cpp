@@ -296,7 +296,8 @@ AggCell* add_latency(const Buffer& b, const AggLayout& l, AggEntry& e,
 AggEntry* find_entry_of(AggLabelMemo& labels, AggEntryMemo& m, UsageSlot& s,
                         const Buffer& b, const AggLayout& l,
                         std::uint32_t slot, std::uint64_t epoch,
-                        const UsageFields& f, std::uint32_t* index) noexcept {
+                        const RequestShape& shape, const UsageFields& f,
+                        std::uint32_t* index) noexcept {
     // The aggregation keys labels by the method's zero-padded field; a
     // method not from the worker's constant table is padded here.
     char padded[kUsageMethodLen];
@@ -333,17 +334,14 @@ AggEntry* find_entry_of(AggLabelMemo& labels, AggEntryMemo& m, UsageSlot& s,
         m.epoch = epoch;
         m.slot = slot;
         m.index = *index;
-        m.method = f.method.data();
-        m.endpoint = f.endpoint.data();
-        m.method_len = static_cast<std::uint8_t>(f.method.size());
-        m.endpoint_len = static_cast<std::uint8_t>(f.endpoint.size());
-        m.key0 = load_u64(f.key_id);
-        m.key1 = load_u64(f.key_id + 8);
+        m.route = shape.route();
         m.hour_start_us = hour * kUsPerHour;
         m.hour_end_us = m.hour_start_us + kUsPerHour;
         m.entry = entry;
         m.cell = nullptr;
-        m.ip_family = IpFamily::kNone;
+        m.bucket = kAggNoBucket;
+        m.ip_shape = 0;
+        m.entry_ip_shape = 0;
     } else {
         m.epoch = 0;
     }
@@ -404,8 +402,11 @@ std::uint64_t agg_text_hash(std::string_view text) noexcept {
 
 bool UsageSegment::aggregate(std::uint32_t slot,
                              const AggregateInput& in) noexcept {
+    // No org: the aggregates are keyed by the key alone.
+    static constexpr std::uint8_t kNoOrg[16] = {};
     UsageFields f{};
     f.key_id = in.key_id;
+    f.org_id = kNoOrg;
     f.time_us = in.time_us;
     f.response_time_us = in.response_time_us;
     f.bytes_sent = in.bytes_sent;
@@ -425,17 +426,22 @@ bool UsageSegment::aggregate_rest(std::uint32_t slot, UsageSlot& s,
     AggEntryMemo& m = entry_memo_;
     AggEntry* entry;
     std::uint32_t index;
-    if (agg_memo_holds(m, slot, e, f)) {
+    if (agg_memo_holds(m, slot, e, shape_, f)) {
         entry = m.entry;
         index = m.index;
     } else {
         const Buffer b(agg_buffer(slot, e), agg_);
-        entry = find_entry_of(label_memo_, m, s, b, agg_, slot, e, f, &index);
+        entry = find_entry_of(label_memo_, m, s, b, agg_, slot, e, shape_, f,
+                              &index);
     }
     if (entry == nullptr) {
         bump(s.agg_overflow);
     } else {
         agg_count(*entry, f);
+        if (m.entry == entry) {
+            // agg_count may have written another address
+            m.entry_ip_shape = 0;
+        }
         const std::uint32_t bucket = agg_bucket_of(f.response_time_us);
         if (m.cell != nullptr && m.bucket == bucket && m.entry == entry &&
             m.epoch == e) {
@@ -451,7 +457,7 @@ bool UsageSegment::aggregate_rest(std::uint32_t slot, UsageSlot& s,
             }
         }
         if (ip_in_set && m.entry == entry && m.epoch == e) {
-            agg_memo_set_ip(m, f);
+            m.ip_shape = shape_.address();
         }
     }
     // Release: apikeyd, seeing us out, sees every write above.

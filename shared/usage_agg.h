@@ -47,6 +47,7 @@
 
 #include "usage_buckets.h"
 #include "usage_record.h"
+#include "usage_shape.h"
 
 namespace apikey {
 
@@ -200,87 +201,42 @@ struct AggLabelMemoEntry {
 };
 using AggLabelMemo = std::array<AggLabelMemoEntry, 16>;
 
+inline constexpr std::uint32_t kAggNoBucket = ~std::uint32_t{0};
+
 // The entry the worker's last request went to, and its latency cell: a
-// request with the same key, the same constant method and endpoint texts
-// (by address: configuration memory) and a start in the same hour, in the
-// same (slot, epoch), adds to them without a hash or a probe. Entries and
-// cells are append-only within an epoch, so the pointers hold while the
-// epoch does. epoch 0: nothing remembered.
+// request of the same route (RequestShape: key, org, constant method and
+// endpoint texts) with a start in the same hour, in the same (slot,
+// epoch), adds to them without a hash or a probe. Entries and cells are
+// append-only within an epoch, so the pointers hold while the epoch does.
+// epoch 0: nothing remembered.
 struct AggEntryMemo {
     std::uint64_t epoch = 0;
     std::uint32_t slot = 0;
     std::uint32_t index = 0;        // the entry's row
-    const char* method = nullptr;
-    const char* endpoint = nullptr;
-    std::uint8_t method_len = 0;
-    std::uint8_t endpoint_len = 0;
-    std::uint64_t key0 = 0;
-    std::uint64_t key1 = 0;
+    std::uint64_t route = 0;        // RequestShape::route() of its requests
     std::int64_t hour_start_us = 0;  // [start, end): the entry's hour
     std::int64_t hour_end_us = 0;
     AggEntry* entry = nullptr;
     AggCell* cell = nullptr;        // nullptr: none remembered
-    std::uint32_t bucket = 0;       // the cell's
-    // An address in the epoch's client-address set with the memo's key
-    // and day (its hour's): the same client again skips the set's insert.
-    // kNone: none remembered (reset whenever the entry changes).
-    IpFamily ip_family = IpFamily::kNone;
-    std::uint64_t ip0 = 0;          // v4: the 4 bytes, then zero
-    std::uint64_t ip1 = 0;
+    // The cell's; kAggNoBucket (no request's) while there is no cell, so
+    // a matching bucket vouches for the cell.
+    std::uint32_t bucket = kAggNoBucket;
+    // RequestShape::address() values (0: none), both reset whenever the
+    // memo names another entry. ip_shape: the address was put in the
+    // epoch's client-address set with the memo's key and day (its hour's),
+    // so the same client again skips the set's insert. entry_ip_shape: the
+    // entry's last-used address is the address's, so a newer request of
+    // the same client only moves the last-used time.
+    std::uint64_t ip_shape = 0;
+    std::uint64_t entry_ip_shape = 0;
 };
 
-// The memo's entry is the request's: same slot and epoch, key, constant
-// method and endpoint texts, hour.
+// The memo's entry is the request's: same slot and epoch, route, hour.
 inline bool agg_memo_holds(const AggEntryMemo& m, std::uint32_t slot,
-                           std::uint64_t epoch,
+                           std::uint64_t epoch, const RequestShape& shape,
                            const UsageFields& f) noexcept {
-    std::uint64_t k0, k1;
-    std::memcpy(&k0, f.key_id, 8);
-    std::memcpy(&k1, f.key_id + 8, 8);
-    return m.epoch == epoch && m.slot == slot && f.method_constant &&
-           f.endpoint_constant && f.method.data() == m.method &&
-           f.endpoint.data() == m.endpoint &&
-           f.method.size() == m.method_len &&
-           f.endpoint.size() == m.endpoint_len &&
-           ((k0 ^ m.key0) | (k1 ^ m.key1)) == 0 &&
+    return m.route == shape.route() && m.epoch == epoch && m.slot == slot &&
            f.time_us >= m.hour_start_us && f.time_us < m.hour_end_us;
-}
-
-// The request's address is the memo's (which agg_memo_holds vouches for
-// key, day and epoch): it is in the set already.
-inline bool agg_memo_ip_holds(const AggEntryMemo& m,
-                              const UsageFields& f) noexcept {
-    if (m.ip_family != f.ip_family) {
-        return false;
-    }
-    if (m.ip_family == IpFamily::kV4) {
-        std::uint32_t v;
-        std::memcpy(&v, f.ip, 4);
-        return v == m.ip0;
-    }
-    if (m.ip_family != IpFamily::kV6) {
-        return false;
-    }
-    std::uint64_t a, b;
-    std::memcpy(&a, f.ip, 8);
-    std::memcpy(&b, f.ip + 8, 8);
-    return ((a ^ m.ip0) | (b ^ m.ip1)) == 0;
-}
-
-// Remembers the request's address (v4 or v6), now in the memo epoch's set.
-inline void agg_memo_set_ip(AggEntryMemo& m, const UsageFields& f) noexcept {
-    if (f.ip_family == IpFamily::kV4) {
-        std::uint32_t v;
-        std::memcpy(&v, f.ip, 4);
-        m.ip0 = v;
-        m.ip1 = 0;
-    } else if (f.ip_family == IpFamily::kV6) {
-        std::memcpy(&m.ip0, f.ip, 8);
-        std::memcpy(&m.ip1, f.ip + 8, 8);
-    } else {
-        return;
-    }
-    m.ip_family = f.ip_family;
 }
 
 // latency_bucket() without the call for the fastest responses.
@@ -288,6 +244,17 @@ inline std::uint32_t agg_bucket_of(std::uint64_t response_time_us) noexcept {
     return response_time_us < kLatencyFirstBoundUs
                ? 0
                : static_cast<std::uint32_t>(latency_bucket(response_time_us));
+}
+
+// The entry's last-used address becomes the request's.
+inline void agg_set_last_ip(AggEntry& entry, const UsageFields& f) noexcept {
+    entry.ip_family = f.ip_family;
+    std::memset(entry.ip, 0, sizeof entry.ip);
+    if (f.ip_family == IpFamily::kV4) {
+        std::memcpy(entry.ip, f.ip, 4);
+    } else if (f.ip_family == IpFamily::kV6) {
+        std::memcpy(entry.ip, f.ip, 16);
+    }
 }
 
 // One request added to its entry's counters and last-used time and
@@ -298,12 +265,23 @@ inline void agg_count(AggEntry& entry, const UsageFields& f) noexcept {
     entry.bytes_sent += f.bytes_sent;
     if (f.time_us >= entry.last_used_us) {
         entry.last_used_us = f.time_us;
-        entry.ip_family = f.ip_family;
-        std::memset(entry.ip, 0, sizeof entry.ip);
-        if (f.ip_family == IpFamily::kV4) {
-            std::memcpy(entry.ip, f.ip, 4);
-        } else if (f.ip_family == IpFamily::kV6) {
-            std::memcpy(entry.ip, f.ip, 16);
+        agg_set_last_ip(entry, f);
+    }
+}
+
+// agg_count() on the memo's entry, which holds the request: the last-used
+// address is written only when it is not already the request's.
+inline void agg_count_held(AggEntryMemo& m, const RequestShape& shape,
+                           const UsageFields& f) noexcept {
+    AggEntry& entry = *m.entry;
+    ++entry.status[static_cast<int>(status_class(f.status))];
+    entry.response_time_us_sum += f.response_time_us;
+    entry.bytes_sent += f.bytes_sent;
+    if (f.time_us >= entry.last_used_us) {
+        entry.last_used_us = f.time_us;
+        if (m.entry_ip_shape != shape.address()) {
+            agg_set_last_ip(entry, f);
+            m.entry_ip_shape = shape.address();
         }
     }
 }

@@ -59,30 +59,27 @@ inline bool same_text(const unsigned char* chunk, std::uint32_t at,
 
 // What encode_repeat_record compares the next record with: only a record
 // whose method and endpoint are constant texts, and whose user agent was
-// not cut, can be repeated by address and length.
+// not cut, can be repeated (the shape vouches for the texts by address),
+// and only under a shape (0: the caller has none).
 inline void remember_for_repeat(const unsigned char* chunk,
-                                const UsageFields& f, IpFamily family,
-                                std::string_view agent, std::size_t longest,
+                                std::size_t chunk_size, const UsageFields& f,
+                                std::string_view agent,
+                                std::size_t longest, std::uint64_t shape,
                                 RecordEncodeContext* ctx) noexcept {
-    ctx->repeatable = f.method_constant && f.endpoint_constant &&
-                      f.method.size() <= kUsageMethodLen &&
-                      f.endpoint.size() <= kUsageEndpointLen &&
-                      agent.size() == f.user_agent.size();
-    if (!ctx->repeatable) return;
+    const bool repeatable = shape != 0 && f.method_constant &&
+                            f.endpoint_constant &&
+                            f.method.size() <= kUsageMethodLen &&
+                            f.endpoint.size() <= kUsageEndpointLen &&
+                            agent.size() == f.user_agent.size();
+    ctx->shape = shape;
+    // Where this record's longest form fits, so do its repeats (the same
+    // longest form: the full encoder's rule).
+    ctx->repeat_until =
+        repeatable ? static_cast<std::uint32_t>(chunk_size - longest + 1) : 0;
+    if (!repeatable) return;
     const std::uint32_t at = ctx->user_agent;
     ctx->agent_len = static_cast<std::uint16_t>(agent.size());
     ctx->agent_at = at + (chunk[at] >= 0x80 ? 2 : 1);
-    ctx->longest = static_cast<std::uint32_t>(longest);
-    ctx->method_len = static_cast<std::uint8_t>(f.method.size());
-    ctx->endpoint_len = static_cast<std::uint8_t>(f.endpoint.size());
-    ctx->method_text = f.method.data();
-    ctx->endpoint_text = f.endpoint.data();
-    ctx->ids[0] = record_detail::load64(f.key_id);
-    ctx->ids[1] = record_detail::load64(f.key_id + 8);
-    ctx->ids[2] = record_detail::load64(f.org_id);
-    ctx->ids[3] = record_detail::load64(f.org_id + 8);
-    ctx->ip_family = family;
-    record_detail::ip_as_words(family, f.ip, ctx->ip_words);
 }
 
 // A bounded reader over untrusted bytes.
@@ -196,7 +193,8 @@ UsageFields usage_fields_of(const UsageRecord& r) noexcept {
 
 std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
                                 std::size_t chunk_size, const UsageFields& f,
-                                RecordEncodeContext* ctx) noexcept {
+                                RecordEncodeContext* ctx,
+                                std::uint64_t shape) noexcept {
     const std::string_view method = cut(f.method, kUsageMethodLen);
     const std::string_view endpoint = cut(f.endpoint, kUsageEndpointLen);
     const std::string_view agent = cut(f.user_agent, kUsageUserAgentLen);
@@ -273,7 +271,7 @@ std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
     }
     ctx->started = true;
     ctx->time_us = f.time_us;
-    remember_for_repeat(chunk, f, family, agent, longest, ctx);
+    remember_for_repeat(chunk, chunk_size, f, agent, longest, shape, ctx);
     const std::size_t body = static_cast<std::size_t>(p - (start + 3));
     start[0] = static_cast<unsigned char>(flags);
     start[1] = static_cast<unsigned char>(body);

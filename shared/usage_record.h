@@ -150,11 +150,12 @@ struct UsageFields {
     // aggregation's memo); false unless the text is configuration memory.
     // method_constant: method.data() holds kUsageMethodLen bytes, zero past
     // method.size(), that never change while the writer lives (the shim's
-    // table of common methods), so its address names the text.
+    // table of common methods), so its address names the text and its
+    // length.
     bool method_constant = false;
     // endpoint_constant: the endpoint is already cut to kUsageEndpointLen,
-    // never changes at that address, and endpoint_hash is
-    // agg_text_hash(endpoint).
+    // it and its length never change at that address (so the address
+    // names both), and endpoint_hash is agg_text_hash(endpoint).
     bool endpoint_constant = false;
     std::uint64_t endpoint_hash = 0;
 };
@@ -175,21 +176,15 @@ struct RecordEncodeContext {
     std::uint32_t method = 0;
     std::uint32_t endpoint = 0;
     std::uint32_t user_agent = 0;
-    // The previous record's identity, for encode_repeat_record: valid when
-    // `repeatable` (its method and endpoint were constant texts). Kept in
-    // the worker's memory, so the check reads no line of the segment but
-    // the user agent's bytes in the chunk.
-    bool repeatable = false;
-    std::uint8_t method_len = 0;
-    std::uint8_t endpoint_len = 0;
+    // What encode_repeat_record needs of the previous record: the
+    // RequestShape address counter it was encoded under, the offsets at
+    // which a repeat fits (below repeat_until, from its longest form and
+    // the chunk's size; 0: none, it is not repeatable) and where its user
+    // agent's bytes are in the chunk. Kept in the worker's memory.
+    std::uint64_t shape = 0;
+    std::uint32_t repeat_until = 0;
+    std::uint32_t agent_at = 0;
     std::uint16_t agent_len = 0;
-    std::uint32_t agent_at = 0;   // the user agent's bytes in the chunk
-    std::uint32_t longest = 0;    // the record's longest form (the fit)
-    const char* method_text = nullptr;
-    const char* endpoint_text = nullptr;
-    std::uint64_t ids[4] = {};    // key_id, org_id
-    std::uint64_t ip_words[2] = {};
-    IpFamily ip_family = IpFamily::kNone;
 };
 
 // The decoder's: the previous record of the chunk.
@@ -203,9 +198,12 @@ struct RecordDecodeContext {
 // form (every field written out) might not fit there: one pass, no sizing
 // pass first, at the cost of ending a chunk up to that many bytes early.
 // A record always fits from offset 0 of a chunk of >= kUsageRecordMaxBytes.
+// `shape`: the worker's RequestShape::address() after observing `f`, for
+// encode_repeat_record (0: the next record is never a repeat of this one).
 std::size_t encode_usage_record(unsigned char* chunk, std::size_t offset,
                                 std::size_t chunk_size, const UsageFields& f,
-                                RecordEncodeContext* ctx) noexcept;
+                                RecordEncodeContext* ctx,
+                                std::uint64_t shape = 0) noexcept;
 
 enum class DecodeResult {
     kRecord,   // *out holds the record, *consumed its bytes
@@ -269,17 +267,24 @@ inline std::uint32_t load32(const void* p) noexcept {
     return v;
 }
 
-// a[0, n) == b[0, n) with word loads inside both ranges (the last word may
-// overlap the one before): cheaper than a call to memcmp for the short
-// texts of a record, on every request.
+// a[0, n) == b[0, n) with word loads inside both ranges (the last words
+// may overlap the ones before): cheaper than a call to memcmp for the
+// short texts of a record, on every request. 16 bytes a step: a user
+// agent of up to 16 bytes takes no loop at all.
 inline bool equal_bytes(const unsigned char* a, const unsigned char* b,
                         std::size_t n) noexcept {
-    if (n >= 8) {
+    if (n >= 16) {
         std::uint64_t diff = 0;
-        for (std::size_t i = 0; i + 8 <= n; i += 8) {
-            diff |= load64(a + i) ^ load64(b + i);
+        for (std::size_t i = 0; i + 16 < n; i += 16) {
+            diff |= (load64(a + i) ^ load64(b + i)) |
+                    (load64(a + i + 8) ^ load64(b + i + 8));
         }
-        return (diff | (load64(a + n - 8) ^ load64(b + n - 8))) == 0;
+        return (diff | (load64(a + n - 16) ^ load64(b + n - 16)) |
+                (load64(a + n - 8) ^ load64(b + n - 8))) == 0;
+    }
+    if (n >= 8) {
+        return ((load64(a) ^ load64(b)) |
+                (load64(a + n - 8) ^ load64(b + n - 8))) == 0;
     }
     if (n >= 4) {
         return ((load32(a) ^ load32(b)) |
@@ -336,32 +341,18 @@ inline void ip_as_words(IpFamily family, const std::uint8_t* ip,
 // exactly the bytes encode_usage_record would (every field "as before")
 // without its per-field comparisons and returns their count; 0 when `f`
 // is not such a repeat (or might not fit: the same rule), and then the
-// caller encodes it with encode_usage_record. Always inline (every
-// request): a call and its argument set-up would cost a fifth of it.
+// caller encodes it with encode_usage_record. `offset` may be anything
+// (the chunk's size, say): only offsets the previous record left room
+// for are written. `shape`: as for encode_usage_record; the same value as
+// the previous record's vouches for its key, org, address, method and
+// endpoint, so only the user agent is compared. Always inline (every request): a call and its argument
+// set-up would cost a fifth of it.
 __attribute__((always_inline)) inline std::size_t encode_repeat_record(
-    unsigned char* chunk, std::size_t offset, std::size_t chunk_size,
-    const UsageFields& f, RecordEncodeContext* ctx) noexcept {
+    unsigned char* chunk, std::size_t offset, const UsageFields& f,
+    RecordEncodeContext* ctx, std::uint64_t shape) noexcept {
     namespace d = record_detail;
-    // The previous record's texts were constant at their addresses (that
-    // is what made it repeatable), so the same address and length is the
-    // same text, whatever this request's flags say.
-    if (!ctx->repeatable || f.method.data() != ctx->method_text ||
-        f.endpoint.data() != ctx->endpoint_text ||
-        f.method.size() != ctx->method_len ||
-        f.endpoint.size() != ctx->endpoint_len ||
+    if (offset >= ctx->repeat_until || ctx->shape != shape ||
         f.user_agent.size() != ctx->agent_len ||
-        offset >= chunk_size || chunk_size - offset < ctx->longest) {
-        return 0;
-    }
-    const std::uint64_t key =
-        (d::load64(f.key_id) ^ ctx->ids[0]) |
-        (d::load64(f.key_id + 8) ^ ctx->ids[1]) |
-        (d::load64(f.org_id) ^ ctx->ids[2]) |
-        (d::load64(f.org_id + 8) ^ ctx->ids[3]);
-    std::uint64_t ip[2];
-    d::ip_as_words(f.ip_family, f.ip, ip);
-    if ((key | (ip[0] ^ ctx->ip_words[0]) | (ip[1] ^ ctx->ip_words[1])) != 0 ||
-        f.ip_family != ctx->ip_family ||
         !d::equal_bytes(chunk + ctx->agent_at,
                         reinterpret_cast<const unsigned char*>(
                             f.user_agent.data()),

@@ -38,6 +38,7 @@
 #include "usage_agg.h"
 #include "usage_ipset.h"
 #include "usage_record.h"
+#include "usage_shape.h"
 #include "usage_stream.h"
 
 namespace apikey {
@@ -189,38 +190,38 @@ public:
     int claim_slot(std::int32_t pid, std::int64_t now_us) noexcept;
     // Marks the slot retired (worker exit). Its records stay for apikeyd.
     void retire_slot(std::uint32_t slot) noexcept;
+    // One request with a known key, the worker's usual call: observed
+    // once (RequestShape), then, if `raw` (the raw-event policy keeps it),
+    // appended as append() does, else counted as kept out; then aggregated
+    // as aggregate() does. Returns 0, or kLogDropped and/or kLogOverflow
+    // for what append and aggregate returned false. Always inline: at
+    // nginx's -O the calls and their frames would cost a tenth of it.
+    static constexpr int kLogDropped = 1;
+    static constexpr int kLogOverflow = 2;
+    __attribute__((always_inline)) int log(std::uint32_t slot,
+                                           StreamWriter* writer,
+                                           const UsageFields& fields,
+                                           bool raw) noexcept {
+        shape_.observe(fields);
+        int missed = 0;
+        if (!raw) {
+            count_policy_skipped(slot);
+        } else if (!append_observed(slot, writer, fields)) {
+            missed |= kLogDropped;
+        }
+        if (!aggregate_observed(slot, fields)) {
+            missed |= kLogOverflow;
+        }
+        return missed;
+    }
     // Appends one record to the slot's stream (the worker's `writer`, reset
     // on every claim). Never blocks: false when the pool has no chunk (a
     // drop, counted) or the slot is out of range (counted in the header's
     // unslotted_drops).
-    // Inline, with the usual request's path: a repeat record
-    // (encode_repeat_record) in the writer's chunk, nobody else having
-    // written since; anything else goes through UsageStream::append.
-    // Always inline: at nginx's -O the call and its frame would cost
-    // a tenth of it.
-    [[nodiscard]] __attribute__((always_inline)) bool append(
-        std::uint32_t slot, StreamWriter* writer,
-        const UsageFields& fields) noexcept {
-        if (slot >= slot_count_) {
-            count_unslotted();
-            return false;
-        }
-        UsageSlot& s = slots_[slot];
-        const std::uint64_t head = s.head.load(std::memory_order_relaxed);
-        if (writer->chunk != nullptr && head == writer->head &&
-            writer->chunk_seq == head >> kStreamChunkShift) {
-            const std::size_t n = encode_repeat_record(
-                writer->chunk,
-                static_cast<std::size_t>(head & (kStreamChunkSize - 1)),
-                kStreamChunkSize, fields, &writer->context);
-            if (n != 0) {
-                writer->head = head + n;
-                // Release: the consumer that sees the head sees the record.
-                s.head.store(writer->head, std::memory_order_release);
-                return true;
-            }
-        }
-        return stream_.append(slot, s, writer, fields);
+    [[nodiscard]] bool append(std::uint32_t slot, StreamWriter* writer,
+                              const UsageFields& fields) noexcept {
+        shape_.observe(fields);
+        return append_observed(slot, writer, fields);
     }
     // A request with a known key that the raw-event policy kept out.
     void count_policy_skipped(std::uint32_t slot) noexcept {
@@ -255,50 +256,9 @@ public:
     // agg_overflow) or the slot is out of range. Reads the key id, time,
     // response time, bytes, status, address, method, endpoint and the
     // promises about the texts (UsageFields).
-    // Inline, with the usual request's path: the entry memo and its
-    // latency cell hold the request (agg_memo_holds, same bucket); anything
-    // else goes through aggregate_rest. Always inline, as append.
-    __attribute__((always_inline)) bool aggregate(
-        std::uint32_t slot, const UsageFields& f) noexcept {
-        if (slot >= slot_count_) {
-            return false;
-        }
-        UsageSlot& s = slots_[slot];
-        // Say which buffer we are in, then check apikeyd has not moved on
-        // in between (seq_cst both sides: apikeyd stores agg_epoch, then
-        // loads agg_active; one of the two sees the other).
-        std::uint64_t e = s.agg_epoch.load(std::memory_order_acquire);
-        for (;;) {
-            s.agg_active.exchange(e, std::memory_order_seq_cst);
-            const std::uint64_t now =
-                s.agg_epoch.load(std::memory_order_seq_cst);
-            if (now == e) {
-                break;
-            }
-            e = now;
-        }
-        AggEntryMemo& m = entry_memo_;
-        const bool held = m.cell != nullptr && agg_memo_holds(m, slot, e, f);
-        bool ip_in_set = held && agg_memo_ip_holds(m, f);
-        if (!ip_in_set) {
-            ip_in_set = ipset_add(agg_buffer(slot, e), agg_, f);
-            if (!ip_in_set) {
-                // Only this worker writes its slot's counts: no locked add.
-                s.agg_ipset_overflow.store(
-                    s.agg_ipset_overflow.load(std::memory_order_relaxed) + 1,
-                    std::memory_order_relaxed);
-            } else if (held) {
-                agg_memo_set_ip(m, f);
-            }
-        }
-        if (held && m.bucket == agg_bucket_of(f.response_time_us)) {
-            agg_count(*m.entry, f);
-            ++m.cell->count;
-            // Release: apikeyd, seeing us out, sees every write above.
-            s.agg_active.store(0, std::memory_order_release);
-            return true;
-        }
-        return aggregate_rest(slot, s, e, f, ip_in_set);
+    bool aggregate(std::uint32_t slot, const UsageFields& f) noexcept {
+        shape_.observe(f);
+        return aggregate_observed(slot, f);
     }
     bool aggregate(std::uint32_t slot, const AggregateInput& in) noexcept;
 
@@ -331,6 +291,84 @@ public:
     const AggLayout& agg_layout() const noexcept { return agg_; }
 
 private:
+    // append() for a request shape_ has observed. Inline, with the usual
+    // request's path: a repeat record (encode_repeat_record) in the
+    // writer's chunk, nobody else having written since (the head is where
+    // the writer left it); anything else goes through UsageStream::append.
+    __attribute__((always_inline)) bool append_observed(
+        std::uint32_t slot, StreamWriter* writer,
+        const UsageFields& fields) noexcept {
+        if (slot >= slot_count_) {
+            count_unslotted();
+            return false;
+        }
+        UsageSlot& s = slots_[slot];
+        const std::uint64_t head = s.head.load(std::memory_order_relaxed);
+        if (head == writer->head) {
+            // Relative to the writer's chunk: a head at its very end is
+            // past every offset a repeat may take (and with no chunk yet,
+            // the context allows none).
+            const std::size_t n = encode_repeat_record(
+                writer->chunk,
+                static_cast<std::size_t>(head -
+                                         (writer->chunk_seq
+                                          << kStreamChunkShift)),
+                fields, &writer->context, shape_.address());
+            if (n != 0) {
+                writer->head = head + n;
+                // Release: the consumer that sees the head sees the record.
+                s.head.store(writer->head, std::memory_order_release);
+                return true;
+            }
+        }
+        return stream_.append(slot, s, writer, fields, shape_.address());
+    }
+    // aggregate() for a request shape_ has observed. Inline, with the
+    // usual request's path: the entry memo and its latency cell hold the
+    // request (agg_memo_holds, same bucket: then there is a cell);
+    // anything else goes through aggregate_rest.
+    __attribute__((always_inline)) bool aggregate_observed(
+        std::uint32_t slot, const UsageFields& f) noexcept {
+        if (slot >= slot_count_) {
+            return false;
+        }
+        UsageSlot& s = slots_[slot];
+        // Say which buffer we are in, then check apikeyd has not moved on
+        // in between (seq_cst both sides: apikeyd stores agg_epoch, then
+        // loads agg_active; one of the two sees the other).
+        std::uint64_t e = s.agg_epoch.load(std::memory_order_acquire);
+        for (;;) {
+            s.agg_active.exchange(e, std::memory_order_seq_cst);
+            const std::uint64_t now =
+                s.agg_epoch.load(std::memory_order_seq_cst);
+            if (now == e) {
+                break;
+            }
+            e = now;
+        }
+        AggEntryMemo& m = entry_memo_;
+        const bool held = agg_memo_holds(m, slot, e, shape_, f);
+        bool ip_in_set = held && m.ip_shape == shape_.address();
+        if (!ip_in_set) {
+            ip_in_set = ipset_add(agg_buffer(slot, e), agg_, f);
+            if (!ip_in_set) {
+                // Only this worker writes its slot's counts: no locked add.
+                s.agg_ipset_overflow.store(
+                    s.agg_ipset_overflow.load(std::memory_order_relaxed) + 1,
+                    std::memory_order_relaxed);
+            } else if (held) {
+                m.ip_shape = shape_.address();
+            }
+        }
+        if (held && m.bucket == agg_bucket_of(f.response_time_us)) {
+            agg_count_held(m, shape_, f);
+            ++m.cell->count;
+            // Release: apikeyd, seeing us out, sees every write above.
+            s.agg_active.store(0, std::memory_order_release);
+            return true;
+        }
+        return aggregate_rest(slot, s, e, f, ip_in_set);
+    }
     void adopt(MappedFile&& map) noexcept;
     void count_unslotted() noexcept;
     // aggregate() past its epoch handshake (e: the epoch it entered), for
@@ -357,6 +395,7 @@ private:
     AggLayout agg_;
     AggLabelMemo label_memo_{};  // the worker's, in its own memory
     AggEntryMemo entry_memo_{};  // likewise
+    RequestShape shape_{};       // likewise
     MappedFile map_;
 };
 

@@ -148,7 +148,7 @@ std::uint32_t UsageStream::free_chunks() const noexcept {
 // --- producer -----------------------------------------------------------------
 
 bool UsageStream::append(std::uint32_t slot, UsageSlot& s, StreamWriter* w,
-                         const UsageFields& f) noexcept {
+                         const UsageFields& f, std::uint64_t shape) noexcept {
     const std::uint64_t head = s.head.load(std::memory_order_relaxed);
     const std::uint64_t seq = head >> kStreamChunkShift;
     const std::size_t off = static_cast<std::size_t>(head & kChunkMask);
@@ -157,11 +157,11 @@ bool UsageStream::append(std::uint32_t slot, UsageSlot& s, StreamWriter* w,
             // Someone else wrote since (a forger): refer to nothing.
             w->context = RecordEncodeContext{};
         }
-        std::size_t n =
-            encode_repeat_record(w->chunk, off, kStreamChunkSize, f, &w->context);
+        std::size_t n = encode_repeat_record(w->chunk, off, f, &w->context,
+                                             shape);
         if (n == 0) {
             n = encode_usage_record(w->chunk, off, kStreamChunkSize, f,
-                                    &w->context);
+                                    &w->context, shape);
         }
         if (n != 0) {
             w->head = head + n;
@@ -195,8 +195,8 @@ bool UsageStream::append(std::uint32_t slot, UsageSlot& s, StreamWriter* w,
     w->chunk = chunk(index);
     w->chunk_seq = next;
     w->context = RecordEncodeContext{};
-    const std::size_t n =
-        encode_usage_record(w->chunk, 0, kStreamChunkSize, f, &w->context);
+    const std::size_t n = encode_usage_record(w->chunk, 0, kStreamChunkSize,
+                                              f, &w->context, shape);
     w->head = (next << kStreamChunkShift) + n;
     s.head.store(w->head, std::memory_order_release);
     return true;

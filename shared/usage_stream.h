@@ -101,8 +101,10 @@ public:
     // --- producer (nginx worker) ---
     // Appends one record to the slot's stream and publishes it (head).
     // Never blocks: false when the pool has no chunk (counted in `dropped`).
+    // `shape`: the worker's RequestShape::address() for `f`
+    // (encode_usage_record).
     bool append(std::uint32_t slot, UsageSlot& s, StreamWriter* w,
-                const UsageFields& f) noexcept;
+                const UsageFields& f, std::uint64_t shape) noexcept;
 
     // --- consumer (apikeyd) ---
     // Decodes up to `max` records from position `from` (raised to the tail)

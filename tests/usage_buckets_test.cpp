@@ -25,6 +25,14 @@ TEST(StatusClass, CountsOnlyTwoHundredToFiveNinetyNine) {
     EXPECT_EQ(status_class(599), StatusClass::k5xx);
     EXPECT_EQ(status_class(600), StatusClass::kOther);
     EXPECT_EQ(status_class(65535), StatusClass::kOther);
+    // Every status, against the hundreds' rule.
+    for (unsigned s = 0; s <= 65535; ++s) {
+        const unsigned h = s / 100;
+        const StatusClass want = h >= 2 && h <= 5
+                                     ? static_cast<StatusClass>(h - 2)
+                                     : StatusClass::kOther;
+        ASSERT_EQ(status_class(static_cast<std::uint16_t>(s)), want) << s;
+    }
 }
 
 // --- histogram buckets -------------------------------------------------------

@@ -72,6 +72,7 @@ protected:
         static const char kItems[] = "/items";
         UsageFields f{};
         f.key_id = r.key.data();
+        f.org_id = r.key.data();
         f.time_us = r.time_us;
         f.status = 200;
         f.ip_family = r.family;

@@ -2,6 +2,7 @@
 // references to the previous record, texts cut at their limits) and a
 // decoder that trusts none of the bytes it reads.
 #include "usage_record.h"
+#include "usage_shape.h"
 
 #include <cstring>
 #include <random>
@@ -300,6 +301,24 @@ TEST(UsageRecordTest, UserAgentLengthOverItsFieldIsCorrupt) {
 
 // --- record helpers ----------------------------------------------------------
 
+TEST(UsageRecordTest, EqualBytesAgreesWithMemcmp) {
+    // Every length up to 100 (the word, two-word and 16-byte-step paths),
+    // equal and with one byte changed at each position.
+    std::vector<unsigned char> a(100), b(100);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        a[i] = b[i] = static_cast<unsigned char>('a' + i % 26);
+    }
+    for (std::size_t n = 0; n <= a.size(); ++n) {
+        ASSERT_TRUE(record_detail::equal_bytes(a.data(), b.data(), n)) << n;
+        for (std::size_t at = 0; at < n; ++at) {
+            b[at] ^= 0x20;
+            ASSERT_FALSE(record_detail::equal_bytes(a.data(), b.data(), n))
+                << n << " " << at;
+            b[at] ^= 0x20;
+        }
+    }
+}
+
 TEST(UsageRecordTest, AuthResultNames) {
     const char* want[kAuthResultCount] = {
         "ok",      "missing", "malformed", "unknown",
@@ -385,29 +404,33 @@ struct Worker {
     }
 };
 
-// Encodes as UsageStream::append does (repeat path first); *repeats
-// counts the records the repeat path wrote.
+// Encodes as UsageSegment::log does (the request observed, then the
+// repeat path first); *repeats counts the records the repeat path wrote.
 std::size_t encode_as_worker(unsigned char* chunk, std::size_t at,
-                             const UsageFields& f, RecordEncodeContext* ctx,
-                             int* repeats) {
-    std::size_t n = encode_repeat_record(chunk, at, kChunk, f, ctx);
+                             const UsageFields& f, RequestShape* shape,
+                             RecordEncodeContext* ctx, int* repeats) {
+    shape->observe(f);
+    std::size_t n =
+        encode_repeat_record(chunk, at, f, ctx, shape->address());
     if (n != 0) {
         ++*repeats;
         return n;
     }
-    return encode_usage_record(chunk, at, kChunk, f, ctx);
+    return encode_usage_record(chunk, at, kChunk, f, ctx, shape->address());
 }
 
 TEST(UsageRecordRepeatTest, ARepeatIsWrittenByTheFastPathAndDecodes) {
     std::vector<unsigned char> buf(kChunk);
     RecordEncodeContext ctx;
+    RequestShape shape;
     Worker w;
     int repeats = 0;
-    std::size_t at = encode_as_worker(buf.data(), 0, w.fields(), &ctx, &repeats);
+    std::size_t at =
+        encode_as_worker(buf.data(), 0, w.fields(), &shape, &ctx, &repeats);
     EXPECT_EQ(repeats, 0);  // nothing before it
     w.time_us += 3000;
     const std::size_t n =
-        encode_as_worker(buf.data(), at, w.fields(), &ctx, &repeats);
+        encode_as_worker(buf.data(), at, w.fields(), &shape, &ctx, &repeats);
     EXPECT_EQ(repeats, 1);
     // flags, length, result, status, then three one- or two-byte varints
     EXPECT_EQ(n, 3u + 1 + 2 + 2 + 2 + 2);
@@ -436,25 +459,83 @@ TEST(UsageRecordRepeatTest, AnyChangedFieldTakesTheFullEncoder) {
     };
     for (std::size_t i = 0; i < changes.size(); ++i) {
         RecordEncodeContext ctx;
-        const std::size_t first =
-            encode_usage_record(buf.data(), 0, kChunk, base.fields(), &ctx);
+        RequestShape shape;
+        shape.observe(base.fields());
+        const std::size_t first = encode_usage_record(
+            buf.data(), 0, kChunk, base.fields(), &ctx, shape.address());
         Worker w = base;
         changes[i](w);
-        EXPECT_EQ(encode_repeat_record(buf.data(), first, kChunk, w.fields(),
-                                       &ctx),
+        shape.observe(w.fields());
+        EXPECT_EQ(encode_repeat_record(buf.data(), first, w.fields(),
+                                       &ctx, shape.address()),
                   0u)
             << "change " << i;
+        // And back again: a changed key, org, address, method or endpoint
+        // made a new shape, so the first record is not repeated; a user
+        // agent (changes 2 and 3) is not part of the shape, and the first
+        // record repeats (11 bytes: no time delta).
+        shape.observe(base.fields());
+        EXPECT_EQ(encode_repeat_record(buf.data(), first,
+                                       base.fields(), &ctx, shape.address()),
+                  i == 2 || i == 3 ? 11u : 0u)
+            << "change " << i << " undone";
     }
     // Texts not promised constant are never repeated by address.
     RecordEncodeContext ctx;
+    RequestShape shape;
     UsageFields f = base.fields();
     f.endpoint_constant = false;
-    const std::size_t first = encode_usage_record(buf.data(), 0, kChunk, f, &ctx);
-    EXPECT_EQ(encode_repeat_record(buf.data(), first, kChunk, f, &ctx), 0u);
+    shape.observe(f);
+    const std::size_t first =
+        encode_usage_record(buf.data(), 0, kChunk, f, &ctx, shape.address());
+    shape.observe(f);
+    EXPECT_EQ(encode_repeat_record(buf.data(), first, f, &ctx,
+                                   shape.address()),
+              0u);
+    // Nor a record encoded without a shape (0), with the shape 0.
+    RecordEncodeContext none;
+    const std::size_t plain =
+        encode_usage_record(buf.data(), 0, kChunk, base.fields(), &none);
+    EXPECT_EQ(encode_repeat_record(buf.data(), plain, base.fields(),
+                                   &none, 0),
+              0u);
     // Nor a record with nothing before it in the chunk.
     RecordEncodeContext fresh;
-    EXPECT_EQ(encode_repeat_record(buf.data(), 0, kChunk, base.fields(), &fresh),
+    EXPECT_EQ(encode_repeat_record(buf.data(), 0, base.fields(), &fresh,
+                                   shape.address()),
               0u);
+}
+
+TEST(UsageRecordRepeatTest, ARepeatTakesExactlyTheOffsetsTheFullEncoderDoes) {
+    // The repeat path's fit (repeat_until) against the full encoder's at
+    // every offset near the chunk's end, its very end and past it.
+    std::vector<unsigned char> fast(kChunk), full(kChunk);
+    const Worker w;
+    RequestShape shape;
+    shape.observe(w.fields());
+    RecordEncodeContext first_fast, first_full;
+    ASSERT_NE(encode_usage_record(fast.data(), 0, kChunk, w.fields(),
+                                  &first_fast, shape.address()),
+              0u);
+    UsageFields plain = w.fields();
+    plain.method_constant = false;
+    plain.endpoint_constant = false;
+    ASSERT_NE(encode_usage_record(full.data(), 0, kChunk, plain, &first_full),
+              0u);
+    shape.observe(w.fields());
+    int fits = 0;
+    for (std::size_t at = kChunk - 200; at <= kChunk + 1; ++at) {
+        RecordEncodeContext a = first_fast, b = first_full;
+        const std::size_t n =
+            encode_repeat_record(fast.data(), at, w.fields(), &a,
+                                 shape.address());
+        const std::size_t m =
+            encode_usage_record(full.data(), at, kChunk, plain, &b);
+        ASSERT_EQ(n, m) << "offset " << at;
+        if (n != 0) ++fits;
+    }
+    EXPECT_GT(fits, 0);
+    EXPECT_LT(fits, 200);
 }
 
 TEST(UsageRecordRepeatTest, TheWorkersBytesAreTheFullEncodersBytes) {
@@ -464,6 +545,7 @@ TEST(UsageRecordRepeatTest, TheWorkersBytesAreTheFullEncodersBytes) {
     // the same bytes, record for record.
     std::vector<unsigned char> fast(kChunk), full(kChunk);
     RecordEncodeContext fctx, sctx;
+    RequestShape shape;
     std::mt19937_64 rng(7);
     Worker w;
     const char* endpoints[] = {kEndA, kEndB};
@@ -487,8 +569,8 @@ TEST(UsageRecordRepeatTest, TheWorkersBytesAreTheFullEncodersBytes) {
         UsageFields plain = f;
         plain.method_constant = false;
         plain.endpoint_constant = false;
-        const std::size_t n = encode_as_worker(fast.data(), at, f, &fctx,
-                                               &repeats);
+        const std::size_t n = encode_as_worker(fast.data(), at, f, &shape,
+                                               &fctx, &repeats);
         const std::size_t m =
             encode_usage_record(full.data(), at, kChunk, plain, &sctx);
         ASSERT_EQ(n, m) << "record " << records;
