@@ -437,11 +437,9 @@ bool UsageSegment::aggregate_rest(std::uint32_t slot, UsageSlot& s,
     if (entry == nullptr) {
         bump(s.agg_overflow);
     } else {
+        // The last-used address it may write is this request's, whose
+        // address counter is current: m.entry_ip_shape stays true.
         agg_count(*entry, f);
-        if (m.entry == entry) {
-            // agg_count may have written another address
-            m.entry_ip_shape = 0;
-        }
         const std::uint32_t bucket = agg_bucket_of(f.response_time_us);
         if (m.cell != nullptr && m.bucket == bucket && m.entry == entry &&
             m.epoch == e) {

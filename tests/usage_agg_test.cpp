@@ -765,7 +765,9 @@ UsageFields worker_fields(const Request& r, const char* method,
 
 TEST_F(UsageAggTest, RepeatsThroughTheMemoSumExactly) {
     // Runs of one (key, label, hour) with changes of label, method, key,
-    // hour and latency between them: the memo must follow every change.
+    // hour, client address and latency between them, and requests that
+    // start before the one before: the memo must follow every change
+    // (the last-used address too).
     create();
     std::mt19937_64 rng(11);
     std::map<Key, Sums> want;
@@ -781,6 +783,8 @@ TEST_F(UsageAggTest, RepeatsThroughTheMemoSumExactly) {
         case 2: r.key = key_of(static_cast<unsigned>(rng() % 3)); break;
         case 3: r.time_us += kUsPerHour; break;
         case 4: r.time_us -= kUsPerHour; break;  // a late request
+        case 5: r.ip[3] = static_cast<std::uint8_t>(rng() % 3); break;
+        case 6: r.time_us -= 2000; break;  // started before the last one
         default: break;
         }
         r.time_us += static_cast<std::int64_t>(rng() % 1000);
