@@ -27,14 +27,15 @@ typedef struct {
 
 static ngx_int_t ngx_http_apikey_reject(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx);
-static ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(ngx_http_request_t *r,
-    ngx_http_apikey_loc_conf_t *alcf);
-static ngx_http_apikey_ctx_t *ngx_http_apikey_create_ctx(
-    ngx_http_request_t *r);
+static ngx_inline ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(
+    ngx_http_request_t *r, ngx_http_apikey_loc_conf_t *alcf)
+    __attribute__((always_inline));
+static ngx_inline ngx_http_apikey_ctx_t *ngx_http_apikey_create_ctx(
+    ngx_http_request_t *r) __attribute__((always_inline));
 static void ngx_http_apikey_cleanup(void *data);
-static ngx_int_t ngx_http_apikey_find_key(ngx_http_request_t *r,
+static ngx_inline ngx_int_t ngx_http_apikey_find_key(ngx_http_request_t *r,
     ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
-    ngx_http_apikey_ctx_t *ctx);
+    ngx_http_apikey_ctx_t *ctx) __attribute__((always_inline));
 static ngx_inline ngx_uint_t ngx_http_apikey_is_key_header(
     ngx_table_elt_t *h, ngx_http_apikey_loc_conf_t *alcf);
 static ngx_inline ngx_uint_t ngx_http_apikey_same_bytes(u_char *a, u_char *b,
@@ -167,9 +168,13 @@ ngx_http_apikey_reject(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
  * handler. A verdict computed before the location was chosen (a variable
  * read at server level) is computed again in a location with another
  * apikey_header, unless an access check already acted on it.
+ *
+ * Always inline, with what it calls per request: the handler runs it in
+ * its own frame; ngx_http_apikey_request_ctx() is the copy for the
+ * variables.
  */
 
-static ngx_http_apikey_ctx_t *
+static ngx_inline ngx_http_apikey_ctx_t *
 ngx_http_apikey_lookup(ngx_http_request_t *r,
     ngx_http_apikey_loc_conf_t *alcf)
 {
@@ -259,7 +264,7 @@ ngx_http_apikey_request_ctx(ngx_http_request_t *r)
 }
 
 
-static ngx_http_apikey_ctx_t *
+static ngx_inline ngx_http_apikey_ctx_t *
 ngx_http_apikey_create_ctx(ngx_http_request_t *r)
 {
     ngx_pool_cleanup_t     *cln;
@@ -324,7 +329,7 @@ ngx_http_apikey_cleanup(void *data)
  * is repeated), to hide them all.
  */
 
-static ngx_int_t
+static ngx_inline ngx_int_t
 ngx_http_apikey_find_key(ngx_http_request_t *r,
     ngx_http_apikey_loc_conf_t *alcf, ngx_str_t *key,
     ngx_http_apikey_ctx_t *ctx)
