@@ -335,40 +335,31 @@ ngx_http_apikey_find_key(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx)
 {
     ngx_str_t          bearer;
-    ngx_uint_t         i;
     ngx_list_part_t   *part;
-    ngx_table_elt_t   *h;
+    ngx_table_elt_t   *h, *last;
 
     ngx_str_null(key);
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
+    /* walked by pointer: no index arithmetic per header */
 
-    for (i = 0; /* void */; i++) {
+    for (part = &r->headers_in.headers.part; part; part = part->next) {
 
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
+        for (h = part->elts, last = h + part->nelts; h < last; h++) {
+
+            if (!ngx_http_apikey_is_key_header(h, alcf)
+                || h->value.len == 0)
+            {
+                continue;
             }
 
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
+            if (ctx->key_header) {
+                ctx->extra_keys = 1;
+                continue;
+            }
 
-        if (!ngx_http_apikey_is_key_header(&h[i], alcf)
-            || h[i].value.len == 0)
-        {
-            continue;
+            *key = h->value;
+            ctx->key_header = h;
         }
-
-        if (ctx->key_header) {
-            ctx->extra_keys = 1;
-            continue;
-        }
-
-        *key = h[i].value;
-        ctx->key_header = &h[i];
     }
 
     if (r->headers_in.authorization != NULL
@@ -400,14 +391,17 @@ ngx_http_apikey_find_key(ngx_http_request_t *r,
 }
 
 
-/* Named as alcf's apikey_header (case-insensitive), whatever its value. */
+/*
+ * Named as alcf's apikey_header (case-insensitive), whatever its value.
+ * The length first: one comparison tells most other headers apart.
+ */
 
 static ngx_inline ngx_uint_t
 ngx_http_apikey_is_key_header(ngx_table_elt_t *h,
     ngx_http_apikey_loc_conf_t *alcf)
 {
-    if ((h->hash != alcf->header_hash && alcf->header_hash != 0)
-        || h->key.len != alcf->header_lc.len)
+    if (h->key.len != alcf->header_lc.len
+        || (h->hash != alcf->header_hash && alcf->header_hash != 0))
     {
         return 0;
     }
