@@ -43,6 +43,8 @@ static ngx_inline ngx_uint_t ngx_http_apikey_same_bytes(u_char *a, u_char *b,
 static ngx_int_t ngx_http_apikey_bearer(ngx_table_elt_t *h, ngx_str_t *key);
 static ngx_int_t ngx_http_apikey_hide(ngx_http_request_t *r,
     ngx_http_apikey_ctx_t *ctx);
+static ngx_inline void ngx_http_apikey_copy_header(ngx_table_elt_t *dst,
+    ngx_table_elt_t *src);
 static void ngx_http_apikey_refresh_table(ngx_log_t *log);
 
 
@@ -521,7 +523,7 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
 
         } else if (key <= h + 1) {
             if (key == h + 1) {
-                h[1] = h[0];
+                ngx_http_apikey_copy_header(&h[1], &h[0]);
             }
 
             list->part.elts = h + 1;
@@ -601,6 +603,26 @@ ngx_http_apikey_hide(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
     ctx->extra_keys = 0;
 
     return NGX_OK;
+}
+
+
+/*
+ * One header element, in 16-byte pieces and a rest: GCC compiles a struct
+ * assignment (or one memcpy) of that size in a block it thinks seldom runs
+ * as "rep movs" of 4-byte words, which runs 12 or 14 times.
+ */
+
+static ngx_inline void
+ngx_http_apikey_copy_header(ngx_table_elt_t *dst, ngx_table_elt_t *src)
+{
+    u_char  *d, *s;
+
+    d = (u_char *) dst;
+    s = (u_char *) src;
+
+    ngx_memcpy(d, s, 16);
+    ngx_memcpy(d + 16, s + 16, 16);
+    ngx_memcpy(d + 32, s + 32, sizeof(ngx_table_elt_t) - 32);
 }
 
 
