@@ -219,7 +219,10 @@ apikey_result_e apikey_verify(apikey_table_t* table,
     apikey::KeyHashMemo::Remembered* known = table->memo.find(text, &probe);
     const apikey::KeyTableReader* reader = table->reader.get();
 
-    if (known != nullptr && reader != nullptr && reader->ready() &&
+    // A slot mark stands for a ready table: it was taken on one (see
+    // verify_in_table()), apikeyd never clears a table's ready flag, and
+    // another mapping forgets every mark (apikey_table_attach()).
+    if (known != nullptr && reader != nullptr &&
         reader->unchanged(known->slot)) {
         // The slot is as it was read: its verdict stands, times aside.
         const CachedVerdict& c = table->cached[probe.index];
