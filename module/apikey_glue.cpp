@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <string>
@@ -25,8 +26,11 @@ namespace {
 // index): reused while the key's table slot is unchanged.
 struct CachedVerdict {
     apikey_verdict_t verdict;
-    std::int64_t expires_at_us;
     std::int64_t revoked_at_us;
+    // The earlier of the revocation and expiry times that are set
+    // (INT64_MAX if neither is): before it the key is valid, one
+    // comparison for the usual key (see judge_remembered()).
+    std::int64_t ok_until_us;
 };
 
 }  // namespace
@@ -52,6 +56,30 @@ apikey_result_e judge(std::int64_t revoked_at_us, std::int64_t expires_at_us,
         return APIKEY_EXPIRED;
     }
     return APIKEY_OK;
+}
+
+std::int64_t ok_until(std::int64_t revoked_at_us,
+                      std::int64_t expires_at_us) noexcept {
+    std::int64_t until = std::numeric_limits<std::int64_t>::max();
+    if (revoked_at_us != 0) {
+        until = revoked_at_us;
+    }
+    if (expires_at_us != 0 && expires_at_us < until) {
+        until = expires_at_us;
+    }
+    return until;
+}
+
+// judge() of a remembered key's times: valid before ok_until_us; from
+// then on one of the two times has come, the revocation first.
+apikey_result_e judge_remembered(const CachedVerdict& c,
+                                 std::int64_t now_us) noexcept {
+    if (now_us < c.ok_until_us) {
+        return APIKEY_OK;
+    }
+    return c.revoked_at_us != 0 && c.revoked_at_us <= now_us
+               ? APIKEY_REVOKED
+               : APIKEY_EXPIRED;
 }
 
 void fill_verdict(const apikey::KeyInfo& info,
@@ -136,8 +164,8 @@ __attribute__((noinline)) apikey_result_e verify_in_table(
     if (known != nullptr) {
         CachedVerdict& c = table->cached[probe.index];
         c.verdict = *verdict;
-        c.expires_at_us = info.expires_at_us;
         c.revoked_at_us = info.revoked_at_us;
+        c.ok_until_us = ok_until(info.revoked_at_us, info.expires_at_us);
         known->slot = mark;
     }
     return verdict->result;
@@ -227,8 +255,7 @@ apikey_result_e apikey_verify(apikey_table_t* table,
         // The slot is as it was read: its verdict stands, times aside.
         const CachedVerdict& c = table->cached[probe.index];
         copy_verdict(c.verdict, verdict);
-        return verdict->result =
-                   judge(c.revoked_at_us, c.expires_at_us, now_us);
+        return verdict->result = judge_remembered(c, now_us);
     }
     return verify_in_table(table, text, probe, known, now_us, verdict);
 }
