@@ -43,6 +43,9 @@ struct apikey_table_s {
     // where in the table each was found.
     apikey::KeyHashMemo memo;
     std::unique_ptr<CachedVerdict[]> cached;  // KeyHashMemo::kEntries
+    // The probe of the key verify_in_table() is called for: set just
+    // before the call, so that apikey_verify() keeps its own in registers.
+    apikey::KeyHashMemo::Probe probe;
 };
 
 namespace {
@@ -125,9 +128,9 @@ void copy_verdict(const apikey_verdict_t& from,
 // so that the common path sets up no frame for it.
 __attribute__((noinline)) apikey_result_e verify_in_table(
     apikey_table_t* table, std::string_view text,
-    const apikey::KeyHashMemo::Probe& probe,
     apikey::KeyHashMemo::Remembered* known, std::int64_t now_us,
     apikey_verdict_t* verdict) noexcept {
+    const apikey::KeyHashMemo::Probe& probe = table->probe;
     if (known == nullptr && !apikey::key_is_well_formed(text)) {
         return verdict->result = APIKEY_MALFORMED;
     }
@@ -257,7 +260,8 @@ apikey_result_e apikey_verify(apikey_table_t* table,
         copy_verdict(c.verdict, verdict);
         return verdict->result = judge_remembered(c, now_us);
     }
-    return verify_in_table(table, text, probe, known, now_us, verdict);
+    table->probe = probe;
+    return verify_in_table(table, text, known, now_us, verdict);
 }
 
 uint64_t apikey_scope_hash(const unsigned char* scope, size_t len) noexcept {

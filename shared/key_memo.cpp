@@ -293,13 +293,14 @@ KeyHashMemo::~KeyHashMemo() {
 #ifdef APIKEY_HAVE_AESNI
 __attribute__((target("aes,sse2")))
 #endif
-Tag128 KeyHashMemo::tag_of(std::string_view key) const noexcept {
+KeyHashMemo::TagBits KeyHashMemo::tag_of(std::string_view key) const noexcept {
 #ifdef APIKEY_HAVE_AESNI
-    return aes_ ? aes_cbc_mac(secret_->round_keys, key)
-                : siphash24_128(secret_->sip, key);
+    const Tag128 tag = aes_ ? aes_cbc_mac(secret_->round_keys, key)
+                            : siphash24_128(secret_->sip, key);
 #else
-    return siphash24_128(secret_->sip, key);
+    const Tag128 tag = siphash24_128(secret_->sip, key);
 #endif
+    return static_cast<TagBits>(tag.hi) << 64 | tag.lo;
 }
 
 KeyHashMemo::Remembered* KeyHashMemo::remember(const Probe& probe,

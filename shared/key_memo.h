@@ -93,7 +93,9 @@ public:
         if (!probe->usable) {
             return nullptr;
         }
-        probe->tag = tag_of(key);
+        const TagBits bits = tag_of(key);
+        probe->tag.lo = static_cast<std::uint64_t>(bits);
+        probe->tag.hi = static_cast<std::uint64_t>(bits >> 64);
         probe->index = static_cast<std::size_t>(probe->tag.lo) & (kEntries - 1);
         Entry& e = entries_[probe->index];
         if (used_[probe->index] == 0 || e.tag.lo != probe->tag.lo ||
@@ -116,8 +118,11 @@ private:
         Tag128 tag;
         Remembered remembered;
     };
+    // A tag as one 128-bit integer (lo | hi << 64): find() gets it in two
+    // registers, where a Tag128 result would go through memory.
+    using TagBits = unsigned __int128;
     // The key's tag under the secret (AES-128 CBC-MAC or SipHash).
-    Tag128 tag_of(std::string_view key) const noexcept;
+    TagBits tag_of(std::string_view key) const noexcept;
 
     struct Secret;  // AES round keys or the SipHash key
     std::unique_ptr<Secret> secret_;
