@@ -122,7 +122,9 @@ private:
     // registers, where a Tag128 result would go through memory.
     using TagBits = unsigned __int128;
     // The key's tag under the secret (AES-128 CBC-MAC or SipHash).
-    TagBits tag_of(std::string_view key) const noexcept;
+    // Hidden: the nginx module calls it per request, not through the PLT.
+    __attribute__((visibility("hidden"))) TagBits tag_of(
+        std::string_view key) const noexcept;
 
     struct Secret;  // AES round keys or the SipHash key
     std::unique_ptr<Secret> secret_;
