@@ -59,6 +59,9 @@ bool cpu_has_aes() noexcept;
 class KeyHashMemo {
 public:
     static constexpr std::size_t kEntries = 1024;  // 64 KiB
+    // The lengths a key can have: only those are looked up.
+    static constexpr std::size_t kMinKeyLen =
+        2 + kRandomChars + kChecksumChars;
 
     struct Probe {
         Tag128 tag;
@@ -87,7 +90,6 @@ public:
     // the tag itself is one call.
     __attribute__((always_inline)) Remembered* find(std::string_view key,
                                                     Probe* probe) noexcept {
-        constexpr std::size_t kMinKeyLen = 2 + kRandomChars + kChecksumChars;
         probe->usable = seeded_ && key.size() >= kMinKeyLen &&
                         key.size() <= kMaxKeyLen;
         if (!probe->usable) {
@@ -121,8 +123,9 @@ private:
     // A tag as one 128-bit integer (lo | hi << 64): find() gets it in two
     // registers, where a Tag128 result would go through memory.
     using TagBits = unsigned __int128;
-    // The key's tag under the secret (AES-128 CBC-MAC or SipHash).
-    // Hidden: the nginx module calls it per request, not through the PLT.
+    // The key's tag under the secret (AES-128 CBC-MAC or SipHash); only
+    // for kMinKeyLen to kMaxKeyLen bytes. Hidden: the nginx module calls
+    // it per request, not through the PLT.
     __attribute__((visibility("hidden"))) TagBits tag_of(
         std::string_view key) const noexcept;
 
