@@ -176,6 +176,13 @@ __attribute__((target("aes,sse2"))) Tag128 aes_cbc_mac_copy(
     return Tag128{out[0], out[1]};
 }
 
+// Between two blocks: each block reads the round keys from memory, as
+// the operands of its AES instructions, instead of keeping all eleven in
+// registers across the blocks (eleven instructions fewer a tag).
+inline void reread_round_keys() noexcept {
+    __asm__ __volatile__("" : : : "memory");
+}
+
 // The shortest data aes_cbc_mac_in_place() takes.
 constexpr std::size_t kMinInPlaceData = 31;
 
@@ -200,7 +207,9 @@ aes_cbc_mac_in_place(const __m128i rk[11], std::string_view data) noexcept {
     const __m128i b2 =
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(tail + (47 - n)));
     __m128i x = aes128_encrypt(rk, b0);
+    reread_round_keys();
     x = aes128_encrypt(rk, _mm_xor_si128(x, b1));
+    reread_round_keys();
     x = aes128_encrypt(rk, _mm_xor_si128(x, b2));
     _mm_store_si128(reinterpret_cast<__m128i*>(tail), _mm_setzero_si128());
     __asm__ __volatile__("" : : "r"(tail) : "memory");  // it held the key
