@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <string>
@@ -25,8 +26,11 @@ namespace {
 // index): reused while the key's table slot is unchanged.
 struct CachedVerdict {
     apikey_verdict_t verdict;
-    std::int64_t expires_at_us;
     std::int64_t revoked_at_us;
+    // The earlier of the revocation and expiry times that are set
+    // (INT64_MAX if neither is): before it the key is valid, one
+    // comparison for the usual key (see judge_remembered()).
+    std::int64_t ok_until_us;
 };
 
 }  // namespace
@@ -39,6 +43,9 @@ struct apikey_table_s {
     // where in the table each was found.
     apikey::KeyHashMemo memo;
     std::unique_ptr<CachedVerdict[]> cached;  // KeyHashMemo::kEntries
+    // The probe of the key verify_in_table() is called for: set just
+    // before the call, so that apikey_verify() keeps its own in registers.
+    apikey::KeyHashMemo::Probe probe;
 };
 
 namespace {
@@ -52,6 +59,30 @@ apikey_result_e judge(std::int64_t revoked_at_us, std::int64_t expires_at_us,
         return APIKEY_EXPIRED;
     }
     return APIKEY_OK;
+}
+
+std::int64_t ok_until(std::int64_t revoked_at_us,
+                      std::int64_t expires_at_us) noexcept {
+    std::int64_t until = std::numeric_limits<std::int64_t>::max();
+    if (revoked_at_us != 0) {
+        until = revoked_at_us;
+    }
+    if (expires_at_us != 0 && expires_at_us < until) {
+        until = expires_at_us;
+    }
+    return until;
+}
+
+// judge() of a remembered key's times: valid before ok_until_us; from
+// then on one of the two times has come, the revocation first.
+apikey_result_e judge_remembered(const CachedVerdict& c,
+                                 std::int64_t now_us) noexcept {
+    if (now_us < c.ok_until_us) {
+        return APIKEY_OK;
+    }
+    return c.revoked_at_us != 0 && c.revoked_at_us <= now_us
+               ? APIKEY_REVOKED
+               : APIKEY_EXPIRED;
 }
 
 void fill_verdict(const apikey::KeyInfo& info,
@@ -97,9 +128,9 @@ void copy_verdict(const apikey_verdict_t& from,
 // so that the common path sets up no frame for it.
 __attribute__((noinline)) apikey_result_e verify_in_table(
     apikey_table_t* table, std::string_view text,
-    const apikey::KeyHashMemo::Probe& probe,
     apikey::KeyHashMemo::Remembered* known, std::int64_t now_us,
     apikey_verdict_t* verdict) noexcept {
+    const apikey::KeyHashMemo::Probe& probe = table->probe;
     if (known == nullptr && !apikey::key_is_well_formed(text)) {
         return verdict->result = APIKEY_MALFORMED;
     }
@@ -136,8 +167,8 @@ __attribute__((noinline)) apikey_result_e verify_in_table(
     if (known != nullptr) {
         CachedVerdict& c = table->cached[probe.index];
         c.verdict = *verdict;
-        c.expires_at_us = info.expires_at_us;
         c.revoked_at_us = info.revoked_at_us;
+        c.ok_until_us = ok_until(info.revoked_at_us, info.expires_at_us);
         known->slot = mark;
     }
     return verdict->result;
@@ -219,15 +250,18 @@ apikey_result_e apikey_verify(apikey_table_t* table,
     apikey::KeyHashMemo::Remembered* known = table->memo.find(text, &probe);
     const apikey::KeyTableReader* reader = table->reader.get();
 
-    if (known != nullptr && reader != nullptr && reader->ready() &&
+    // A slot mark stands for a ready table: it was taken on one (see
+    // verify_in_table()), apikeyd never clears a table's ready flag, and
+    // another mapping forgets every mark (apikey_table_attach()).
+    if (known != nullptr && reader != nullptr &&
         reader->unchanged(known->slot)) {
         // The slot is as it was read: its verdict stands, times aside.
         const CachedVerdict& c = table->cached[probe.index];
         copy_verdict(c.verdict, verdict);
-        return verdict->result =
-                   judge(c.revoked_at_us, c.expires_at_us, now_us);
+        return verdict->result = judge_remembered(c, now_us);
     }
-    return verify_in_table(table, text, probe, known, now_us, verdict);
+    table->probe = probe;
+    return verify_in_table(table, text, known, now_us, verdict);
 }
 
 uint64_t apikey_scope_hash(const unsigned char* scope, size_t len) noexcept {

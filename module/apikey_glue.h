@@ -20,6 +20,16 @@ extern "C" {
 #define APIKEY_NOEXCEPT
 #endif
 
+/*
+ * Called from the module's C files on every request: hidden, so that the
+ * call goes straight to the function rather than through the PLT.
+ */
+#if defined(__GNUC__)
+#define APIKEY_HIDDEN  __attribute__((visibility("hidden")))
+#else
+#define APIKEY_HIDDEN
+#endif
+
 #define APIKEY_MAX_SCOPES    8
 #define APIKEY_MAX_NAME_LEN  100
 #define APIKEY_UUID_TEXT_LEN 36
@@ -55,7 +65,8 @@ int apikey_table_attach(apikey_table_t *table, const char *path, char *err,
     size_t err_len) APIKEY_NOEXCEPT;
 
 /* No table mapped yet, or apikeyd replaced it with a newer file. */
-int apikey_table_needs_attach(const apikey_table_t *table) APIKEY_NOEXCEPT;
+int apikey_table_needs_attach(const apikey_table_t *table) APIKEY_NOEXCEPT
+    APIKEY_HIDDEN;
 
 /* A table is mapped and apikeyd finished its first full load. */
 int apikey_table_ready(const apikey_table_t *table) APIKEY_NOEXCEPT;
@@ -71,7 +82,7 @@ int apikey_table_ready(const apikey_table_t *table) APIKEY_NOEXCEPT;
  */
 apikey_result_e apikey_verify(apikey_table_t *table,
     const unsigned char *key, size_t len, int64_t now_us,
-    apikey_verdict_t *verdict) APIKEY_NOEXCEPT;
+    apikey_verdict_t *verdict) APIKEY_NOEXCEPT APIKEY_HIDDEN;
 
 uint64_t apikey_scope_hash(const unsigned char *scope, size_t len)
     APIKEY_NOEXCEPT;

@@ -59,6 +59,9 @@ bool cpu_has_aes() noexcept;
 class KeyHashMemo {
 public:
     static constexpr std::size_t kEntries = 1024;  // 64 KiB
+    // The lengths a key can have: only those are looked up.
+    static constexpr std::size_t kMinKeyLen =
+        2 + kRandomChars + kChecksumChars;
 
     struct Probe {
         Tag128 tag;
@@ -87,13 +90,14 @@ public:
     // the tag itself is one call.
     __attribute__((always_inline)) Remembered* find(std::string_view key,
                                                     Probe* probe) noexcept {
-        constexpr std::size_t kMinKeyLen = 2 + kRandomChars + kChecksumChars;
         probe->usable = seeded_ && key.size() >= kMinKeyLen &&
                         key.size() <= kMaxKeyLen;
         if (!probe->usable) {
             return nullptr;
         }
-        probe->tag = tag_of(key);
+        const TagBits bits = tag_of(key);
+        probe->tag.lo = static_cast<std::uint64_t>(bits);
+        probe->tag.hi = static_cast<std::uint64_t>(bits >> 64);
         probe->index = static_cast<std::size_t>(probe->tag.lo) & (kEntries - 1);
         Entry& e = entries_[probe->index];
         if (used_[probe->index] == 0 || e.tag.lo != probe->tag.lo ||
@@ -116,8 +120,14 @@ private:
         Tag128 tag;
         Remembered remembered;
     };
-    // The key's tag under the secret (AES-128 CBC-MAC or SipHash).
-    Tag128 tag_of(std::string_view key) const noexcept;
+    // A tag as one 128-bit integer (lo | hi << 64): find() gets it in two
+    // registers, where a Tag128 result would go through memory.
+    using TagBits = unsigned __int128;
+    // The key's tag under the secret (AES-128 CBC-MAC or SipHash); only
+    // for kMinKeyLen to kMaxKeyLen bytes. Hidden: the nginx module calls
+    // it per request, not through the PLT.
+    __attribute__((visibility("hidden"))) TagBits tag_of(
+        std::string_view key) const noexcept;
 
     struct Secret;  // AES round keys or the SipHash key
     std::unique_ptr<Secret> secret_;

@@ -308,6 +308,7 @@ SegmentStatus KeyTableReader::attach(const char* path,
     slots_ = reinterpret_cast<const KeyTableSlot*>(
         static_cast<const char*>(map_.data()) + kKeyTableHeaderSize);
     mask_ = header_->capacity - 1;
+    slot_count_ = header_->capacity;
     return SegmentStatus::kOk;
 }
 
@@ -315,6 +316,7 @@ void KeyTableReader::detach() noexcept {
     header_ = nullptr;
     slots_ = nullptr;
     mask_ = 0;
+    slot_count_ = 0;
     map_.reset();
 }
 

@@ -148,8 +148,9 @@ public:
     // The slot `mark` names was not written since lookup_brief() set the
     // mark (on this mapping): what it read then is what the slot holds
     // now. Inline: asked on every request with a remembered key.
+    // (No mark, a detached reader: the index is out of range.)
     bool unchanged(const SlotMark& mark) const noexcept {
-        return mark.index <= mask_ && slots_ != nullptr &&
+        return mark.index < slot_count_ &&
                slots_[mark.index].seq.load(std::memory_order_acquire) ==
                    mark.seq;
     }
@@ -158,7 +159,7 @@ public:
     // the number of slots (0 when detached), and a consistent copy of slot
     // `index`'s entry if it is live. False for an empty slot, a tombstone,
     // an index out of range, or a slot the writer holds for too long.
-    std::uint64_t capacity() const noexcept { return header_ ? mask_ + 1 : 0; }
+    std::uint64_t capacity() const noexcept { return slot_count_; }
     bool entry_at(std::uint64_t index, KeyInfo* out) const noexcept;
 
     // How long a lookup waits for a slot the writer holds before giving
@@ -177,6 +178,7 @@ private:
     const KeyTableHeader* header_ = nullptr;
     const KeyTableSlot* slots_ = nullptr;
     std::uint64_t mask_ = 0;
+    std::uint64_t slot_count_ = 0;  // 0 while detached
     MappedFile map_;
 };
 

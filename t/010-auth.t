@@ -28,6 +28,7 @@ my $seven   = key('--name', 'seven', '--scopes', 's1,s2,s3,s4,s5,s6,s7,other');
 my $gone    = key('--name', 'deleted');
 my $expired = key('--name', 'expired');
 my $revoked = key('--name', 'revoked');
+my $both    = key('--name', 'expired-then-revoked');
 # names around the verdict's short block (32 bytes) and at the maximum
 my $n32     = key('--name', ('a' x 31) . 'Z', '--scopes', 'read');
 my $n33     = key('--name', ('b' x 32) . 'Y');
@@ -42,6 +43,9 @@ psql(q{DELETE FROM api_keys WHERE id = :'id'}, { id => $gone->{key_id} });
 psql(q{UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = :'id'},
      { id => $expired->{key_id} });
 apikeyctl('key', 'revoke', $revoked->{key_id});
+psql(q{UPDATE api_keys SET expires_at = now() - interval '2 minutes' WHERE id = :'id'},
+     { id => $both->{key_id} });
+apikeyctl('key', 'revoke', $both->{key_id});
 
 %ENV = (%ENV,
     TEST_NGINX_ORG          => $org->{org_id},
@@ -64,6 +68,7 @@ apikeyctl('key', 'revoke', $revoked->{key_id});
     TEST_NGINX_EXPIRED_ID   => $expired->{key_id},
     TEST_NGINX_REVOKED_KEY  => $revoked->{key},
     TEST_NGINX_REVOKED_ID   => $revoked->{key_id},
+    TEST_NGINX_BOTH_KEY     => $both->{key},
     TEST_NGINX_MADEUP_KEY   => make_key(),
     TEST_NGINX_TYPO_KEY     => key_typo($k1->{key}, 5),     # in the random part
     TEST_NGINX_TYPO_SUM_KEY => key_typo($k1->{key}, 33),    # in the checksum
@@ -77,7 +82,8 @@ apikeyctl('key', 'revoke', $revoked->{key_id});
 # Wait until the key table reflects all of the above (deleted row dropped,
 # expiry and revocation published), through a real nginx.
 my $t = wait_key_results({ $k1->{key} => 'ok', $gone->{key} => 'unknown',
-                           $expired->{key} => 'expired', $revoked->{key} => 'revoked' },
+                           $expired->{key} => 'expired', $revoked->{key} => 'revoked',
+                           $both->{key} => 'revoked' },
                          10, 'key table has every test key in its final state');
 note(sprintf 'key table settled after %.0f ms', $t * 1000);
 
@@ -1142,5 +1148,22 @@ for my $k ([N32 => '/t.txt'], [N33 => '/t.txt'], [N100 => '/s8.txt'], [N32 => '/
 [("X-Name: " . ("a" x 31) . "Z.") x 2, ("X-Name: " . ("b" x 32) . "Y.") x 2,
  ("X-Name: " . ("c" x 99) . "X.") x 2, ("X-Name: " . ("a" x 31) . "Z.") x 2,
  ("X-Name: " . ("b" x 32) . "Y.") x 2]
+--- no_error_log
+[error]
+
+
+
+=== TEST 52: expired and revoked keys, asked again (from the memo): the same 401 and result every time; a key that expired and was revoked later is revoked
+--- http_config
+apikey_keys $TEST_NGINX_APIKEY_KEYS;
+--- config
+location /t.txt { apikey on; add_header X-Result $apikey_result always; }
+--- raw_request eval
+[map { ("GET /t.txt HTTP/1.0\r\nX-API-Key: $ENV{\"TEST_NGINX_$_\"}\r\n\r\n") x 3 }
+     qw(EXPIRED_KEY REVOKED_KEY BOTH_KEY KEY)]
+--- error_code eval
+[(401) x 9, (200) x 3]
+--- response_headers eval
+[("X-Result: expired") x 3, ("X-Result: revoked") x 6, ("X-Result: ok") x 3]
 --- no_error_log
 [error]

@@ -382,6 +382,44 @@ TEST(KeyHashMemo, RemembersKeysWithAes) {
     memo_remembers_keys(true);
 }
 
+// The tag is taken in place for exactly the lengths find() asks for (no
+// check of its own): the shortest and the longest key, and each of them
+// with its last byte changed (the zero-padded third block).
+void memo_tags_both_ends(bool use_aes) {
+    KeyHashMemo memo(use_aes);
+    for (std::size_t n : {KeyHashMemo::kMinKeyLen, kMaxKeyLen}) {
+        std::string key(n, 'k');
+        std::string other = key;
+        other.back() = 'j';
+        KeyHash h{};
+        ASSERT_TRUE(sha256_key(key, &h));
+
+        KeyHashMemo::Probe p{}, q{}, o{};
+        EXPECT_EQ(memo.find(key, &p), nullptr) << n;
+        ASSERT_TRUE(p.usable) << n;
+        ASSERT_NE(memo.remember(p, h), nullptr) << n;
+        const KeyHashMemo::Remembered* got = memo.find(key, &q);
+        ASSERT_NE(got, nullptr) << n;
+        EXPECT_EQ(got->hash, h);
+        EXPECT_TRUE(q.tag.lo == p.tag.lo && q.tag.hi == p.tag.hi) << n;
+        EXPECT_EQ(memo.find(other, &o), nullptr) << n;
+        EXPECT_TRUE(o.usable);
+        EXPECT_TRUE(o.tag.lo != p.tag.lo || o.tag.hi != p.tag.hi) << n;
+    }
+    KeyHashMemo::Probe p{};
+    EXPECT_EQ(memo.find(std::string(KeyHashMemo::kMinKeyLen - 1, 'k'), &p),
+              nullptr);
+    EXPECT_FALSE(p.usable);
+}
+
+TEST(KeyHashMemo, TagsTheShortestAndLongestKeysWithSipHash) {
+    memo_tags_both_ends(false);
+}
+
+TEST(KeyHashMemo, TagsTheShortestAndLongestKeysWithAes) {
+    memo_tags_both_ends(true);
+}
+
 TEST(KeyHashMemo, ManyKeysEvictButNeverConfuse) {
     KeyHashMemo memo;
     std::vector<std::string> keys;

@@ -435,6 +435,13 @@ TEST_F(KeyTableTest, SlotMarkHoldsUntilThatSlotChanges) {
     EXPECT_TRUE(r.unchanged(mark));
     SlotMark other;
     ASSERT_EQ(r.lookup_brief(hash_of(2), &out, &other), LookupResult::kFound);
+    // the range is the mapping's slots: the last one (never written, so
+    // at sequence 0) is in it, one past it is not
+    const std::uint64_t last = r.capacity() - 1;
+    ASSERT_NE(mark.index, last);
+    ASSERT_NE(other.index, last);
+    EXPECT_TRUE(r.unchanged(SlotMark{last, 0}));
+    EXPECT_FALSE(r.unchanged(SlotMark{last + 1, 0}));
     SlotMark absent;
     EXPECT_EQ(r.lookup_brief(hash_of(3), &out, &absent),
               LookupResult::kAbsent);
@@ -464,7 +471,9 @@ TEST_F(KeyTableTest, SlotMarkHoldsUntilThatSlotChanges) {
 
     // a mark of another mapping is out of range for a detached reader
     r.detach();
+    EXPECT_EQ(r.capacity(), 0u);
     EXPECT_FALSE(r.unchanged(other));
+    EXPECT_FALSE(r.unchanged(SlotMark{0, 0}));
 }
 
 // A writer that died between the two sequence stores leaves its slot odd.
