@@ -209,14 +209,15 @@ void apikey_usage_retire(apikey_usage_t *usage, int slot) APIKEY_NOEXCEPT;
  * allocates. Returns APIKEY_USAGE_* bits, 0 when all went in.
  */
 int apikey_usage_log(apikey_usage_t *usage, int slot,
-    const apikey_usage_fields_t *fields, int raw) APIKEY_NOEXCEPT;
+    const apikey_usage_fields_t *fields, int raw) APIKEY_NOEXCEPT
+    APIKEY_HIDDEN;
 
 /*
  * A request whose result is not recorded (apikey_result_is_recorded) is
  * counted per result.
  */
 void apikey_usage_count(apikey_usage_t *usage, int slot,
-    apikey_result_e result) APIKEY_NOEXCEPT;
+    apikey_result_e result) APIKEY_NOEXCEPT APIKEY_HIDDEN;
 
 /* A request that could not be recorded because the worker has no slot. */
 void apikey_usage_count_unslotted(apikey_usage_t *usage) APIKEY_NOEXCEPT;
