@@ -73,6 +73,10 @@ ngx_http_apikey_ctx_t *ngx_http_apikey_find_ctx(ngx_http_request_t *r);
 ngx_int_t ngx_http_apikey_open_table(ngx_cycle_t *cycle);
 void ngx_http_apikey_close_table(void);
 
+/* ngx_http_apikey_reject.c */
+ngx_int_t ngx_http_apikey_reject(ngx_http_request_t *r,
+    ngx_http_apikey_ctx_t *ctx, apikey_table_t *table);
+
 /* ngx_http_apikey_variables.c */
 ngx_int_t ngx_http_apikey_add_variables(ngx_conf_t *cf);
 

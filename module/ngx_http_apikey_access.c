@@ -2,9 +2,9 @@
 /*
  * The access phase: finds the key in the request (and hides it from
  * upstreams), asks the core for a verdict against this worker's key table,
- * keeps it in the request ctx, and answers 401/403/503 or lets the request
- * through. A little over 600 lines on purpose: the functions the handler
- * calls per request stay static beside it, so the compiler can inline them.
+ * keeps it in the request ctx, and lets the request through or has it
+ * answered (ngx_http_apikey_reject.c). The functions the handler calls per
+ * request stay static beside it, so the compiler can inline them.
  */
 
 
@@ -25,8 +25,6 @@ typedef struct {
 } ngx_http_apikey_table_state_t;
 
 
-static ngx_int_t ngx_http_apikey_reject(ngx_http_request_t *r,
-    ngx_http_apikey_ctx_t *ctx);
 static ngx_inline ngx_http_apikey_ctx_t *ngx_http_apikey_lookup(
     ngx_http_request_t *r, ngx_http_apikey_loc_conf_t *alcf)
     __attribute__((always_inline));
@@ -47,8 +45,6 @@ static ngx_inline void ngx_http_apikey_copy_header(ngx_table_elt_t *dst,
     ngx_table_elt_t *src);
 static void ngx_http_apikey_refresh_table(ngx_log_t *log);
 
-
-static ngx_str_t  ngx_http_apikey_challenge = ngx_string("ApiKey");
 
 static ngx_http_apikey_table_state_t  ngx_http_apikey_worker;
 
@@ -100,67 +96,10 @@ ngx_http_apikey_handler(ngx_http_request_t *r)
     }
 
     if (ctx->verdict.result != APIKEY_OK) {
-        return ngx_http_apikey_reject(r, ctx);
+        return ngx_http_apikey_reject(r, ctx, ngx_http_apikey_worker.table);
     }
 
     return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_apikey_reject(ngx_http_request_t *r, ngx_http_apikey_ctx_t *ctx)
-{
-    u_char            id[APIKEY_UUID_TEXT_LEN];
-    ngx_table_elt_t  *h;
-
-    if (ctx->verdict.result == APIKEY_UNAVAILABLE) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "apikey: %s, rejecting request with 503",
-                      ngx_http_apikey_worker.table != NULL
-                      && apikey_table_ready(ngx_http_apikey_worker.table)
-                      ? "key table entry locked mid-update"
-                      : "no key table is readable");
-        return NGX_HTTP_SERVICE_UNAVAILABLE;
-    }
-
-    if (ctx->verdict.result == APIKEY_FORBIDDEN) {
-        apikey_uuid_format(ctx->verdict.key_id, id);
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "apikey: key %*s lacks a required scope",
-                      (size_t) APIKEY_UUID_TEXT_LEN, id);
-        return NGX_HTTP_FORBIDDEN;
-    }
-
-    if (ctx->verdict.result == APIKEY_EXPIRED
-        || ctx->verdict.result == APIKEY_REVOKED)
-    {
-        apikey_uuid_format(ctx->verdict.key_id, id);
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "apikey: key %*s is %s",
-                      (size_t) APIKEY_UUID_TEXT_LEN, id,
-                      apikey_result_name(ctx->verdict.result));
-
-    } else {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "apikey: request rejected, key %s",
-                      apikey_result_name(ctx->verdict.result));
-    }
-
-    /* once, even if an error_page location rejects again */
-
-    if (r->headers_out.www_authenticate == NULL) {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        h->hash = 1;
-        ngx_str_set(&h->key, "WWW-Authenticate");
-        h->value = ngx_http_apikey_challenge;
-        r->headers_out.www_authenticate = h;
-    }
-
-    return NGX_HTTP_UNAUTHORIZED;
 }
 
 
