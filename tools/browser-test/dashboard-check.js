@@ -128,7 +128,9 @@ async function rowOf(page, keyId) {
 
 // The dashboard's marker beside the last-used address.
 function distinctIpsText(k) {
-  return fmtInt(k.distinct_ips_today) + ' IPs today, ' + fmtInt(k.distinct_ips_7d) + ' in 7 days';
+  const today = k.distinct_ips_today;
+  return fmtInt(today) + (today === 1 ? ' IP' : ' IPs') + ' today, ' +
+    fmtInt(k.distinct_ips_7d) + ' in 7 days';
 }
 
 function expectedRow(k) {
@@ -302,6 +304,10 @@ async function checkKeyView(page, answer, label) {
     const meta = await page.textContent('#key-meta');
     check(`${label}: distinct IPs beside the last-used address`,
       meta.includes('(' + distinctIpsText(j.key) + ')'), meta, distinctIpsText(j.key));
+    // one address today reads in the singular, any other count in the plural
+    check(`${label}: "IP" or "IPs" by today's count`,
+      meta.includes(j.key.distinct_ips_today === 1 ? '(1 IP today,' : ' IPs today,'),
+      meta, j.key.distinct_ips_today);
   }
   const bars = await page.$$eval('#trend-chart g.bucket', (gs) => gs.map((g) => [g.dataset.t, +g.dataset.requests]));
   checkEq(`${label}: one bar per series bucket, same times and counts`, bars,

@@ -216,7 +216,8 @@ function scopeList(scopes) {
 // Distinct client addresses beside the last one: many for one key is the
 // sign of a shared or leaked key.
 function distinctIps(key) {
-  return fmtInt(key.distinct_ips_today) + ' IPs today, ' +
+  const today = key.distinct_ips_today;
+  return fmtInt(today) + (today === 1 ? ' IP' : ' IPs') + ' today, ' +
     fmtInt(key.distinct_ips_7d) + ' in 7 days';
 }
 
