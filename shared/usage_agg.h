@@ -257,12 +257,18 @@ inline void agg_set_last_ip(AggEntry& entry, const UsageFields& f) noexcept {
     }
 }
 
-// One request added to its entry's counters and last-used time and
-// address (not its latency cell).
-inline void agg_count(AggEntry& entry, const UsageFields& f) noexcept {
+// One request added to its entry's status, response-time and byte
+// counters.
+inline void agg_add_counters(AggEntry& entry, const UsageFields& f) noexcept {
     ++entry.status[static_cast<int>(status_class(f.status))];
     entry.response_time_us_sum += f.response_time_us;
     entry.bytes_sent += f.bytes_sent;
+}
+
+// One request added to its entry's counters and last-used time and
+// address (not its latency cell).
+inline void agg_count(AggEntry& entry, const UsageFields& f) noexcept {
+    agg_add_counters(entry, f);
     if (f.time_us >= entry.last_used_us) {
         entry.last_used_us = f.time_us;
         agg_set_last_ip(entry, f);
@@ -274,9 +280,7 @@ inline void agg_count(AggEntry& entry, const UsageFields& f) noexcept {
 inline void agg_count_held(AggEntryMemo& m, const RequestShape& shape,
                            const UsageFields& f) noexcept {
     AggEntry& entry = *m.entry;
-    ++entry.status[static_cast<int>(status_class(f.status))];
-    entry.response_time_us_sum += f.response_time_us;
-    entry.bytes_sent += f.bytes_sent;
+    agg_add_counters(entry, f);
     if (f.time_us >= entry.last_used_us) {
         entry.last_used_us = f.time_us;
         if (m.entry_ip_shape != shape.address()) {

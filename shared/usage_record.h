@@ -345,8 +345,8 @@ inline void ip_as_words(IpFamily family, const std::uint8_t* ip,
 // (the chunk's size, say): only offsets the previous record left room
 // for are written. `shape`: as for encode_usage_record; the same value as
 // the previous record's vouches for its key, org, address, method and
-// endpoint, so only the user agent is compared. Always inline (every request): a call and its argument
-// set-up would cost a fifth of it.
+// endpoint, so only the user agent is compared. Always inline (every
+// request): a call and its argument set-up would cost a fifth of it.
 __attribute__((always_inline)) inline std::size_t encode_repeat_record(
     unsigned char* chunk, std::size_t offset, const UsageFields& f,
     RecordEncodeContext* ctx, std::uint64_t shape) noexcept {

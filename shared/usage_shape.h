@@ -36,9 +36,10 @@ public:
         namespace d = record_detail;
         std::uint64_t ip[2];
         d::ip_as_words(f.ip_family, f.ip, ip);
-        const std::uint64_t ids =
-            (d::load64(f.key_id) ^ ids_[0]) | (d::load64(f.key_id + 8) ^ ids_[1]) |
-            (d::load64(f.org_id) ^ ids_[2]) | (d::load64(f.org_id + 8) ^ ids_[3]);
+        const std::uint64_t ids = (d::load64(f.key_id) ^ ids_[0]) |
+                                  (d::load64(f.key_id + 8) ^ ids_[1]) |
+                                  (d::load64(f.org_id) ^ ids_[2]) |
+                                  (d::load64(f.org_id + 8) ^ ids_[3]);
         if (ids != 0 || !f.method_constant || !f.endpoint_constant ||
             f.method.data() != method_ || f.endpoint.data() != endpoint_) {
             new_route(f);
