@@ -28,12 +28,12 @@ declare -A sources=(
     [api_params]="$d/api_params.cpp $d/api_auth.cpp $d/rollup.cpp $s/usage_buckets.cpp $s/usage_record.cpp $s/key_table.cpp $s/segment_file.cpp $s/runtime_dir.cpp $s/key_format.cpp $s/key_hash.cpp $s/scope.cpp $s/uuid.cpp"
     [sanitize_text]="$d/rollup.cpp $s/usage_buckets.cpp $s/usage_record.cpp $s/uuid.cpp"
     [spool_file]="$d/spool.cpp $d/spool_frame.cpp $d/rollup.cpp $s/usage_buckets.cpp $s/usage_record.cpp $s/uuid.cpp $s/key_format.cpp"
-    [usage_stream]="$s/usage_ring.cpp $s/usage_stream.cpp $s/usage_agg.cpp $s/usage_buckets.cpp $s/usage_record.cpp $s/segment_file.cpp $s/runtime_dir.cpp"
+    [usage_stream]="$s/usage_ring.cpp $s/usage_stream.cpp $s/usage_agg.cpp $s/usage_ipset.cpp $s/usage_buckets.cpp $s/usage_record.cpp $s/segment_file.cpp $s/runtime_dir.cpp"
     [key_table_attach]="$s/key_table.cpp $s/segment_file.cpp $s/runtime_dir.cpp $s/key_hash.cpp $s/uuid.cpp"
     [runtime_dir]="$s/segment_file.cpp $s/runtime_dir.cpp"
     [http_head]="$d/http_head.cpp"
     [config_text]="$d/config.cpp $d/daemon_options.cpp $d/rollup.cpp $s/usage_buckets.cpp $s/usage_record.cpp $s/uuid.cpp"
-    [agg_read]="$s/usage_agg.cpp $s/usage_ring.cpp $s/usage_stream.cpp $s/usage_buckets.cpp $s/usage_record.cpp $s/segment_file.cpp $s/runtime_dir.cpp"
+    [agg_read]="$s/usage_agg.cpp $s/usage_ipset.cpp $s/usage_ring.cpp $s/usage_stream.cpp $s/usage_buckets.cpp $s/usage_record.cpp $s/segment_file.cpp $s/runtime_dir.cpp"
 )
 libs=(-lcrypto)
 

@@ -181,7 +181,7 @@ void run(std::int64_t now, std::string_view target) {
     try {
         ExportParams x = parse_export_params(query, now);
         check_key_params(KeyUsageParams{x.from_us, x.to_us, x.interval,
-                                        kDefaultTop},
+                                        kDefaultTop, SpikeRule{}},
                          now);
     } catch (const ParamError& e) {
         check_message(e);

@@ -59,7 +59,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
     st.chunks_taken.store(1);
     std::atomic<std::uint32_t>* table = reinterpret_cast<std::atomic<std::uint32_t>*>(
         area.data() + sizeof(StreamPool) + sizeof(StreamSlotState));
-    (void)stream.append(0, *slot, &w, usage_fields_of(valid));
+    (void)stream.append(0, *slot, &w, usage_fields_of(valid), 0);
 
     const std::uint64_t head = data[0] | std::uint64_t{data[1]} << 8;
     table[0].store(data[2]);
